@@ -1,0 +1,83 @@
+// Package config is mesh's one configuration schema, shared by every role
+// (agent, control plane, and later the gateway). A config is assembled from
+// defaults, a YAML file (snake_case keys), MESH_* environment variables and
+// command-line flags, in that order of precedence, then validated. Errors
+// name the file, the line where it is known, and the field path.
+package config
+
+import "time"
+
+// Config is the whole schema. Each role reads the sections it needs.
+type Config struct {
+	Log      Log      `mapstructure:"log" yaml:"log"`
+	Consul   Consul   `mapstructure:"consul" yaml:"consul"`
+	Agent    Agent    `mapstructure:"agent" yaml:"agent"`
+	Control  Control  `mapstructure:"control" yaml:"control"`
+	Policies Policies `mapstructure:"policies" yaml:"policies"`
+}
+
+// Log configures the process's own logs (not access logs).
+type Log struct {
+	// Level is one of trace, debug, info, warn, error.
+	Level string `mapstructure:"level" yaml:"level"`
+	// Format is json (for journald and log shippers) or text (for a terminal).
+	Format string `mapstructure:"format" yaml:"format"`
+}
+
+// Consul says how to reach the local Consul agent. CONSUL_HTTP_ADDR and
+// CONSUL_HTTP_TOKEN are honoured as Consul's own tools do.
+type Consul struct {
+	Addr       string `mapstructure:"addr" yaml:"addr"`
+	Token      string `mapstructure:"token" yaml:"token,omitempty" secret:"true"`
+	Datacenter string `mapstructure:"datacenter" yaml:"datacenter,omitempty"`
+}
+
+// Default returns the configuration every role starts from before the file,
+// the environment and flags are applied.
+func Default() Config {
+	return Config{
+		Log:    Log{Level: "info", Format: "json"},
+		Consul: Consul{Addr: "127.0.0.1:8500"},
+		Agent: Agent{
+			AppAddress:      "127.0.0.1",
+			InboundAddr:     "0.0.0.0:15006",
+			OutboundAddr:    "127.0.0.1:15001",
+			AdminAddr:       "127.0.0.1:15000",
+			CacheDir:        "/var/lib/mesh",
+			DrainPeriod:     5 * time.Second,
+			ShutdownTimeout: 30 * time.Second,
+			HealthInterval:  5 * time.Second,
+			ResyncInterval:  5 * time.Second,
+			Tags:            []string{},
+			Meta:            map[string]string{},
+			Upstreams:       []Upstream{},
+			ControlPlane:    []string{},
+		},
+		Control: Control{
+			XDSAddr:   "0.0.0.0:18000",
+			AdminAddr: "127.0.0.1:19000",
+			Debounce:  100 * time.Millisecond,
+			CMDB: CMDB{
+				Interval:         30 * time.Second,
+				Format:           "generic",
+				Timeout:          10 * time.Second,
+				MaxBytes:         32 << 20,
+				DrainingStatuses: []string{"offline", "failed", "decommissioning"},
+				Fields: CMDBFields{
+					IP:       "ip",
+					Hostname: "hostname",
+					Region:   "region",
+					Zone:     "zone",
+					Env:      "env",
+					Owner:    "owner",
+					Status:   "status",
+					Labels:   "labels",
+				},
+			},
+		},
+		Policies: Policies{
+			Default:  DefaultPolicy(),
+			Services: map[string]Policy{},
+		},
+	}
+}

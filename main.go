@@ -1,0 +1,47 @@
+// Command mesh is a service mesh for VM fleets: one binary whose roles are
+// the per-app sidecar (`mesh agent`) and the xDS control plane
+// (`mesh control`).
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshvm/mesh/agent"
+	"github.com/meshvm/mesh/buildinfo"
+	"github.com/meshvm/mesh/config"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "mesh",
+		Short:         "A service mesh for VM fleets",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringP("config", "c", "", "config file (default "+config.DefaultFile+" if it exists)")
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(agent.NewCommand(), config.NewCommand(), buildinfo.NewCommand())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "mesh:", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+type usageError struct{ error }
+
+// exitCode is 2 for bad config and bad usage, 1 for anything else.
+func exitCode(err error) int {
+	var ce *config.Error
+	var ue usageError
+	if errors.As(err, &ce) || errors.As(err, &ue) ||
+		strings.HasPrefix(err.Error(), "unknown command") ||
+		strings.Contains(err.Error(), "arg(s), received") {
+		return 2
+	}
+	return 1
+}
