@@ -22,8 +22,8 @@ type CMDB struct {
 	// or "netbox" (NetBox's REST API; URL is NetBox's base URL).
 	Format string `mapstructure:"format" yaml:"format"`
 	// TokenFile holds the API token; MESH_CMDB_TOKEN overrides Token.
-	TokenFile string `mapstructure:"token_file" yaml:"token_file"`
-	Token     string `mapstructure:"token" yaml:"token,omitempty" secret:"true"`
+	TokenFile string        `mapstructure:"token_file" yaml:"token_file"`
+	Token     string        `mapstructure:"token" yaml:"token,omitempty" secret:"true"`
 	Timeout   time.Duration `mapstructure:"timeout" yaml:"timeout"`
 	// MaxBytes bounds one response body.
 	MaxBytes int64 `mapstructure:"max_bytes" yaml:"max_bytes"`
