@@ -2,6 +2,9 @@ package config
 
 import (
 	"net/url"
+	"regexp"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -25,8 +28,21 @@ type CMDB struct {
 	TokenFile string        `mapstructure:"token_file" yaml:"token_file"`
 	Token     string        `mapstructure:"token" yaml:"token,omitempty" secret:"true"`
 	Timeout   time.Duration `mapstructure:"timeout" yaml:"timeout"`
+	// AuthHeader is the request header carrying the token; empty means
+	// "Authorization".
+	AuthHeader string `mapstructure:"auth_header" yaml:"auth_header,omitempty"`
+	// AuthScheme prefixes the token in AuthHeader. Empty means the format's
+	// default: "Bearer" for generic, "Token" for netbox (or "Bearer" for
+	// NetBox v2 tokens, which start with "nbt_"); with a custom AuthHeader
+	// the token is sent bare. "none" sends the token bare in any header.
+	AuthScheme string `mapstructure:"auth_scheme" yaml:"auth_scheme,omitempty"`
 	// MaxBytes bounds one response body.
 	MaxBytes int64 `mapstructure:"max_bytes" yaml:"max_bytes"`
+	// PageSize is NetBox's ?limit= per page; 0 means 1000 (NetBox caps it
+	// at its MAX_PAGE_SIZE and paginates the rest).
+	PageSize int `mapstructure:"page_size" yaml:"page_size,omitempty"`
+	// MaxPages bounds the pages followed per NetBox list; 0 means 1000.
+	MaxPages int `mapstructure:"max_pages" yaml:"max_pages,omitempty"`
 	// DrainingStatuses are host statuses that make endpoints DRAINING.
 	DrainingStatuses []string `mapstructure:"draining_statuses" yaml:"draining_statuses"`
 	// ListField names the field holding the host list when the generic
@@ -35,7 +51,9 @@ type CMDB struct {
 	Fields    CMDBFields `mapstructure:"fields" yaml:"fields"`
 }
 
-// CMDBFields maps generic CMDB host fields (dotted paths) onto mesh's names.
+// CMDBFields maps generic CMDB host fields (dotted paths) onto mesh's names;
+// an empty path leaves the field unset. For the netbox format only Env and
+// Owner are used, as custom-field names (owner falls back to the tenant).
 type CMDBFields struct {
 	IP       string `mapstructure:"ip" yaml:"ip"`
 	Hostname string `mapstructure:"hostname" yaml:"hostname"`
@@ -45,6 +63,10 @@ type CMDBFields struct {
 	Owner    string `mapstructure:"owner" yaml:"owner"`
 	Status   string `mapstructure:"status" yaml:"status"`
 	Labels   string `mapstructure:"labels" yaml:"labels"`
+	Role     string `mapstructure:"role" yaml:"role,omitempty"`
+	Tenant   string `mapstructure:"tenant" yaml:"tenant,omitempty"`
+	// Tags is a list of strings, or one comma-separated string.
+	Tags string `mapstructure:"tags" yaml:"tags,omitempty"`
 }
 
 func (c *Control) validate(v *validator) {
@@ -61,4 +83,29 @@ func (c *Control) validate(v *validator) {
 	v.positive("control.cmdb.timeout", c.CMDB.Timeout)
 	v.check("control.cmdb.max_bytes", c.CMDB.MaxBytes > 0, "must be positive, got %d", c.CMDB.MaxBytes)
 	v.check("control.cmdb.fields.ip", c.CMDB.Fields.IP != "", "is required: hosts join endpoints by IP")
+	v.check("control.cmdb.page_size", c.CMDB.PageSize >= 0, "must not be negative, got %d", c.CMDB.PageSize)
+	v.check("control.cmdb.max_pages", c.CMDB.MaxPages >= 0, "must not be negative, got %d", c.CMDB.MaxPages)
+	v.check("control.cmdb.auth_header", c.CMDB.AuthHeader == "" || headerNameRE.MatchString(c.CMDB.AuthHeader),
+		"%q is not a valid HTTP header name", c.CMDB.AuthHeader)
+	v.check("control.cmdb.auth_scheme", !strings.ContainsAny(c.CMDB.AuthScheme, " \t\r\n"),
+		"%q must be one word", c.CMDB.AuthScheme)
+	v.dottedPath("control.cmdb.list_field", c.CMDB.ListField)
+	f := c.CMDB.Fields
+	for _, p := range []struct{ key, path string }{
+		{"ip", f.IP}, {"hostname", f.Hostname}, {"region", f.Region}, {"zone", f.Zone},
+		{"env", f.Env}, {"owner", f.Owner}, {"status", f.Status}, {"labels", f.Labels},
+		{"role", f.Role}, {"tenant", f.Tenant}, {"tags", f.Tags},
+	} {
+		v.dottedPath("control.cmdb.fields."+p.key, p.path)
+	}
+}
+
+// headerNameRE matches an HTTP field name (RFC 9110 token).
+var headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+// dottedPath checks a CMDB field path such as "net.primary_ip": empty, or
+// dot-separated non-empty segments.
+func (v *validator) dottedPath(path, s string) {
+	v.check(path, s == "" || !slices.Contains(strings.Split(s, "."), ""),
+		"%q is not a dotted path (empty segment)", s)
 }
