@@ -1,0 +1,56 @@
+# mesh — a service mesh for VM fleets.
+# `make demo` runs a live local mesh; `make test` runs every test.
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -s -w -X github.com/meshvm/mesh/buildinfo.Version=$(VERSION) -X github.com/meshvm/mesh/buildinfo.Commit=$(COMMIT)
+CONSUL   := bin/consul
+PKGS     := ./...
+TEST_TIMEOUT ?= 25m
+FUZZTIME ?= 10s
+
+.PHONY: all build consul test test-unit fuzz bench bench-go bench-wrk demo lint clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/mesh .
+
+# A real Consul (v1.14.11, MPL-2.0) from the module proxy, for tests and the demo.
+consul: $(CONSUL)
+$(CONSUL): tools/consul/go.mod tools/consul/go.sum
+	cd tools/consul && $(GO) build -o ../../$(CONSUL) github.com/hashicorp/consul
+	@touch $(CONSUL)
+
+# Every test, against real parts (Consul, HTTP and gRPC servers), then a
+# short fuzzing pass over each parser.
+test: build $(CONSUL) lint
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	$(MAKE) fuzz
+
+fuzz:
+	@set -e; for target in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/func //' | sort -u); do \
+		pkg=$$(grep -rlE "^func $$target\(" --include='*_test.go' . | head -1 | xargs dirname); \
+		echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
+
+bench: bench-go bench-wrk
+
+bench-go:
+	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
+
+# wrk against direct, mesh one and two hops, nginx one and two hops.
+bench-wrk: build
+	packaging/bench/wrk.sh
+
+demo: build $(CONSUL)
+	$(GO) run ./demo
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin dist
