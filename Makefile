@@ -43,7 +43,7 @@ bench-go:
 
 # wrk against direct, mesh one and two hops, nginx one and two hops.
 bench-wrk: build
-	packaging/bench/wrk.sh
+	bench/wrk.sh
 
 demo: build $(CONSUL)
 	$(GO) run ./demo

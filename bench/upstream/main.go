@@ -1,0 +1,24 @@
+// Command upstream is the app behind the wrk benchmarks: it answers every
+// request with the same 100-byte body, as testing.md's reference figures do.
+package main
+
+import (
+	"flag"
+	"log"
+	"net/http"
+	"strconv"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
+	flag.Parse()
+	body := []byte("0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456\n")
+	body = body[:100]
+	clen := strconv.Itoa(len(body))
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header()["Content-Type"] = []string{"text/plain"}
+		w.Header()["Content-Length"] = []string{clen}
+		_, _ = w.Write(body)
+	})
+	log.Fatal(http.ListenAndServe(*addr, h))
+}
