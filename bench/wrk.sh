@@ -43,6 +43,7 @@ agent() { # ip service app-port extra...
 }
 B_PID=$(agent 127.0.0.52 bench-b 8080)
 A_PID=$(agent 127.0.0.51 bench-a 9 --upstream bench-b=127.0.0.51:9191)
+pids+=("$A_PID" "$B_PID")
 for ip in 127.0.0.51 127.0.0.52; do
 	until curl -fs "http://$ip:15000/ready" >/dev/null; do sleep 0.2; done
 done
