@@ -126,7 +126,7 @@ func scalar(v any) (string, error) {
 func parseIP(s string) (netip.Addr, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return netip.Addr{}, errors.New("empty")
+		return netip.Addr{}, errors.New("empty address")
 	}
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)

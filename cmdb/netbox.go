@@ -106,12 +106,12 @@ func (n *NetBox) Fetch(ctx context.Context) ([]Host, error) {
 		}
 	}
 	hosts = dedup(hosts, s)
+	if hosts == nil {
+		hosts = []Host{}
+	}
 	hosts, err = s.result("cmdb netbox", hosts)
 	if err != nil && IsSkipped(err) {
 		return hosts, fmt.Errorf("cmdb netbox: %w", err)
-	}
-	if hosts == nil {
-		hosts = []Host{}
 	}
 	return hosts, err
 }
