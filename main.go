@@ -14,6 +14,7 @@ import (
 	"github.com/meshvm/mesh/agent"
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/controlplane"
 )
 
 func main() {
@@ -26,6 +27,7 @@ func main() {
 	root.PersistentFlags().StringP("config", "c", "", "config file (default "+config.DefaultFile+" if it exists)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(agent.NewCommand(), config.NewCommand(), buildinfo.NewCommand())
+	root.AddCommand(controlplane.NewCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "mesh:", err)
 		os.Exit(exitCode(err))

@@ -1,0 +1,67 @@
+package controlplane
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/observability"
+)
+
+// flagKeys maps `mesh control` flags onto config keys.
+var flagKeys = map[string]string{
+	"xds-addr":        "control.xds_addr",
+	"admin-addr":      "control.admin_addr",
+	"consul-addr":     "consul.addr",
+	"cmdb-url":        "control.cmdb.url",
+	"cmdb-interval":   "control.cmdb.interval",
+	"cmdb-format":     "control.cmdb.format",
+	"cmdb-token-file": "control.cmdb.token_file",
+	"debounce":        "control.debounce",
+	"log-level":       "log.level",
+	"log-format":      "log.format",
+}
+
+// NewCommand returns `mesh control`.
+func NewCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "control",
+		Short: "Run the xDS control plane fed by Consul and the CMDB",
+		Long: "Run the control plane: watch the Consul catalog, merge CMDB machine metadata,\n" +
+			"and serve Envoy v3 resources over ADS (state-of-the-world and delta) to mesh\n" +
+			"agents, Envoy and gRPC proxyless clients. The CMDB token comes from\n" +
+			"--cmdb-token-file or MESH_CMDB_TOKEN and is never logged.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			file, _ := cmd.Flags().GetString("config")
+			cfg, err := config.Load(config.Options{File: file, Flags: cmd.Flags(), FlagKeys: flagKeys, Role: config.RoleControl})
+			if err != nil {
+				return err
+			}
+			log := observability.NewLogger(cfg.Log, os.Stderr)
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+			defer stop()
+			c, err := New(*cfg, log, Options{})
+			if err != nil {
+				return err
+			}
+			return c.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.String("xds-addr", "0.0.0.0:18000", "xDS gRPC listener (ADS, state-of-the-world and delta)")
+	f.String("admin-addr", "127.0.0.1:19000", "admin listener: /ready, /metrics, /config_dump, /debug/pprof/")
+	f.String("consul-addr", "127.0.0.1:8500", "Consul agent HTTP address (CONSUL_HTTP_ADDR)")
+	f.String("cmdb-url", "", "CMDB URL: a JSON host list (generic) or NetBox's base URL (netbox); empty disables")
+	f.Duration("cmdb-interval", 0, "CMDB poll interval (default 30s)")
+	f.String("cmdb-format", "generic", "CMDB format: generic or netbox")
+	f.String("cmdb-token-file", "", "file holding the CMDB API token (or set MESH_CMDB_TOKEN)")
+	f.Duration("debounce", 0, "coalesce source changes for this long before pushing (default 100ms)")
+	f.String("log-level", "info", "log level: trace, debug, info, warn, error")
+	f.String("log-format", "json", "log format: json or text")
+	return cmd
+}

@@ -1,0 +1,169 @@
+// Package model is the control plane's platform-neutral view of the mesh:
+// what the sources (Consul, the CMDB, later Kubernetes) report, and the
+// merged services and endpoints the translator turns into xDS. It imports
+// no protobufs, so it can be built, compared and dumped as JSON on its own.
+package model
+
+import (
+	"net/netip"
+
+	"github.com/meshvm/mesh/config"
+)
+
+// Check is a registry's aggregated health verdict for one instance.
+type Check string
+
+// Registry check states, as Consul names them.
+const (
+	CheckPassing  Check = "passing"
+	CheckWarning  Check = "warning"
+	CheckCritical Check = "critical"
+)
+
+// Health is what the mesh does with an endpoint.
+type Health string
+
+// Endpoint health. Healthy endpoints take traffic; Unhealthy ones do not;
+// Draining ones finish what they have but get no new requests.
+const (
+	Healthy   Health = "healthy"
+	Unhealthy Health = "unhealthy"
+	Draining  Health = "draining"
+)
+
+// Instance is one registered instance of a service as a registry knows it.
+type Instance struct {
+	Service string `json:"service"`
+	// ID is the registry's unique instance ID.
+	ID string `json:"id"`
+	// Node is the registry node (VM) the instance runs on.
+	Node string `json:"node"`
+	// Address and Port reach the instance's agent inbound listener.
+	Address string `json:"address"`
+	Port    int    `json:"port"`
+	Check   Check  `json:"check"`
+	// Weight is the registry's load-balancing weight for the current
+	// check state; 0 means 1.
+	Weight uint32            `json:"weight,omitempty"`
+	Tags   []string          `json:"tags,omitempty"`
+	Meta   map[string]string `json:"meta,omitempty"`
+}
+
+// Host is one machine's metadata from the CMDB. Hosts join instances by IP.
+type Host struct {
+	IP       netip.Addr        `json:"ip"`
+	Hostname string            `json:"hostname,omitempty"`
+	Region   string            `json:"region,omitempty"`
+	Zone     string            `json:"zone,omitempty"`
+	Env      string            `json:"env,omitempty"`
+	Owner    string            `json:"owner,omitempty"`
+	Status   string            `json:"status,omitempty"`
+	Role     string            `json:"role,omitempty"`
+	Tenant   string            `json:"tenant,omitempty"`
+	Tags     []string          `json:"tags,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+}
+
+// View is one source's full current state. A registry fills Instances, a
+// CMDB fills Hosts; a source may fill both.
+type View struct {
+	Instances []Instance `json:"instances,omitempty"`
+	Hosts     []Host     `json:"hosts,omitempty"`
+}
+
+// Locality places an endpoint; empty fields mean unknown.
+type Locality struct {
+	Region string `json:"region,omitempty"`
+	Zone   string `json:"zone,omitempty"`
+}
+
+// Endpoint is one routable instance of a service after the merge.
+type Endpoint struct {
+	ID       string   `json:"id"`
+	Node     string   `json:"node"`
+	Address  string   `json:"address"`
+	Port     int      `json:"port"`
+	Locality Locality `json:"locality"`
+	Health   Health   `json:"health"`
+	// Weight is at least 1.
+	Weight uint32 `json:"weight"`
+	// AppPort is the app's own port behind the agent (meta app_port), 0 if
+	// unknown.
+	AppPort  int      `json:"app_port,omitempty"`
+	Metadata Metadata `json:"metadata"`
+}
+
+// Metadata is what an endpoint carries besides its address: registry tags
+// and meta, and the CMDB host record.
+type Metadata struct {
+	Tags     []string          `json:"tags,omitempty"`
+	Meta     map[string]string `json:"meta,omitempty"`
+	Hostname string            `json:"hostname,omitempty"`
+	Env      string            `json:"env,omitempty"`
+	Owner    string            `json:"owner,omitempty"`
+	Role     string            `json:"role,omitempty"`
+	Tenant   string            `json:"tenant,omitempty"`
+	// Status is the CMDB status of the host.
+	Status   string            `json:"status,omitempty"`
+	HostTags []string          `json:"host_tags,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+}
+
+// Service is one service with its endpoints and the policy callers and the
+// service itself apply.
+type Service struct {
+	Name      string        `json:"name"`
+	Policy    config.Policy `json:"policy"`
+	Endpoints []Endpoint    `json:"endpoints"`
+}
+
+// Model is the merged view the translator consumes. Services are sorted by
+// name and endpoints by ID, so equal inputs give equal models.
+type Model struct {
+	Services []Service `json:"services"`
+}
+
+// Service returns the named service, or nil.
+func (m *Model) Service(name string) *Service {
+	lo, hi := 0, len(m.Services)
+	for lo < hi {
+		mid := (lo + hi) / 2
+		switch {
+		case m.Services[mid].Name == name:
+			return &m.Services[mid]
+		case m.Services[mid].Name < name:
+			lo = mid + 1
+		default:
+			hi = mid
+		}
+	}
+	return nil
+}
+
+// Counts returns the number of services and endpoints.
+func (m *Model) Counts() (services, endpoints int) {
+	for _, s := range m.Services {
+		endpoints += len(s.Endpoints)
+	}
+	return len(m.Services), endpoints
+}
+
+// Node is an xDS client as the control plane sees it: its id and what its
+// node metadata says (see docs/xds.md).
+type Node struct {
+	ID string `json:"id"`
+	// Service is the service the node's agent fronts; empty for a pure
+	// client such as a gRPC proxyless client.
+	Service string `json:"service,omitempty"`
+	// Proxyless nodes (gRPC xDS clients) get one API listener per service
+	// instead of the agent's inbound and outbound listeners.
+	Proxyless bool     `json:"proxyless,omitempty"`
+	Locality  Locality `json:"locality"`
+	// AppAddress:AppPort is where the fronted app listens; AppPort 0 means
+	// unknown, and the node gets no inbound listener.
+	AppAddress string `json:"app_address,omitempty"`
+	AppPort    int    `json:"app_port,omitempty"`
+	// InboundAddr and OutboundAddr are the agent's listeners (host:port).
+	InboundAddr  string `json:"inbound_addr,omitempty"`
+	OutboundAddr string `json:"outbound_addr,omitempty"`
+}

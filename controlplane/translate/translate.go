@@ -1,0 +1,647 @@
+// Package translate turns the control plane's model into Envoy v3 xDS
+// resources. It is pure: no I/O, no clock, no randomness, so equal models
+// give byte-equal resources and the translation is table- and
+// golden-tested. docs/xds.md describes the resources and their names.
+package translate
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	localratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	randomv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
+	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/controlplane/model"
+)
+
+// Resource names. Service names cannot contain '_', so these never clash
+// with a service's cluster, listener or route configuration.
+const (
+	// OutboundListener is the agent's listener for its app's calls.
+	OutboundListener = "mesh_outbound"
+	// OutboundRoute is the route configuration of OutboundListener: one
+	// virtual host per service.
+	OutboundRoute = "mesh_outbound"
+	// InboundListener is the agent's listener for calls to its app.
+	InboundListener = "mesh_inbound"
+	// LocalAppCluster is the node's own app behind its agent.
+	LocalAppCluster = "local_app"
+
+	// GovernanceKey is the Cluster filter_metadata key holding the policy
+	// knobs Envoy has no field for (the hystrix-style error breaker).
+	GovernanceKey = "mesh.governance"
+	// EndpointKey is the LbEndpoint filter_metadata key holding the
+	// endpoint's registry and CMDB metadata.
+	EndpointKey = "mesh"
+
+	// Default agent listeners when the node metadata does not say.
+	DefaultInboundAddr  = "0.0.0.0:15006"
+	DefaultOutboundAddr = "127.0.0.1:15001"
+)
+
+// Set is resources of one type by name.
+type Set map[string]proto.Message
+
+// Mesh is the part of every node's resources that does not depend on the
+// node: built once per model and shared by all snapshots.
+type Mesh struct {
+	// Clusters has one EDS cluster per service.
+	Clusters Set
+	// Endpoints has one ClusterLoadAssignment per service.
+	Endpoints Set
+	// Outbound is the OutboundRoute configuration.
+	Outbound *routev3.RouteConfiguration
+	// APIListeners and APIRoutes serve gRPC proxyless clients: a listener
+	// and a route configuration named after each service.
+	APIListeners Set
+	APIRoutes    Set
+	// Policies of the model's services, for node-specific resources.
+	policies map[string]config.Policy
+	// appPorts maps a service to the app_port its instances register, by
+	// node name, for nodes whose metadata omits app_port.
+	appPorts map[string]map[string]int
+}
+
+// Resources are one node's resources by type.
+type Resources struct {
+	Clusters, Endpoints, Listeners, Routes Set
+}
+
+// Translate builds the node-independent resources of a model.
+func Translate(m *model.Model) (*Mesh, error) {
+	n := len(m.Services)
+	out := &Mesh{
+		Clusters:     make(Set, n),
+		Endpoints:    make(Set, n),
+		APIListeners: make(Set, n),
+		APIRoutes:    make(Set, n),
+		policies:     make(map[string]config.Policy, n),
+		appPorts:     make(map[string]map[string]int, n),
+		Outbound: &routev3.RouteConfiguration{
+			Name:             OutboundRoute,
+			ValidateClusters: wrapperspb.Bool(false),
+			VirtualHosts:     make([]*routev3.VirtualHost, 0, n),
+		},
+	}
+	for i := range m.Services {
+		s := &m.Services[i]
+		c, err := Cluster(s)
+		if err != nil {
+			return nil, err
+		}
+		out.Clusters[s.Name] = c
+		out.Endpoints[s.Name] = LoadAssignment(s)
+		out.Outbound.VirtualHosts = append(out.Outbound.VirtualHosts, virtualHost(s, false))
+		l, err := APIListener(s.Name)
+		if err != nil {
+			return nil, err
+		}
+		out.APIListeners[s.Name] = l
+		out.APIRoutes[s.Name] = &routev3.RouteConfiguration{
+			Name:         s.Name,
+			VirtualHosts: []*routev3.VirtualHost{virtualHost(s, true)},
+		}
+		out.policies[s.Name] = s.Policy
+		for _, ep := range s.Endpoints {
+			if ep.AppPort > 0 && ep.Node != "" {
+				if out.appPorts[s.Name] == nil {
+					out.appPorts[s.Name] = map[string]int{}
+				}
+				out.appPorts[s.Name][ep.Node] = ep.AppPort
+			}
+		}
+	}
+	return out, nil
+}
+
+// Own returns the resources that belong to one node alone. A proxyless
+// node has none: it gets the API listeners and routes. An agent gets its
+// outbound listener and, when it fronts a service whose app port is known
+// (node metadata, else the app_port its Consul registration on that node
+// carries), its inbound listener and local app cluster.
+func (m *Mesh) Own(n model.Node, defaults config.Policy) (Resources, error) {
+	r := Resources{Clusters: Set{}, Endpoints: Set{}, Listeners: Set{}, Routes: Set{}}
+	if n.Proxyless {
+		return r, nil
+	}
+	out, err := outboundListener(cmpOr(n.OutboundAddr, DefaultOutboundAddr))
+	if err != nil {
+		return Resources{}, err
+	}
+	r.Listeners[OutboundListener] = out
+	if n.Service == "" {
+		return r, nil
+	}
+	appPort := n.AppPort
+	if appPort == 0 {
+		appPort = m.appPorts[n.Service][n.ID]
+	}
+	if appPort == 0 {
+		return r, nil
+	}
+	policy, ok := m.policies[n.Service]
+	if !ok {
+		policy = defaults
+	}
+	local, err := localAppCluster(cmpOr(n.AppAddress, "127.0.0.1"), appPort, policy)
+	if err != nil {
+		return Resources{}, err
+	}
+	in, err := inboundListener(cmpOr(n.InboundAddr, DefaultInboundAddr), policy)
+	if err != nil {
+		return Resources{}, err
+	}
+	r.Listeners[InboundListener] = in
+	r.Clusters[LocalAppCluster] = local
+	return r, nil
+}
+
+// Shared returns the mesh resources a node gets besides its own: every
+// cluster and load assignment, and the API listeners and routes for a
+// proxyless node or the outbound route configuration for an agent.
+func (m *Mesh) Shared(n model.Node) Resources {
+	if n.Proxyless {
+		return Resources{Clusters: m.Clusters, Endpoints: m.Endpoints, Listeners: m.APIListeners, Routes: m.APIRoutes}
+	}
+	return Resources{Clusters: m.Clusters, Endpoints: m.Endpoints, Listeners: Set{}, Routes: Set{OutboundRoute: m.Outbound}}
+}
+
+// ForNode returns all of a node's resources (shared and own) in fresh maps.
+func (m *Mesh) ForNode(n model.Node, defaults config.Policy) (Resources, error) {
+	own, err := m.Own(n, defaults)
+	if err != nil {
+		return Resources{}, err
+	}
+	sh := m.Shared(n)
+	return Resources{
+		Clusters:  merged(sh.Clusters, own.Clusters),
+		Endpoints: merged(sh.Endpoints, own.Endpoints),
+		Listeners: merged(sh.Listeners, own.Listeners),
+		Routes:    merged(sh.Routes, own.Routes),
+	}, nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// Domains are the Host / :authority values that reach a service through
+// the outbound listener, with and without a port.
+func Domains(service string) []string {
+	return []string{
+		service, service + ":*",
+		service + ".mesh", service + ".mesh:*",
+		service + ".service.consul", service + ".service.consul:*",
+	}
+}
+
+// Cluster is a service's EDS cluster carrying its caller-side policy.
+func Cluster(s *model.Service) (*clusterv3.Cluster, error) {
+	p := s.Policy
+	c := &clusterv3.Cluster{
+		Name:                 s.Name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource()},
+		ConnectTimeout:       durationpb.New(p.ConnectTimeout),
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+	}
+	switch p.LoadBalancer.Policy {
+	case "least_request":
+		c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
+	case "random":
+		// Envoy takes the first policy it knows; gRPC, which has no
+		// random policy, takes round robin.
+		rnd, err := anypb.New(&randomv3.Random{})
+		if err != nil {
+			return nil, err
+		}
+		rr, err := anypb.New(&roundrobinv3.RoundRobin{})
+		if err != nil {
+			return nil, err
+		}
+		c.LoadBalancingPolicy = &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{
+			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.random", TypedConfig: rnd}},
+			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.round_robin", TypedConfig: rr}},
+		}}
+	}
+	if p.LoadBalancer.LocalityAware {
+		c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{
+			LocalityConfigSpecifier: &clusterv3.Cluster_CommonLbConfig_ZoneAwareLbConfig_{
+				ZoneAwareLbConfig: &clusterv3.Cluster_CommonLbConfig_ZoneAwareLbConfig{
+					RoutingEnabled: &typev3.Percent{Value: 100},
+					MinClusterSize: wrapperspb.UInt64(1),
+				},
+			},
+		}
+	}
+	if t := thresholds(p); t != nil {
+		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{t}}
+	}
+	c.OutlierDetection = outlier(p.OutlierDetection)
+	if md := governance(p.CircuitBreaker); md != nil {
+		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{GovernanceKey: md}}
+	}
+	return c, nil
+}
+
+func thresholds(p config.Policy) *clusterv3.CircuitBreakers_Thresholds {
+	cb, r := p.CircuitBreaker, p.Retries
+	t := &clusterv3.CircuitBreakers_Thresholds{Priority: corev3.RoutingPriority_DEFAULT}
+	set := false
+	if cb.MaxConnections > 0 {
+		t.MaxConnections, set = wrapperspb.UInt32(uint32(cb.MaxConnections)), true
+	}
+	if cb.MaxPendingRequests > 0 {
+		t.MaxPendingRequests, set = wrapperspb.UInt32(uint32(cb.MaxPendingRequests)), true
+	}
+	if cb.MaxRequests > 0 {
+		t.MaxRequests, set = wrapperspb.UInt32(uint32(cb.MaxRequests)), true
+	}
+	if r.BudgetPercent > 0 {
+		t.RetryBudget = &clusterv3.CircuitBreakers_Thresholds_RetryBudget{
+			BudgetPercent:       &typev3.Percent{Value: r.BudgetPercent},
+			MinRetryConcurrency: wrapperspb.UInt32(uint32(r.MinRetryConcurrency)),
+		}
+		set = true
+	}
+	if !set {
+		return nil
+	}
+	return t
+}
+
+func outlier(o config.OutlierDetection) *clusterv3.OutlierDetection {
+	if o == (config.OutlierDetection{}) {
+		return nil
+	}
+	od := &clusterv3.OutlierDetection{
+		Consecutive_5Xx:                    wrapperspb.UInt32(uint32(o.Consecutive5xx)),
+		EnforcingConsecutive_5Xx:           wrapperspb.UInt32(enforcing(o.Consecutive5xx)),
+		ConsecutiveGatewayFailure:          wrapperspb.UInt32(uint32(o.ConsecutiveGatewayFailure)),
+		EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(enforcing(o.ConsecutiveGatewayFailure)),
+		MaxEjectionPercent:                 wrapperspb.UInt32(uint32(o.MaxEjectionPercent)),
+		// The success-rate detector is not part of mesh's policy.
+		EnforcingSuccessRate: wrapperspb.UInt32(0),
+	}
+	if o.Interval > 0 {
+		od.Interval = durationpb.New(o.Interval)
+	}
+	if o.BaseEjectionTime > 0 {
+		od.BaseEjectionTime = durationpb.New(o.BaseEjectionTime)
+	}
+	return od
+}
+
+// enforcing is 100% when a consecutive-failure detector is on, 0 when off.
+func enforcing(n int) uint32 {
+	if n > 0 {
+		return 100
+	}
+	return 0
+}
+
+// governance is the GovernanceKey metadata: the error-percentage breaker
+// Envoy lacks. sleep_window is a duration string as protobuf JSON writes
+// durations ("5s").
+func governance(cb config.CircuitBreaker) *structpb.Struct {
+	if cb.ErrorPercentThreshold == 0 {
+		return nil
+	}
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		"error_percent_threshold":  structpb.NewNumberValue(float64(cb.ErrorPercentThreshold)),
+		"request_volume_threshold": structpb.NewNumberValue(float64(cb.RequestVolumeThreshold)),
+		"sleep_window":             structpb.NewStringValue(durationString(cb.SleepWindow.Seconds())),
+	}}
+}
+
+func durationString(sec float64) string {
+	return strconv.FormatFloat(sec, 'f', -1, 64) + "s"
+}
+
+// LoadAssignment is a service's endpoints grouped by locality, in locality
+// order, each locality weighted by the sum of its endpoints' weights.
+func LoadAssignment(s *model.Service) *endpointv3.ClusterLoadAssignment {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: s.Name}
+	eps := slices.Clone(s.Endpoints)
+	slices.SortStableFunc(eps, func(a, b model.Endpoint) int {
+		if c := strings.Compare(a.Locality.Region, b.Locality.Region); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Locality.Zone, b.Locality.Zone)
+	})
+	var cur *endpointv3.LocalityLbEndpoints
+	var weight uint32
+	for i := range eps {
+		ep := &eps[i]
+		if cur == nil || cur.Locality.Region != ep.Locality.Region || cur.Locality.Zone != ep.Locality.Zone {
+			if cur != nil {
+				cur.LoadBalancingWeight = wrapperspb.UInt32(weight)
+			}
+			cur = &endpointv3.LocalityLbEndpoints{
+				Locality: &corev3.Locality{Region: ep.Locality.Region, Zone: ep.Locality.Zone},
+			}
+			weight = 0
+			cla.Endpoints = append(cla.Endpoints, cur)
+		}
+		w := max(ep.Weight, 1)
+		weight += w
+		cur.LbEndpoints = append(cur.LbEndpoints, &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(ep.Address, ep.Port),
+			}},
+			HealthStatus:        healthStatus(ep.Health),
+			LoadBalancingWeight: wrapperspb.UInt32(w),
+			Metadata:            &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{EndpointKey: endpointMetadata(ep)}},
+		})
+	}
+	if cur != nil {
+		cur.LoadBalancingWeight = wrapperspb.UInt32(weight)
+	}
+	return cla
+}
+
+func healthStatus(h model.Health) corev3.HealthStatus {
+	switch h {
+	case model.Healthy:
+		return corev3.HealthStatus_HEALTHY
+	case model.Draining:
+		return corev3.HealthStatus_DRAINING
+	}
+	return corev3.HealthStatus_UNHEALTHY
+}
+
+func endpointMetadata(ep *model.Endpoint) *structpb.Struct {
+	f := map[string]*structpb.Value{"id": structpb.NewStringValue(ep.ID)}
+	str := func(k, v string) {
+		if v != "" {
+			f[k] = structpb.NewStringValue(v)
+		}
+	}
+	list := func(k string, vs []string) {
+		if len(vs) > 0 {
+			l := make([]*structpb.Value, len(vs))
+			for i, v := range vs {
+				l[i] = structpb.NewStringValue(v)
+			}
+			f[k] = structpb.NewListValue(&structpb.ListValue{Values: l})
+		}
+	}
+	dict := func(k string, m map[string]string) {
+		if len(m) > 0 {
+			s := &structpb.Struct{Fields: make(map[string]*structpb.Value, len(m))}
+			for mk, mv := range m {
+				s.Fields[mk] = structpb.NewStringValue(mv)
+			}
+			f[k] = structpb.NewStructValue(s)
+		}
+	}
+	md := &ep.Metadata
+	str("node", ep.Node)
+	str("hostname", md.Hostname)
+	str("env", md.Env)
+	str("owner", md.Owner)
+	str("role", md.Role)
+	str("tenant", md.Tenant)
+	str("status", md.Status)
+	list("tags", md.Tags)
+	list("host_tags", md.HostTags)
+	dict("meta", md.Meta)
+	dict("labels", md.Labels)
+	return &structpb.Struct{Fields: f}
+}
+
+func socketAddress(host string, port int) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       host,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}
+
+func parseHostPort(s string) (*corev3.Address, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return nil, fmt.Errorf("listener address %q: %w", s, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 0 || p > 65535 {
+		return nil, fmt.Errorf("listener address %q: bad port", s)
+	}
+	return socketAddress(host, p), nil
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+	}
+}
+
+// virtualHost routes a service's domains to its cluster with its timeout
+// and retry policy. api selects the proxyless variant, which also bounds
+// streams (gRPC takes its deadline from max_stream_duration).
+func virtualHost(s *model.Service, api bool) *routev3.VirtualHost {
+	p := s.Policy
+	action := &routev3.RouteAction{
+		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: s.Name},
+		Timeout:          durationpb.New(p.Timeout),
+		RetryPolicy:      retryPolicy(p.Retries, api),
+	}
+	if api && p.Timeout > 0 {
+		action.MaxStreamDuration = &routev3.RouteAction_MaxStreamDuration{MaxStreamDuration: durationpb.New(p.Timeout)}
+	}
+	return &routev3.VirtualHost{
+		Name:    s.Name,
+		Domains: Domains(s.Name),
+		Routes: []*routev3.Route{{
+			Name:   s.Name,
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: action},
+		}},
+	}
+}
+
+func retryPolicy(r config.Retries, api bool) *routev3.RetryPolicy {
+	if r.Attempts <= 0 || len(r.RetryOn) == 0 {
+		return nil
+	}
+	rp := &routev3.RetryPolicy{
+		RetryOn:    strings.Join(r.RetryOn, ","),
+		NumRetries: wrapperspb.UInt32(uint32(r.Attempts)),
+	}
+	if r.PerTryTimeout > 0 {
+		rp.PerTryTimeout = durationpb.New(r.PerTryTimeout)
+	}
+	if !api {
+		prev, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{})
+		rp.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{{
+			Name:       "envoy.retry_host_predicates.previous_hosts",
+			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: prev},
+		}}
+		rp.HostSelectionRetryMaxAttempts = 3
+	}
+	return rp
+}
+
+func routerFilter() (*hcmv3.HttpFilter, error) {
+	cfg, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
+}
+
+// APIListener is the listener a gRPC proxyless client resolves for
+// xds:///<service>: an HCM api_listener whose route configuration comes
+// over ADS.
+func APIListener(service string) (*listenerv3.Listener, error) {
+	router, err := routerFilter()
+	if err != nil {
+		return nil, err
+	}
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: service,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource: adsSource(), RouteConfigName: service,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{router},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{Name: service, ApiListener: &listenerv3.ApiListener{ApiListener: hcm}}, nil
+}
+
+func outboundListener(addr string) (*listenerv3.Listener, error) {
+	router, err := routerFilter()
+	if err != nil {
+		return nil, err
+	}
+	return httpListener(OutboundListener, addr, &hcmv3.HttpConnectionManager{
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		StatPrefix: "outbound",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource: adsSource(), RouteConfigName: OutboundRoute,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{router},
+	})
+}
+
+func inboundListener(addr string, p config.Policy) (*listenerv3.Listener, error) {
+	var filters []*hcmv3.HttpFilter
+	if rl := p.RateLimit; rl.MaxTokens > 0 {
+		cfg, err := anypb.New(&localratelimitv3.LocalRateLimit{
+			StatPrefix: "inbound_rate_limit",
+			TokenBucket: &typev3.TokenBucket{
+				MaxTokens:     uint32(rl.MaxTokens),
+				TokensPerFill: wrapperspb.UInt32(uint32(rl.TokensPerFill)),
+				FillInterval:  durationpb.New(rl.FillInterval),
+			},
+			FilterEnabled:  fullPercent("inbound_rate_limit_enabled"),
+			FilterEnforced: fullPercent("inbound_rate_limit_enforced"),
+			ResponseHeadersToAdd: []*corev3.HeaderValueOption{{
+				Header: &corev3.HeaderValue{Key: "x-mesh-reason", Value: "rate-limited"},
+			}},
+		})
+		if err != nil {
+			return nil, err
+		}
+		filters = append(filters, &hcmv3.HttpFilter{
+			Name:       "envoy.filters.http.local_ratelimit",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg},
+		})
+	}
+	router, err := routerFilter()
+	if err != nil {
+		return nil, err
+	}
+	filters = append(filters, router)
+	return httpListener(InboundListener, addr, &hcmv3.HttpConnectionManager{
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		StatPrefix: "inbound",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: InboundListener,
+			VirtualHosts: []*routev3.VirtualHost{{
+				Name:    LocalAppCluster,
+				Domains: []string{"*"},
+				Routes: []*routev3.Route{{
+					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+						ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: LocalAppCluster},
+						// The caller's agent bounds the request; the inbound
+						// side does not cut it shorter.
+						Timeout: durationpb.New(0),
+					}},
+				}},
+			}},
+		}},
+		HttpFilters: filters,
+	})
+}
+
+func fullPercent(runtimeKey string) *corev3.RuntimeFractionalPercent {
+	return &corev3.RuntimeFractionalPercent{
+		DefaultValue: &typev3.FractionalPercent{Numerator: 100, Denominator: typev3.FractionalPercent_HUNDRED},
+		RuntimeKey:   runtimeKey,
+	}
+}
+
+func httpListener(name, addr string, hcm *hcmv3.HttpConnectionManager) (*listenerv3.Listener, error) {
+	address, err := parseHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := anypb.New(hcm)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: address,
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{{
+				Name:       "envoy.filters.network.http_connection_manager",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: cfg},
+			}},
+		}},
+	}, nil
+}
+
+func localAppCluster(host string, port int, p config.Policy) (*clusterv3.Cluster, error) {
+	return &clusterv3.Cluster{
+		Name:                 LocalAppCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(p.ConnectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: LocalAppCluster,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{{
+					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+						Address: socketAddress(host, port),
+					}},
+				}},
+			}},
+		},
+	}, nil
+}

@@ -1,0 +1,177 @@
+package xds
+
+import (
+	"context"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshvm/mesh/controlplane/model"
+)
+
+// Node metadata keys a client may set (docs/xds.md).
+const (
+	MetaService      = "service"
+	MetaAppPort      = "app_port"
+	MetaAppAddress   = "app_address"
+	MetaInboundAddr  = "inbound_addr"
+	MetaOutboundAddr = "outbound_addr"
+	MetaProxyless    = "proxyless"
+)
+
+// NodeFromProto reads a node's identity from the xDS Node message: its id,
+// locality, and the metadata keys above. A client whose user agent is
+// gRPC is proxyless unless its metadata says otherwise.
+func NodeFromProto(n *corev3.Node) model.Node {
+	f := n.GetMetadata().GetFields()
+	str := func(k string) string { return strings.TrimSpace(f[k].GetStringValue()) }
+	out := model.Node{
+		ID:           n.GetId(),
+		Service:      str(MetaService),
+		AppAddress:   str(MetaAppAddress),
+		InboundAddr:  str(MetaInboundAddr),
+		OutboundAddr: str(MetaOutboundAddr),
+		Locality:     model.Locality{Region: n.GetLocality().GetRegion(), Zone: n.GetLocality().GetZone()},
+		Proxyless:    strings.HasPrefix(strings.ToLower(n.GetUserAgentName()), "grpc"),
+	}
+	switch v := f[MetaAppPort].GetKind().(type) {
+	case *structpb.Value_NumberValue:
+		out.AppPort = int(v.NumberValue)
+	case *structpb.Value_StringValue:
+		out.AppPort, _ = strconv.Atoi(strings.TrimSpace(v.StringValue))
+	}
+	if out.AppPort < 0 || out.AppPort > 65535 {
+		out.AppPort = 0
+	}
+	switch v := f[MetaProxyless].GetKind().(type) {
+	case *structpb.Value_BoolValue:
+		out.Proxyless = v.BoolValue
+	case *structpb.Value_StringValue:
+		if b, err := strconv.ParseBool(v.StringValue); err == nil {
+			out.Proxyless = b
+		}
+	}
+	return out
+}
+
+// OnStreamOpen implements the server callbacks.
+func (s *Server) OnStreamOpen(_ context.Context, id int64, _ string) error {
+	s.openStream(streamKey{id: id})
+	return nil
+}
+
+// OnStreamClosed implements the server callbacks.
+func (s *Server) OnStreamClosed(id int64, _ *corev3.Node) { s.closeStream(streamKey{id: id}) }
+
+// OnDeltaStreamOpen implements the server callbacks.
+func (s *Server) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
+	s.openStream(streamKey{delta: true, id: id})
+	return nil
+}
+
+// OnDeltaStreamClosed implements the server callbacks.
+func (s *Server) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
+	s.closeStream(streamKey{delta: true, id: id})
+}
+
+func (s *Server) openStream(k streamKey) {
+	s.smu.Lock()
+	s.streams[k] = &streamState{sent: map[string]sent{}}
+	s.metrics.streams.Set(float64(len(s.streams)))
+	s.smu.Unlock()
+}
+
+func (s *Server) closeStream(k streamKey) {
+	s.smu.Lock()
+	st := s.streams[k]
+	delete(s.streams, k)
+	s.metrics.streams.Set(float64(len(s.streams)))
+	s.smu.Unlock()
+	if st != nil && st.nodeID != "" {
+		s.unregister(st.nodeID)
+	}
+}
+
+// firstNode records the stream's node on its first request carrying one
+// and reports whether the node must be registered.
+func (s *Server) firstNode(k streamKey, n *corev3.Node) bool {
+	if n == nil || n.GetId() == "" {
+		return false
+	}
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	st := s.streams[k]
+	if st == nil || st.nodeID != "" {
+		return false
+	}
+	st.nodeID = n.GetId()
+	return true
+}
+
+// OnStreamRequest implements the server callbacks. A NACK is logged and
+// counted, and its request is marked as having seen the rejected version,
+// so the cache holds the watch until the snapshot changes instead of
+// resending the rejected version at once, in a loop.
+func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
+	k := streamKey{id: id}
+	if s.firstNode(k, req.GetNode()) {
+		s.register(NodeFromProto(req.GetNode()))
+	}
+	if req.GetErrorDetail() == nil {
+		return nil
+	}
+	s.smu.Lock()
+	var last sent
+	if st := s.streams[k]; st != nil {
+		last = st.sent[req.GetTypeUrl()]
+	}
+	s.smu.Unlock()
+	s.metrics.nacks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
+	s.log.Warn().Str("node", req.GetNode().GetId()).Str("type", typeName(req.GetTypeUrl())).
+		Str("rejected_version", last.version).Str("accepted_version", req.GetVersionInfo()).
+		Str("detail", req.GetErrorDetail().GetMessage()).Msg("client rejected resources (nack)")
+	if last.nonce != "" && last.nonce == req.GetResponseNonce() {
+		req.VersionInfo = last.version
+	}
+	return nil
+}
+
+// OnStreamResponse implements the server callbacks.
+func (s *Server) OnStreamResponse(_ context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+	s.smu.Lock()
+	if st := s.streams[streamKey{id: id}]; st != nil {
+		st.sent[req.GetTypeUrl()] = sent{nonce: resp.GetNonce(), version: resp.GetVersionInfo()}
+	}
+	s.smu.Unlock()
+	s.metrics.pushes.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
+}
+
+// OnStreamDeltaRequest implements the server callbacks. The delta server
+// answers only with changes, so a NACK needs no special handling beyond
+// being logged and counted.
+func (s *Server) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
+	if s.firstNode(streamKey{delta: true, id: id}, req.GetNode()) {
+		s.register(NodeFromProto(req.GetNode()))
+	}
+	if req.GetErrorDetail() != nil {
+		s.metrics.nacks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
+		s.log.Warn().Str("node", req.GetNode().GetId()).Str("type", typeName(req.GetTypeUrl())).
+			Str("nonce", req.GetResponseNonce()).Str("detail", req.GetErrorDetail().GetMessage()).
+			Msg("client rejected resources (nack)")
+	}
+	return nil
+}
+
+// OnStreamDeltaResponse implements the server callbacks.
+func (s *Server) OnStreamDeltaResponse(_ int64, req *discovery.DeltaDiscoveryRequest, _ *discovery.DeltaDiscoveryResponse) {
+	s.metrics.pushes.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
+}
+
+// OnFetchRequest implements the server callbacks (REST fetch is not served).
+func (s *Server) OnFetchRequest(context.Context, *discovery.DiscoveryRequest) error { return nil }
+
+// OnFetchResponse implements the server callbacks.
+func (s *Server) OnFetchResponse(*discovery.DiscoveryRequest, *discovery.DiscoveryResponse) {}

@@ -1,0 +1,42 @@
+package xds
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the xDS server's Prometheus metrics (docs/metrics.md).
+type metrics struct {
+	connected prometheus.Gauge
+	streams   prometheus.Gauge
+	pushes    *prometheus.CounterVec
+	nacks     *prometheus.CounterVec
+	setTime   prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "mesh", Subsystem: "xds", Name: "connected_nodes",
+			Help: "xDS nodes (distinct node ids) with at least one open stream.",
+		}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "mesh", Subsystem: "xds", Name: "streams",
+			Help: "Open xDS streams.",
+		}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mesh", Subsystem: "xds", Name: "pushes_total",
+			Help: "xDS responses sent, by resource type (cluster, endpoint, listener, route).",
+		}, []string{"type"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mesh", Subsystem: "xds", Name: "nacks_total",
+			Help: "xDS responses a client rejected, by resource type.",
+		}, []string{"type"}),
+		setTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "mesh", Subsystem: "xds", Name: "snapshot_set_seconds",
+			Help:    "Time to build and set the snapshots of every connected node after a model change.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connected, m.streams, m.pushes, m.nacks, m.setTime)
+	}
+	return m
+}

@@ -1,0 +1,332 @@
+// Package xds serves the control plane's resources to xDS clients (mesh
+// agents, Envoy, gRPC proxyless clients) over ADS, state-of-the-world and
+// delta, using go-control-plane's server and snapshot cache. It keeps one
+// snapshot per connected node, pushes a change type by type (CDS, EDS,
+// LDS, RDS) so a client never gets a resource it cannot place, derives
+// versions from content so an unchanged view pushes nothing, and does not
+// resend a rejected (NACKed) version.
+package xds
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
+	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+
+	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/controlplane/model"
+	"github.com/meshvm/mesh/controlplane/translate"
+)
+
+// Server holds the snapshots of the connected nodes and answers their
+// xDS streams. Update it with each new translation.
+type Server struct {
+	log      zerolog.Logger
+	cache    cache.SnapshotCache
+	metrics  *metrics
+	defaults config.Policy
+
+	// mu guards the fields below and serialises snapshot changes, so the
+	// phases of one push never interleave with another.
+	mu     sync.Mutex
+	mesh   *translate.Mesh
+	shared shared
+	hasher *Hasher
+	nodes  map[string]*nodeState
+
+	smu     sync.Mutex
+	streams map[streamKey]*streamState
+}
+
+type shared struct {
+	clusters, endpoints, apiListeners, apiRoutes, outbound *Set
+}
+
+type nodeState struct {
+	node    model.Node
+	streams int
+	snap    *Snapshot
+}
+
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+type streamState struct {
+	nodeID string
+	// sent is the last response per type URL on a SotW stream.
+	sent map[string]sent
+}
+
+type sent struct{ nonce, version string }
+
+// New returns a server with no snapshots. defaults is the policy of a
+// node's own service when the model does not know the service yet.
+func New(log zerolog.Logger, reg prometheus.Registerer, defaults config.Policy) *Server {
+	s := &Server{
+		log:      log,
+		metrics:  newMetrics(reg),
+		defaults: defaults,
+		hasher:   NewHasher(),
+		nodes:    map[string]*nodeState{},
+		streams:  map[streamKey]*streamState{},
+	}
+	// ads=false: the ADS flag's only other effect is to hold any named
+	// request that does not name every resource of its type, which a gRPC
+	// client (asking for one listener) never does. Push order is kept by
+	// setting snapshots type by type instead (see push).
+	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
+	return s
+}
+
+// Register adds the ADS service (SotW and delta) and the per-type xDS
+// services to g. ctx bounds every stream: cancel it before a graceful stop.
+func (s *Server) Register(ctx context.Context, g *grpc.Server) {
+	srv := serverv3.NewServer(ctx, s.cache, s,
+		sotw.WithOrderedADS(),
+		sotw.DeactivateLegacyWildcardForTypes([]string{resourcev3.EndpointType, resourcev3.RouteType}),
+		sotw.WithLogger(cacheLogger{s.log}),
+	)
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	clusterservice.RegisterClusterDiscoveryServiceServer(g, srv)
+	endpointservice.RegisterEndpointDiscoveryServiceServer(g, srv)
+	listenerservice.RegisterListenerDiscoveryServiceServer(g, srv)
+	routeservice.RegisterRouteDiscoveryServiceServer(g, srv)
+}
+
+// Ready reports whether a model has been set.
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mesh != nil
+}
+
+// Update validates a new translation and sets every connected node's
+// snapshot from it. An invalid translation is refused as a whole and the
+// previous one keeps serving.
+func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
+	start := time.Now()
+	if err := mesh.Validate(); err != nil {
+		return fmt.Errorf("validate resources: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hasher.Rotate()
+	var sh shared
+	for _, p := range []struct {
+		dst **Set
+		src translate.Set
+	}{
+		{&sh.clusters, mesh.Clusters}, {&sh.endpoints, mesh.Endpoints},
+		{&sh.apiListeners, mesh.APIListeners}, {&sh.apiRoutes, mesh.APIRoutes},
+		{&sh.outbound, translate.Set{translate.OutboundRoute: mesh.Outbound}},
+	} {
+		set, err := s.hasher.NewSet(p.src)
+		if err != nil {
+			return err
+		}
+		*p.dst = set
+	}
+	s.mesh, s.shared = mesh, sh
+	for id, st := range s.nodes {
+		if err := s.setNode(ctx, id, st); err != nil {
+			s.log.Error().Err(err).Str("node", id).Msg("node snapshot refused, node keeps its previous one")
+		}
+	}
+	s.metrics.setTime.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// setNode builds a node's snapshot from the current mesh and pushes it.
+// s.mu is held.
+func (s *Server) setNode(ctx context.Context, id string, st *nodeState) error {
+	if s.mesh == nil {
+		return nil
+	}
+	own, err := s.mesh.Own(st.node, s.defaults)
+	if err != nil {
+		return fmt.Errorf("translate node %s: %w", id, err)
+	}
+	if err := s.mesh.ValidateNode(st.node, own); err != nil {
+		return fmt.Errorf("validate node %s: %w", id, err)
+	}
+	ownClusters, err := s.hasher.NewSet(own.Clusters)
+	if err != nil {
+		return err
+	}
+	ownListeners, err := s.hasher.NewSet(own.Listeners)
+	if err != nil {
+		return err
+	}
+	sh := s.shared
+	var next *Snapshot
+	if st.node.Proxyless {
+		next = NewSnapshot(NewLayer(sh.clusters, nil), NewLayer(sh.endpoints, nil), NewLayer(sh.apiListeners, nil), NewLayer(sh.apiRoutes, nil))
+	} else {
+		next = NewSnapshot(NewLayer(sh.clusters, ownClusters), NewLayer(sh.endpoints, nil), NewLayer(ownListeners, nil), NewLayer(sh.outbound, nil))
+	}
+	if err := s.push(ctx, id, st.snap, next); err != nil {
+		return err
+	}
+	st.snap = next
+	return nil
+}
+
+// push moves a node from prev to next one type at a time, in Kinds order,
+// so that the responses to its open watches leave in that order (the
+// ordered ADS server sends them through one queue). Types whose version
+// did not change are not touched, so an unchanged view pushes nothing.
+// For a new node, types not set yet have the empty version, which keeps
+// the client's initial (empty-version) requests waiting.
+func (s *Server) push(ctx context.Context, id string, prev, next *Snapshot) error {
+	cur := &Snapshot{}
+	if prev != nil {
+		cur.layers = prev.layers
+	} else {
+		for i := range cur.layers {
+			cur.layers[i] = &Layer{base: emptySet}
+		}
+	}
+	for i := range Kinds {
+		if cur.layers[i].Version == next.layers[i].Version {
+			cur.layers[i] = next.layers[i]
+			continue
+		}
+		phase := &Snapshot{layers: cur.layers}
+		phase.layers[i] = next.layers[i]
+		if err := s.cache.SetSnapshot(ctx, id, phase); err != nil {
+			return fmt.Errorf("set %s snapshot of node %s: %w", typeName(Kinds[i]), id, err)
+		}
+		cur = phase
+	}
+	return nil
+}
+
+var emptySet = &Set{resources: map[string]types.Resource{}, withTTL: map[string]types.ResourceWithTTL{}, versions: map[string]string{}}
+
+// NodeInfo is what the server holds for one connected node.
+type NodeInfo struct {
+	Node     model.Node        `json:"node"`
+	Streams  int               `json:"streams"`
+	Versions map[string]string `json:"versions,omitempty"`
+}
+
+// Nodes lists the connected nodes, sorted by id.
+func (s *Server) Nodes() []NodeInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]NodeInfo, 0, len(s.nodes))
+	for _, st := range s.nodes {
+		out = append(out, info(st))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node.ID < out[j].Node.ID })
+	return out
+}
+
+func info(st *nodeState) NodeInfo {
+	ni := NodeInfo{Node: st.node, Streams: st.streams}
+	if st.snap != nil {
+		ni.Versions = map[string]string{}
+		for i, v := range st.snap.Versions() {
+			ni.Versions[typeName(Kinds[i])] = v
+		}
+	}
+	return ni
+}
+
+// NodeResources returns a connected node's current resources by type name
+// (cluster, endpoint, listener, route), or false if the node is unknown.
+func (s *Server) NodeResources(id string) (NodeInfo, map[string]map[string]types.Resource, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.nodes[id]
+	if !ok {
+		return NodeInfo{}, nil, false
+	}
+	out := map[string]map[string]types.Resource{}
+	if st.snap != nil {
+		for _, k := range Kinds {
+			out[typeName(k)] = st.snap.GetResources(k)
+		}
+	}
+	return info(st), out, true
+}
+
+// register counts a stream of a node and, for a new node, sets its
+// snapshot from the current mesh.
+func (s *Server) register(n model.Node) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.nodes[n.ID]
+	if !ok {
+		st = &nodeState{node: n}
+		s.nodes[n.ID] = st
+		s.metrics.connected.Set(float64(len(s.nodes)))
+		s.log.Info().Str("node", n.ID).Str("service", n.Service).Bool("proxyless", n.Proxyless).Msg("node connected")
+	}
+	st.streams++
+	if st.node != n || st.snap == nil {
+		st.node = n
+		if err := s.setNode(context.Background(), n.ID, st); err != nil {
+			s.log.Error().Err(err).Str("node", n.ID).Msg("node snapshot refused")
+		}
+	}
+}
+
+// unregister drops a stream; a node without streams is forgotten.
+func (s *Server) unregister(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.nodes[id]
+	if !ok {
+		return
+	}
+	if st.streams--; st.streams > 0 {
+		return
+	}
+	delete(s.nodes, id)
+	s.cache.ClearSnapshot(id)
+	s.metrics.connected.Set(float64(len(s.nodes)))
+	s.log.Info().Str("node", id).Msg("node disconnected")
+}
+
+func typeName(typeURL string) string {
+	switch typeURL {
+	case resourcev3.ClusterType:
+		return "cluster"
+	case resourcev3.EndpointType:
+		return "endpoint"
+	case resourcev3.ListenerType:
+		return "listener"
+	case resourcev3.RouteType:
+		return "route"
+	}
+	return strings.TrimPrefix(typeURL, resourcev3.APITypePrefix)
+}
+
+// cacheLogger sends go-control-plane's logs to zerolog at debug level
+// (errors stay errors).
+type cacheLogger struct{ log zerolog.Logger }
+
+func (l cacheLogger) Debugf(f string, a ...any) { l.log.Debug().Msgf(f, a...) }
+func (l cacheLogger) Infof(f string, a ...any)  { l.log.Debug().Msgf(f, a...) }
+func (l cacheLogger) Warnf(f string, a ...any)  { l.log.Debug().Msgf(f, a...) }
+func (l cacheLogger) Errorf(f string, a ...any) { l.log.Error().Msgf(f, a...) }
+
