@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/meshvm/mesh/buildinfo"
 )
 
 // getter performs the bounded, authenticated GETs both formats need. It
@@ -53,7 +55,7 @@ func (g *getter) get(ctx context.Context, u *url.URL) (body []byte, contentType 
 		return nil, "", fmt.Errorf("%s: %w", where, err)
 	}
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "mesh-control")
+	req.Header.Set("User-Agent", "mesh/"+buildinfo.Version)
 	if g.header != "" {
 		req.Header.Set(g.header, g.value)
 	}
