@@ -77,6 +77,9 @@ type Options struct {
 	// Apply is called with the full current set after each response. An
 	// error NACKs the response; the caller keeps its last good config.
 	Apply func(Resources) error
+	// Listeners are the listener names to subscribe to; empty means all
+	// (wildcard).
+	Listeners []string
 	// Initial is a set to start from (e.g. a disk cache); its versions are
 	// not sent, so the server sends everything again.
 	Initial     Resources
@@ -207,6 +210,7 @@ func (c *Client) stream(ctx context.Context, server string, held *Resources) err
 	for _, t := range typeOrder {
 		subs[t] = &subscription{}
 	}
+	subs[resource.ListenerType].names = c.opts.Listeners
 	subs[resource.EndpointType].names = sortedKeys(edsNames(held.Clusters))
 	subs[resource.RouteType].names = sortedKeys(rdsNames(held.Listeners))
 	send := func(typeURL string, nack error) error {
