@@ -49,13 +49,14 @@ func hasToken(vv []string, token string) bool {
 }
 
 // upgradeType returns the protocol an HTTP/1.1 request or response asks to
-// switch to, or "" when it is not an upgrade.
+// switch to, or "" when it is not an upgrade. An h2c upgrade (deprecated by
+// RFC 9113) is not relayed: such a request simply goes on as HTTP/1.1.
 func upgradeType(h http.Header) string {
 	conn := h["Connection"]
 	if len(conn) == 0 || !hasToken(conn, "upgrade") {
 		return ""
 	}
-	if up := h["Upgrade"]; len(up) > 0 {
+	if up := h["Upgrade"]; len(up) > 0 && !strings.EqualFold(up[0], "h2c") {
 		return up[0]
 	}
 	return ""

@@ -31,6 +31,8 @@ const (
 	hostB1   = "127.0.0.12"
 	hostB2   = "127.0.0.13"
 	hostGRPC = "127.0.0.14"
+	// deadAddr refuses connections: nothing listens on port 1.
+	deadAddr = "127.0.0.15:1"
 )
 
 // mesh is the two-hop topology every test in this package runs against:
@@ -207,6 +209,15 @@ func startMesh() (*mesh, func(), error) {
 		inbounds = append(inbounds, in)
 	}
 
+	// A callee VM whose app is down: its agent is up, nothing listens behind it.
+	dfwd := proxy.NewForwarder(proxy.Options{Log: log})
+	stops = append(stops, dfwd.CloseIdleConnections)
+	down, stop, err := serve(hostB2, route.NewInbound(deadAddr, dfwd, log))
+	if err != nil {
+		return fail(err)
+	}
+	stops = append(stops, stop)
+
 	// The gRPC interop server and its inbound agent.
 	gl, err := net.Listen("tcp", net.JoinHostPort(hostGRPC, "0"))
 	if err != nil {
@@ -229,6 +240,7 @@ func startMesh() (*mesh, func(), error) {
 	res.set("orders", inbounds[0])
 	res.set("pair", inbounds...)
 	res.set("empty")
+	res.set("appdown", down)
 	res.set("interop", gin)
 	fwd := proxy.NewForwarder(proxy.Options{Log: log})
 	stops = append(stops, fwd.CloseIdleConnections)

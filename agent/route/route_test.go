@@ -216,6 +216,7 @@ func TestHosts(t *testing.T) {
 		{name: "unknown service", host: "billing", status: 503, reason: "no-route"},
 		{name: "unknown consul name", host: "billing.service.consul", status: 503, reason: "no-route"},
 		{name: "no healthy endpoint", host: "empty.mesh", status: 503, reason: "no-healthy-endpoint"},
+		{name: "app down behind its agent", host: "appdown", status: 503, reason: "upstream-connect-failure"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := newRequest(t, http.MethodGet, "http://orders/proto", nil)
@@ -275,7 +276,7 @@ func TestHTTPProxyAbsoluteForm(t *testing.T) {
 }
 
 func TestRoundRobinAndConnectRetry(t *testing.T) {
-	dead := "127.0.0.15:1" // nothing listens there: connection refused
+	dead := deadAddr
 	pair := topo.resolver
 	c := client(topo.outbound)
 	for _, tc := range []struct {
