@@ -23,8 +23,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
@@ -329,4 +329,3 @@ func (l cacheLogger) Debugf(f string, a ...any) { l.log.Debug().Msgf(f, a...) }
 func (l cacheLogger) Infof(f string, a ...any)  { l.log.Debug().Msgf(f, a...) }
 func (l cacheLogger) Warnf(f string, a ...any)  { l.log.Debug().Msgf(f, a...) }
 func (l cacheLogger) Errorf(f string, a ...any) { l.log.Error().Msgf(f, a...) }
-
