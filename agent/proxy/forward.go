@@ -99,7 +99,15 @@ func (f *Forwarder) CloseIdleConnections() {
 	f.h2c.CloseIdleConnections()
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Copy buffers: small responses (the common case) hold a small buffer while
+// in flight, so thousands of concurrent requests stay cheap; large and
+// streamed bodies get a large one to move more bytes per system call.
+const smallBody = 4 << 10
+
+var (
+	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBody); return &b }}
+	largeBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+)
 
 // noCloseBody keeps the transport from closing the client's request body,
 // so that a request whose upstream could not be dialed can be sent to
@@ -167,8 +175,12 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, addr string)
 	if flush {
 		_ = rc.Flush() // headers now: the first event may take a while
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	pool := &largeBufPool
+	if resp.ContentLength >= 0 && resp.ContentLength <= smallBody {
+		pool = &smallBufPool
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	buf := *bp
 	for {
 		n, rerr := resp.Body.Read(buf)
