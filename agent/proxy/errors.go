@@ -18,6 +18,8 @@ const (
 	ReasonNoHealthyEndpoint = "no-healthy-endpoint"
 	ReasonClientCancelled   = "client-cancelled"
 	ReasonUpgradeFailure    = "upgrade-failure"
+	// ReasonConnectNotSupported refuses CONNECT tunnels (HTTPS_PROXY).
+	ReasonConnectNotSupported = "connect-not-supported"
 )
 
 // StatusClientClosedRequest is the (non-standard, nginx) status recorded

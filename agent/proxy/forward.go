@@ -123,6 +123,11 @@ func (noCloseBody) Close() error { return nil }
 // or reset the stream (HTTP/2), by panicking with http.ErrAbortHandler as
 // net/http expects; middleware that recovers panics must re-panic it.
 func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, addr string) error {
+	if r.Method == http.MethodConnect {
+		// Tunnels (HTTPS_PROXY) would bypass every mesh policy; the mesh
+		// carries plain HTTP between apps and their agents.
+		return &Error{Status: http.StatusMethodNotAllowed, Reason: ReasonConnectNotSupported}
+	}
 	ctx := r.Context()
 	upgrade := ""
 	tr := f.h2c

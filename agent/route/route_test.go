@@ -261,12 +261,21 @@ func TestHTTPProxyAbsoluteForm(t *testing.T) {
 	for _, tc := range []struct {
 		name, url string
 		status    int
+		err       string // the client's error, for a refused CONNECT
 	}{
 		{name: "bare name", url: "http://orders/get?x=1", status: 200},
 		{name: "consul name", url: "http://orders.service.consul/get", status: 200},
 		{name: "unknown", url: "http://billing/get", status: 503},
+		{name: "https tunnel refused", url: "https://orders/get", err: "Method Not Allowed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.err != "" {
+				_, err := c.Get(tc.url)
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
 			resp, body := do(t, c, newRequest(t, http.MethodGet, tc.url, nil))
 			if resp.StatusCode != tc.status {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.status, body)
