@@ -10,7 +10,7 @@ PKGS     := ./...
 TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 10s
 
-.PHONY: all build consul test test-unit fuzz bench bench-go bench-wrk demo lint clean
+.PHONY: all build consul test test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast
 
 all: build
 
@@ -28,6 +28,7 @@ $(CONSUL): tools/consul/go.mod tools/consul/go.sum
 test: build $(CONSUL) lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) fuzz
+	$(MAKE) test-packaging-fast
 
 fuzz:
 	@set -e; for target in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/func //' | sort -u); do \
@@ -51,6 +52,39 @@ demo: build $(CONSUL)
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+
+# .deb and .rpm into dist/ with nfpm (a Go tool in tools/nfpm, kept out of
+# the main module's graph). The package version comes from git
+# (packaging/version.sh); set PKG_MAINTAINER for a release.
+NFPM           := bin/nfpm
+PKG_VERSION    ?= $(shell packaging/version.sh)
+PKG_MAINTAINER ?= mesh maintainers <maintainers@meshvm.invalid>
+PKG_ARCH       ?= $(shell $(GO) env GOARCH)
+
+$(NFPM): tools/nfpm/go.mod tools/nfpm/go.sum
+	cd tools/nfpm && $(GO) build -o ../../$(NFPM) github.com/goreleaser/nfpm/v2/cmd/nfpm
+	@touch $(NFPM)
+
+package: build $(NFPM)
+	@mkdir -p dist
+	rm -f dist/mesh_*.deb dist/mesh-*.rpm
+	packaging/changelog.sh '$(PKG_VERSION)' '$(PKG_MAINTAINER)' | gzip -9n > dist/changelog.Debian.gz
+	for fmt in deb rpm; do \
+		MESH_PKG_VERSION='$(PKG_VERSION)' MESH_MAINTAINER='$(PKG_MAINTAINER)' GOARCH='$(PKG_ARCH)' \
+			$(NFPM) package -f packaging/nfpm.yaml -p $$fmt -t dist/ || exit 1; \
+	done
+
+# Seconds: systemd-analyze verify on the units, the shipped configs through
+# `mesh config validate`, shellcheck, ansible-lint, the Ansible role's
+# templates rendered and validated. Part of `make test`.
+test-packaging-fast: build
+	packaging/test/fast.sh
+
+# Minutes, as root: lintian on the .deb; dpkg -i, upgrade and purge in a
+# debootstrap Debian root (cached in .cache/); the Ansible role run twice
+# against that root over a chroot connection (second run: changed=0).
+test-packaging: package
+	packaging/test/slow.sh
 
 clean:
 	rm -rf bin dist
