@@ -117,7 +117,9 @@ func startPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *pla
 // register adds a service instance to Consul through its agent API, with
 // a TTL check in state (passing, warning, critical) when check != "", and
 // removes it when the test ends.
-func register(t *testing.T, r consulapi.AgentServiceRegistration, check string) {
+type consulRegistration = consulapi.AgentServiceRegistration
+
+func register(t *testing.T, r consulRegistration, check string) {
 	t.Helper()
 	if check != "" {
 		r.Check = &consulapi.AgentServiceCheck{CheckID: "ttl-" + r.ID, TTL: "10m", Status: check}
