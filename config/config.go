@@ -14,6 +14,8 @@ type Config struct {
 	Agent    Agent    `mapstructure:"agent" yaml:"agent"`
 	Control  Control  `mapstructure:"control" yaml:"control"`
 	Policies Policies `mapstructure:"policies" yaml:"policies"`
+	// Observability configures access logs and tracing.
+	Observability Observability `mapstructure:"observability" yaml:"observability"`
 }
 
 // Log configures the process's own logs (not access logs).
@@ -79,5 +81,6 @@ func Default() Config {
 			Default:  DefaultPolicy(),
 			Services: map[string]Policy{},
 		},
+		Observability: DefaultObservability(),
 	}
 }

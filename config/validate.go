@@ -33,6 +33,7 @@ func (c *Config) Validate(role Role) error {
 	c.Agent.validate(v, role == RoleAgent)
 	c.Control.validate(v)
 	c.Policies.validate(v)
+	c.Observability.validate(v)
 	if len(v.errs) == 0 {
 		return nil
 	}
