@@ -288,8 +288,8 @@ func (p *Picker) pickIn(g *group) int {
 	}
 	// LeastRequest: two distinct random endpoints from one random number.
 	r := p.rnd()
-	a := int(uint32(r) % uint32(n))
-	b := int(uint32(r>>32) % uint32(n-1))
+	a := below(uint32(r), n)
+	b := below(uint32(r>>32), n-1)
 	if b >= a {
 		b++
 	}
@@ -315,11 +315,11 @@ func (p *Picker) pickIn(g *group) int {
 func (p *Picker) randomHealthy(g *group, not int) int {
 	n := g.n
 	for range n {
-		if i := g.at(int(p.rnd() % uint64(n))); i != not && p.eps[i].healthy() {
+		if i := g.at(below(uint32(p.rnd()), n)); i != not && p.eps[i].healthy() {
 			return i
 		}
 	}
-	start := int(p.rnd() % uint64(n))
+	start := below(uint32(p.rnd()), n)
 	for k := range n {
 		if i := g.at((start + k) % n); i != not && p.eps[i].healthy() {
 			return i
@@ -346,5 +346,11 @@ func (p *Picker) pickAny() int {
 	if p.policy == RoundRobin {
 		return int((p.all.rr.Add(1) - 1) % uint64(len(p.eps)))
 	}
-	return int(p.rnd() % uint64(len(p.eps)))
+	return below(uint32(p.rnd()), len(p.eps))
+}
+
+// below maps a uniform 32-bit number to [0, n) with a multiply instead of
+// a division (Lemire's method; the bias is below n/2^32).
+func below(r uint32, n int) int {
+	return int(uint64(r) * uint64(n) >> 32)
 }
