@@ -40,6 +40,11 @@ type Forwarder struct {
 	log zerolog.Logger
 	h1  *http.Transport
 	h2c *http.Transport
+	// Copy buffers: small responses (the common case) hold a small buffer
+	// while in flight, so thousands of concurrent requests stay cheap;
+	// large and streamed bodies get a large one to move more bytes per
+	// system call.
+	smallBufs, largeBufs sync.Pool
 }
 
 // connectError marks a failure to dial the upstream: the request never
@@ -87,9 +92,11 @@ func NewForwarder(o Options) *Forwarder {
 	p1.SetHTTP1(true)
 	p2.SetUnencryptedHTTP2(true)
 	return &Forwarder{
-		log: o.Log.With().Str("component", "proxy").Logger(),
-		h1:  newTransport(&p1),
-		h2c: newTransport(&p2),
+		log:       o.Log.With().Str("component", "proxy").Logger(),
+		h1:        newTransport(&p1),
+		h2c:       newTransport(&p2),
+		smallBufs: sync.Pool{New: func() any { b := make([]byte, smallBody); return &b }},
+		largeBufs: sync.Pool{New: func() any { b := make([]byte, largeBody); return &b }},
 	}
 }
 
@@ -99,14 +106,10 @@ func (f *Forwarder) CloseIdleConnections() {
 	f.h2c.CloseIdleConnections()
 }
 
-// Copy buffers: small responses (the common case) hold a small buffer while
-// in flight, so thousands of concurrent requests stay cheap; large and
-// streamed bodies get a large one to move more bytes per system call.
-const smallBody = 4 << 10
-
-var (
-	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBody); return &b }}
-	largeBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// Sizes of the copy buffers.
+const (
+	smallBody = 4 << 10
+	largeBody = 32 << 10
 )
 
 // noCloseBody keeps the transport from closing the client's request body,
@@ -180,9 +183,9 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, addr string)
 	if flush {
 		_ = rc.Flush() // headers now: the first event may take a while
 	}
-	pool := &largeBufPool
+	pool := &f.largeBufs
 	if resp.ContentLength >= 0 && resp.ContentLength <= smallBody {
-		pool = &smallBufPool
+		pool = &f.smallBufs
 	}
 	bp := pool.Get().(*[]byte)
 	defer pool.Put(bp)
