@@ -1,13 +1,16 @@
 package controlplane_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,6 +60,25 @@ func TestMain(m *testing.M) {
 type plane struct {
 	*controlplane.Control
 	xdsAddr, adminAddr string
+	logs               *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // startPlane runs a control plane on 127.0.0.1 free ports against
@@ -77,7 +99,8 @@ func startPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *pla
 	if err := cfg.Validate(config.RoleControl); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	logs := &syncBuffer{}
+	log := zerolog.New(io.MultiWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
 	c, err := controlplane.New(cfg, log, controlplane.Options{
 		Consul:    consul.Options{Wait: 5 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
 		FirstWait: 2 * time.Second,
@@ -99,7 +122,7 @@ func startPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *pla
 			t.Errorf("control plane did not stop in 10s")
 		}
 	})
-	p := &plane{Control: c, xdsAddr: cfg.Control.XDSAddr, adminAddr: cfg.Control.AdminAddr}
+	p := &plane{Control: c, xdsAddr: cfg.Control.XDSAddr, adminAddr: cfg.Control.AdminAddr, logs: logs}
 	meshtest.Eventually(t, 15*time.Second, func() error {
 		resp, err := http.Get("http://" + p.adminAddr + "/ready")
 		if err != nil {
@@ -160,4 +183,16 @@ func healthServer(t *testing.T, host, name string) int {
 	go func() { _ = g.Serve(l) }()
 	t.Cleanup(g.Stop)
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// httpGet returns the status code of a GET.
+func httpGet(url string) (int, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
