@@ -1,0 +1,293 @@
+package translate_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/controlplane/model"
+	"github.com/meshvm/mesh/controlplane/translate"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// realistic is 3 services in 2 zones with policies: orders (default
+// policy), payments (tight breaker, rate limit, least_request) and search
+// (random LB, no retries), one draining and one unhealthy endpoint.
+func realistic() model.Model {
+	pol := config.Policies{Default: config.DefaultPolicy(), Services: map[string]config.Policy{}}
+	pay := config.DefaultPolicy()
+	pay.Timeout = 2 * time.Second
+	pay.Retries.Attempts = 1
+	pay.Retries.PerTryTimeout = 500 * time.Millisecond
+	pay.CircuitBreaker.MaxRequests = 100
+	pay.CircuitBreaker.ErrorPercentThreshold = 25
+	pay.LoadBalancer.Policy = "least_request"
+	pay.RateLimit = config.RateLimit{MaxTokens: 200, TokensPerFill: 100, FillInterval: time.Second}
+	pol.Services["payments"] = pay
+	search := config.DefaultPolicy()
+	search.LoadBalancer = config.LoadBalancer{Policy: "random"}
+	search.Retries.Attempts = 0
+	search.OutlierDetection = config.OutlierDetection{}
+	pol.Services["search"] = search
+
+	inst := func(svc, id, node, addr string, check model.Check, zone string) model.Instance {
+		return model.Instance{Service: svc, ID: id, Node: node, Address: addr, Port: 15006, Check: check, Weight: 1,
+			Tags: []string{"v1"}, Meta: map[string]string{"app_port": "8080", "mesh_version": "0.1.0", "mesh_zone": zone, "mesh_region": "eu"}}
+	}
+	consul := model.View{Instances: []model.Instance{
+		inst("orders", "orders-1", "vm-1", "10.0.1.1", model.CheckPassing, "eu-1a"),
+		inst("orders", "orders-2", "vm-2", "10.0.2.1", model.CheckWarning, "eu-1b"),
+		inst("payments", "payments-1", "vm-3", "10.0.1.2", model.CheckPassing, "eu-1a"),
+		inst("payments", "payments-2", "vm-4", "10.0.2.2", model.CheckCritical, "eu-1b"),
+		inst("search", "search-1", "vm-5", "10.0.1.3", model.CheckPassing, "eu-1a"),
+		inst("search", "search-2", "vm-6", "10.0.2.3", model.CheckPassing, "eu-1b"),
+	}}
+	cmdb := model.View{Hosts: []model.Host{
+		hostAt("10.0.1.1", "vm-1", "eu-1a", "active"),
+		hostAt("10.0.2.3", "vm-6", "eu-1b", "decommissioning"),
+	}}
+	return model.Merge([]model.View{consul, cmdb}, model.MergeOptions{DrainingStatuses: []string{"offline", "failed", "decommissioning"}, Policies: pol})
+}
+
+func hostAt(ip, name, zone, status string) model.Host {
+	h := model.Host{Hostname: name, Region: "eu-west", Zone: zone, Env: "prod", Owner: "team-shop", Status: status,
+		Role: "app", Tenant: "shop", Tags: []string{"pci"}, Labels: map[string]string{"rack": "r1"}}
+	h.IP = mustAddr(ip)
+	return h
+}
+
+// TestGolden translates the realistic model for an agent fronting
+// payments, an agent with no service, and a gRPC proxyless client, and
+// compares every resource (as protobuf JSON) with testdata/*.golden.json.
+func TestGolden(t *testing.T) {
+	m := realistic()
+	mesh, err := translate.Translate(&m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mesh.Validate(); err != nil {
+		t.Fatalf("shared resources invalid: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		node model.Node
+	}{
+		{name: "agent-payments", node: model.Node{ID: "vm-3", Service: "payments", AppPort: 9090}},
+		{name: "agent-client-only", node: model.Node{ID: "vm-9"}},
+		{name: "grpc-proxyless", node: model.Node{ID: "grpc-1", Proxyless: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			own, err := mesh.Own(tc.node, config.DefaultPolicy())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := mesh.ValidateNode(tc.node, own); err != nil {
+				t.Fatalf("node resources invalid: %v", err)
+			}
+			all, err := mesh.ForNode(tc.node, config.DefaultPolicy())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := translate.Validate(all); err != nil {
+				t.Fatalf("node view invalid: %v", err)
+			}
+			got := dump(t, all)
+			path := filepath.Join("testdata", tc.name+".golden.json")
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -update)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s differs from the translation; diff it with go test -update and git diff", path)
+			}
+		})
+	}
+}
+
+func dump(t *testing.T, r translate.Resources) []byte {
+	t.Helper()
+	out := map[string]map[string]json.RawMessage{}
+	for kind, set := range map[string]translate.Set{"clusters": r.Clusters, "endpoints": r.Endpoints, "listeners": r.Listeners, "routes": r.Routes} {
+		out[kind] = map[string]json.RawMessage{}
+		for name, m := range set {
+			b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v any
+			if err := json.Unmarshal(b, &v); err != nil {
+				t.Fatal(err)
+			}
+			// Re-encode for a stable layout (protojson randomises spaces).
+			b, _ = json.Marshal(v)
+			out[kind][name] = b
+		}
+	}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(b, '\n')
+}
+
+// TestTranslate checks the fields a user relies on, case by case.
+func TestTranslate(t *testing.T) {
+	m := realistic()
+	mesh, err := translate.Translate(&m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := func(name string) *clusterv3.Cluster { return mesh.Clusters[name].(*clusterv3.Cluster) }
+	cla := func(name string) *endpointv3.ClusterLoadAssignment {
+		return mesh.Endpoints[name].(*endpointv3.ClusterLoadAssignment)
+	}
+	health := func(svc, ip string) corev3.HealthStatus {
+		for _, l := range cla(svc).GetEndpoints() {
+			for _, ep := range l.GetLbEndpoints() {
+				if ep.GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == ip {
+					return ep.GetHealthStatus()
+				}
+			}
+		}
+		return -1
+	}
+	vhost := func(name string) *routev3.VirtualHost {
+		for _, vh := range mesh.Outbound.GetVirtualHosts() {
+			if vh.GetName() == name {
+				return vh
+			}
+		}
+		return nil
+	}
+	for _, tc := range []struct {
+		name string
+		ok   func() bool
+	}{
+		{"clusters use EDS over ADS", func() bool {
+			return cluster("orders").GetType() == clusterv3.Cluster_EDS && cluster("orders").GetEdsClusterConfig().GetEdsConfig().GetAds() != nil
+		}},
+		{"least_request maps to LEAST_REQUEST", func() bool { return cluster("payments").GetLbPolicy() == clusterv3.Cluster_LEAST_REQUEST }},
+		{"random offers random then round robin", func() bool {
+			ps := cluster("search").GetLoadBalancingPolicy().GetPolicies()
+			return len(ps) == 2 && strings.HasSuffix(ps[0].GetTypedExtensionConfig().GetTypedConfig().GetTypeUrl(), "random.v3.Random")
+		}},
+		{"breaker thresholds", func() bool {
+			th := cluster("payments").GetCircuitBreakers().GetThresholds()[0]
+			return th.GetMaxRequests().GetValue() == 100 && th.GetRetryBudget().GetBudgetPercent().GetValue() == 20
+		}},
+		{"error breaker in mesh.governance metadata", func() bool {
+			f := cluster("payments").GetMetadata().GetFilterMetadata()[translate.GovernanceKey].GetFields()
+			return f["error_percent_threshold"].GetNumberValue() == 25 && f["sleep_window"].GetStringValue() == "5s" && f["request_volume_threshold"].GetNumberValue() == 20
+		}},
+		{"outlier detection enforces consecutive failures", func() bool {
+			od := cluster("orders").GetOutlierDetection()
+			return od.GetConsecutive_5Xx().GetValue() == 5 && od.GetEnforcingConsecutiveGatewayFailure().GetValue() == 100
+		}},
+		{"no outlier detection when the policy has none", func() bool { return cluster("search").GetOutlierDetection() == nil }},
+		{"passing is HEALTHY", func() bool { return health("orders", "10.0.1.1") == corev3.HealthStatus_HEALTHY }},
+		{"warning is HEALTHY", func() bool { return health("orders", "10.0.2.1") == corev3.HealthStatus_HEALTHY }},
+		{"critical is UNHEALTHY", func() bool { return health("payments", "10.0.2.2") == corev3.HealthStatus_UNHEALTHY }},
+		{"CMDB decommissioning is DRAINING", func() bool { return health("search", "10.0.2.3") == corev3.HealthStatus_DRAINING }},
+		{"localities have a locality and a non-zero weight", func() bool {
+			for _, name := range []string{"orders", "payments", "search"} {
+				for _, l := range cla(name).GetEndpoints() {
+					if l.GetLocality() == nil || l.GetLoadBalancingWeight().GetValue() == 0 {
+						return false
+					}
+				}
+			}
+			return len(cla("orders").GetEndpoints()) == 2
+		}},
+		{"CMDB locality wins over Consul meta", func() bool {
+			return cla("orders").GetEndpoints()[0].GetLocality().GetRegion() == "eu" && cla("orders").GetEndpoints()[1].GetLocality().GetRegion() == "eu-west"
+		}},
+		{"virtual host domains", func() bool {
+			d := vhost("orders").GetDomains()
+			return strings.Join(d, ",") == "orders,orders:*,orders.mesh,orders.mesh:*,orders.service.consul,orders.service.consul:*"
+		}},
+		{"route timeout and retries", func() bool {
+			r := vhost("payments").GetRoutes()[0].GetRoute()
+			return r.GetTimeout().AsDuration() == 2*time.Second && r.GetRetryPolicy().GetNumRetries().GetValue() == 1 &&
+				r.GetRetryPolicy().GetPerTryTimeout().AsDuration() == 500*time.Millisecond
+		}},
+		{"no retry policy without attempts", func() bool { return vhost("search").GetRoutes()[0].GetRoute().GetRetryPolicy() == nil }},
+		{"API listener per service", func() bool { return len(mesh.APIListeners) == 3 && mesh.APIListeners["orders"] != nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !tc.ok() {
+				t.Error("does not hold")
+			}
+		})
+	}
+}
+
+// TestOwn checks a node's own resources by node kind.
+func TestOwn(t *testing.T) {
+	m := realistic()
+	mesh, err := translate.Translate(&m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name          string
+		node          model.Node
+		listeners     []string
+		localCluster  bool
+		wantRateLimit bool
+	}{
+		{name: "agent fronting payments gets the rate limit", node: model.Node{ID: "vm-3", Service: "payments", AppPort: 9090},
+			listeners: []string{"mesh_inbound", "mesh_outbound"}, localCluster: true, wantRateLimit: true},
+		{name: "app port from Consul meta of the node's registration", node: model.Node{ID: "vm-1", Service: "orders"},
+			listeners: []string{"mesh_inbound", "mesh_outbound"}, localCluster: true},
+		{name: "unknown app port: no inbound", node: model.Node{ID: "vm-77", Service: "orders"},
+			listeners: []string{"mesh_outbound"}},
+		{name: "client-only agent", node: model.Node{ID: "vm-9"}, listeners: []string{"mesh_outbound"}},
+		{name: "proxyless has nothing of its own", node: model.Node{ID: "g", Proxyless: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			own, err := mesh.Own(tc.node, config.DefaultPolicy())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var names []string
+			for n := range own.Listeners {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			if strings.Join(names, ",") != strings.Join(tc.listeners, ",") {
+				t.Errorf("listeners %v, want %v", names, tc.listeners)
+			}
+			if _, ok := own.Clusters[translate.LocalAppCluster]; ok != tc.localCluster {
+				t.Errorf("local app cluster present = %v, want %v", ok, tc.localCluster)
+			}
+			if in, ok := own.Listeners[translate.InboundListener]; ok {
+				b, _ := protojson.Marshal(in)
+				if got := strings.Contains(string(b), "envoy.filters.http.local_ratelimit"); got != tc.wantRateLimit {
+					t.Errorf("local rate limit filter present = %v, want %v", got, tc.wantRateLimit)
+				}
+			}
+			if err := mesh.ValidateNode(tc.node, own); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
