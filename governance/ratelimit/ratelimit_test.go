@@ -198,7 +198,7 @@ func TestBucketConcurrentNeverOveradmits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const fills = 100
+	const fills = 40
 	var admitted, pushes atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
