@@ -1,0 +1,201 @@
+#!/bin/sh
+# Slow packaging tests (minutes, as root), run by `make test-packaging`
+# after `make package`:
+#   1. lintian on the .deb (errors and warnings fail, except the overrides
+#      shipped in packaging/deb/lintian-overrides);
+#   2. in a Debian root made with debootstrap (cached in .cache/packaging):
+#      dpkg -i, files, conffiles, user, state dir, enabled units, `mesh
+#      version`, systemd-analyze verify of the installed units; an upgrade
+#      (reinstall) keeping an edited conffile and a disabled unit; purge;
+#   3. the .rpm's file list, config flags and scriptlets, installed with
+#      `rpm --root` into a second copy of that root;
+#   4. the Ansible role (site.yml) against a fresh root over Ansible's chroot
+#      connection: package installed, configs rendered and valid, units
+#      enabled; a second run reports changed=0.
+# shellcheck disable=SC2016 # ${...} in single quotes are dpkg-query formats
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=packaging/test/lib.sh
+. "$here/lib.sh"
+cd "$here/../.."
+[ "$(id -u)" = 0 ] || fail "run as root: the test uses chroot and mount"
+need lintian:lintian debootstrap:debootstrap ansible:ansible-playbook rpm:rpm
+
+set -- dist/mesh_*.deb
+if [ $# -ne 1 ] || [ ! -f "$1" ]; then fail "want exactly one dist/mesh_*.deb (make package), got: $*"; fi
+deb=$PWD/$1
+set -- dist/mesh-*.rpm
+if [ $# -ne 1 ] || [ ! -f "$1" ]; then fail "want exactly one dist/mesh-*.rpm (make package), got: $*"; fi
+rpmfile=$PWD/$1
+version=$(dpkg-deb -f "$deb" Version)
+start=$(date +%s)
+
+# --- 1. lintian ----------------------------------------------------------
+lintian --fail-on error,warning --tag-display-limit 0 "$deb" 2>&1 | grep -v 'root privileges' || true
+lintian --fail-on error,warning "$deb" >/dev/null 2>&1 || fail "lintian reports errors or warnings on $deb"
+ok "lintian $(basename "$deb")"
+
+# --- Debian roots ----------------------------------------------------------
+tarball=$(packaging/test/rootfs.sh)
+work=$(mktemp -d "$PWD/.cache/packaging/run.XXXXXX")
+cleanup() {
+	for m in "$work"/*/proc; do
+		mountpoint -q "$m" 2>/dev/null && umount -l "$m"
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+# new_root NAME: a fresh copy of the cached root, with /proc mounted.
+new_root() {
+	r=$work/$1
+	mkdir -p "$r"
+	tar -C "$r" -xf "$tarball"
+	mount -t proc proc "$r/proc"
+	echo "$r"
+}
+in_root() {
+	r=$1
+	shift
+	chroot "$r" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C "$@"
+}
+
+# --- 2. dpkg -i, upgrade, purge -----------------------------------------------
+root=$(new_root dpkg)
+cp "$deb" "$root/tmp/mesh.deb"
+in_root "$root" dpkg -i /tmp/mesh.deb >"$work/dpkg-install.log" 2>&1 ||
+	{ cat "$work/dpkg-install.log"; fail "dpkg -i"; }
+ok "dpkg -i $(basename "$deb")"
+
+for f in /usr/bin/mesh /lib/systemd/system/mesh-control.service /lib/systemd/system/mesh-agent@.service \
+	/etc/mesh/mesh.yaml /etc/mesh/agent-example.yaml.sample /usr/share/doc/mesh/copyright \
+	/usr/share/doc/mesh/changelog.Debian.gz; do
+	[ -f "$root$f" ] || fail "not installed: $f"
+done
+[ -x "$root/usr/bin/mesh" ] || fail "/usr/bin/mesh is not executable"
+conffiles=$(in_root "$root" dpkg-query -W -f='${Conffiles}' mesh)
+for f in /etc/mesh/mesh.yaml /etc/mesh/agent-example.yaml.sample; do
+	echo "$conffiles" | grep -q " $f " || fail "$f is not a conffile: $conffiles"
+done
+ok "files and conffiles in place"
+
+pw=$(in_root "$root" getent passwd mesh) || fail "no mesh user"
+uid=$(echo "$pw" | cut -d: -f3)
+[ "$uid" -lt 1000 ] || fail "mesh is not a system user: $pw"
+echo "$pw" | grep -q ':/var/lib/mesh:/usr/sbin/nologin$' || fail "mesh user home or shell: $pw"
+in_root "$root" getent group mesh >/dev/null || fail "no mesh group"
+[ "$(in_root "$root" stat -c '%U:%G %a' /var/lib/mesh)" = "mesh:mesh 750" ] ||
+	fail "/var/lib/mesh: $(in_root "$root" stat -c '%U:%G %a' /var/lib/mesh)"
+ok "system user mesh ($uid), /var/lib/mesh mesh:mesh 0750"
+
+[ "$(in_root "$root" systemctl is-enabled mesh-control.service)" = enabled ] || fail "mesh-control.service not enabled"
+[ "$(readlink "$root/etc/systemd/system/multi-user.target.wants/mesh-control.service")" = /lib/systemd/system/mesh-control.service ] ||
+	fail "mesh-control.service enable link"
+ok "mesh-control.service enabled (not started: postinst starts nothing on install)"
+
+got=$(in_root "$root" mesh version) || fail "mesh version in the root"
+[ "$got" = "$(bin/mesh version)" ] || fail "mesh version in the root: '$got', built: '$(bin/mesh version)'"
+ok "mesh version in the root: $got"
+in_root "$root" mesh config validate --role control /etc/mesh/mesh.yaml >/dev/null || fail "installed mesh.yaml does not validate"
+in_root "$root" systemd-analyze verify mesh-control.service mesh-agent@orders.service >"$work/verify.log" 2>&1 ||
+	{ cat "$work/verify.log"; fail "systemd-analyze verify in the root"; }
+[ ! -s "$work/verify.log" ] || { cat "$work/verify.log"; fail "systemd-analyze verify in the root warns"; }
+ok "installed config validates, installed units verify"
+
+# Upgrade path (the same package again: postinst configure <old version>):
+# an edited conffile and an admin's disable survive; the user is reused.
+echo "# edited by the admin" >>"$root/etc/mesh/mesh.yaml"
+in_root "$root" systemctl disable mesh-control.service >/dev/null 2>&1
+in_root "$root" dpkg -i /tmp/mesh.deb >"$work/dpkg-upgrade.log" 2>&1 ||
+	{ cat "$work/dpkg-upgrade.log"; fail "dpkg -i over the installed package"; }
+tail -n1 "$root/etc/mesh/mesh.yaml" | grep -q "edited by the admin" || fail "upgrade replaced the edited /etc/mesh/mesh.yaml"
+[ "$(in_root "$root" systemctl is-enabled mesh-control.service 2>/dev/null || true)" = disabled ] ||
+	fail "upgrade re-enabled mesh-control.service after the admin disabled it"
+[ "$(in_root "$root" id -u mesh)" = "$uid" ] || fail "upgrade changed the mesh uid"
+ok "upgrade keeps the edited conffile, the admin's disable and the user"
+
+# Purge, with an agent the admin enabled.
+in_root "$root" systemctl enable mesh-agent@orders.service >/dev/null 2>&1
+in_root "$root" dpkg --purge mesh >"$work/dpkg-purge.log" 2>&1 || { cat "$work/dpkg-purge.log"; fail "dpkg --purge"; }
+in_root "$root" dpkg-query -W -f='${Status}' mesh 2>/dev/null | grep -q ' installed$' && fail "mesh still installed after purge"
+for f in /usr/bin/mesh /lib/systemd/system/mesh-control.service /lib/systemd/system/mesh-agent@.service \
+	/etc/mesh /var/lib/mesh /usr/share/doc/mesh; do
+	[ ! -e "$root$f" ] || fail "left after purge: $f"
+done
+left=$(find "$root/etc/systemd" "$root/var/lib/systemd" -name '*mesh*' 2>/dev/null)
+[ -z "$left" ] || fail "left after purge: $left"
+in_root "$root" getent passwd mesh >/dev/null || fail "purge removed the mesh user (it is meant to stay)"
+ok "purge removes files, configs, state, unit links; keeps the mesh user"
+
+# --- 3. rpm ---------------------------------------------------------------------
+flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpmfile" 2>/dev/null)
+for f in /etc/mesh/mesh.yaml /etc/mesh/agent-example.yaml.sample; do
+	echo "$flags" | grep -q "^$f cn$" || fail "rpm: $f is not %config(noreplace): $flags"
+done
+for f in /usr/bin/mesh /usr/lib/systemd/system/mesh-control.service /usr/lib/systemd/system/mesh-agent@.service; do
+	echo "$flags" | grep -q "^$f " || fail "rpm: $f missing"
+done
+# The scriptlets run for real in a Debian root: rpm chroots into --root.
+rroot=$(new_root rpm)
+rpm --root "$rroot" --initdb
+rpm --root "$rroot" -i --nodeps "$rpmfile" >"$work/rpm.log" 2>&1 || { cat "$work/rpm.log"; fail "rpm -i"; }
+in_root "$rroot" getent passwd mesh >/dev/null || fail "rpm %post: no mesh user"
+[ "$(in_root "$rroot" stat -c '%U:%G %a' /var/lib/mesh)" = "mesh:mesh 750" ] || fail "rpm %post: /var/lib/mesh"
+[ "$(in_root "$rroot" systemctl is-enabled mesh-control.service)" = enabled ] || fail "rpm %post: mesh-control not enabled by preset"
+rpm --root "$rroot" -e mesh >"$work/rpm-e.log" 2>&1 || { cat "$work/rpm-e.log"; fail "rpm -e"; }
+[ ! -e "$rroot/usr/bin/mesh" ] || fail "rpm -e left /usr/bin/mesh"
+[ "$(in_root "$rroot" systemctl is-enabled mesh-control.service 2>/dev/null || true)" != enabled ] || fail "rpm %preun: still enabled"
+ok "rpm: config(noreplace) flags, install and erase scriptlets"
+
+# --- 4. Ansible over a chroot connection -----------------------------------------
+aroot=$(new_root ansible)
+cat >"$work/inventory.ini" <<INV
+[mesh_control]
+debroot
+
+[mesh_agents]
+debroot
+
+[all:vars]
+ansible_connection=community.general.chroot
+ansible_host=$aroot
+ansible_become=false
+ansible_python_interpreter=/usr/bin/python3
+mesh_manage_service_state=false
+mesh_package_deb=$deb
+INV
+cat >"$work/host_vars.yml" <<'VARS'
+mesh_control_plane: ["127.0.0.1:18000"]
+mesh_locality: {region: eu-west, zone: eu-west-1a}
+mesh_policies: {default: {timeout: 10s}}
+mesh_apps:
+  - {name: orders, service: orders, app_port: 8080, app_health: /healthz, tags: [v2],
+     upstreams: [{service: payments, listen: "127.0.0.1:9191"}]}
+  - {name: cart, service: cart, app_port: 8081, inbound_addr: "0.0.0.0:15016",
+     outbound_addr: "127.0.0.1:15011", admin_addr: "127.0.0.1:15010"}
+VARS
+export ANSIBLE_CONFIG="$PWD/packaging/ansible/ansible.cfg" ANSIBLE_NOCOLOR=1
+play() {
+	ansible-playbook -i "$work/inventory.ini" -e "@$work/host_vars.yml" packaging/ansible/site.yml
+}
+play >"$work/ansible1.log" 2>&1 || { cat "$work/ansible1.log"; fail "ansible run 1"; }
+grep -E '^debroot +: ' "$work/ansible1.log"
+[ "$(in_root "$aroot" dpkg-query -W -f='${Version}' mesh)" = "$version" ] || fail "ansible: mesh $version not installed"
+for app in orders cart; do
+	f=/etc/mesh/agent-$app.yaml
+	[ "$(in_root "$aroot" stat -c '%U:%G %a' "$f")" = "root:mesh 640" ] || fail "$f owner or mode"
+	in_root "$aroot" mesh config validate --role agent "$f" >/dev/null || fail "$f does not validate"
+	[ "$(in_root "$aroot" systemctl is-enabled "mesh-agent@$app.service")" = enabled ] || fail "mesh-agent@$app not enabled"
+done
+in_root "$aroot" mesh config validate --role control /etc/mesh/mesh.yaml | grep -q 'timeout: 10s' ||
+	fail "/etc/mesh/mesh.yaml not rendered from the inventory"
+[ "$(in_root "$aroot" systemctl is-enabled mesh-control.service)" = enabled ] || fail "mesh-control not enabled"
+ok "ansible run 1: package installed, configs rendered and valid, units enabled"
+
+play >"$work/ansible2.log" 2>&1 || { cat "$work/ansible2.log"; fail "ansible run 2"; }
+recap=$(grep -E '^debroot +: ' "$work/ansible2.log")
+echo "$recap"
+echo "$recap" | grep -q 'changed=0 ' || { cat "$work/ansible2.log"; fail "ansible run 2 changed something"; }
+ok "ansible run 2: changed=0"
+
+echo "packaging tests: all passed in $(($(date +%s) - start))s"
