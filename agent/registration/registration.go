@@ -211,9 +211,19 @@ func (r *Registrar) Run(ctx context.Context) error {
 
 	backoff := minBackoff
 	failing := false
+	first := true
 	for {
 		wait := r.resync
-		if err := r.sync(ctx); err != nil {
+		var err error
+		if first {
+			// Always write once: Consul may hold an older registration
+			// under the same ID (a previous run with other ports or tags).
+			err = r.register(ctx)
+			first = err != nil
+		} else {
+			err = r.sync(ctx)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -242,23 +252,32 @@ func (r *Registrar) Run(ctx context.Context) error {
 	}
 }
 
-// sync makes sure Consul holds the registration.
+// sync makes sure Consul holds the registration as written.
 func (r *Registrar) sync(ctx context.Context) error {
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
 	svc, _, err := r.client.Agent().Service(r.reg.ID, q)
-	if err == nil && svc != nil && svc.ID == r.reg.ID {
+	var se consulapi.StatusError
+	switch {
+	case err == nil && svc != nil && r.matches(svc):
 		r.registered.Store(true)
 		return nil
-	}
-	var se consulapi.StatusError
-	if err != nil && !(errors.As(err, &se) && se.Code == http.StatusNotFound) {
+	case err == nil && svc != nil:
+		r.log.Warn().Msg("consul holds a different registration under this ID, registering again")
+	case err == nil || errors.As(err, &se) && se.Code == http.StatusNotFound:
+		if r.registered.Swap(false) {
+			r.log.Warn().Msg("consul lost the registration, registering again")
+		}
+	default:
 		return fmt.Errorf("look up registration %s: %w", r.reg.ID, err)
 	}
-	wasRegistered := r.registered.Swap(false)
-	if wasRegistered {
-		r.log.Warn().Msg("consul lost the registration, registering again")
-	}
 	return r.register(ctx)
+}
+
+// matches reports whether svc is what r registers (checks aside: every
+// registration replaces them).
+func (r *Registrar) matches(svc *consulapi.AgentService) bool {
+	return svc.ID == r.reg.ID && svc.Service == r.reg.Name && svc.Address == r.reg.Address &&
+		svc.Port == r.reg.Port && slices.Equal(svc.Tags, r.reg.Tags) && maps.Equal(svc.Meta, r.reg.Meta)
 }
 
 func (r *Registrar) register(ctx context.Context) error {

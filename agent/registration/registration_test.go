@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -314,5 +315,56 @@ func TestRunOwnsNoGoroutinesAfterReturn(t *testing.T) {
 	<-done
 	if err := r.Deregister(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A registration left under the same ID by an earlier run (other port,
+// tags, meta) is replaced, and a correct one is left alone: resyncs do not
+// rewrite it.
+func TestReplacesStaleRegistrationOnly(t *testing.T) {
+	host := meshtest.LoopbackHost(26)
+	appPort := startApp(t, host)
+	spec := Spec{
+		Service: "cart", Node: "vm-stale", AdvertiseAddr: host, InboundPort: 15006,
+		AppAddress: host, AppPort: appPort, HealthInterval: time.Second, Tags: []string{"v2"},
+	}
+	err := consul.Client.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
+		ID: spec.ID(), Name: "cart", Address: host, Port: 15999, Tags: []string{"v1"},
+		Meta: map[string]string{MetaVersion: "old"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const resync = 100 * time.Millisecond
+	var writes atomic.Int32
+	log := testLogger(t).Hook(zerolog.HookFunc(func(_ *zerolog.Event, _ zerolog.Level, msg string) {
+		if msg == "registered in consul" {
+			writes.Add(1)
+		}
+	}))
+	r := New(consul.Client, spec, resync, log)
+	runRegistrar(t, r)
+	var modifyIndex uint64
+	meshtest.Eventually(t, 5*time.Second, func() error {
+		svcs, _, err := consul.Client.Catalog().Service("cart", "", &consulapi.QueryOptions{Filter: `ServiceID == "` + spec.ID() + `"`})
+		if err != nil {
+			return err
+		}
+		if len(svcs) != 1 || svcs[0].ServicePort != 15006 || !slices.Equal(svcs[0].ServiceTags, []string{"v2"}) || svcs[0].ServiceMeta[MetaVersion] != buildinfo.Version {
+			return fmt.Errorf("catalog holds %+v, want port 15006, tags [v2], current version", svcs)
+		}
+		modifyIndex = svcs[0].ModifyIndex
+		return nil
+	})
+	time.Sleep(5 * resync)
+	svcs, _, err := consul.Client.Catalog().Service("cart", "", &consulapi.QueryOptions{Filter: `ServiceID == "` + spec.ID() + `"`})
+	if err != nil || len(svcs) != 1 {
+		t.Fatalf("catalog: %v, %v", svcs, err)
+	}
+	if svcs[0].ModifyIndex != modifyIndex {
+		t.Errorf("registration changed by resyncs: modify index %d -> %d", modifyIndex, svcs[0].ModifyIndex)
+	}
+	if n := writes.Load(); n != 1 {
+		t.Errorf("registered %d times over 5 resyncs of a correct registration, want 1", n)
 	}
 }
