@@ -126,12 +126,59 @@ func (noCloseBody) Close() error { return nil }
 // or reset the stream (HTTP/2), by panicking with http.ErrAbortHandler as
 // net/http expects; middleware that recovers panics must re-panic it.
 func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, addr string) error {
+	resp, err := f.Send(w, r, addr, nil)
+	if err != nil {
+		return err
+	}
+	if err := f.Relay(w, r, resp); err != nil {
+		if err == ErrAborted {
+			panic(http.ErrAbortHandler)
+		}
+		return err
+	}
+	return nil
+}
+
+// Attempt tunes one Send: one try of a request, as a retrying caller
+// makes it. The zero value (or nil) sends r as Forward does.
+type Attempt struct {
+	// Ctx, if set, is the context of the upstream request instead of
+	// r's: it carries the route and per-try timeouts. It must stay live
+	// until Relay returns, since it also bounds the response body.
+	Ctx context.Context
+	// Body, if set, replaces r.Body for this try: a retry replays the
+	// body the first try consumed. r.ContentLength still applies.
+	Body io.Reader
+}
+
+// ErrAborted is what Relay returns when the upstream's response broke off
+// after it had started to reach the client: the client's connection (or
+// stream) must be aborted by panicking with http.ErrAbortHandler, once
+// the caller has recorded the failure.
+var ErrAborted = errors.New("upstream response aborted")
+
+// Send sends r to addr (host:port) and returns the upstream's response
+// with its body unread; nothing is written to w (only its full-duplex mode
+// is set). The caller inspects the status and headers, then either writes
+// the response with Relay or drops it with Discard, so that a response a
+// retry policy rejects never reaches the client. Errors are *Error, as in
+// Forward.
+func (f *Forwarder) Send(w http.ResponseWriter, r *http.Request, addr string, a *Attempt) (*http.Response, error) {
 	if r.Method == http.MethodConnect {
 		// Tunnels (HTTPS_PROXY) would bypass every mesh policy; the mesh
 		// carries plain HTTP between apps and their agents.
-		return &Error{Status: http.StatusMethodNotAllowed, Reason: ReasonConnectNotSupported}
+		return nil, &Error{Status: http.StatusMethodNotAllowed, Reason: ReasonConnectNotSupported}
 	}
 	ctx := r.Context()
+	var body io.Reader = r.Body
+	if a != nil {
+		if a.Ctx != nil {
+			ctx = a.Ctx
+		}
+		if a.Body != nil {
+			body = a.Body
+		}
+	}
 	upgrade := ""
 	tr := f.h2c
 	if r.ProtoMajor < 2 {
@@ -145,24 +192,50 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, addr string)
 	out.Close = false
 	out.Header = requestHeader(r, upgrade)
 	out.Trailer = r.Trailer
-	if r.ContentLength == 0 {
+	if r.ContentLength == 0 || body == nil {
 		out.Body = nil
 	} else {
-		out.Body = noCloseBody{r.Body}
+		out.Body = noCloseBody{body}
 	}
-	rc := http.NewResponseController(w)
 	if r.ProtoMajor == 1 && out.Body != nil && upgrade == "" {
 		// Let a streaming request body and a streaming response interleave.
-		_ = rc.EnableFullDuplex()
+		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
 
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
-		return classify(ctx, err)
+		return nil, classify(ctx, err)
 	}
+	return resp, nil
+}
+
+// Discard drops a response from Send without relaying it. A short body is
+// read to its end first so that the connection can carry another request.
+func Discard(resp *http.Response) {
+	if resp.ContentLength >= 0 && resp.ContentLength <= smallBody {
+		_, _ = io.CopyN(io.Discard, resp.Body, smallBody+1)
+	}
+	resp.Body.Close()
+}
+
+// Relay writes resp, a response from Send for r, to w and streams its body
+// (or, after a 101, relays the upgraded connection both ways); it closes
+// resp.Body. It returns a *Error only when nothing has been written to w,
+// and ErrAborted when the upstream broke off mid-response (see
+// ErrAborted). A client that went away is not an error. Once Relay has
+// returned, resp.Trailer holds the upstream's trailers.
+func (f *Forwarder) Relay(w http.ResponseWriter, r *http.Request, resp *http.Response) error {
 	defer resp.Body.Close()
+	addr := ""
+	if resp.Request != nil && resp.Request.URL != nil {
+		addr = resp.Request.URL.Host
+	}
 
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		upgrade := ""
+		if r.ProtoMajor < 2 {
+			upgrade = upgradeType(r.Header)
+		}
 		return f.switchProtocols(w, r, resp, upgrade)
 	}
 
@@ -179,6 +252,7 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, addr string)
 	// Stream the body. Responses of unknown length (chunked, SSE, gRPC,
 	// HTTP/2 without content-length) are flushed after every read so that
 	// each event reaches the client at once.
+	rc := http.NewResponseController(w)
 	flush := resp.ContentLength < 0
 	if flush {
 		_ = rc.Flush() // headers now: the first event may take a while
@@ -207,7 +281,7 @@ func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, addr string)
 		}
 		if rerr != nil {
 			f.log.Debug().Err(rerr).Str("upstream", addr).Msg("upstream response aborted")
-			panic(http.ErrAbortHandler)
+			return ErrAborted
 		}
 	}
 	for k, vv := range resp.Trailer {

@@ -405,3 +405,68 @@ func TestExpectContinue(t *testing.T) {
 		t.Errorf("took %v: the client waited for a 100 Continue that never came", d)
 	}
 }
+
+// A retrying caller looks at the response before the client sees it: a
+// discarded 503 never reaches the client, and the replayed body of the
+// second try reaches the second upstream whole.
+func TestSendDiscardRelay(t *testing.T) {
+	failing := serve(t, hostUpstream, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("X-From", "failing")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	good := serve(t, hostUpstream, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-From", "good")
+		w.Header().Set("Trailer", "X-Sum")
+		_, _ = w.Write(b)
+		w.Header().Set("X-Sum", strconv.Itoa(len(b)))
+	}))
+	for _, tc := range []struct {
+		name string
+		h2c  bool
+	}{{name: "http1"}, {name: "h2c", h2c: true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			fwd := newForwarder()
+			defer fwd.CloseIdleConnections()
+			trailers := make(chan string, 1)
+			addr := serve(t, hostProxy, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body) // as a replaying caller would have kept it
+				resp, err := fwd.Send(w, r, failing, &proxy.Attempt{Body: strings.NewReader(string(body))})
+				if err != nil {
+					proxy.WriteError(w, r, err)
+					return
+				}
+				if resp.StatusCode != http.StatusServiceUnavailable {
+					t.Errorf("first try: status %d", resp.StatusCode)
+				}
+				proxy.Discard(resp)
+				resp, err = fwd.Send(w, r, good, &proxy.Attempt{Ctx: r.Context(), Body: strings.NewReader(string(body))})
+				if err != nil {
+					proxy.WriteError(w, r, err)
+					return
+				}
+				if err := fwd.Relay(w, r, resp); err != nil {
+					t.Errorf("relay: %v", err)
+				}
+				trailers <- resp.Trailer.Get("X-Sum")
+			}))
+			req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("hello"))
+			resp, err := httpClient(tc.h2c).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "hello" || resp.Header.Get("X-From") != "good" {
+				t.Fatalf("got %d %q from %q, want 200 \"hello\" from good", resp.StatusCode, body, resp.Header.Get("X-From"))
+			}
+			if got := resp.Trailer.Get("X-Sum"); got != "5" {
+				t.Errorf("client trailer X-Sum %q, want 5", got)
+			}
+			if got := <-trailers; got != "5" {
+				t.Errorf("resp.Trailer after Relay: X-Sum %q, want 5", got)
+			}
+		})
+	}
+}
