@@ -92,6 +92,32 @@ func (r *Registry[K, P, V]) Push(fn func(use Use[K, P, V]) error) (dropped []V, 
 	return dropped, nil
 }
 
+// Ensure returns the state of key, creating it with params when the
+// registry does not hold it, between pushes: for keys first met on the
+// request path (a service called for the first time when endpoints come
+// from live discovery). Existing state is returned as it is, without
+// params. A created entry counts as used by the latest push, so the next
+// push keeps it only if it uses the key.
+func (r *Registry[K, P, V]) Ensure(key K, params P) (V, error) {
+	if v, ok := r.Get(key); ok {
+		return v, nil
+	}
+	r.pushMu.Lock() // not during a push: it would drop the entry at its end
+	defer r.pushMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.entry[key]; ok {
+		return e.v, nil
+	}
+	v, err := r.create(key, params)
+	if err != nil {
+		var zero V
+		return zero, fmt.Errorf("create %v: %w", key, err)
+	}
+	r.entry[key] = &entry[V]{v: v, used: r.gen}
+	return v, nil
+}
+
 // Get returns the state of key, if any (for admin pages and tests).
 func (r *Registry[K, P, V]) Get(key K) (V, bool) {
 	r.mu.Lock()

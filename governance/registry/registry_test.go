@@ -190,3 +190,53 @@ func TestConcurrentPushAndGet(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestEnsureBetweenPushes(t *testing.T) {
+	clk := clock.NewManual(time.Hour)
+	r := bucketRegistry(clk)
+	ten := ratelimit.Config{MaxTokens: 10, TokensPerFill: 10, FillInterval: time.Minute}
+	first, _ := push(t, r, map[string]ratelimit.Config{"orders": ten})
+
+	tests := []struct {
+		name      string
+		key       string
+		wantSame  *ratelimit.Bucket // nil: a new bucket
+		wantLen   int
+		wantError bool
+	}{
+		{name: "existing key keeps its state", key: "orders", wantSame: first["orders"], wantLen: 1},
+		{name: "new key is created", key: "users", wantLen: 2},
+		{name: "invalid params are an error", key: "bad", wantLen: 2, wantError: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ten
+			if tc.wantError {
+				cfg.MaxTokens = 0
+			}
+			v, err := r.Ensure(tc.key, cfg)
+			if (err != nil) != tc.wantError {
+				t.Fatalf("Ensure(%q): %v", tc.key, err)
+			}
+			if tc.wantSame != nil && v != tc.wantSame {
+				t.Error("Ensure replaced existing state")
+			}
+			if !tc.wantError && v == nil {
+				t.Error("Ensure returned no state")
+			}
+			if r.Len() != tc.wantLen {
+				t.Errorf("Len %d, want %d", r.Len(), tc.wantLen)
+			}
+		})
+	}
+	// The next push that does not use "users" drops it; one that does keeps it.
+	users, _ := r.Get("users")
+	kept, _ := push(t, r, map[string]ratelimit.Config{"orders": ten, "users": ten})
+	if kept["users"] != users {
+		t.Error("a push using an ensured key replaced its state")
+	}
+	_, dropped := push(t, r, map[string]ratelimit.Config{"orders": ten})
+	if len(dropped) != 1 || dropped[0] != users {
+		t.Errorf("dropped %v, want the ensured bucket", dropped)
+	}
+}
