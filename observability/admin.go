@@ -19,11 +19,11 @@ func NewRegistry() *prometheus.Registry {
 }
 
 // NewAdminMux returns the admin endpoints every role serves: /metrics from
-// reg, /debug/pprof/, and /ready answering 200 only while ready() is true.
+// reg (OpenMetrics, with trace exemplars, to scrapers that ask for it), /debug/pprof/, and /ready answering 200 only while ready() is true.
 // Roles add their own handlers (e.g. /config_dump) to the returned mux.
 func NewAdminMux(reg *prometheus.Registry, ready func() bool) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: true}))
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)

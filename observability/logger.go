@@ -1,6 +1,8 @@
 // Package observability owns what every role uses to be observed: logger
-// set-up (zerolog), the Prometheus registry, tracing set-up and the admin
-// HTTP mux.
+// set-up (zerolog), the Prometheus registry and admin HTTP mux, and the
+// agent's per-request instrumentation (Observer.Instrument: RED metrics,
+// access log lines and OpenTelemetry spans, recorded once at the outside of
+// the handler chain) with its governance and infrastructure metrics.
 package observability
 
 import (
