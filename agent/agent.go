@@ -7,24 +7,263 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/rs/zerolog"
 
+	"github.com/meshvm/mesh/agent/discovery"
+	"github.com/meshvm/mesh/agent/proxy"
+	"github.com/meshvm/mesh/agent/registration"
+	"github.com/meshvm/mesh/agent/route"
+	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/observability"
 )
 
 // Agent is one sidecar.
 type Agent struct {
-	cfg config.Config
-	log zerolog.Logger
+	cfg  config.Config
+	log  zerolog.Logger // the agent's own, component=agent
+	base zerolog.Logger // for the parts, which add their own component
+
+	consul    *consulapi.Client
+	resolver  *discovery.Consul
+	forwarder *proxy.Forwarder
+
+	// set by Run
+	registrar *registration.Registrar
+	listening atomic.Bool
+	draining  atomic.Bool
+	addrs     sync.Map // listener name -> bound address
 }
 
-// New builds an agent; it starts nothing.
+// New builds an agent from a validated config; it starts nothing.
 func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
-	return &Agent{cfg: cfg, log: log}, nil
+	cc := consulapi.DefaultConfig()
+	cc.Address = cfg.Consul.Addr
+	cc.Token = cfg.Consul.Token
+	cc.Datacenter = cfg.Consul.Datacenter
+	client, err := consulapi.NewClient(cc)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", cfg.Consul.Addr, err)
+	}
+	return &Agent{
+		cfg:       cfg,
+		log:       log.With().Str("component", "agent").Logger(),
+		base:      log,
+		consul:    client,
+		resolver:  discovery.NewConsul(client, log),
+		forwarder: proxy.NewForwarder(proxy.Options{Log: log}),
+	}, nil
 }
 
-// Run serves until ctx is done, then shuts down gracefully.
+// listener is one bound socket and what serves it.
+type listener struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+// Run binds every listener, registers the app and serves until ctx is
+// done. Then it deregisters, keeps serving for the drain period, stops
+// accepting, lets in-flight requests finish (bounded by shutdown_timeout)
+// and returns nil. A listener that cannot be bound is an error before
+// anything is registered.
 func (a *Agent) Run(ctx context.Context) error {
-	return errors.New("not implemented yet")
+	c := a.cfg.Agent
+	lns, err := a.bind()
+	if err != nil {
+		return err
+	}
+	inboundPort := lns[0].ln.Addr().(*net.TCPAddr).Port
+	node := c.Node
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			return fmt.Errorf("node name: %w", err)
+		}
+	}
+	a.registrar = registration.New(a.consul, registration.Spec{
+		Service:        c.Service,
+		Node:           node,
+		AdvertiseAddr:  advertiseAddr(c.AdvertiseAddr, lns[0].ln.Addr()),
+		InboundPort:    inboundPort,
+		AppAddress:     c.AppAddress,
+		AppPort:        c.AppPort,
+		AppHealth:      c.AppHealth,
+		HealthInterval: c.HealthInterval,
+		Tags:           c.Tags,
+		Meta:           c.Meta,
+		Locality:       c.Locality,
+	}, c.ResyncInterval, a.base)
+
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	errc := make(chan error, len(lns)+2)
+	goRun := func(name string, run func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	goRun("discovery", func() error { return a.resolver.Run(bg) })
+	goRun("registration", func() error { return a.registrar.Run(bg) })
+	for _, l := range lns {
+		goRun(l.name+" listener", func() error { return l.srv.Serve(l.ln) })
+		a.log.Info().Str("listener", l.name).Str("addr", l.ln.Addr().String()).Msg("listening")
+	}
+	a.listening.Store(true)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		a.log.Info().Msg("shutting down: deregistering, then draining")
+	case runErr = <-errc:
+		a.log.Error().Err(runErr).Msg("shutting down after a fatal error")
+	}
+	a.shutdown(lns)
+	stopBG()
+	wg.Wait()
+	a.forwarder.CloseIdleConnections()
+	return runErr
+}
+
+// shutdown deregisters, drains and stops the servers, in that order.
+func (a *Agent) shutdown(lns []listener) {
+	c := a.cfg.Agent
+	a.draining.Store(true)
+	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := a.registrar.Deregister(dctx); err != nil {
+		a.log.Warn().Err(err).Msg("deregister failed; Consul's health check will take the instance out")
+	}
+	cancel()
+	if c.DrainPeriod > 0 {
+		a.log.Info().Dur("drain_period", c.DrainPeriod).Msg("draining: still serving while callers learn we are gone")
+		time.Sleep(c.DrainPeriod)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), c.ShutdownTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, l := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := l.srv.Shutdown(sctx); err != nil {
+				a.log.Warn().Err(err).Str("listener", l.name).Msg("in-flight requests cut at shutdown timeout")
+				_ = l.srv.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	a.log.Info().Msg("stopped")
+}
+
+// bind opens every listener: inbound first (its port is registered),
+// outbound, each upstream, admin.
+func (a *Agent) bind() ([]listener, error) {
+	c := a.cfg.Agent
+	type spec struct {
+		name, addr string
+		h          http.Handler
+	}
+	log := a.base
+	specs := []spec{
+		{"inbound", c.InboundAddr, route.NewInbound(net.JoinHostPort(c.AppAddress, strconv.Itoa(c.AppPort)), a.forwarder, log)},
+		{"outbound", c.OutboundAddr, route.NewOutbound(a.resolver, a.forwarder, log)},
+	}
+	for _, u := range c.Upstreams {
+		specs = append(specs, spec{"upstream " + u.Service, u.Listen, route.NewUpstream(u.Service, a.resolver, a.forwarder, log)})
+	}
+	specs = append(specs, spec{"admin", c.AdminAddr, a.adminHandler()})
+
+	var lns []listener
+	for _, s := range specs {
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			for _, l := range lns {
+				l.ln.Close()
+			}
+			return nil, fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
+		}
+		a.addrs.Store(s.name, ln.Addr().String())
+		srv := proxy.NewServer(s.h, log)
+		if s.name == "admin" {
+			srv = &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		}
+		lns = append(lns, listener{name: s.name, ln: ln, srv: srv})
+	}
+	return lns, nil
+}
+
+// Ready reports whether every listener is up and the app is registered.
+func (a *Agent) Ready() bool {
+	return a.listening.Load() && !a.draining.Load() && a.registrar != nil && a.registrar.Registered()
+}
+
+// Addr returns the bound address of a listener ("inbound", "outbound",
+// "admin", "upstream NAME"), or "" before Run bound it.
+func (a *Agent) Addr(name string) string {
+	v, _ := a.addrs.Load(name)
+	s, _ := v.(string)
+	return s
+}
+
+func (a *Agent) adminHandler() http.Handler {
+	mux := observability.NewAdminMux(observability.NewRegistry(), a.Ready)
+	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		observability.WriteJSON(w, a.configDump())
+	})
+	return mux
+}
+
+// configDump is what the agent knows now: its registration, listeners,
+// and the endpoints of every service it has been asked for.
+func (a *Agent) configDump() map[string]any {
+	listeners := map[string]string{}
+	a.addrs.Range(func(k, v any) bool { listeners[k.(string)] = v.(string); return true })
+	reg := map[string]any{"registered": false}
+	if a.registrar != nil {
+		reg = map[string]any{"id": a.registrar.ID(), "registered": a.registrar.Registered(), "service": a.cfg.Agent.Service}
+	}
+	return map[string]any{
+		"version":      buildinfo.Version,
+		"ready":        a.Ready(),
+		"draining":     a.draining.Load(),
+		"listeners":    listeners,
+		"registration": reg,
+		"upstreams":    a.cfg.Agent.Upstreams,
+		"services":     a.resolver.Snapshot(),
+		"consul":       a.cfg.Consul.Addr,
+	}
+}
+
+// advertiseAddr picks the address other agents reach this one on: the
+// configured one, else the inbound listener's IP unless it is unspecified,
+// else the first non-loopback interface address, else loopback.
+func advertiseAddr(configured string, inbound net.Addr) string {
+	if configured != "" {
+		return configured
+	}
+	if tcp, ok := inbound.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() {
+		return tcp.IP.String()
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, ad := range addrs {
+			if ipn, ok := ad.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+				return ipn.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
 }

@@ -49,7 +49,7 @@ func NewCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log := observability.NewLogger(cfg.Log, os.Stderr).With().Str("component", "agent").Logger()
+			log := observability.NewLogger(cfg.Log, os.Stderr)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			a, err := New(*cfg, log)

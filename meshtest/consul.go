@@ -71,7 +71,10 @@ func StartConsul() (*Consul, error) {
 		"-http-port", strconv.Itoa(c.ports["http"]), "-grpc-port", strconv.Itoa(c.ports["grpc"]),
 		"-dns-port", strconv.Itoa(c.ports["dns"]), "-serf-lan-port", strconv.Itoa(c.ports["serf-lan"]),
 		"-serf-wan-port", strconv.Itoa(c.ports["serf-wan"]), "-server-port", strconv.Itoa(c.ports["server"]),
-		"-hcl", `check_update_interval = "0s"`)
+		"-hcl", `check_update_interval = "0s"`,
+		// dev mode would also take the fixed gRPC TLS port 8503 and clash
+		// with any other Consul on the machine
+		"-hcl", fmt.Sprintf(`ports { grpc_tls = %d }`, FreePort("127.0.0.1")))
 	c.cmd.Stdout, c.cmd.Stderr = c.logf, c.logf
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
