@@ -47,9 +47,16 @@ const (
 	minBackoff         = 200 * time.Millisecond
 )
 
-// ErrStopped is returned by Resolve for a service it has no answer for
-// once Run has returned.
-var ErrStopped = errors.New("discovery stopped")
+// Errors Resolve returns for a service it has no answer for yet. Both
+// wrap no endpoint information: the caller cannot route (503).
+var (
+	// ErrStopped: Run has returned.
+	ErrStopped = errors.New("discovery stopped")
+	// ErrUnavailable: Consul failed before its first answer about the
+	// service (or about the catalog). Resolve fails fast then rather than
+	// make every request wait while Consul is down.
+	ErrUnavailable = errors.New("consul unavailable")
+)
 
 // Option tunes a Consul resolver.
 type Option func(*Consul)
@@ -86,7 +93,7 @@ type Consul struct {
 	// catalog is the set of service names Consul knows; nil until the
 	// catalog watch's first answer.
 	catalog      atomic.Pointer[map[string]struct{}]
-	catalogReady chan struct{}
+	catalogState state
 
 	mu      sync.Mutex
 	runCtx  context.Context // set by Run; nil before
@@ -97,11 +104,24 @@ type Consul struct {
 // watch is one service's blocking query and its last good answer.
 type watch struct {
 	service string
-	eps     atomic.Pointer[[]endpoint.Endpoint]
-	isReady atomic.Bool
-	ready   chan struct{} // closed with isReady set, after the first answer
+	eps     atomic.Pointer[[]endpoint.Endpoint] // set before state.ok
+	state   state
 	cancel  context.CancelFunc
 }
+
+// state is how far a watch has come: whether it has answered, whether its
+// last query failed, and a channel closed at its first outcome (an answer
+// or a failure), which first lookups wait on.
+type state struct {
+	ok      atomic.Bool
+	failing atomic.Bool
+	settled chan struct{}
+	once    sync.Once
+}
+
+func newState() state { return state{settled: make(chan struct{})} }
+
+func (s *state) settle() { s.once.Do(func() { close(s.settled) }) }
 
 // NewConsul returns a resolver reading from client (which carries the
 // Consul address and token). It starts nothing: Run does.
@@ -113,7 +133,7 @@ func NewConsul(client *consulapi.Client, log zerolog.Logger, opts ...Option) *Co
 		waitTime:     DefaultWaitTime,
 		minInterval:  DefaultMinInterval,
 		maxBackoff:   DefaultMaxBackoff,
-		catalogReady: make(chan struct{}),
+		catalogState: newState(),
 		stopped:      make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -155,7 +175,7 @@ func (c *Consul) Run(ctx context.Context) error {
 // starts the service's watch and waits for its first answer, for at most
 // the first-wait bound or until ctx is done.
 func (c *Consul) Resolve(ctx context.Context, service string) ([]endpoint.Endpoint, error) {
-	if w := (*c.watches.Load())[service]; w != nil && w.isReady.Load() {
+	if w := (*c.watches.Load())[service]; w != nil && w.state.ok.Load() {
 		return c.answer(w)
 	}
 	return c.resolveSlow(ctx, service)
@@ -191,7 +211,7 @@ func (c *Consul) resolveSlow(ctx context.Context, service string) ([]endpoint.En
 		ctx, cancel = context.WithTimeout(ctx, c.firstWait)
 		defer cancel()
 	}
-	if err := c.wait(ctx, c.catalogReady, service); err != nil {
+	if err := c.wait(ctx, &c.catalogState, service); err != nil {
 		return nil, err
 	}
 	if !c.known(service) {
@@ -201,26 +221,25 @@ func (c *Consul) resolveSlow(ctx context.Context, service string) ([]endpoint.En
 	if err != nil {
 		return nil, err
 	}
-	if err := c.wait(ctx, w.ready, service); err != nil {
+	if err := c.wait(ctx, &w.state, service); err != nil {
 		return nil, err
 	}
 	return c.answer(w)
 }
 
-func (c *Consul) wait(ctx context.Context, ready <-chan struct{}, service string) error {
+// wait waits for st's first outcome; it fails if that was an error.
+func (c *Consul) wait(ctx context.Context, st *state, service string) error {
 	select {
-	case <-ready:
-		return nil
-	default:
-	}
-	select {
-	case <-ready:
-		return nil
+	case <-st.settled:
 	case <-c.stopped:
 		return fmt.Errorf("resolve %s: %w", service, ErrStopped)
 	case <-ctx.Done():
 		return fmt.Errorf("resolve %s: waiting for consul's first answer: %w", service, ctx.Err())
 	}
+	if !st.ok.Load() {
+		return fmt.Errorf("resolve %s: %w", service, ErrUnavailable)
+	}
+	return nil
 }
 
 // ensureWatch returns service's watch, creating it (and starting it if
@@ -242,7 +261,7 @@ func (c *Consul) ensureWatch(service string) (*watch, error) {
 		// would not see a watch made now.
 		return nil, endpoint.ErrUnknownService
 	}
-	w := &watch{service: service, ready: make(chan struct{})}
+	w := &watch{service: service, state: newState()}
 	next := maps.Clone(old)
 	next[service] = w
 	c.watches.Store(&next)
@@ -290,7 +309,7 @@ func (c *Consul) dropWatches(catalog map[string]struct{}) {
 func (c *Consul) Snapshot() map[string][]endpoint.Endpoint {
 	out := map[string][]endpoint.Endpoint{}
 	for name, w := range *c.watches.Load() {
-		if w.isReady.Load() {
+		if w.state.ok.Load() {
 			out[name] = *w.eps.Load()
 		}
 	}
@@ -300,9 +319,9 @@ func (c *Consul) Snapshot() map[string][]endpoint.Endpoint {
 // blockingLoop runs one blocking-query watch as Consul recommends: it
 // resets the index when it goes backwards, waits at least minInterval
 // between queries, and backs off with jitter on errors, retrying forever.
-// fetch does one query at index and returns the new index; handle runs
-// only after a successful fetch.
-func (c *Consul) blockingLoop(ctx context.Context, what string, fetch func(ctx context.Context, index uint64) (uint64, error)) {
+// fetch does one query at index, publishes its answer and returns the new
+// index; blockingLoop records the outcome in st.
+func (c *Consul) blockingLoop(ctx context.Context, what string, st *state, fetch func(ctx context.Context, index uint64) (uint64, error)) {
 	var index uint64
 	backoff := minBackoff
 	failing := false
@@ -323,12 +342,17 @@ func (c *Consul) blockingLoop(ctx context.Context, what string, fetch func(ctx c
 				c.log.Debug().Err(err).Str("watch", what).Dur("backoff", backoff).Msg("consul query still failing")
 			}
 			failing = true
+			st.failing.Store(true)
+			st.settle()
 			if !sleep(ctx, jitter(backoff)) {
 				return
 			}
 			backoff = min(backoff*2, c.maxBackoff)
 			continue
 		}
+		st.ok.Store(true)
+		st.failing.Store(false)
+		st.settle()
 		if failing {
 			c.log.Info().Str("watch", what).Msg("consul query recovered")
 			failing = false
@@ -345,7 +369,7 @@ func (c *Consul) blockingLoop(ctx context.Context, what string, fetch func(ctx c
 func (c *Consul) watchCatalog(ctx context.Context) {
 	defer c.wg.Done()
 	var lastIndex uint64
-	c.blockingLoop(ctx, "catalog", func(ctx context.Context, index uint64) (uint64, error) {
+	c.blockingLoop(ctx, "catalog", &c.catalogState, func(ctx context.Context, index uint64) (uint64, error) {
 		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: c.waitTime, AllowStale: true}).WithContext(ctx)
 		services, meta, err := c.client.Catalog().Services(q)
 		if err != nil {
@@ -364,9 +388,6 @@ func (c *Consul) watchCatalog(ctx context.Context) {
 			c.catalog.Store(&set)
 			c.dropWatches(set)
 		}
-		if cur == nil {
-			close(c.catalogReady)
-		}
 		return meta.LastIndex, nil
 	})
 }
@@ -374,13 +395,13 @@ func (c *Consul) watchCatalog(ctx context.Context) {
 func (c *Consul) watchService(ctx context.Context, w *watch) {
 	defer c.wg.Done()
 	var lastIndex uint64
-	c.blockingLoop(ctx, w.service, func(ctx context.Context, index uint64) (uint64, error) {
+	c.blockingLoop(ctx, w.service, &w.state, func(ctx context.Context, index uint64) (uint64, error) {
 		q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: c.waitTime, AllowStale: true}).WithContext(ctx)
 		entries, meta, err := c.client.Health().Service(w.service, "", true, q)
 		if err != nil {
 			return 0, fmt.Errorf("health of %s: %w", w.service, err)
 		}
-		if w.isReady.Load() && meta.LastIndex == lastIndex {
+		if w.state.ok.Load() && meta.LastIndex == lastIndex {
 			return meta.LastIndex, nil
 		}
 		lastIndex = meta.LastIndex
@@ -388,10 +409,6 @@ func (c *Consul) watchService(ctx context.Context, w *watch) {
 		if cur := w.eps.Load(); cur == nil || !equal(*cur, eps) {
 			w.eps.Store(&eps)
 			c.log.Debug().Str("service", w.service).Int("endpoints", len(eps)).Msg("endpoints changed")
-		}
-		if !w.isReady.Load() {
-			w.isReady.Store(true)
-			close(w.ready)
 		}
 		return meta.LastIndex, nil
 	})

@@ -324,14 +324,14 @@ func TestConsulOutageKeepsLastGood(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// A service known to exist but never asked for cannot be answered,
-	// and the wait for it is bounded; a name the last good catalog does
-	// not hold is still unknown.
+	// A service known to exist but never asked for cannot be answered:
+	// its first lookup fails as soon as Consul does; a name the last good
+	// catalog does not hold is still unknown.
 	start := time.Now()
-	if _, err := d.Resolve(context.Background(), "idle"); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("first lookup of idle during the outage: err = %v, want a timeout", err)
+	if _, err := d.Resolve(context.Background(), "idle"); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("first lookup of idle during the outage: err = %v, want ErrUnavailable", err)
 	}
-	if el := time.Since(start); el > firstWait+time.Second {
+	if el := time.Since(start); el > firstWait {
 		t.Errorf("first lookup during the outage took %v, bound is %v", el, firstWait)
 	}
 	if _, err := resolve(d, "never-registered"); !errors.Is(err, endpoint.ErrUnknownService) {
@@ -340,6 +340,31 @@ func TestConsulOutageKeepsLastGood(t *testing.T) {
 
 	rl.up()
 	wantAddrs(t, d, "inventory", 3*time.Second, "127.0.0.62:15006")
+}
+
+// Consul is down when discovery starts: lookups fail fast (no request
+// waits for a Consul that is known to fail), and succeed once it is back.
+func TestConsulDownAtStart(t *testing.T) {
+	register(t, consul.Client, instance{id: "boot-a", service: "boot", addr: "127.0.0.65", port: 15006, passing: true})
+	rl := startRelay(t, consul.Addr)
+	rl.down()
+	client, err := consulapi.NewClient(&consulapi.Config{Address: rl.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startDiscovery(t, client, WithMaxBackoff(300*time.Millisecond))
+	for i := range 3 {
+		start := time.Now()
+		_, err := d.Resolve(context.Background(), "boot")
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("lookup %d with consul down: err = %v, want ErrUnavailable", i, err)
+		}
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("lookup %d with consul down took %v, want a fast failure", i, el)
+		}
+	}
+	rl.up()
+	wantAddrs(t, d, "boot", 3*time.Second, "127.0.0.65:15006")
 }
 
 // A Consul that is stopped for good: the resolver keeps its last answer.
