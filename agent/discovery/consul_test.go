@@ -369,12 +369,16 @@ func TestConsulDownAtStart(t *testing.T) {
 
 // A Consul that is stopped for good: the resolver keeps its last answer.
 func TestConsulStoppedKeepsLastGood(t *testing.T) {
-	own := startOwnConsul(t)
-	register(t, own.client, instance{id: "ship-a", service: "shipping", addr: "127.0.0.71", port: 15006, passing: true})
-	d := startDiscovery(t, own.client, WithMaxBackoff(200*time.Millisecond))
+	own, err := meshtest.StartConsul()
+	if err != nil {
+		t.Fatalf("start a second consul: %v", err)
+	}
+	t.Cleanup(own.Stop)
+	register(t, own.Client, instance{id: "ship-a", service: "shipping", addr: "127.0.0.71", port: 15006, passing: true})
+	d := startDiscovery(t, own.Client, WithMaxBackoff(200*time.Millisecond))
 	wantAddrs(t, d, "shipping", 2*time.Second, "127.0.0.71:15006")
 
-	own.stop()
+	own.Stop()
 	time.Sleep(500 * time.Millisecond) // several failed retries
 	eps, err := resolve(d, "shipping")
 	if err != nil || len(eps) != 1 || eps[0].Addr != "127.0.0.71:15006" {
