@@ -118,6 +118,7 @@ func run(ctx context.Context, every time.Duration) error {
 		return fmt.Errorf("orders instances not passing in Consul: %w", err)
 	}
 
+	whereToLook(vms)
 	fmt.Println()
 	fmt.Println("Traffic: the web app calls http://orders/... through its local agent (127.0.0.11:15001, Host: orders).")
 	fmt.Println("Each line: caller -> its agent -> the callee's agent -> the app that answered, status, latency.")
@@ -158,11 +159,11 @@ func run(ctx context.Context, every time.Duration) error {
 		case <-tick.C:
 		}
 	}
-	summary(stats, lat, vms)
+	summary(stats, lat)
 	return nil
 }
 
-func summary(stats map[string]int, lat []time.Duration, vms []*vm) {
+func summary(stats map[string]int, lat []time.Duration) {
 	fmt.Println()
 	fmt.Println("Summary:")
 	keys := make([]string, 0, len(stats))
@@ -179,7 +180,13 @@ func summary(stats map[string]int, lat []time.Duration, vms []*vm) {
 			float64(lat[len(lat)/2].Microseconds())/1000, float64(lat[len(lat)*99/100].Microseconds())/1000)
 	}
 	fmt.Println()
-	fmt.Println("Where to look next (while the demo runs):")
+	fmt.Println("(Ctrl-C stops the demo; the same pointers were printed at the start.)")
+}
+
+// whereToLook says where to look while the demo runs.
+func whereToLook(vms []*vm) {
+	fmt.Println()
+	fmt.Println("Where to look while the demo runs:")
 	fmt.Println("  Consul UI:          http://127.0.0.1:8500/ui/")
 	fmt.Println("  Consul API:         curl -s 'http://127.0.0.1:8500/v1/health/service/orders?passing' | jq")
 	for _, v := range vms {
