@@ -308,4 +308,3 @@ func ifSet(prefix, v string) string {
 	}
 	return prefix + v
 }
-
