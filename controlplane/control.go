@@ -27,6 +27,7 @@ import (
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/controlplane/source/cmdbsource"
 	"github.com/meshvm/mesh/controlplane/source/consul"
+	"github.com/meshvm/mesh/controlplane/translate"
 	"github.com/meshvm/mesh/controlplane/xds"
 )
 
@@ -99,7 +100,8 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 				DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
 				Policies:         cfg.Policies,
 			},
-			xds: xs,
+			xds:        xs,
+			translator: translate.NewTranslator(),
 		},
 	}
 	c.rec.metrics = newMetrics(reg, sources)

@@ -33,6 +33,8 @@ type reconciler struct {
 	opts      model.MergeOptions
 	xds       *xds.Server
 	metrics   *metrics
+	// translator is used by the Run goroutine only.
+	translator *translate.Translator
 
 	current atomic.Pointer[model.Model]
 }
@@ -133,7 +135,7 @@ func (r *reconciler) build(ctx context.Context, views []*model.View) {
 	if prev := r.current.Load(); prev != nil && reflect.DeepEqual(prev, &m) {
 		return
 	}
-	mesh, err := translate.Translate(&m)
+	mesh, err := r.translator.Translate(&m)
 	if err == nil {
 		err = r.xds.Update(ctx, mesh)
 	}

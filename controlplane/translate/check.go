@@ -9,6 +9,8 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/meshvm/mesh/controlplane/model"
 )
 
@@ -42,14 +44,49 @@ func validateSet(s Set) error {
 	return nil
 }
 
-// Validate checks the shared resources once per model.
+// Validate checks all the shared resources.
 func (m *Mesh) Validate() error {
-	return Validate(Resources{
+	_, err := m.validate(nil)
+	return err
+}
+
+// validate checks the shared resources, skipping the Validate() of those
+// in done (checked in an earlier build: same message, same content), and
+// returns the set of the messages now checked.
+func (m *Mesh) validate(done map[proto.Message]bool) (map[proto.Message]bool, error) {
+	r := Resources{
 		Clusters:  m.Clusters,
 		Endpoints: m.Endpoints,
 		Listeners: m.APIListeners,
 		Routes:    merged(m.APIRoutes, Set{OutboundRoute: m.Outbound}),
-	})
+	}
+	now := make(map[proto.Message]bool, 4*len(m.Clusters)+1)
+	for _, s := range []Set{r.Clusters, r.Endpoints, r.Listeners, r.Routes} {
+		fresh := Set{}
+		for k, v := range s {
+			now[v] = true
+			if !done[v] {
+				fresh[k] = v
+			}
+		}
+		if err := validateSet(fresh); err != nil {
+			return nil, err
+		}
+	}
+	// Listeners checked before still point at the same route names, which
+	// exist as long as their services do (checked via the clusters).
+	from := r
+	from.Listeners = Set{}
+	for k, v := range r.Listeners {
+		if !done[v] {
+			from.Listeners[k] = v
+		}
+	}
+	all := lookup{Clusters: union{r.Clusters}, Endpoints: union{r.Endpoints}, Routes: union{r.Routes}}
+	if err := consistent(from, all); err != nil {
+		return nil, err
+	}
+	return now, nil
 }
 
 // ValidateNode checks a node's own resources (see Own) and that their

@@ -7,6 +7,7 @@ package translate
 import (
 	"fmt"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -86,8 +87,40 @@ type Resources struct {
 	Clusters, Endpoints, Listeners, Routes Set
 }
 
-// Translate builds the node-independent resources of a model.
+// Translate builds and validates the node-independent resources of a
+// model, from scratch.
 func Translate(m *model.Model) (*Mesh, error) {
+	return NewTranslator().Translate(m)
+}
+
+// Translator translates successive models, reusing the resources of every
+// service whose policy or endpoints did not change (the same message
+// pointers, so hashing and validation are skipped for them). A health
+// change in one of 10,000 services rebuilds one load assignment.
+type Translator struct {
+	prev      map[string]*entry
+	outbound  *routev3.RouteConfiguration
+	validated map[proto.Message]bool
+}
+
+type entry struct {
+	svc         model.Service
+	cluster     *clusterv3.Cluster
+	cla         *endpointv3.ClusterLoadAssignment
+	vhost       *routev3.VirtualHost
+	apiListener *listenerv3.Listener
+	apiRoute    *routev3.RouteConfiguration
+}
+
+// NewTranslator returns a translator with no memory.
+func NewTranslator() *Translator {
+	return &Translator{prev: map[string]*entry{}, validated: map[proto.Message]bool{}}
+}
+
+// Translate builds the model's shared resources and validates the new
+// ones (go-control-plane's Validate and reference consistency). On error
+// the translator's memory is unchanged.
+func (t *Translator) Translate(m *model.Model) (*Mesh, error) {
 	n := len(m.Services)
 	out := &Mesh{
 		Clusters:     make(Set, n),
@@ -96,29 +129,24 @@ func Translate(m *model.Model) (*Mesh, error) {
 		APIRoutes:    make(Set, n),
 		policies:     make(map[string]config.Policy, n),
 		appPorts:     make(map[string]map[string]int, n),
-		Outbound: &routev3.RouteConfiguration{
-			Name:             OutboundRoute,
-			ValidateClusters: wrapperspb.Bool(false),
-			VirtualHosts:     make([]*routev3.VirtualHost, 0, n),
-		},
 	}
+	next := make(map[string]*entry, n)
+	vhosts := make([]*routev3.VirtualHost, 0, n)
+	sameVhosts := len(t.prev) == n
 	for i := range m.Services {
 		s := &m.Services[i]
-		c, err := Cluster(s)
+		e, err := t.entry(s)
 		if err != nil {
 			return nil, err
 		}
-		out.Clusters[s.Name] = c
-		out.Endpoints[s.Name] = LoadAssignment(s)
-		out.Outbound.VirtualHosts = append(out.Outbound.VirtualHosts, virtualHost(s, false))
-		l, err := APIListener(s.Name)
-		if err != nil {
-			return nil, err
-		}
-		out.APIListeners[s.Name] = l
-		out.APIRoutes[s.Name] = &routev3.RouteConfiguration{
-			Name:         s.Name,
-			VirtualHosts: []*routev3.VirtualHost{virtualHost(s, true)},
+		next[s.Name] = e
+		out.Clusters[s.Name] = e.cluster
+		out.Endpoints[s.Name] = e.cla
+		out.APIListeners[s.Name] = e.apiListener
+		out.APIRoutes[s.Name] = e.apiRoute
+		vhosts = append(vhosts, e.vhost)
+		if sameVhosts && (t.outbound == nil || i >= len(t.outbound.VirtualHosts) || t.outbound.VirtualHosts[i] != e.vhost) {
+			sameVhosts = false
 		}
 		out.policies[s.Name] = s.Policy
 		for _, ep := range s.Endpoints {
@@ -130,7 +158,50 @@ func Translate(m *model.Model) (*Mesh, error) {
 			}
 		}
 	}
+	if sameVhosts && t.outbound != nil {
+		out.Outbound = t.outbound
+	} else {
+		out.Outbound = &routev3.RouteConfiguration{
+			Name:             OutboundRoute,
+			ValidateClusters: wrapperspb.Bool(false),
+			VirtualHosts:     vhosts,
+		}
+	}
+	validated, err := out.validate(t.validated)
+	if err != nil {
+		return nil, err
+	}
+	t.prev, t.outbound, t.validated = next, out.Outbound, validated
 	return out, nil
+}
+
+// entry returns the service's resources, reusing the previous ones that
+// its change did not touch.
+func (t *Translator) entry(s *model.Service) (*entry, error) {
+	prev := t.prev[s.Name]
+	e := &entry{svc: *s}
+	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy)
+	if samePolicy {
+		e.cluster, e.vhost, e.apiRoute, e.apiListener = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener
+	} else {
+		c, err := Cluster(s)
+		if err != nil {
+			return nil, err
+		}
+		l, err := APIListener(s.Name)
+		if err != nil {
+			return nil, err
+		}
+		e.cluster, e.apiListener = c, l
+		e.vhost = virtualHost(s, false)
+		e.apiRoute = &routev3.RouteConfiguration{Name: s.Name, VirtualHosts: []*routev3.VirtualHost{virtualHost(s, true)}}
+	}
+	if prev != nil && reflect.DeepEqual(prev.svc.Endpoints, s.Endpoints) {
+		e.cla = prev.cla
+	} else {
+		e.cla = LoadAssignment(s)
+	}
+	return e, nil
 }
 
 // Own returns the resources that belong to one node alone. A proxyless

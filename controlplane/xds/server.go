@@ -118,14 +118,11 @@ func (s *Server) Ready() bool {
 	return s.mesh != nil
 }
 
-// Update validates a new translation and sets every connected node's
-// snapshot from it. An invalid translation is refused as a whole and the
-// previous one keeps serving.
+// Update sets every connected node's snapshot from a new translation
+// (which translate has validated). Each node's own resources are validated
+// here; a node whose resources are invalid keeps its previous snapshot.
 func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 	start := time.Now()
-	if err := mesh.Validate(); err != nil {
-		return fmt.Errorf("validate resources: %w", err)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hasher.Rotate()
