@@ -291,3 +291,52 @@ func TestOwn(t *testing.T) {
 		})
 	}
 }
+
+// TestTranslatorIncremental: a translator fed successive models gives the
+// same resources as a fresh translation, reusing untouched ones.
+func TestTranslatorIncremental(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(m *model.Model)
+		reused []string // clusters whose load assignment must be reused
+	}{
+		{name: "one endpoint goes unhealthy", change: func(m *model.Model) { m.Services[0].Endpoints[0].Health = model.Unhealthy }, reused: []string{"payments", "search"}},
+		{name: "policy change", change: func(m *model.Model) { m.Services[1].Policy.Timeout = time.Minute }, reused: []string{"orders", "payments", "search"}},
+		{name: "service removed", change: func(m *model.Model) { m.Services = m.Services[1:] }, reused: []string{"payments", "search"}},
+		{name: "nothing", change: func(*model.Model) {}, reused: []string{"orders", "payments", "search"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := translate.NewTranslator()
+			m1 := realistic()
+			first, err := tr.Translate(&m1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m2 := realistic()
+			m2.Services = append([]model.Service(nil), m2.Services...)
+			for i := range m2.Services {
+				m2.Services[i].Endpoints = append([]model.Endpoint(nil), m2.Services[i].Endpoints...)
+			}
+			tc.change(&m2)
+			inc, err := tr.Translate(&m2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fresh, err := translate.Translate(&m2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			node := model.Node{ID: "x", Service: "payments", AppPort: 1}
+			a, _ := inc.ForNode(node, config.DefaultPolicy())
+			b, _ := fresh.ForNode(node, config.DefaultPolicy())
+			if !bytes.Equal(dump(t, a), dump(t, b)) {
+				t.Fatal("incremental translation differs from a fresh one")
+			}
+			for _, name := range tc.reused {
+				if inc.Endpoints[name] != first.Endpoints[name] {
+					t.Errorf("load assignment of %s rebuilt, want reused", name)
+				}
+			}
+		})
+	}
+}
