@@ -3,6 +3,7 @@ package observability
 import (
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,10 +71,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		connOpened:         counter("upstream_connections_opened_total", "Connections opened to an upstream's endpoints.", "upstream_service"),
 		connFailed:         counter("upstream_connections_failed_total", "Failed connection attempts to an upstream's endpoints.", "upstream_service"),
 		endpoints:          gauge("discovery_endpoints", "Healthy endpoints known for a service.", "service"),
-		xdsConnected:       gauge("xds_connected", "1 for the control plane the agent is connected to, 0 for the others it knows.", "control_plane"),
-		xdsLastUpdate:      gauge("xds_last_update_timestamp_seconds", "Unix time of the last accepted xDS update, per resource type.", "type_url"),
-		xdsAcks:            counter("xds_acks_total", "xDS updates accepted (ACKed), per resource type.", "type_url"),
-		xdsNacks:           counter("xds_nacks_total", "xDS updates rejected (NACKed), per resource type.", "type_url"),
+		xdsConnected:       gauge("xds_client_connected", "1 for the control plane the agent streams from, 0 for the others it knows.", "control_plane"),
+		xdsLastUpdate:      gauge("xds_client_last_update_timestamp_seconds", "Unix time of the last accepted xDS update, per resource type.", "type"),
+		xdsAcks:            counter("xds_client_acks_total", "xDS updates accepted (ACKed), per resource type.", "type"),
+		xdsNacks:           counter("xds_client_nacks_total", "xDS updates rejected (NACKed), per resource type.", "type"),
 		consulReg: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "consul_registered",
 			Help: "1 while the app is registered in Consul, else 0."}),
 		consulErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "consul_registration_errors_total",
@@ -146,14 +147,39 @@ func (m *Metrics) XDSDisconnected() {
 }
 
 // XDSUpdate records one xDS response of typeURL: ACKed (accepted and
-// applied, which sets the last-update time) or NACKed.
+// applied, which sets the last-update time) or NACKed. The type label is
+// the short name the control plane's metrics use (cluster, endpoint,
+// listener, route, secret).
 func (m *Metrics) XDSUpdate(typeURL string, acked bool) {
+	typ := xdsType(typeURL)
 	if !acked {
-		m.xdsNacks.WithLabelValues(typeURL).Inc()
+		m.xdsNacks.WithLabelValues(typ).Inc()
 		return
 	}
-	m.xdsAcks.WithLabelValues(typeURL).Inc()
-	m.xdsLastUpdate.WithLabelValues(typeURL).Set(float64(time.Now().UnixNano()) / 1e9)
+	m.xdsAcks.WithLabelValues(typ).Inc()
+	m.xdsLastUpdate.WithLabelValues(typ).Set(float64(time.Now().UnixNano()) / 1e9)
+}
+
+// xdsType maps an Envoy v3 type URL to its short name; unknown types are
+// "other".
+func xdsType(typeURL string) string {
+	switch typeURL[strings.LastIndexByte(typeURL, '.')+1:] {
+	case "Cluster":
+		return "cluster"
+	case "ClusterLoadAssignment":
+		return "endpoint"
+	case "Listener":
+		return "listener"
+	case "RouteConfiguration":
+		return "route"
+	case "Secret":
+		return "secret"
+	case "ScopedRouteConfiguration":
+		return "scoped-route"
+	case "VirtualHost":
+		return "virtual-host"
+	}
+	return labelOther
 }
 
 // ConsulRegistered records whether the app is registered in Consul now.

@@ -99,7 +99,9 @@ func (a *recordingApp) seen() []http.Header {
 
 // recordingResolver resolves from a map and records the chosen upstream in
 // the request's Record, as the agent's router does.
-type recordingResolver struct{ eps map[string][]endpoint.Endpoint }
+type recordingResolver struct {
+	eps map[string][]endpoint.Endpoint
+}
 
 func (m recordingResolver) Resolve(ctx context.Context, service string) ([]endpoint.Endpoint, error) {
 	eps, ok := m.eps[service]

@@ -223,7 +223,7 @@ func TestGovernanceAndInfraMetrics(t *testing.T) {
 	admin := serve(t, "127.0.0.34", observability.NewAdminMux(reg, func() bool { return true }))
 	mfs := scrape(t, admin)
 	up := labels("upstream_service", "orders")
-	cluster := labels("type_url", "type.googleapis.com/envoy.config.cluster.v3.Cluster")
+	cluster := labels("type", "cluster")
 	for _, c := range []struct {
 		name string
 		want map[string]float64
@@ -244,15 +244,15 @@ func TestGovernanceAndInfraMetrics(t *testing.T) {
 		{"mesh_outlier_ejected_endpoints", map[string]float64{up: 1}},
 		{"mesh_discovery_endpoints", map[string]float64{labels("service", "orders"): 3}},
 		{"mesh_concurrency_limited_total", map[string]float64{labels("direction", "outbound", "service", "orders"): 1}},
-		{"mesh_xds_connected", map[string]float64{labels("control_plane", "10.0.0.1:18000"): 1, labels("control_plane", "10.0.0.2:18000"): 0}},
-		{"mesh_xds_acks_total", map[string]float64{cluster: 1}},
-		{"mesh_xds_nacks_total", map[string]float64{cluster: 1}},
+		{"mesh_xds_client_connected", map[string]float64{labels("control_plane", "10.0.0.1:18000"): 1, labels("control_plane", "10.0.0.2:18000"): 0}},
+		{"mesh_xds_client_acks_total", map[string]float64{cluster: 1}},
+		{"mesh_xds_client_nacks_total", map[string]float64{cluster: 1}},
 		{"mesh_consul_registered", map[string]float64{"": 1}},
 		{"mesh_consul_registration_errors_total", map[string]float64{"": 1}},
 	} {
 		t.Run(c.name, func(t *testing.T) { equalSeries(t, c.name, series(mfs, c.name), c.want) })
 	}
-	if v := series(mfs, "mesh_xds_last_update_timestamp_seconds")[cluster]; v < 1e9 {
-		t.Errorf("mesh_xds_last_update_timestamp_seconds = %v, want a recent Unix time", v)
+	if v := series(mfs, "mesh_xds_client_last_update_timestamp_seconds")[cluster]; v < 1e9 {
+		t.Errorf("mesh_xds_client_last_update_timestamp_seconds = %v, want a recent Unix time", v)
 	}
 }

@@ -102,7 +102,7 @@ func (o *Observer) Metrics() *Metrics { return o.metrics }
 // Run exports spans in batches, flushes the access log every
 // flush_interval, and reopens an access log file on SIGUSR1, until ctx is
 // done; then it flushes and closes as Close does, within the export
-// timeout.
+// timeout or 5s, whichever is shorter.
 func (o *Observer) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	if o.tracing != nil {
@@ -142,9 +142,9 @@ loop:
 		}
 	}
 	wg.Wait()
-	timeout := 5 * time.Second
+	timeout := 5 * time.Second // a dead collector must not hold a shutdown long
 	if o.tracing != nil {
-		timeout = o.cfg.Tracing.ExportTimeout
+		timeout = min(timeout, o.cfg.Tracing.ExportTimeout)
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()

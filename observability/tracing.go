@@ -8,7 +8,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -161,7 +160,6 @@ type spanQueue struct {
 	batchSize     int
 	batchTimeout  time.Duration
 	exportTimeout time.Duration
-	exportMu      sync.Mutex // one export at a time
 
 	dropped, exported, failed prometheus.Counter
 }
@@ -245,10 +243,10 @@ func (q *spanQueue) run(ctx context.Context) {
 }
 
 // exportBatch takes up to batchSize queued spans and exports them, bounded
-// by the export timeout. It returns how many spans it took.
+// by ctx and the export timeout. It returns how many spans it took. The
+// exporters are safe for concurrent use, so a flush need not wait for an
+// export in progress (which may hang on a dead collector).
 func (q *spanQueue) exportBatch(ctx context.Context) (int, error) {
-	q.exportMu.Lock()
-	defer q.exportMu.Unlock()
 	batch := make([]sdktrace.ReadOnlySpan, 0, min(len(q.queue), q.batchSize))
 	for len(batch) < q.batchSize {
 		select {
