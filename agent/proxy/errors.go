@@ -20,6 +20,12 @@ const (
 	ReasonUpgradeFailure    = "upgrade-failure"
 	// ReasonConnectNotSupported refuses CONNECT tunnels (HTTPS_PROXY).
 	ReasonConnectNotSupported = "connect-not-supported"
+	// ReasonRateLimited: the callee's token bucket is empty (429).
+	ReasonRateLimited = "rate-limited"
+	// ReasonCircuitOpen: the upstream service's breaker is open (503).
+	ReasonCircuitOpen = "circuit-open"
+	// ReasonOverflow: a concurrency threshold is reached (503).
+	ReasonOverflow = "overflow"
 )
 
 // StatusClientClosedRequest is the (non-standard, nginx) status recorded

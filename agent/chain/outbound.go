@@ -1,0 +1,425 @@
+package chain
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/meshvm/mesh/agent/endpoint"
+	"github.com/meshvm/mesh/agent/proxy"
+	"github.com/meshvm/mesh/governance/outlier"
+	"github.com/meshvm/mesh/governance/retry"
+)
+
+// upstream is one service compiled from a table: its policy, its state,
+// and (static table) its endpoints.
+type upstream struct {
+	name string
+	svc  *service
+	pol  policy
+	h    *Handlers
+
+	set   atomic.Pointer[endpointSet]
+	setMu sync.Mutex // rebuilds from a live resolver
+}
+
+// endpoints returns the endpoint set to pick from: the table's, or the
+// live resolver's, rebuilt only when the resolver's answer changed.
+func (u *upstream) endpoints(ctx context.Context) (*endpointSet, error) {
+	if u.h.table.Static {
+		return u.set.Load(), nil
+	}
+	eps, err := u.h.res.Resolve(ctx, u.name)
+	if err != nil {
+		return nil, err
+	}
+	if cur := u.set.Load(); cur != nil && sameSlice(cur.eps, eps) {
+		return cur, nil
+	}
+	u.setMu.Lock()
+	defer u.setMu.Unlock()
+	if cur := u.set.Load(); cur != nil && sameSlice(cur.eps, eps) {
+		return cur, nil
+	}
+	set, err := u.svc.endpointSet(eps, u.pol.lb)
+	if err != nil {
+		return nil, err
+	}
+	u.set.Store(set)
+	return set, nil
+}
+
+// sameSlice reports whether a and b are the same shared slice: resolvers
+// hand out a new slice whenever the endpoints change.
+func sameSlice(a, b []endpoint.Endpoint) bool {
+	return len(a) == len(b) && unsafe.SliceData(a) == unsafe.SliceData(b)
+}
+
+// outcome is what a request says about its upstream service, for the
+// circuit breaker.
+type outcome uint8
+
+const (
+	succeeded outcome = iota
+	failed
+	// abandoned: the request ended without saying anything about the
+	// upstream (the caller went away, the mesh refused it).
+	abandoned
+)
+
+// serve sends r to the service under its policy, in this order:
+// endpoints, max_requests, circuit breaker, route timeout, then tries.
+func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
+	set, err := u.endpoints(r.Context())
+	if err != nil {
+		proxy.WriteError(w, r, resolveError(u.name, err))
+		return
+	}
+	if len(set.eps) == 0 {
+		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonNoHealthyEndpoint})
+		return
+	}
+	svc := u.svc
+	if !svc.limits.Requests.Acquire() {
+		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonOverflow})
+		return
+	}
+	defer svc.limits.Requests.Release()
+	permit, wait := svc.breaker.Allow()
+	if !permit.OK() {
+		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonCircuitOpen, RetryAfter: wait})
+		return
+	}
+	ctx := r.Context()
+	if u.pol.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, u.pol.timeout)
+		defer cancel()
+	}
+	out, aborted := u.exchange(w, r, ctx, set)
+	switch out {
+	case succeeded:
+		svc.breaker.Report(permit, true)
+	case failed:
+		svc.breaker.Report(permit, false)
+	default:
+		svc.breaker.Abandon(permit)
+	}
+	if aborted {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// exchange makes the tries of one request: pick an endpoint, send, and
+// either retry (another endpoint, after a jittered backoff, within the
+// budget) or relay the response. aborted means the response broke off
+// after it had started: the caller must abort the client's stream.
+func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.Context, set *endpointSet) (out outcome, aborted bool) {
+	svc := u.svc
+	body := requestBody{has: r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0}
+	if body.has && u.pol.replay && r.ContentLength <= maxReplay {
+		body.rb = newReplayBody(r.Body, r.ContentLength)
+	}
+	var att proxy.Attempt
+	prev := -1
+	retries := 0
+	retrying := false // this try holds a slot of the retry budget
+	for {
+		i := set.pick(prev)
+		prev = i
+		addr, hst := set.eps[i].Addr, set.hosts[i]
+		tryCtx, cancelTry := ctx, context.CancelFunc(nil)
+		if u.pol.perTry > 0 {
+			tryCtx, cancelTry = context.WithTimeout(ctx, u.pol.perTry)
+		}
+		att.Ctx = tryCtx
+		att.Body = body.next()
+		if !svc.limits.Pending.Acquire() {
+			u.endTry(cancelTry, retrying, nil)
+			proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonOverflow})
+			return abandoned, false
+		}
+		hst.active.Add(1)
+		resp, err := u.h.fwd.Send(w, r, addr, &att)
+		svc.limits.Pending.Release()
+
+		if err != nil {
+			u.endTry(cancelTry, retrying, hst)
+			retrying = false
+			f, gone := failureOf(err)
+			if gone || r.Context().Err() != nil {
+				proxy.WriteError(w, r, err)
+				return abandoned, false
+			}
+			if f == retry.NoFailure { // refused by the mesh (CONNECT)
+				proxy.WriteError(w, r, err)
+				return abandoned, false
+			}
+			svc.detector.Report(&hst.Host, outlier.LocalFailure)
+			body.tried(f)
+			if ctx.Err() == nil && retries < u.pol.attempts &&
+				u.pol.retryOn.Retriable(retry.Attempt{Failure: f, GRPCStatus: retry.NoGRPCStatus}) &&
+				body.replayable() && svc.budget.Acquire(svc.limits.Requests.Active()) {
+				retries++
+				retrying = true
+				if !backoff(ctx, retries) {
+					svc.budget.Release()
+					proxy.WriteError(w, r, timeoutOrGone(r))
+					return outcomeOf(r), false
+				}
+				continue
+			}
+			if ctx.Err() != nil && r.Context().Err() == nil {
+				err = timeoutOrGone(r) // the route timeout, whatever the try saw
+			}
+			proxy.WriteError(w, r, err)
+			return failed, false
+		}
+
+		status := resp.StatusCode
+		gs := grpcStatus(resp.Header) // a trailers-only gRPC response
+		eff := effectiveStatus(status, gs)
+		if retries < u.pol.attempts && (eff >= 400 || gs > 0) {
+			a := retry.Attempt{Status: status, GRPCStatus: gs, RateLimited: rateLimited(resp.Header)}
+			body.tried(retry.NoFailure)
+			if u.pol.retryOn.Retriable(a) && ctx.Err() == nil && body.replayable() &&
+				svc.budget.Acquire(svc.limits.Requests.Active()) {
+				svc.detector.Report(&hst.Host, outlier.Classify(eff, false))
+				proxy.Discard(resp)
+				u.endTry(cancelTry, retrying, hst)
+				retries++
+				retrying = true
+				if !backoff(ctx, retries) {
+					svc.budget.Release()
+					proxy.WriteError(w, r, timeoutOrGone(r))
+					return outcomeOf(r), false
+				}
+				continue
+			}
+		}
+		err = u.h.fwd.Relay(w, r, resp)
+		if gs < 0 && len(resp.Trailer) > 0 {
+			gs = grpcStatus(resp.Trailer)
+			eff = effectiveStatus(status, gs)
+		}
+		u.endTry(cancelTry, retrying, hst)
+		switch {
+		case err == proxy.ErrAborted:
+			if r.Context().Err() != nil {
+				return abandoned, true // the client left; not the upstream's fault
+			}
+			svc.detector.Report(&hst.Host, outlier.LocalFailure)
+			return failed, true
+		case err != nil: // a failed upgrade: nothing was written
+			svc.detector.Report(&hst.Host, outlier.GatewayError)
+			proxy.WriteError(w, r, err)
+			return failed, false
+		}
+		svc.detector.Report(&hst.Host, outlier.Classify(eff, false))
+		if eff >= 500 {
+			return failed, false
+		}
+		return succeeded, false
+	}
+}
+
+// endTry releases what one try held.
+func (u *upstream) endTry(cancel context.CancelFunc, retrying bool, hst *host) {
+	if hst != nil {
+		hst.active.Add(-1)
+	}
+	if cancel != nil {
+		cancel()
+	}
+	if retrying {
+		u.svc.budget.Release()
+	}
+}
+
+// failureOf maps a Send error to what the retry policy knows; gone means
+// the caller went away.
+func failureOf(err error) (f retry.Failure, gone bool) {
+	var pe *proxy.Error
+	if !errors.As(err, &pe) {
+		return retry.Reset, false
+	}
+	switch pe.Reason {
+	case proxy.ReasonConnectFailure:
+		return retry.ConnectFailure, false
+	case proxy.ReasonTimeout:
+		return retry.Timeout, false
+	case proxy.ReasonReset:
+		return retry.Reset, false
+	case proxy.ReasonClientCancelled:
+		return retry.NoFailure, true
+	}
+	return retry.NoFailure, false
+}
+
+// timeoutOrGone is the answer when the request's context ended between
+// tries: the route timeout, or the caller leaving.
+func timeoutOrGone(r *http.Request) *proxy.Error {
+	if r.Context().Err() != nil {
+		return &proxy.Error{Status: proxy.StatusClientClosedRequest, Reason: proxy.ReasonClientCancelled}
+	}
+	return &proxy.Error{Status: http.StatusGatewayTimeout, Reason: proxy.ReasonTimeout}
+}
+
+func outcomeOf(r *http.Request) outcome {
+	if r.Context().Err() != nil {
+		return abandoned
+	}
+	return failed
+}
+
+// backoff waits before retry number n (Envoy's jittered exponential
+// backoff, 25 ms base); false means ctx ended first.
+func backoff(ctx context.Context, n int) bool {
+	d := retry.Backoff(n, 0, 0, rand.Uint64())
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// rateLimited says whether a response is a rate-limit refusal by a mesh
+// (ours or Envoy's), for retry_on envoy-ratelimited.
+func rateLimited(h http.Header) bool {
+	if len(h["X-Envoy-Ratelimited"]) > 0 {
+		return true
+	}
+	v := h["X-Mesh-Reason"]
+	return len(v) > 0 && v[0] == proxy.ReasonRateLimited
+}
+
+// grpcStatus reads a grpc-status header or trailer, or returns
+// retry.NoGRPCStatus.
+func grpcStatus(h http.Header) int {
+	v := h["Grpc-Status"]
+	if len(v) == 0 || len(v[0]) == 0 || len(v[0]) > 2 {
+		return retry.NoGRPCStatus
+	}
+	n := 0
+	for _, c := range []byte(v[0]) {
+		if c < '0' || c > '9' {
+			return retry.NoGRPCStatus
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// grpcHTTP is Envoy's mapping of gRPC status codes to HTTP statuses
+// (Grpc::Utility::grpcToHttpStatus), by which outlier detection and the
+// breaker judge gRPC calls.
+var grpcHTTP = [...]int{200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401}
+
+// effectiveStatus is the HTTP status a response counts as: a gRPC
+// response's grpc-status mapped as Envoy does, else its own status.
+func effectiveStatus(status, grpc int) int {
+	if status != http.StatusOK || grpc < 0 {
+		return status
+	}
+	if grpc < len(grpcHTTP) {
+		return grpcHTTP[grpc]
+	}
+	return 500
+}
+
+// maxReplay is the largest request body kept for a retry after it was
+// sent (Envoy buffers up to its per-request buffer limit). Larger bodies
+// are streamed and only retried when they were never sent.
+const maxReplay = 64 << 10
+
+// requestBody tracks whether a request's body can be sent again.
+type requestBody struct {
+	has   bool        // the request has a body
+	rb    *replayBody // kept for replay, or nil
+	spent bool        // a try may have read the (unkept) body
+}
+
+// next returns the body for the next try (nil: r.Body).
+func (b *requestBody) next() io.Reader {
+	if b.rb == nil {
+		return nil
+	}
+	if b.rb.complete() {
+		return bytes.NewReader(b.rb.buf)
+	}
+	return b.rb
+}
+
+// tried records a try that ended with f.
+func (b *requestBody) tried(f retry.Failure) {
+	if f != retry.ConnectFailure {
+		b.spent = true // the transport may have read some of it
+	}
+}
+
+// replayable says whether the body can go out again whole.
+func (b *requestBody) replayable() bool {
+	switch {
+	case !b.has:
+		return true
+	case b.rb != nil:
+		return b.rb.complete() || !b.spent
+	}
+	return !b.spent
+}
+
+// replayBody passes a request body through, keeping a copy of it as long
+// as it is at most maxReplay bytes long. The transport reads it from its
+// own goroutine; the tries read its state from the handler's.
+type replayBody struct {
+	src   io.Reader
+	buf   []byte
+	state atomic.Uint32 // reading, complete (EOF seen, all kept) or over the limit
+}
+
+const (
+	replayReading = iota
+	replayComplete
+	replayOver
+)
+
+func newReplayBody(src io.Reader, contentLength int64) *replayBody {
+	b := &replayBody{src: src}
+	if contentLength > 0 {
+		b.buf = make([]byte, 0, contentLength)
+	}
+	return b
+}
+
+func (b *replayBody) Read(p []byte) (int, error) {
+	n, err := b.src.Read(p)
+	if b.state.Load() == replayReading {
+		if n > 0 {
+			if len(b.buf)+n > maxReplay {
+				b.buf = nil
+				b.state.Store(replayOver)
+			} else {
+				b.buf = append(b.buf, p[:n]...)
+			}
+		}
+		if err == io.EOF && b.state.Load() == replayReading {
+			b.state.Store(replayComplete)
+		}
+	}
+	return n, err
+}
+
+func (b *replayBody) complete() bool { return b.state.Load() == replayComplete }
