@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -30,19 +29,6 @@ import (
 var testConsul *meshtest.Consul
 
 func TestMain(m *testing.M) {
-	// meshtest leaves Consul's gRPC-TLS port at its fixed dev default
-	// (8503), so two packages' agents collide; a wrapper turns it off.
-	if os.Getenv("MESH_CONSUL_BIN") == "" {
-		dir, err := os.MkdirTemp("", "mesh-consul-wrap-")
-		if err == nil {
-			wrapper := filepath.Join(dir, "consul")
-			script := "#!/bin/sh\nexec " + meshtest.ConsulBinary() + " \"$@\" -grpc-tls-port=-1\n"
-			if os.WriteFile(wrapper, []byte(script), 0o755) == nil {
-				os.Setenv("MESH_CONSUL_BIN", wrapper)
-			}
-			defer os.RemoveAll(dir)
-		}
-	}
 	c, err := meshtest.StartConsul()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start consul:", err)
@@ -51,9 +37,7 @@ func TestMain(m *testing.M) {
 	testConsul = c
 	code := m.Run()
 	c.Stop()
-	if code != 0 {
-		os.Exit(code)
-	}
+	os.Exit(code)
 }
 
 // plane is a running in-process `mesh control`.
