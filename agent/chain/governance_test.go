@@ -1,13 +1,19 @@
 package chain_test
 
 import (
+	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/meshvm/mesh/agent/chain"
+	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/config"
@@ -125,7 +131,7 @@ func TestAvalanche(t *testing.T) {
 		defer close(sampling)
 		for time.Since(start) < 1500*time.Millisecond {
 			time.Sleep(10 * time.Millisecond)
-			if time.Since(start) > 600*time.Millisecond {
+			if time.Since(start) > 900*time.Millisecond {
 				maxOpenG = max(maxOpenG, int64(runtime.NumGoroutine()))
 			}
 		}
@@ -206,5 +212,293 @@ func TestAvalanche(t *testing.T) {
 	}
 	if st := a.st.Status()["b"].Breaker; st != "closed" {
 		t.Errorf("breaker %s after recovery", st)
+	}
+}
+
+// Outlier: of B's 3 endpoints some always answer 500; outlier detection
+// ejects them (never more than max_ejection_percent) and the rest of the
+// traffic succeeds.
+func TestOutlier(t *testing.T) {
+	tests := []struct {
+		name        string
+		bad         int // how many of the 3 endpoints fail
+		maxPercent  int
+		wantEjected int
+		minSuccess  float64 // share of 200s once ejected
+	}{
+		{name: "one bad endpoint is ejected", bad: 1, maxPercent: 50, wantEjected: 1, minSuccess: 0.999},
+		{name: "max ejection percent keeps the second bad one", bad: 2, maxPercent: 33, wantEjected: 1, minSuccess: 0.45},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			bs := []*callee{
+				startCallee(t, hostB1, "b1", "", table.Inbound{}),
+				startCallee(t, hostB2, "b2", "", table.Inbound{}),
+				startCallee(t, hostB3, "b3", "", table.Inbound{}),
+			}
+			for _, b := range bs[:tc.bad] {
+				b.app.mode.Store("500")
+			}
+			p := bare()
+			p.OutlierDetection = config.OutlierDetection{
+				Consecutive5xx: 5, Interval: time.Second, BaseEjectionTime: time.Minute, MaxEjectionPercent: tc.maxPercent,
+			}
+			a := startCaller(t, static("1", p, bs...), chain.Local{Service: "a"})
+			c := client(a.outbound, 10)
+			eventually(t, 5*time.Second, "bad endpoints ejected", func() bool {
+				load(c, "http://b/", 30, 3)
+				return len(a.st.Status()["b"].Ejected) >= tc.wantEjected
+			})
+			rs := load(c, "http://b/", 2000, 10)
+			got := tally(rs)
+			if ej := a.st.Status()["b"].Ejected; len(ej) != tc.wantEjected {
+				t.Errorf("ejected %v, want %d endpoints", ej, tc.wantEjected)
+			}
+			if share := float64(got["200"]) / float64(len(rs)); share < tc.minSuccess {
+				t.Errorf("after ejection: %v, success %.4f, want at least %.4f", got, share, tc.minSuccess)
+			} else {
+				t.Logf("after ejection: %v", got)
+			}
+		})
+	}
+}
+
+// Retries: a try that fails (connection refused, 503) is retried on
+// another endpoint, bodies included; under overload the retry budget
+// keeps retries from multiplying the load.
+func TestRetries(t *testing.T) {
+	t.Run("connection refused and 503 are retried elsewhere", func(t *testing.T) {
+		good := startCallee(t, hostB1, "good", "", table.Inbound{})
+		flaky := startCallee(t, hostB2, "flaky", "", table.Inbound{})
+		flaky.app.mode.Store("503")
+		p := bare()
+		p.Retries = config.Retries{Attempts: 2, RetryOn: []string{"connect-failure", "gateway-error"}, BudgetPercent: 100, MinRetryConcurrency: 10}
+		tbl := static("1", p, good, flaky)
+		tbl.Services["b"].Endpoints = append(tbl.Services["b"].Endpoints, endpoint.Endpoint{Addr: deadAddr})
+		a := startCaller(t, tbl, chain.Local{Service: "a"})
+		c := client(a.outbound, 4)
+		for i := range 30 {
+			var body io.Reader
+			method := http.MethodGet
+			if i%2 == 1 {
+				method, body = http.MethodPost, strings.NewReader(strings.Repeat("x", 1000))
+			}
+			req, _ := http.NewRequest(method, "http://b/", body)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || string(got) != "good" {
+				t.Fatalf("%s %d: %d %q from %s, want 200 from good", method, i, resp.StatusCode, got, resp.Header.Get("X-Mesh-Reason"))
+			}
+		}
+		if flaky.app.served.Load() == 0 {
+			t.Error("the flaky endpoint was never tried")
+		}
+	})
+
+	t.Run("budget caps retries under overload", func(t *testing.T) {
+		// Every endpoint is overloaded and answers 503 after 20ms. With 3
+		// retries per request and no budget, B would see 4 tries per
+		// request; a 10% budget lets few through.
+		for _, tc := range []struct {
+			name     string
+			percent  float64
+			min      int
+			maxRatio float64
+			minRatio float64
+		}{
+			{name: "budget 10%", percent: 10, min: 1, minRatio: 1, maxRatio: 1.3},
+			{name: "budget 100%", percent: 100, min: 100, minRatio: 3.5, maxRatio: 4},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				bs := []*callee{startCallee(t, hostB1, "b1", "", table.Inbound{}), startCallee(t, hostB2, "b2", "", table.Inbound{})}
+				for _, b := range bs {
+					b.app.delay.Store(int64(20 * time.Millisecond))
+					b.app.mode.Store("503-slow")
+				}
+				p := bare()
+				p.Retries = config.Retries{Attempts: 3, RetryOn: []string{"5xx"}, BudgetPercent: tc.percent, MinRetryConcurrency: tc.min}
+				a := startCaller(t, static("1", p, bs...), chain.Local{Service: "a"})
+				rs := load(client(a.outbound, 40), "http://b/", 400, 40)
+				tries := bs[0].app.served.Load() + bs[1].app.served.Load()
+				ratio := float64(tries) / float64(len(rs))
+				t.Logf("%d requests: %v; B saw %d tries (%.2f per request)", len(rs), tally(rs), tries, ratio)
+				if ratio < tc.minRatio || ratio > tc.maxRatio {
+					t.Errorf("%.2f tries per request, want %.2f to %.2f", ratio, tc.minRatio, tc.maxRatio)
+				}
+				if got := tally(rs)["503"]; got != len(rs) {
+					t.Errorf("callers got %v, want B's 503 every time", tally(rs))
+				}
+			})
+		}
+	})
+}
+
+// A table swap under load loses no request, and keeps the token bucket
+// and the breaker's state.
+func TestSwapUnderLoad(t *testing.T) {
+	const tokens = 300
+	in := table.Inbound{RateLimit: config.RateLimit{MaxTokens: tokens, TokensPerFill: 1, FillInterval: time.Hour}}
+	b1 := startCallee(t, hostB1, "b1", "", in)
+	b2 := startCallee(t, hostB2, "b2", "", table.Inbound{})
+	broken := startCallee(t, hostB3, "broken", "", table.Inbound{})
+	broken.app.mode.Store("500")
+
+	p := bare()
+	p.CircuitBreaker = config.CircuitBreaker{ErrorPercentThreshold: 50, RequestVolumeThreshold: 5, SleepWindow: time.Hour}
+	tables := func(v string, order ...*callee) *table.Table {
+		tbl := static(v, p, order...)
+		tbl.Services["broken"] = &table.Service{Name: "broken", Policy: p, Endpoints: []endpoint.Endpoint{{Addr: broken.inbound}}}
+		return tbl
+	}
+	a := startCaller(t, tables("0", b1, b2), chain.Local{Service: "a"})
+	c := client(a.outbound, 8)
+	for range 10 {
+		get(c, "http://broken/")
+	}
+	if st := a.st.Status()["broken"].Breaker; st != "open" {
+		t.Fatalf("breaker of broken is %s, want open", st)
+	}
+
+	// Swap A's table (endpoints in either order) and B1's (the same
+	// bucket) as fast as possible while 1,000 requests flow.
+	stop := make(chan struct{})
+	swapped := make(chan int)
+	go func() {
+		n := 0
+		defer func() { swapped <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n++
+			v := strconv.Itoa(n)
+			if n%2 == 0 {
+				a.push(t, tables(v, b1, b2))
+			} else {
+				a.push(t, tables(v, b2, b1))
+			}
+			h, err := chain.Compile(&table.Table{Version: v, Static: true, Inbound: in}, nil, chain.Local{Service: "b"}, proxy.NewForwarder(proxy.Options{}), b1.st, zerolog.Nop())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b1.sw.Swap(h)
+			time.Sleep(100 * time.Microsecond)
+		}
+	}()
+	rs := load(c, "http://b/", 1000, 8)
+	close(stop)
+	n := <-swapped
+
+	got := tally(rs)
+	t.Logf("%d swaps during 1000 requests: %v", n, got)
+	if n < 20 {
+		t.Errorf("only %d swaps", n)
+	}
+	// B1's bucket admits exactly 300 requests across every swap; B2 has
+	// no limit; nothing else happens to any request.
+	if n := b1.app.served.Load(); n != tokens {
+		t.Errorf("b1's app served %d requests, want its bucket's %d", n, tokens)
+	}
+	if got["200"] != tokens+int(b2.app.served.Load()) || got["200"]+got["429 rate-limited"] != len(rs) {
+		t.Errorf("answers %v: want %d 200s from b1 and b2, 429s for the rest", got, tokens+int(b2.app.served.Load()))
+	}
+	if st := a.st.Status()["broken"].Breaker; st != "open" {
+		t.Errorf("breaker of broken is %s after the swaps, want open", st)
+	}
+	if r := get(c, "http://broken/"); r.reason != proxy.ReasonCircuitOpen {
+		t.Errorf("broken answered %d %q after the swaps, want circuit-open", r.status, r.reason)
+	}
+}
+
+// Zone: the agent is in zone a; B has endpoints in zones a and b. Traffic
+// stays in a, and moves to b when a's endpoints are gone or ejected.
+func TestZone(t *testing.T) {
+	a1 := startCallee(t, hostB1, "a1", "a", table.Inbound{})
+	a2 := startCallee(t, hostB2, "a2", "a", table.Inbound{})
+	b1 := startCallee(t, hostB3, "b1", "b", table.Inbound{})
+	p := bare()
+	p.LoadBalancer = config.LoadBalancer{Policy: "round_robin", LocalityAware: true}
+	p.OutlierDetection = config.OutlierDetection{Consecutive5xx: 3, Interval: time.Second, BaseEjectionTime: time.Minute, MaxEjectionPercent: 100}
+	a := startCaller(t, static("1", p, a1, a2, b1), chain.Local{Service: "a", Zone: "a"})
+	c := client(a.outbound, 4)
+
+	served := func(n int) map[string]int {
+		t.Helper()
+		m := map[string]int{}
+		for _, r := range load(c, "http://b/", n, 4) {
+			m[r.from]++
+		}
+		return m
+	}
+	if got := served(100); got["a1"]+got["a2"] != 100 {
+		t.Errorf("zone a healthy: served by %v, want a1 and a2 only", got)
+	}
+
+	// Zone a's endpoints go away (critical in Consul, removed by the
+	// control plane): traffic moves to b.
+	a.push(t, static("2", p, b1))
+	if got := served(50); got["b1"] != 50 {
+		t.Errorf("zone a gone: served by %v, want b1 only", got)
+	}
+
+	// They come back, then fail: outlier detection ejects them and
+	// traffic moves to b again.
+	a.push(t, static("3", p, a1, a2, b1))
+	if got := served(50); got["a1"]+got["a2"] != 50 {
+		t.Errorf("zone a back: served by %v, want a1 and a2 only", got)
+	}
+	a1.app.mode.Store("500")
+	a2.app.mode.Store("500")
+	eventually(t, 5*time.Second, "zone a ejected", func() bool {
+		served(10)
+		return len(a.st.Status()["b"].Ejected) == 2
+	})
+	if got := served(50); got["b1"] != 50 {
+		t.Errorf("zone a ejected: served by %v, want b1 only", got)
+	}
+}
+
+// The mesh's own answers carry their reason.
+func TestRefusals(t *testing.T) {
+	b := startCallee(t, hostB1, "b1", "", table.Inbound{MaxRequests: 1})
+	b.app.delay.Store(int64(300 * time.Millisecond))
+	b.app.mode.Store("slow")
+	p := bare()
+	p.CircuitBreaker.MaxRequests = 1
+	tbl := static("1", p, b)
+	tbl.Services["nobody"] = &table.Service{Name: "nobody", Policy: p}
+	a := startCaller(t, tbl, chain.Local{Service: "a"})
+	held := make(chan result)
+	go func() { held <- get(client(a.outbound, 1), "http://b/") }()
+	time.Sleep(50 * time.Millisecond)
+	for _, tc := range []struct {
+		name, addr, url string
+		status          int
+		reason          string
+	}{
+		{name: "unknown service", addr: a.outbound, url: "http://unknown/", status: 503, reason: proxy.ReasonNoRoute},
+		{name: "no endpoints", addr: a.outbound, url: "http://nobody/", status: 503, reason: proxy.ReasonNoHealthyEndpoint},
+		{name: "max_requests reached", addr: a.outbound, url: "http://b/", status: 503, reason: proxy.ReasonOverflow},
+		{name: "inbound max requests reached", addr: b.inbound, url: "http://b/", status: 503, reason: proxy.ReasonOverflow},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := get(client(tc.addr, 1), tc.url)
+			if r.status != tc.status || r.reason != tc.reason {
+				t.Errorf("got %d %q, want %d %q", r.status, r.reason, tc.status, tc.reason)
+			}
+			if r.took > 50*time.Millisecond {
+				t.Errorf("refusal took %v", r.took)
+			}
+		})
+	}
+	if r := <-held; r.status != http.StatusOK {
+		t.Errorf("the held request got %d %q", r.status, r.reason)
 	}
 }
