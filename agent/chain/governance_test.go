@@ -3,9 +3,9 @@ package chain_test
 import (
 	"io"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
