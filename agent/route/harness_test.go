@@ -19,9 +19,12 @@ import (
 	"google.golang.org/grpc/interop"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 
+	"github.com/meshvm/mesh/agent/chain"
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/agent/route"
+	"github.com/meshvm/mesh/agent/table"
+	"github.com/meshvm/mesh/config"
 )
 
 // The simulated VMs: the caller's agent A, two callee agents B1 and B2 with
@@ -46,20 +49,60 @@ type mesh struct {
 
 var topo *mesh
 
+// TestMain runs every test twice: through the plain routing handlers of
+// this package, and through the governed handlers the agent serves
+// (agent/chain, default policy: timeouts, retries, breaker, outlier
+// detection, locality-aware round robin), which must keep every behaviour.
 func TestMain(m *testing.M) {
 	// The interop cases report failures with grpclog's Fatal, which exits;
 	// turn that into a panic the test can recover and report.
 	grpclog.SetLoggerV2(panicLogger{grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr)})
-	var stop func()
-	var err error
-	topo, stop, err = startMesh()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start mesh:", err)
-		os.Exit(1)
+	code := 0
+	for _, governed := range []bool{false, true} {
+		var stop func()
+		var err error
+		topo, stop, err = startMesh(governed)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "start mesh:", err)
+			os.Exit(1)
+		}
+		if c := m.Run(); c != 0 {
+			fmt.Fprintf(os.Stderr, "tests failed with governed=%v handlers\n", governed)
+			code = c
+		}
+		stop()
 	}
-	code := m.Run()
-	stop()
 	os.Exit(code)
+}
+
+// handlers builds an agent's listener handlers: route's plain ones, or
+// agent/chain's under the default policy with endpoints from res.
+type handlers struct {
+	inbound  func(app string) http.Handler
+	outbound func() http.Handler
+	upstream func(service string) http.Handler
+}
+
+func newHandlers(governed bool, res endpoint.Resolver, fwd *proxy.Forwarder) (handlers, error) {
+	log := zerolog.Nop()
+	if !governed {
+		return handlers{
+			inbound:  func(app string) http.Handler { return route.NewInbound(app, fwd, log) },
+			outbound: func() http.Handler { return route.NewOutbound(res, fwd, log) },
+			upstream: func(s string) http.Handler { return route.NewUpstream(s, res, fwd, log) },
+		}, nil
+	}
+	cfg := config.Default()
+	t := table.FromConfig(cfg)
+	if res == nil {
+		res = &mapResolver{eps: map[string][]endpoint.Endpoint{}}
+	}
+	h, err := chain.Compile(t, res, chain.Local{Service: "test"}, fwd, chain.NewState(nil), log)
+	if err != nil {
+		return handlers{}, err
+	}
+	sw := chain.NewSwitch(h)
+	return handlers{inbound: sw.Inbound, outbound: sw.Outbound, upstream: sw.Upstream}, nil
 }
 
 // mapResolver is an endpoint.Resolver backed by a map: the real discovery
@@ -178,7 +221,7 @@ func appHandler(hostname string) http.Handler {
 	return mux
 }
 
-func startMesh() (*mesh, func(), error) {
+func startMesh(governed bool) (*mesh, func(), error) {
 	var stops []func()
 	stopAll := func() {
 		for i := len(stops) - 1; i >= 0; i-- {
@@ -201,7 +244,11 @@ func startMesh() (*mesh, func(), error) {
 		stops = append(stops, stop)
 		fwd := proxy.NewForwarder(proxy.Options{Log: log})
 		stops = append(stops, fwd.CloseIdleConnections)
-		in, stop, err := serve(vm.host, route.NewInbound(app, fwd, log))
+		hs, err := newHandlers(governed, nil, fwd)
+		if err != nil {
+			return fail(err)
+		}
+		in, stop, err := serve(vm.host, hs.inbound(app))
 		if err != nil {
 			return fail(err)
 		}
@@ -212,7 +259,11 @@ func startMesh() (*mesh, func(), error) {
 	// A callee VM whose app is down: its agent is up, nothing listens behind it.
 	dfwd := proxy.NewForwarder(proxy.Options{Log: log})
 	stops = append(stops, dfwd.CloseIdleConnections)
-	down, stop, err := serve(hostB2, route.NewInbound(deadAddr, dfwd, log))
+	dhs, err := newHandlers(governed, nil, dfwd)
+	if err != nil {
+		return fail(err)
+	}
+	down, stop, err := serve(hostB2, dhs.inbound(deadAddr))
 	if err != nil {
 		return fail(err)
 	}
@@ -229,7 +280,11 @@ func startMesh() (*mesh, func(), error) {
 	stops = append(stops, gs.Stop)
 	gfwd := proxy.NewForwarder(proxy.Options{Log: log})
 	stops = append(stops, gfwd.CloseIdleConnections)
-	gin, stop, err := serve(hostGRPC, route.NewInbound(gl.Addr().String(), gfwd, log))
+	ghs, err := newHandlers(governed, nil, gfwd)
+	if err != nil {
+		return fail(err)
+	}
+	gin, stop, err := serve(hostGRPC, ghs.inbound(gl.Addr().String()))
 	if err != nil {
 		return fail(err)
 	}
@@ -244,12 +299,16 @@ func startMesh() (*mesh, func(), error) {
 	res.set("interop", gin)
 	fwd := proxy.NewForwarder(proxy.Options{Log: log})
 	stops = append(stops, fwd.CloseIdleConnections)
-	out, stop, err := serve(hostA, route.NewOutbound(res, fwd, log))
+	hs, err := newHandlers(governed, res, fwd)
+	if err != nil {
+		return fail(err)
+	}
+	out, stop, err := serve(hostA, hs.outbound())
 	if err != nil {
 		return fail(err)
 	}
 	stops = append(stops, stop)
-	up, stop, err := serve(hostA, route.NewUpstream("interop", res, fwd, log))
+	up, stop, err := serve(hostA, hs.upstream("interop"))
 	if err != nil {
 		return fail(err)
 	}
