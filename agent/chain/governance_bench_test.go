@@ -1,0 +1,117 @@
+package chain
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/meshvm/mesh/agent/endpoint"
+	"github.com/meshvm/mesh/agent/proxy"
+	"github.com/meshvm/mesh/agent/table"
+	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/governance/outlier"
+)
+
+// benchHandlers compiles a static table whose service "b" has three
+// endpoints (nothing listens: these benchmarks never send) under the
+// default policy with locality-aware least request, and an inbound rate
+// limit that always admits.
+func benchHandlers(b *testing.B) *Handlers {
+	p := config.DefaultPolicy()
+	p.Retries.PerTryTimeout = 5 * time.Second
+	p.LoadBalancer = config.LoadBalancer{Policy: "least_request", LocalityAware: true}
+	eps := []endpoint.Endpoint{{Addr: "127.0.0.42:1", Zone: "a"}, {Addr: "127.0.0.43:1", Zone: "a"}, {Addr: "127.0.0.44:1", Zone: "b"}}
+	tbl := &table.Table{Version: "bench", Static: true, Default: p,
+		Services: map[string]*table.Service{"b": {Name: "b", Policy: p, Endpoints: eps}},
+		Inbound: table.Inbound{
+			RateLimit:   config.RateLimit{MaxTokens: 1 << 40, TokensPerFill: 1 << 19, FillInterval: time.Millisecond},
+			MaxRequests: 1 << 20,
+		}}
+	h, err := Compile(tbl, nil, Local{Service: "a", Zone: "a"}, proxy.NewForwarder(proxy.Options{}), NewState(nil), zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return h
+}
+
+// outboundGovernance is what serve and exchange do for a request that
+// succeeds at its first try, minus sending it: endpoints, max_requests,
+// breaker, pick, max_pending, in-flight count, outlier and breaker
+// reports.
+func outboundGovernance(h *Handlers, ctx context.Context) {
+	u, _ := h.lookup(ctx, "b")
+	set, _ := u.endpoints(ctx)
+	svc := u.svc
+	if !svc.limits.Requests.Acquire() {
+		panic("overflow")
+	}
+	permit, _ := svc.breaker.Allow()
+	i := set.pick(-1)
+	hst := set.hosts[i]
+	svc.limits.Pending.Acquire()
+	hst.active.Add(1)
+	// ... Send: the response headers arrive ...
+	svc.limits.Pending.Release()
+	// ... Relay ...
+	hst.active.Add(-1)
+	svc.detector.Report(&hst.Host, outlier.Classify(effectiveStatus(200, grpcStatus(http.Header{})), false))
+	svc.breaker.Report(permit, true)
+	svc.limits.Requests.Release()
+}
+
+// BenchmarkGovernance is the governance layer alone, no network: the
+// caller side and the callee side of one request, and the caller side
+// with its route and per-try timeout contexts (what a timeout costs).
+func BenchmarkGovernance(b *testing.B) {
+	h := benchHandlers(b)
+	ctx := context.Background()
+	b.Run("outbound", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			outboundGovernance(h, ctx)
+		}
+	})
+	b.Run("outbound-parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				outboundGovernance(h, ctx)
+			}
+		})
+	})
+	b.Run("outbound+route-timeout", func(b *testing.B) {
+		b.ReportAllocs()
+		u := h.services["b"]
+		for b.Loop() {
+			rctx, cancel := context.WithTimeout(ctx, u.pol.timeout)
+			outboundGovernance(h, rctx)
+			cancel()
+		}
+	})
+	b.Run("outbound+route+per-try-timeouts", func(b *testing.B) {
+		b.ReportAllocs()
+		u := h.services["b"]
+		for b.Loop() {
+			rctx, cancel := context.WithTimeout(ctx, u.pol.timeout)
+			tctx, cancelTry := context.WithTimeout(rctx, u.pol.perTry)
+			outboundGovernance(h, tctx)
+			cancelTry()
+			cancel()
+		}
+	})
+	b.Run("inbound", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if ok, _ := h.bucket.Allow(); !ok {
+				b.Fatal("refused")
+			}
+			if !h.st.inLimit.Acquire() {
+				b.Fatal("overflow")
+			}
+			h.st.inLimit.Release()
+		}
+	})
+}
