@@ -11,7 +11,13 @@
 #      `rpm --root` into a second copy of that root;
 #   4. the Ansible role (site.yml) against a fresh root over Ansible's chroot
 #      connection: package installed, configs rendered and valid, units
-#      enabled; a second run reports changed=0.
+#      enabled; a second run reports changed=0;
+#   5. that root with the package installed, booted with systemd-nspawn
+#      (private network): mesh-control.service started by systemd runs
+#      the real binary in the units' sandbox (user mesh, no capabilities,
+#      no_new_privs, seccomp) and serves /metrics. With MESH_TEST_SDNOTIFY=1
+#      also the Type=notify contract: active after start, reload keeps the
+#      process, the watchdog is fed, stop ends it cleanly.
 # shellcheck disable=SC2016 # ${...} in single quotes are dpkg-query formats
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,7 +25,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 cd "$here/../.."
 [ "$(id -u)" = 0 ] || fail "run as root: the test uses chroot and mount"
-need lintian:lintian debootstrap:debootstrap ansible:ansible-playbook rpm:rpm
+need lintian:lintian debootstrap:debootstrap ansible:ansible-playbook rpm:rpm systemd-container:systemd-nspawn
 
 set -- dist/mesh_*.deb
 if [ $# -ne 1 ] || [ ! -f "$1" ]; then fail "want exactly one dist/mesh_*.deb (make package), got: $*"; fi
@@ -38,7 +44,13 @@ ok "lintian $(basename "$deb")"
 # --- Debian roots ----------------------------------------------------------
 tarball=$(packaging/test/rootfs.sh)
 work=$(mktemp -d "$PWD/.cache/packaging/run.XXXXXX")
+nspawn=
 cleanup() {
+	if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
+		kill "$nspawn"
+		sleep 2
+		kill -KILL "$nspawn" 2>/dev/null || true
+	fi
 	for m in "$work"/*/proc; do
 		mountpoint -q "$m" 2>/dev/null && umount -l "$m"
 	done
@@ -46,12 +58,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# new_root NAME: a fresh copy of the cached root, with /proc mounted.
+# new_root NAME [noproc]: a fresh copy of the cached root, with /proc
+# mounted unless noproc.
 new_root() {
 	r=$work/$1
 	mkdir -p "$r"
 	tar -C "$r" -xf "$tarball"
-	mount -t proc proc "$r/proc"
+	[ "${2:-}" = noproc ] || mount -t proc proc "$r/proc"
 	echo "$r"
 }
 in_root() {
@@ -197,5 +210,56 @@ recap=$(grep -E '^debroot +: ' "$work/ansible2.log")
 echo "$recap"
 echo "$recap" | grep -q 'changed=0 ' || { cat "$work/ansible2.log"; fail "ansible run 2 changed something"; }
 ok "ansible run 2: changed=0"
+
+# --- 5. boot with systemd --------------------------------------------------------
+broot=$(new_root boot noproc)
+cp "$deb" "$broot/tmp/mesh.deb"
+in_root "$broot" dpkg -i /tmp/mesh.deb >"$work/dpkg-boot.log" 2>&1 || { cat "$work/dpkg-boot.log"; fail "dpkg -i (boot root)"; }
+timeout 600 systemd-nspawn -q -D "$broot" --boot --register=no --keep-unit --private-network \
+	>"$work/nspawn.log" 2>&1 </dev/null &
+nspawn=$!
+init=
+for _ in $(seq 100); do
+	init=$(pgrep -P "$(pgrep -P "$nspawn" -x systemd-nspawn || echo "$nspawn")" -x systemd || true)
+	[ -n "$init" ] && break
+	sleep 0.1
+done
+[ -n "$init" ] || { cat "$work/nspawn.log"; fail "systemd did not boot in the root"; }
+in_boot() { nsenter -t "$init" -m -p -u -i -n env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C "$@"; }
+get() {
+	in_boot python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=2).status)' "$1" 2>/dev/null || true
+}
+code=
+for _ in $(seq 150); do
+	code=$(get http://127.0.0.1:19000/metrics)
+	[ "$code" = 200 ] && break
+	sleep 0.2
+done
+[ "$code" = 200 ] || { in_boot journalctl -u mesh-control.service -o cat --no-pager | tail -n 20; fail "mesh-control.service: no /metrics on 127.0.0.1:19000"; }
+pid=$(in_boot systemctl show -P MainPID mesh-control.service)
+status=$(in_boot grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$pid/status")
+muid=$(in_boot id -u mesh)
+for want in "Uid:	$muid" "CapEff:	0000000000000000" "CapBnd:	0000000000000000" "NoNewPrivs:	1" "Seccomp:	2"; do
+	echo "$status" | grep -q "^$want" || fail "mesh-control.service sandbox: want '$want', got: $status"
+done
+[ "$(in_boot systemctl show -P NRestarts mesh-control.service)" = 0 ] || fail "mesh-control.service restarted"
+ok "booted: mesh-control.service runs as mesh, no capabilities, no_new_privs, seccomp, serves /metrics"
+
+if [ "${MESH_TEST_SDNOTIFY:-0}" = 1 ]; then
+	state() { in_boot systemctl show -P ActiveState mesh-control.service; }
+	for _ in $(seq 50); do [ "$(state)" = active ] && break; sleep 0.2; done
+	[ "$(state)" = active ] || fail "mesh-control.service is '$(state)' after start: no READY=1"
+	in_boot systemctl reload mesh-control.service || fail "systemctl reload mesh-control"
+	sleep 1
+	if [ "$(state)" != active ] || [ "$(in_boot systemctl show -P MainPID mesh-control.service)" != "$pid" ]; then
+		fail "reload: state '$(state)', main PID $(in_boot systemctl show -P MainPID mesh-control.service) (was $pid)"
+	fi
+	sleep 32 # past WatchdogSec=30s
+	[ "$(in_boot systemctl show -P MainPID mesh-control.service)" = "$pid" ] || fail "the watchdog restarted mesh-control"
+	in_boot systemctl stop mesh-control.service
+	[ "$(in_boot systemctl show -P Result mesh-control.service)" = success ] ||
+		fail "stop: result $(in_boot systemctl show -P Result mesh-control.service)"
+	ok "sd_notify: active after start, reload keeps PID $pid, watchdog fed, clean stop"
+fi
 
 echo "packaging tests: all passed in $(($(date +%s) - start))s"
