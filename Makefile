@@ -89,9 +89,12 @@ package: build $(NFPM)
 test-packaging-fast: build
 	packaging/test/fast.sh
 
-# Minutes, as root: lintian on the .deb; dpkg -i, upgrade and purge in a
-# debootstrap Debian root (cached in .cache/); the Ansible role run twice
-# against that root over a chroot connection (second run: changed=0).
+# About 2 minutes, as root (plus 2 for the first debootstrap, cached in
+# .cache/): lintian on the .deb; dpkg -i, upgrade and purge in a Debian root;
+# the .rpm's scriptlets via rpm --root; the Ansible role run twice against
+# that root over a chroot connection (second run: changed=0); the root
+# booted with systemd-nspawn, mesh-control running in the unit's sandbox.
+# MESH_TEST_SDNOTIFY=1 adds the Type=notify start/reload/watchdog/stop checks.
 test-packaging: package
 	packaging/test/slow.sh
 
