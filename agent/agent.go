@@ -19,13 +19,17 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/rs/zerolog"
 
+	"github.com/meshvm/mesh/agent/chain"
 	"github.com/meshvm/mesh/agent/discovery"
+	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/agent/registration"
-	"github.com/meshvm/mesh/agent/route"
+	"github.com/meshvm/mesh/agent/table"
+	"github.com/meshvm/mesh/agent/xdsconf"
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/xdsclient"
 )
 
 // Agent is one sidecar.
@@ -37,6 +41,16 @@ type Agent struct {
 	consul    *consulapi.Client
 	resolver  *discovery.Consul
 	forwarder *proxy.Forwarder
+	nodeName  string
+
+	// The data path: governance state that outlives configs, and the
+	// compiled handlers, swapped atomically on every accepted config.
+	local    chain.Local
+	state    *chain.State
+	handlers *chain.Switch
+	cached   xdsclient.Resources // the disk cache the agent started from
+	saver    *cacheSaver
+	xds      *xdsclient.Client // nil without a control plane
 
 	// set by Run
 	registrar *registration.Registrar
@@ -55,14 +69,32 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", cfg.Consul.Addr, err)
 	}
-	return &Agent{
+	node := cfg.Agent.Node
+	if node == "" {
+		if node, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("node name: %w", err)
+		}
+	}
+	a := &Agent{
 		cfg:       cfg,
 		log:       log.With().Str("component", "agent").Logger(),
 		base:      log,
 		consul:    client,
 		resolver:  discovery.NewConsul(client, log),
 		forwarder: proxy.NewForwarder(proxy.Options{Log: log}),
-	}, nil
+		nodeName:  node,
+		local:     chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
+		state:     chain.NewState(nil),
+	}
+	t, cached := a.initialTable()
+	h, err := chain.Compile(t, a.resolver, a.local, a.forwarder, a.state, log)
+	if err != nil {
+		return nil, fmt.Errorf("compile the initial config: %w", err)
+	}
+	a.handlers = chain.NewSwitch(h)
+	a.cached = cached
+	a.saver = newCacheSaver(a.cachePath())
+	return a, nil
 }
 
 // listener is one bound socket and what serves it.
@@ -84,15 +116,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	inboundPort := lns[0].ln.Addr().(*net.TCPAddr).Port
-	node := c.Node
-	if node == "" {
-		if node, err = os.Hostname(); err != nil {
-			return fmt.Errorf("node name: %w", err)
-		}
-	}
 	a.registrar = registration.New(a.consul, registration.Spec{
 		Service:        c.Service,
-		Node:           node,
+		Node:           a.nodeName,
 		AdvertiseAddr:  advertiseAddr(c.AdvertiseAddr, lns[0].ln.Addr()),
 		InboundPort:    inboundPort,
 		AppAddress:     c.AppAddress,
@@ -104,9 +130,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		Locality:       c.Locality,
 	}, c.ResyncInterval, a.base)
 
+	if len(c.ControlPlane) > 0 {
+		node, err := a.xdsNode()
+		if err == nil {
+			a.xds, err = xdsclient.New(xdsclient.Options{
+				Servers: c.ControlPlane, Node: node, Apply: a.applyXDS, Listeners: xdsconf.Listeners,
+				Initial: a.cached, Log: a.base.With().Str("component", "xds").Logger(),
+			})
+		}
+		if err != nil {
+			closeAll(lns)
+			return fmt.Errorf("xds client: %w", err)
+		}
+	}
+
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	errc := make(chan error, len(lns)+2)
+	errc := make(chan error, len(lns)+8)
 	goRun := func(name string, run func() error) {
 		wg.Add(1)
 		go func() {
@@ -118,6 +158,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	goRun("discovery", func() error { return a.resolver.Run(bg) })
 	goRun("registration", func() error { return a.registrar.Run(bg) })
+	goRun("governance", func() error { return a.state.Run(bg) })
+	if a.xds != nil {
+		goRun("xds client", func() error { return a.xds.Run(bg) })
+		goRun("xds cache", func() error {
+			return a.saver.run(bg, func(err error) { a.log.Warn().Err(err).Msg("could not save the xds cache") })
+		})
+	}
 	for _, l := range lns {
 		goRun(l.name+" listener", func() error { return l.srv.Serve(l.ln) })
 		a.log.Info().Str("listener", l.name).Str("addr", l.ln.Addr().String()).Msg("listening")
@@ -178,11 +225,11 @@ func (a *Agent) bind() ([]listener, error) {
 	}
 	log := a.base
 	specs := []spec{
-		{"inbound", c.InboundAddr, route.NewInbound(net.JoinHostPort(c.AppAddress, strconv.Itoa(c.AppPort)), a.forwarder, log)},
-		{"outbound", c.OutboundAddr, route.NewOutbound(a.resolver, a.forwarder, log)},
+		{"inbound", c.InboundAddr, a.handlers.Inbound(net.JoinHostPort(c.AppAddress, strconv.Itoa(c.AppPort)))},
+		{"outbound", c.OutboundAddr, a.handlers.Outbound()},
 	}
 	for _, u := range c.Upstreams {
-		specs = append(specs, spec{"upstream " + u.Service, u.Listen, route.NewUpstream(u.Service, a.resolver, a.forwarder, log)})
+		specs = append(specs, spec{"upstream " + u.Service, u.Listen, a.handlers.Upstream(u.Service)})
 	}
 	specs = append(specs, spec{"admin", c.AdminAddr, a.adminHandler()})
 
@@ -190,9 +237,7 @@ func (a *Agent) bind() ([]listener, error) {
 	for _, s := range specs {
 		ln, err := net.Listen("tcp", s.addr)
 		if err != nil {
-			for _, l := range lns {
-				l.ln.Close()
-			}
+			closeAll(lns)
 			return nil, fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
 		}
 		a.addrs.Store(s.name, ln.Addr().String())
@@ -203,6 +248,12 @@ func (a *Agent) bind() ([]listener, error) {
 		lns = append(lns, listener{name: s.name, ln: ln, srv: srv})
 	}
 	return lns, nil
+}
+
+func closeAll(lns []listener) {
+	for _, l := range lns {
+		l.ln.Close()
+	}
 }
 
 // Ready reports whether every listener is up and the app is registered.
@@ -235,16 +286,43 @@ func (a *Agent) configDump() map[string]any {
 	if a.registrar != nil {
 		reg = map[string]any{"id": a.registrar.ID(), "registered": a.registrar.Registered(), "service": a.cfg.Agent.Service}
 	}
-	return map[string]any{
+	t := a.handlers.Current().Table()
+	dump := map[string]any{
 		"version":      buildinfo.Version,
 		"ready":        a.Ready(),
 		"draining":     a.draining.Load(),
 		"listeners":    listeners,
 		"registration": reg,
 		"upstreams":    a.cfg.Agent.Upstreams,
-		"services":     a.resolver.Snapshot(),
 		"consul":       a.cfg.Consul.Addr,
+		"table":        tableDump(t),
+		"governance":   a.state.Status(),
 	}
+	if t.Static {
+		services := map[string][]endpoint.Endpoint{}
+		for name, s := range t.Services {
+			services[name] = s.Endpoints
+		}
+		dump["services"] = services
+		dump["source"] = "xds"
+	} else {
+		dump["services"] = a.resolver.Snapshot()
+		dump["source"] = "consul"
+	}
+	if a.xds != nil {
+		dump["xds"] = a.xds.State()
+	}
+	return dump
+}
+
+// tableDump is the routing table as JSON: version, inbound policy and
+// the policy of every service.
+func tableDump(t *table.Table) map[string]any {
+	policies := map[string]config.Policy{}
+	for name, s := range t.Services {
+		policies[name] = s.Policy
+	}
+	return map[string]any{"version": t.Version, "static": t.Static, "inbound": t.Inbound, "default_policy": t.Default, "policies": policies}
 }
 
 // advertiseAddr picks the address other agents reach this one on: the

@@ -40,6 +40,7 @@ type app struct {
 	addr   string
 	port   int
 	served atomic.Int64
+	sick   atomic.Bool // fails its health check when set
 	srv    *http.Server
 }
 
@@ -51,7 +52,13 @@ func startApp(t *testing.T, ip, name string, h http.HandlerFunc) *app {
 	}
 	a := &app{addr: ln.Addr().String(), port: ln.Addr().(*net.TCPAddr).Port}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) {
+		if a.sick.Load() {
+			http.Error(w, "sick", http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, "ok")
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		a.served.Add(1)
 		if h != nil {

@@ -1,0 +1,145 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshvm/mesh/agent/chain"
+	"github.com/meshvm/mesh/agent/table"
+	"github.com/meshvm/mesh/agent/xdsconf"
+	"github.com/meshvm/mesh/buildinfo"
+	"github.com/meshvm/mesh/xdsclient"
+)
+
+// nodeID is how the agent names itself to the control plane: the same
+// string as its Consul service ID, unique per node and app port.
+func (a *Agent) nodeID() string {
+	return fmt.Sprintf("%s-%s-%d", a.cfg.Agent.Service, a.nodeName, a.cfg.Agent.AppPort)
+}
+
+// xdsNode is the Node the agent sends: its id, locality, and the metadata
+// `mesh control` reads (controlplane/README.md).
+func (a *Agent) xdsNode() (*corev3.Node, error) {
+	c := a.cfg.Agent
+	md, err := structpb.NewStruct(map[string]any{
+		"service":       c.Service,
+		"app_port":      strconv.Itoa(c.AppPort),
+		"app_address":   c.AppAddress,
+		"inbound_addr":  a.Addr("inbound"),
+		"outbound_addr": a.Addr("outbound"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.Node{
+		Id:            a.nodeID(),
+		Cluster:       c.Service,
+		Metadata:      md,
+		Locality:      &corev3.Locality{Region: c.Locality.Region, Zone: c.Locality.Zone},
+		UserAgentName: "mesh-agent",
+		UserAgentVersionType: &corev3.Node_UserAgentVersion{
+			UserAgentVersion: buildinfo.Version,
+		},
+	}, nil
+}
+
+func (a *Agent) cachePath() string {
+	return filepath.Join(a.cfg.Agent.CacheDir, "xds-"+a.nodeID()+".json")
+}
+
+// initialTable is the table the agent starts with: with a control plane,
+// the last good config from disk if there is one; otherwise (or without
+// a cache) Consul-direct discovery with the policies of the local config.
+func (a *Agent) initialTable() (*table.Table, xdsclient.Resources) {
+	if len(a.cfg.Agent.ControlPlane) > 0 {
+		res, err := xdsclient.LoadCache(a.cachePath())
+		switch {
+		case err == nil:
+			if t, err := xdsconf.Translate(res); err == nil {
+				a.log.Info().Str("cache", a.cachePath()).Str("version", t.Version).Msg("starting from the cached control-plane config")
+				return t, res
+			} else {
+				a.log.Warn().Err(err).Str("cache", a.cachePath()).Msg("ignoring unusable xds cache")
+			}
+		case errors.Is(err, fs.ErrNotExist):
+			a.log.Info().Msg("no cached control-plane config; using Consul-direct discovery until the control plane answers")
+		default:
+			a.log.Warn().Err(err).Str("cache", a.cachePath()).Msg("ignoring unreadable xds cache")
+		}
+	}
+	return table.FromConfig(a.cfg), xdsclient.Resources{}
+}
+
+// applyXDS is the xDS client's callback: translate, compile, swap. An
+// error NACKs the update and leaves the running handlers alone.
+func (a *Agent) applyXDS(res xdsclient.Resources) error {
+	t, err := xdsconf.Translate(res)
+	if err != nil {
+		return err
+	}
+	h, err := chain.Compile(t, nil, a.local, a.forwarder, a.state, a.base)
+	if err != nil {
+		return fmt.Errorf("compile table %s: %w", t.Version, err)
+	}
+	a.handlers.Swap(h)
+	a.log.Info().Str("version", t.Version).Int("services", len(t.Services)).Msg("applied control-plane config")
+	a.saver.offer(res)
+	return nil
+}
+
+// cacheSaver writes the latest accepted resources to disk in the
+// background, coalescing bursts of updates into one write.
+type cacheSaver struct {
+	path string
+	save func(path string, r xdsclient.Resources) error
+
+	mu     sync.Mutex
+	latest *xdsclient.Resources
+	wake   chan struct{}
+}
+
+func newCacheSaver(path string) *cacheSaver {
+	return &cacheSaver{path: path, save: xdsclient.SaveCache, wake: make(chan struct{}, 1)}
+}
+
+func (s *cacheSaver) offer(r xdsclient.Resources) {
+	s.mu.Lock()
+	s.latest = &r
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run saves until ctx is done, then saves what is pending once more.
+func (s *cacheSaver) run(ctx context.Context, onErr func(error)) error {
+	flush := func() {
+		s.mu.Lock()
+		r := s.latest
+		s.latest = nil
+		s.mu.Unlock()
+		if r != nil {
+			if err := s.save(s.path, *r); err != nil {
+				onErr(err)
+			}
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			flush()
+			return nil
+		case <-s.wake:
+			flush()
+		}
+	}
+}
