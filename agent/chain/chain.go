@@ -36,6 +36,7 @@ import (
 	"github.com/meshvm/mesh/governance/ratelimit"
 	"github.com/meshvm/mesh/governance/registry"
 	"github.com/meshvm/mesh/governance/retry"
+	"github.com/meshvm/mesh/observability"
 )
 
 // Local is where the agent itself runs: the service it fronts and its
@@ -351,6 +352,7 @@ func (h *Handlers) serveInbound(w http.ResponseWriter, r *http.Request, app stri
 		return
 	}
 	defer lim.Release()
+	observability.RecordFrom(r.Context()).SetUpstream(h.local.Service, app)
 	if err := h.fwd.Forward(w, r, app); err != nil {
 		h.log.Debug().Err(err).Str("app", app).Msg("forward to app failed")
 		proxy.WriteError(w, r, err)

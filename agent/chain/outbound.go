@@ -16,6 +16,7 @@ import (
 	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/governance/outlier"
 	"github.com/meshvm/mesh/governance/retry"
+	"github.com/meshvm/mesh/observability"
 )
 
 // upstream is one service compiled from a table: its policy, its state,
@@ -127,6 +128,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 	if body.has && u.pol.replay && r.ContentLength <= maxReplay {
 		body.rb = newReplayBody(r.Body, r.ContentLength)
 	}
+	rec := observability.RecordFrom(r.Context())
 	var att proxy.Attempt
 	prev := -1
 	retries := 0
@@ -135,6 +137,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 		i := set.pick(prev)
 		prev = i
 		addr, hst := set.eps[i].Addr, set.hosts[i]
+		rec.SetUpstream(u.name, addr)
 		tryCtx, cancelTry := ctx, context.CancelFunc(nil)
 		if u.pol.perTry > 0 {
 			tryCtx, cancelTry = context.WithTimeout(ctx, u.pol.perTry)
@@ -169,6 +172,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 				body.replayable() && svc.budget.Acquire(svc.limits.Requests.Active()) {
 				retries++
 				retrying = true
+				rec.AddRetry()
 				if !backoff(ctx, retries) {
 					svc.budget.Release()
 					proxy.WriteError(w, r, timeoutOrGone(r))
@@ -196,6 +200,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 				u.endTry(cancelTry, retrying, hst)
 				retries++
 				retrying = true
+				rec.AddRetry()
 				if !backoff(ctx, retries) {
 					svc.budget.Release()
 					proxy.WriteError(w, r, timeoutOrGone(r))
