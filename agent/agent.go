@@ -17,24 +17,27 @@ import (
 	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/meshvm/mesh/agent/chain"
 	"github.com/meshvm/mesh/agent/discovery"
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
-	"github.com/meshvm/mesh/agent/registration"
 	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/agent/xdsconf"
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/sdnotify"
 	"github.com/meshvm/mesh/xdsclient"
 )
 
 // Agent is one sidecar.
 type Agent struct {
-	cfg  config.Config
+	cfgMu sync.RWMutex
+	cfg   config.Config // read with config(): a reload replaces it
+
 	log  zerolog.Logger // the agent's own, component=agent
 	base zerolog.Logger // for the parts, which add their own component
 
@@ -51,12 +54,18 @@ type Agent struct {
 	cached   xdsclient.Resources // the disk cache the agent started from
 	saver    *cacheSaver
 	xds      *xdsclient.Client // nil without a control plane
+	swapMu   sync.Mutex        // orders handler swaps by xDS and by reload
+
+	registry *prometheus.Registry
+	reloads  *prometheus.CounterVec
 
 	// set by Run
-	registrar *registration.Registrar
-	listening atomic.Bool
-	draining  atomic.Bool
-	addrs     sync.Map // listener name -> bound address
+	reg         *registrar
+	advertise   string
+	inboundPort int
+	listening   atomic.Bool
+	draining    atomic.Bool
+	addrs       sync.Map // listener name -> bound address
 }
 
 // New builds an agent from a validated config; it starts nothing.
@@ -85,7 +94,11 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 		nodeName:  node,
 		local:     chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
 		state:     chain.NewState(nil),
+		registry:  observability.NewRegistry(),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mesh", Name: "config_reloads_total",
+			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays)."}, []string{"result"}),
 	}
+	a.registry.MustRegister(a.reloads)
 	t, cached := a.initialTable()
 	h, err := chain.Compile(t, a.resolver, a.local, a.forwarder, a.state, log)
 	if err != nil {
@@ -110,25 +123,13 @@ type listener struct {
 // and returns nil. A listener that cannot be bound is an error before
 // anything is registered.
 func (a *Agent) Run(ctx context.Context) error {
-	c := a.cfg.Agent
+	c := a.config().Agent
 	lns, err := a.bind()
 	if err != nil {
 		return err
 	}
-	inboundPort := lns[0].ln.Addr().(*net.TCPAddr).Port
-	a.registrar = registration.New(a.consul, registration.Spec{
-		Service:        c.Service,
-		Node:           a.nodeName,
-		AdvertiseAddr:  advertiseAddr(c.AdvertiseAddr, lns[0].ln.Addr()),
-		InboundPort:    inboundPort,
-		AppAddress:     c.AppAddress,
-		AppPort:        c.AppPort,
-		AppHealth:      c.AppHealth,
-		HealthInterval: c.HealthInterval,
-		Tags:           c.Tags,
-		Meta:           c.Meta,
-		Locality:       c.Locality,
-	}, c.ResyncInterval, a.base)
+	a.inboundPort = lns[0].ln.Addr().(*net.TCPAddr).Port
+	a.advertise = advertiseAddr(c.AdvertiseAddr, lns[0].ln.Addr())
 
 	if len(c.ControlPlane) > 0 {
 		node, err := a.xdsNode()
@@ -157,7 +158,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	goRun("discovery", func() error { return a.resolver.Run(bg) })
-	goRun("registration", func() error { return a.registrar.Run(bg) })
+	a.reg = newRegistrar(bg, a, a.registrationSpec(a.config()))
+	goRun("systemd watchdog", func() error { return sdnotify.Watchdog(bg) })
+	goRun("readiness", func() error { return a.notifyReady(bg) })
 	goRun("governance", func() error { return a.state.Run(bg) })
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
@@ -180,6 +183,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.shutdown(lns)
 	stopBG()
+	a.reg.wait()
 	wg.Wait()
 	a.forwarder.CloseIdleConnections()
 	return runErr
@@ -187,10 +191,11 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // shutdown deregisters, drains and stops the servers, in that order.
 func (a *Agent) shutdown(lns []listener) {
-	c := a.cfg.Agent
+	c := a.config().Agent
 	a.draining.Store(true)
+	_ = sdnotify.Stopping()
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if err := a.registrar.Deregister(dctx); err != nil {
+	if err := a.reg.deregister(dctx); err != nil {
 		a.log.Warn().Err(err).Msg("deregister failed; Consul's health check will take the instance out")
 	}
 	cancel()
@@ -218,7 +223,7 @@ func (a *Agent) shutdown(lns []listener) {
 // bind opens every listener: inbound first (its port is registered),
 // outbound, each upstream, admin.
 func (a *Agent) bind() ([]listener, error) {
-	c := a.cfg.Agent
+	c := a.config().Agent
 	type spec struct {
 		name, addr string
 		h          http.Handler
@@ -250,6 +255,23 @@ func (a *Agent) bind() ([]listener, error) {
 	return lns, nil
 }
 
+// notifyReady tells systemd READY=1 once the listeners are up and the app
+// is registered.
+func (a *Agent) notifyReady(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for !a.Ready() {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+	a.log.Info().Msg("ready: listeners up, app registered")
+	_ = sdnotify.Status("ready")
+	return sdnotify.Ready()
+}
+
 func closeAll(lns []listener) {
 	for _, l := range lns {
 		l.ln.Close()
@@ -258,7 +280,7 @@ func closeAll(lns []listener) {
 
 // Ready reports whether every listener is up and the app is registered.
 func (a *Agent) Ready() bool {
-	return a.listening.Load() && !a.draining.Load() && a.registrar != nil && a.registrar.Registered()
+	return a.listening.Load() && !a.draining.Load() && a.reg != nil && a.reg.registered()
 }
 
 // Addr returns the bound address of a listener ("inbound", "outbound",
@@ -270,7 +292,7 @@ func (a *Agent) Addr(name string) string {
 }
 
 func (a *Agent) adminHandler() http.Handler {
-	mux := observability.NewAdminMux(observability.NewRegistry(), a.Ready)
+	mux := observability.NewAdminMux(a.registry, a.Ready)
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		observability.WriteJSON(w, a.configDump())
 	})
@@ -283,8 +305,10 @@ func (a *Agent) configDump() map[string]any {
 	listeners := map[string]string{}
 	a.addrs.Range(func(k, v any) bool { listeners[k.(string)] = v.(string); return true })
 	reg := map[string]any{"registered": false}
-	if a.registrar != nil {
-		reg = map[string]any{"id": a.registrar.ID(), "registered": a.registrar.Registered(), "service": a.cfg.Agent.Service}
+	cfg := a.config()
+	if a.reg != nil {
+		reg = map[string]any{"id": a.reg.id(), "registered": a.reg.registered(), "service": cfg.Agent.Service,
+			"tags": cfg.Agent.Tags, "meta": cfg.Agent.Meta}
 	}
 	t := a.handlers.Current().Table()
 	dump := map[string]any{
@@ -293,8 +317,8 @@ func (a *Agent) configDump() map[string]any {
 		"draining":     a.draining.Load(),
 		"listeners":    listeners,
 		"registration": reg,
-		"upstreams":    a.cfg.Agent.Upstreams,
-		"consul":       a.cfg.Consul.Addr,
+		"upstreams":    cfg.Agent.Upstreams,
+		"consul":       cfg.Consul.Addr,
 		"table":        tableDump(t),
 		"governance":   a.state.Status(),
 	}

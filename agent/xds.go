@@ -22,13 +22,13 @@ import (
 // nodeID is how the agent names itself to the control plane: the same
 // string as its Consul service ID, unique per node and app port.
 func (a *Agent) nodeID() string {
-	return fmt.Sprintf("%s-%s-%d", a.cfg.Agent.Service, a.nodeName, a.cfg.Agent.AppPort)
+	return fmt.Sprintf("%s-%s-%d", a.config().Agent.Service, a.nodeName, a.config().Agent.AppPort)
 }
 
 // xdsNode is the Node the agent sends: its id, locality, and the metadata
 // `mesh control` reads (controlplane/README.md).
 func (a *Agent) xdsNode() (*corev3.Node, error) {
-	c := a.cfg.Agent
+	c := a.config().Agent
 	md, err := structpb.NewStruct(map[string]any{
 		"service":       c.Service,
 		"app_port":      strconv.Itoa(c.AppPort),
@@ -52,14 +52,14 @@ func (a *Agent) xdsNode() (*corev3.Node, error) {
 }
 
 func (a *Agent) cachePath() string {
-	return filepath.Join(a.cfg.Agent.CacheDir, "xds-"+a.nodeID()+".json")
+	return filepath.Join(a.config().Agent.CacheDir, "xds-"+a.nodeID()+".json")
 }
 
 // initialTable is the table the agent starts with: with a control plane,
 // the last good config from disk if there is one; otherwise (or without
 // a cache) Consul-direct discovery with the policies of the local config.
 func (a *Agent) initialTable() (*table.Table, xdsclient.Resources) {
-	if len(a.cfg.Agent.ControlPlane) > 0 {
+	if len(a.config().Agent.ControlPlane) > 0 {
 		res, err := xdsclient.LoadCache(a.cachePath())
 		switch {
 		case err == nil:
@@ -75,7 +75,7 @@ func (a *Agent) initialTable() (*table.Table, xdsclient.Resources) {
 			a.log.Warn().Err(err).Str("cache", a.cachePath()).Msg("ignoring unreadable xds cache")
 		}
 	}
-	return table.FromConfig(a.cfg), xdsclient.Resources{}
+	return table.FromConfig(a.config()), xdsclient.Resources{}
 }
 
 // applyXDS is the xDS client's callback: translate, compile, swap. An
@@ -85,6 +85,8 @@ func (a *Agent) applyXDS(res xdsclient.Resources) error {
 	if err != nil {
 		return err
 	}
+	a.swapMu.Lock()
+	defer a.swapMu.Unlock()
 	h, err := chain.Compile(t, nil, a.local, a.forwarder, a.state, a.base)
 	if err != nil {
 		return fmt.Errorf("compile table %s: %w", t.Version, err)

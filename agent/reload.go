@@ -1,0 +1,221 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/meshvm/mesh/agent/chain"
+	"github.com/meshvm/mesh/agent/registration"
+	"github.com/meshvm/mesh/agent/table"
+	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/sdnotify"
+)
+
+// restartOnly lists the settings a running agent cannot change: its
+// sockets, its identity and where it gets its config. A reload that
+// changes one keeps the running value and says a restart is needed.
+func restartOnly(old, next config.Config) []string {
+	o, n := old.Agent, next.Agent
+	var out []string
+	diff := func(path string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			out = append(out, path)
+		}
+	}
+	diff("agent.service", o.Service, n.Service)
+	diff("agent.app_port", o.AppPort, n.AppPort)
+	diff("agent.app_address", o.AppAddress, n.AppAddress)
+	diff("agent.inbound_addr", o.InboundAddr, n.InboundAddr)
+	diff("agent.outbound_addr", o.OutboundAddr, n.OutboundAddr)
+	diff("agent.admin_addr", o.AdminAddr, n.AdminAddr)
+	diff("agent.advertise_addr", o.AdvertiseAddr, n.AdvertiseAddr)
+	diff("agent.node", o.Node, n.Node)
+	diff("agent.upstreams", o.Upstreams, n.Upstreams)
+	diff("agent.control_plane", o.ControlPlane, n.ControlPlane)
+	diff("agent.cache_dir", o.CacheDir, n.CacheDir)
+	diff("agent.locality", o.Locality, n.Locality)
+	diff("consul", old.Consul, next.Consul)
+	return out
+}
+
+// keepRestartOnly copies the restart-only settings of old into next.
+func keepRestartOnly(old, next config.Config) config.Config {
+	o := old.Agent
+	n := &next.Agent
+	n.Service, n.AppPort, n.AppAddress = o.Service, o.AppPort, o.AppAddress
+	n.InboundAddr, n.OutboundAddr, n.AdminAddr, n.AdvertiseAddr = o.InboundAddr, o.OutboundAddr, o.AdminAddr, o.AdvertiseAddr
+	n.Node, n.Upstreams, n.ControlPlane, n.CacheDir, n.Locality = o.Node, o.Upstreams, o.ControlPlane, o.CacheDir, o.Locality
+	next.Consul = old.Consul
+	return next
+}
+
+// Reload applies a new, validated config to the running agent without
+// dropping a connection: local policies (when not routing by xDS),
+// registration tags, meta and health check, drain and shutdown timing.
+// It returns the changed settings that need a restart (their running
+// values are kept). On error nothing has changed.
+func (a *Agent) Reload(next config.Config) (needRestart []string, err error) {
+	a.swapMu.Lock()
+	defer a.swapMu.Unlock()
+	old := a.config()
+	needRestart = restartOnly(old, next)
+	next = keepRestartOnly(old, next)
+
+	// Policies from the local file route only while no control plane
+	// config is in force.
+	if cur := a.handlers.Current().Table(); !cur.Static {
+		h, err := chain.Compile(table.FromConfig(next), a.resolver, a.local, a.forwarder, a.state, a.base)
+		if err != nil {
+			return nil, fmt.Errorf("compile the new policies: %w", err)
+		}
+		a.handlers.Swap(h)
+	}
+	a.setConfig(next)
+	if a.reg != nil {
+		a.reg.update(a.registrationSpec(next))
+	}
+	return needRestart, nil
+}
+
+func (a *Agent) config() config.Config {
+	a.cfgMu.RLock()
+	defer a.cfgMu.RUnlock()
+	return a.cfg
+}
+
+func (a *Agent) setConfig(c config.Config) {
+	a.cfgMu.Lock()
+	a.cfg = c
+	a.cfgMu.Unlock()
+}
+
+// registrationSpec is what the agent registers in Consul for config c.
+func (a *Agent) registrationSpec(c config.Config) registration.Spec {
+	ac := c.Agent
+	return registration.Spec{
+		Service:        ac.Service,
+		Node:           a.nodeName,
+		AdvertiseAddr:  a.advertise,
+		InboundPort:    a.inboundPort,
+		AppAddress:     ac.AppAddress,
+		AppPort:        ac.AppPort,
+		AppHealth:      ac.AppHealth,
+		HealthInterval: ac.HealthInterval,
+		Tags:           slices.Clone(ac.Tags),
+		Meta:           ac.Meta,
+		Locality:       ac.Locality,
+	}
+}
+
+// registrar runs the Consul registration and replaces it when a reload
+// changes what is registered: the old Run is stopped (never deregistered:
+// the new one has the same ID) and a new one writes the new entry.
+type registrar struct {
+	a      *Agent
+	parent context.Context
+
+	mu      sync.Mutex
+	spec    registration.Spec
+	current *registration.Registrar
+	cancel  context.CancelFunc
+	done    chan error
+	stopped bool
+}
+
+func newRegistrar(ctx context.Context, a *Agent, spec registration.Spec) *registrar {
+	r := &registrar{a: a, parent: ctx}
+	r.startLocked(spec)
+	return r
+}
+
+func (r *registrar) startLocked(spec registration.Spec) {
+	ctx, cancel := context.WithCancel(r.parent)
+	reg := registration.New(r.a.consul, spec, r.a.config().Agent.ResyncInterval, r.a.base)
+	done := make(chan error, 1)
+	go func() { done <- reg.Run(ctx) }()
+	r.spec, r.current, r.cancel, r.done = spec, reg, cancel, done
+}
+
+func (r *registrar) update(spec registration.Spec) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped || reflect.DeepEqual(spec, r.spec) {
+		return
+	}
+	r.cancel()
+	<-r.done
+	r.a.log.Info().Strs("tags", spec.Tags).Str("health", spec.AppHealth).Msg("registration changed by reload; re-registering")
+	r.startLocked(spec)
+}
+
+func (r *registrar) registered() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current.Registered()
+}
+
+func (r *registrar) id() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current.ID()
+}
+
+// deregister removes the registration for good (shutdown).
+func (r *registrar) deregister(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped = true
+	return r.current.Deregister(ctx)
+}
+
+// wait stops the registration loop and waits for it.
+func (r *registrar) wait() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cancel()
+	<-r.done
+}
+
+// ReloadFrom re-reads the config with load and applies it, telling
+// systemd (RELOADING=1, then READY=1 with a STATUS line) and the metrics
+// how it went. A config that does not load or apply is reported and the
+// running one stays.
+func (a *Agent) ReloadFrom(load func() (*config.Config, error)) error {
+	_ = sdnotify.Reloading()
+	defer func() { _ = sdnotify.Ready() }()
+	err := func() error {
+		next, err := load()
+		if err != nil {
+			return err
+		}
+		needRestart, err := a.Reload(*next)
+		if err != nil {
+			return err
+		}
+		if level, err := zerolog.ParseLevel(next.Log.Level); err == nil {
+			zerolog.SetGlobalLevel(level)
+		}
+		if len(needRestart) > 0 {
+			a.log.Warn().Strs("settings", needRestart).Msg("config reloaded, but these changed settings need a restart to take effect; their running values are kept")
+			_ = sdnotify.Status("config reloaded; restart needed for " + strings.Join(needRestart, ", "))
+		} else {
+			a.log.Info().Msg("config reloaded")
+			_ = sdnotify.Status("ready (config reloaded)")
+		}
+		return nil
+	}()
+	if err != nil {
+		a.reloads.WithLabelValues("error").Inc()
+		a.log.Error().Err(err).Msg("config reload failed; the running config stays")
+		_ = sdnotify.Status("config reload failed, running config kept: " + err.Error())
+		return err
+	}
+	a.reloads.WithLabelValues("ok").Inc()
+	return nil
+}
