@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -116,7 +118,9 @@ func BenchmarkInstrument(b *testing.B) {
 // BenchmarkTwoHop is throughput through two real agents (client -> A
 // outbound -> B inbound -> app, over loopback sockets) with observability
 // off and on (metrics, access log to io.Discard, tracing at 1% and 100%),
-// in one run so the ratio is meaningful on a shared machine.
+// in one run so the ratio is meaningful on a shared machine. Compare
+// req/s between sub-benchmarks; ns/op is wall time per request across all
+// clients.
 func BenchmarkTwoHop(b *testing.B) {
 	sink := otlpSink(b)
 	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(body100) })
@@ -149,6 +153,8 @@ func BenchmarkTwoHop(b *testing.B) {
 			c := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}}
 			defer c.CloseIdleConnections()
 			b.ReportAllocs()
+			b.SetParallelism(16) // 32 concurrent clients on 2 CPUs, as wrk -c 32
+			cpu0 := processCPU()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
@@ -163,6 +169,18 @@ func BenchmarkTwoHop(b *testing.B) {
 					resp.Body.Close()
 				}
 			})
+			b.StopTimer()
+			// CPU time of this process (client, both agents, app) per
+			// request: steadier than wall time on a machine shared with
+			// other work.
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
 		})
 	}
+}
+
+// processCPU is the CPU time (user+system) this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

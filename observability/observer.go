@@ -248,7 +248,8 @@ func (in *instrumented) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if rec.span.IsRecording() {
 			in.startAttributes(rec.span, r)
 		}
-		t.inject.Inject(ctx, headerCarrier(r.Header))
+		rec.inject.h = r.Header
+		t.inject.Inject(ctx, &rec.inject)
 	}
 
 	rec.w.ResponseWriter = w

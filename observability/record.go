@@ -44,6 +44,7 @@ type Record struct {
 	span      trace.Span
 	w         responseWriter
 	body      countingBody
+	inject    injectCarrier
 }
 
 type recordKey struct{}

@@ -324,6 +324,28 @@ func (c headerCarrier) Get(k string) string {
 
 func (c headerCarrier) Set(k, v string) { c[canonicalKey(k)] = []string{v} }
 
+// injectCarrier writes trace headers with values backed by one small
+// array kept in the Record, instead of one allocation per header.
+type injectCarrier struct {
+	h   http.Header
+	buf [4]string
+	n   int
+}
+
+func (c *injectCarrier) Get(k string) string { return headerCarrier(c.h).Get(k) }
+
+func (c *injectCarrier) Set(k, v string) {
+	if c.n == len(c.buf) {
+		c.h[canonicalKey(k)] = []string{v}
+		return
+	}
+	c.buf[c.n] = v
+	c.h[canonicalKey(k)] = c.buf[c.n : c.n+1 : c.n+1]
+	c.n++
+}
+
+func (c *injectCarrier) Keys() []string { return headerCarrier(c.h).Keys() }
+
 func (c headerCarrier) Keys() []string {
 	keys := make([]string, 0, len(c))
 	for k := range c {
