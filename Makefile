@@ -95,7 +95,7 @@ test-packaging-fast: build
 # that root over a chroot connection (second run: changed=0); the root
 # booted with systemd-nspawn, mesh-control running in the unit's sandbox.
 # MESH_TEST_SDNOTIFY=1 adds the Type=notify start/reload/watchdog/stop checks.
-test-packaging: package
+test-packaging: package $(CONSUL)
 	packaging/test/slow.sh
 
 clean:

@@ -13,9 +13,12 @@
 #      connection: package installed, configs rendered and valid, units
 #      enabled; a second run reports changed=0;
 #   5. that root with the package installed, booted with systemd-nspawn
-#      (private network): mesh-control.service started by systemd runs
-#      the real binary in the units' sandbox (user mesh, no capabilities,
-#      no_new_privs, seccomp) and serves /metrics. With MESH_TEST_SDNOTIFY=1
+#      (private network) with a Consul dev agent: mesh-control.service and
+#      mesh-agent@demo.service, started by systemd, run the real binary in
+#      the units' sandbox (user mesh, no capabilities, no_new_privs,
+#      seccomp); the control plane serves /metrics, the agent registers in
+#      Consul and is ready; `systemctl stop` deregisters, drains and exits 0.
+#      With MESH_TEST_SDNOTIFY=1
 #      also the Type=notify contract: active after start, reload keeps the
 #      process, the watchdog is fed, stop ends it cleanly.
 # shellcheck disable=SC2016 # ${...} in single quotes are dpkg-query formats
@@ -215,6 +218,22 @@ ok "ansible run 2: changed=0"
 broot=$(new_root boot noproc)
 cp "$deb" "$broot/tmp/mesh.deb"
 in_root "$broot" dpkg -i /tmp/mesh.deb >"$work/dpkg-boot.log" 2>&1 || { cat "$work/dpkg-boot.log"; fail "dpkg -i (boot root)"; }
+# A real Consul dev agent for the agent to register in, and one agent.
+[ -x bin/consul ] || fail "bin/consul is missing: make consul"
+cp bin/consul "$broot/usr/local/bin/consul"
+cat >"$broot/etc/systemd/system/consul.service" <<'UNIT'
+[Unit]
+Description=Consul dev agent (test)
+[Service]
+ExecStart=/usr/local/bin/consul agent -dev -bind 127.0.0.1 -client 127.0.0.1
+[Install]
+WantedBy=multi-user.target
+UNIT
+sed -e 's/^  service: example$/  service: demo/' -e '/^  app_health:/d' \
+	"$broot/etc/mesh/agent-example.yaml.sample" >"$broot/etc/mesh/agent-demo.yaml"
+in_root "$broot" mesh config validate --role agent /etc/mesh/agent-demo.yaml | grep -q 'service: demo' ||
+	fail "agent-demo.yaml"
+in_root "$broot" systemctl enable consul.service mesh-agent@demo.service >/dev/null 2>&1
 timeout 600 systemd-nspawn -q -D "$broot" --boot --register=no --keep-unit --private-network \
 	>"$work/nspawn.log" 2>&1 </dev/null &
 nspawn=$!
@@ -244,6 +263,34 @@ for want in "Uid:	$muid" "CapEff:	0000000000000000" "CapBnd:	0000000000000000" "
 done
 [ "$(in_boot systemctl show -P NRestarts mesh-control.service)" = 0 ] || fail "mesh-control.service restarted"
 ok "booted: mesh-control.service runs as mesh, no capabilities, no_new_privs, seccomp, serves /metrics"
+
+# The agent: registered in Consul and ready (/ready is 200 only then).
+for _ in $(seq 150); do
+	code=$(get http://127.0.0.1:15000/ready)
+	[ "$code" = 200 ] && break
+	sleep 0.2
+done
+[ "$code" = 200 ] || { in_boot journalctl -u mesh-agent@demo.service -o cat --no-pager | tail -n 20; fail "mesh-agent@demo: /ready is not 200"; }
+apid=$(in_boot systemctl show -P MainPID mesh-agent@demo.service)
+status=$(in_boot grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' "/proc/$apid/status")
+for want in "Uid:	$muid" "CapEff:	0000000000000000" "NoNewPrivs:	1" "Seccomp:	2"; do
+	echo "$status" | grep -q "^$want" || fail "mesh-agent@demo sandbox: want '$want', got: $status"
+done
+catalog() {
+	in_boot python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' \
+		http://127.0.0.1:8500/v1/catalog/service/demo
+}
+catalog | grep -q '"ServiceID": *"demo-' || fail "mesh-agent@demo is not in Consul's catalog: $(catalog)"
+ok "booted: mesh-agent@demo runs as mesh in the sandbox, registered in Consul, /ready 200"
+
+# systemctl stop: SIGTERM, deregistration, drain, exit 0.
+in_boot systemctl stop mesh-agent@demo.service 2>/dev/null || true
+[ "$(in_boot systemctl show -P ExecMainStatus mesh-agent@demo.service)" = 0 ] ||
+	fail "mesh-agent@demo exit status $(in_boot systemctl show -P ExecMainStatus mesh-agent@demo.service) after stop"
+catalog | grep -q '"ServiceID": *"demo-' && fail "mesh-agent@demo still in Consul after stop"
+in_boot journalctl -u mesh-agent@demo.service -o cat --no-pager | grep -q '"message":"draining' ||
+	fail "mesh-agent@demo did not drain on stop"
+ok "systemctl stop mesh-agent@demo: deregistered, drained, exit 0"
 
 if [ "${MESH_TEST_SDNOTIFY:-0}" = 1 ]; then
 	state() { in_boot systemctl show -P ActiveState mesh-control.service; }
