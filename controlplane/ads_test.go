@@ -31,6 +31,8 @@ type adsClient struct {
 	node   *corev3.Node
 	resps  chan *discovery.DiscoveryResponse
 	sent   bool
+	// acked is the last ACKed response per type.
+	acked map[string]*discovery.DiscoveryResponse
 }
 
 func agentNode(id, service string, appPort int) *corev3.Node {
@@ -118,6 +120,17 @@ func (c *adsClient) subscribe(typeURL string, names []string) *discovery.Discove
 
 func (c *adsClient) ack(r *discovery.DiscoveryResponse, names []string) {
 	c.send(r.GetTypeUrl(), names, r.GetVersionInfo(), r.GetNonce(), nil)
+	if c.acked == nil {
+		c.acked = map[string]*discovery.DiscoveryResponse{}
+	}
+	c.acked[r.GetTypeUrl()] = r
+}
+
+// resubscribe changes the names of a type's subscription, as Envoy does:
+// with the last ACKed version and nonce.
+func (c *adsClient) resubscribe(typeURL string, names []string) {
+	last := c.acked[typeURL]
+	c.send(typeURL, names, last.GetVersionInfo(), last.GetNonce(), nil)
 }
 
 func decode[T proto.Message](t *testing.T, r *discovery.DiscoveryResponse, mk func() T) map[string]T {
@@ -232,25 +245,37 @@ func TestADSFullResourceSet(t *testing.T) {
 		c.quiet(500 * time.Millisecond)
 	})
 
-	t.Run("new service is pushed CDS before EDS before RDS", func(t *testing.T) {
+	t.Run("new service is pushed CDS before its EDS and RDS", func(t *testing.T) {
 		register(t, regOf("stock-1", "stock", "127.0.0.34", 15006, "z1"), "passing")
+		// As Envoy does, the client asks for the new cluster's load
+		// assignment once CDS names it; the server sends only what
+		// changed (state of the world allows partial EDS responses).
 		var order []string
+		names := edsNames
+		gotStock := false
 		for len(order) < 3 {
 			r := c.recv(3 * time.Second)
 			order = append(order, r.GetTypeUrl())
-			names := edsNames
 			switch r.GetTypeUrl() {
-			case resourcev3.ClusterType, resourcev3.ListenerType:
-				names = nil
+			case resourcev3.ClusterType:
+				c.ack(r, nil)
+				names = []string{"orders", "payments", "stock"}
+				c.resubscribe(resourcev3.EndpointType, names)
+			case resourcev3.EndpointType:
+				c.ack(r, names)
+				eds := decode(t, r, func() *endpointv3.ClusterLoadAssignment { return &endpointv3.ClusterLoadAssignment{} })
+				if got := keys(eds); !slices.Equal(got, []string{"stock"}) {
+					t.Fatalf("EDS push holds %v, want only the new stock", got)
+				}
+				gotStock = true
 			case resourcev3.RouteType:
-				names = []string{"mesh_outbound"}
+				c.ack(r, []string{"mesh_outbound"})
 			}
-			c.ack(r, names)
 		}
-		want := []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType}
-		if !slices.Equal(order, want) {
-			t.Fatalf("push order %v, want %v", order, want)
+		if order[0] != resourcev3.ClusterType || !gotStock || !slices.Contains(order, resourcev3.RouteType) {
+			t.Fatalf("push order %v, want CDS first, then EDS (stock) and RDS", order)
 		}
+		edsNames = names
 	})
 
 	t.Run("a NACK is not answered by a resend loop", func(t *testing.T) {

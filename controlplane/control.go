@@ -42,6 +42,9 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// HTTPClient is the CMDB's HTTP client (default: cmdb's own).
 	HTTPClient *http.Client
+	// Registry, when set, replaces the Consul source (benchmarks with
+	// synthetic catalogs, embedding with another registry).
+	Registry source.Source
 }
 
 // Control is one control-plane process.
@@ -66,11 +69,15 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "mesh"}))
 
-	cs, err := consul.New(cfg.Consul, log.With().Str("component", "consul").Logger(), opts.Consul)
-	if err != nil {
-		return nil, err
+	registry := opts.Registry
+	if registry == nil {
+		cs, err := consul.New(cfg.Consul, log.With().Str("component", "consul").Logger(), opts.Consul)
+		if err != nil {
+			return nil, err
+		}
+		registry = cs
 	}
-	inputs := []input{{src: cs, required: true}}
+	inputs := []input{{src: registry, required: true}}
 	if cfg.Control.CMDB.URL != "" {
 		f, err := cmdb.New(cfg.Control.CMDB, opts.HTTPClient)
 		if err != nil {

@@ -29,6 +29,9 @@ import (
 var testConsul *meshtest.Consul
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envClientsAddr) != "" {
+		os.Exit(adsClientsMain()) // the ADS clients of BenchmarkEndpointChange
+	}
 	c, err := meshtest.StartConsul()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start consul:", err)

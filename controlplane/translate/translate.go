@@ -204,12 +204,56 @@ func (t *Translator) entry(s *model.Service) (*entry, error) {
 	return e, nil
 }
 
+// OwnInputs is what a node's own resources (see Own) are built from:
+// equal inputs give equal resources, so a server can keep a node's own
+// resources across models while its inputs stay equal.
+type OwnInputs struct {
+	Node model.Node
+	// AppPort is the node's app port: its metadata's, else the app_port
+	// of its own registration; 0 if unknown.
+	AppPort int
+	// Policy is the policy of the node's service (defaults if the model
+	// does not know it).
+	Policy config.Policy
+}
+
+// Equal reports whether a and b build the same resources.
+func (a OwnInputs) Equal(b OwnInputs) bool {
+	return a.Node == b.Node && a.AppPort == b.AppPort && reflect.DeepEqual(a.Policy, b.Policy)
+}
+
+// OwnInputs returns what the node's own resources depend on in m.
+func (m *Mesh) OwnInputs(n model.Node, defaults config.Policy) OwnInputs {
+	in := OwnInputs{Node: n, AppPort: n.AppPort}
+	if n.Proxyless || n.Service == "" {
+		return in
+	}
+	if in.AppPort == 0 {
+		in.AppPort = m.appPorts[n.Service][n.ID]
+	}
+	if in.AppPort == 0 {
+		return in
+	}
+	p, ok := m.policies[n.Service]
+	if !ok {
+		p = defaults
+	}
+	in.Policy = p
+	return in
+}
+
 // Own returns the resources that belong to one node alone. A proxyless
 // node has none: it gets the API listeners and routes. An agent gets its
 // outbound listener and, when it fronts a service whose app port is known
 // (node metadata, else the app_port its Consul registration on that node
 // carries), its inbound listener and local app cluster.
 func (m *Mesh) Own(n model.Node, defaults config.Policy) (Resources, error) {
+	return OwnResources(m.OwnInputs(n, defaults))
+}
+
+// OwnResources builds a node's own resources from their inputs.
+func OwnResources(in OwnInputs) (Resources, error) {
+	n := in.Node
 	r := Resources{Clusters: Set{}, Endpoints: Set{}, Listeners: Set{}, Routes: Set{}}
 	if n.Proxyless {
 		return r, nil
@@ -219,29 +263,18 @@ func (m *Mesh) Own(n model.Node, defaults config.Policy) (Resources, error) {
 		return Resources{}, err
 	}
 	r.Listeners[OutboundListener] = out
-	if n.Service == "" {
+	if n.Service == "" || in.AppPort == 0 {
 		return r, nil
 	}
-	appPort := n.AppPort
-	if appPort == 0 {
-		appPort = m.appPorts[n.Service][n.ID]
-	}
-	if appPort == 0 {
-		return r, nil
-	}
-	policy, ok := m.policies[n.Service]
-	if !ok {
-		policy = defaults
-	}
-	local, err := localAppCluster(cmpOr(n.AppAddress, "127.0.0.1"), appPort, policy)
+	local, err := localAppCluster(cmpOr(n.AppAddress, "127.0.0.1"), in.AppPort, in.Policy)
 	if err != nil {
 		return Resources{}, err
 	}
-	in, err := inboundListener(cmpOr(n.InboundAddr, DefaultInboundAddr), policy)
+	inbound, err := inboundListener(cmpOr(n.InboundAddr, DefaultInboundAddr), in.Policy)
 	if err != nil {
 		return Resources{}, err
 	}
-	r.Listeners[InboundListener] = in
+	r.Listeners[InboundListener] = inbound
 	r.Clusters[LocalAppCluster] = local
 	return r, nil
 }

@@ -38,9 +38,16 @@ import (
 // xDS streams. Update it with each new translation.
 type Server struct {
 	log      zerolog.Logger
-	cache    cache.SnapshotCache
 	metrics  *metrics
 	defaults config.Policy
+	// cache serves clusters, listeners and routes from per-node
+	// snapshots; eds serves load assignments, which are the same for
+	// every node, from one shared collection: a change sends only the
+	// changed assignments (state of the world allows it for EDS),
+	// marshalled once for all clients. mux routes requests by type.
+	cache cache.SnapshotCache
+	eds   *cache.LinearCache
+	mux   *cache.MuxCache
 
 	// mu guards the fields below and serialises snapshot changes, so the
 	// phases of one push never interleave with another.
@@ -62,7 +69,14 @@ type nodeState struct {
 	node    model.Node
 	streams int
 	snap    *Snapshot
+	// own are the node's own resources and what they were built from,
+	// reused while the node, its service's policy and app port stay.
+	own       ownSets
+	ownInputs translate.OwnInputs
+	ownMesh   bool
 }
+
+type ownSets struct{ clusters, listeners *Set }
 
 type streamKey struct {
 	delta bool
@@ -93,13 +107,25 @@ func New(log zerolog.Logger, reg prometheus.Registerer, defaults config.Policy) 
 	// client (asking for one listener) never does. Push order is kept by
 	// setting snapshots type by type instead (see push).
 	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
+	s.eds = cache.NewLinearCache(resourcev3.EndpointType, cache.WithLogger(cacheLogger{log}))
+	classify := func(typeURL string) string {
+		if typeURL == resourcev3.EndpointType {
+			return "eds"
+		}
+		return "snapshots"
+	}
+	s.mux = &cache.MuxCache{
+		Classify:      func(r *cache.Request) string { return classify(r.GetTypeUrl()) },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return classify(r.GetTypeUrl()) },
+		Caches:        map[string]cache.Cache{"eds": s.eds, "snapshots": s.cache},
+	}
 	return s
 }
 
 // Register adds the ADS service (SotW and delta) and the per-type xDS
 // services to g. ctx bounds every stream: cancel it before a graceful stop.
 func (s *Server) Register(ctx context.Context, g *grpc.Server) {
-	srv := serverv3.NewServer(ctx, s.cache, s,
+	srv := serverv3.NewServer(ctx, s.mux, s,
 		sotw.WithOrderedADS(),
 		sotw.DeactivateLegacyWildcardForTypes([]string{resourcev3.EndpointType, resourcev3.RouteType}),
 		sotw.WithLogger(cacheLogger{s.log}),
@@ -121,6 +147,9 @@ func (s *Server) Ready() bool {
 // Update sets every connected node's snapshot from a new translation
 // (which translate has validated). Each node's own resources are validated
 // here; a node whose resources are invalid keeps its previous snapshot.
+// The change goes out type by type for all nodes (CDS, EDS, LDS, RDS);
+// types whose version did not change are not touched, so an unchanged view
+// pushes nothing and a health change pushes one load assignment.
 func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 	start := time.Now()
 	s.mu.Lock()
@@ -141,14 +170,90 @@ func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 		}
 		*p.dst = set
 	}
+	prevEndpoints := s.shared.endpoints
 	s.mesh, s.shared = mesh, sh
+	next := make(map[string]*Snapshot, len(s.nodes))
 	for id, st := range s.nodes {
-		if err := s.setNode(ctx, id, st); err != nil {
+		snap, err := s.nodeSnapshot(id, st)
+		if err != nil {
 			s.log.Error().Err(err).Str("node", id).Msg("node snapshot refused, node keeps its previous one")
+			continue
+		}
+		next[id] = snap
+	}
+	for i := range Kinds {
+		if Kinds[i] == resourcev3.EndpointType {
+			if err := s.setEndpoints(prevEndpoints, sh.endpoints); err != nil {
+				return err
+			}
+		}
+		for id, snap := range next {
+			if err := s.pushKind(ctx, id, s.nodes[id], snap, i); err != nil {
+				s.log.Error().Err(err).Str("node", id).Msg("node snapshot refused, node keeps its previous one")
+				delete(next, id)
+			}
 		}
 	}
 	s.metrics.setTime.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// setEndpoints hands the load assignments that changed between prev and
+// next to the shared EDS cache, which pushes each to the clients
+// subscribed to it.
+func (s *Server) setEndpoints(prev, next *Set) error {
+	if prev == nil {
+		prev = emptySet
+	}
+	changed := map[string]types.Resource{}
+	for name, v := range next.versions {
+		if prev.versions[name] != v {
+			changed[name] = next.resources[name]
+		}
+	}
+	var gone []string
+	for name := range prev.versions {
+		if _, ok := next.versions[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	if len(changed) == 0 && len(gone) == 0 {
+		return nil
+	}
+	if err := s.eds.UpdateResources(changed, gone); err != nil {
+		return fmt.Errorf("set load assignments: %w", err)
+	}
+	return nil
+}
+
+// nodeSnapshot builds a node's snapshot from the current mesh, reusing its
+// own resources when what they are built from did not change. s.mu is
+// held.
+func (s *Server) nodeSnapshot(id string, st *nodeState) (*Snapshot, error) {
+	in := s.mesh.OwnInputs(st.node, s.defaults)
+	if !st.ownMesh || !in.Equal(st.ownInputs) {
+		own, err := s.mesh.Own(st.node, s.defaults)
+		if err != nil {
+			return nil, fmt.Errorf("translate node %s: %w", id, err)
+		}
+		if err := s.mesh.ValidateNode(st.node, own); err != nil {
+			return nil, fmt.Errorf("validate node %s: %w", id, err)
+		}
+		clusters, err := s.hasher.NewSet(own.Clusters)
+		if err != nil {
+			return nil, err
+		}
+		listeners, err := s.hasher.NewSet(own.Listeners)
+		if err != nil {
+			return nil, err
+		}
+		st.own, st.ownInputs, st.ownMesh = ownSets{clusters: clusters, listeners: listeners}, in, true
+	}
+	sh := s.shared
+	if st.node.Proxyless {
+		return NewSnapshot(NewLayer(sh.clusters, nil), NewLayer(sh.endpoints, nil), NewLayer(sh.apiListeners, nil), NewLayer(sh.apiRoutes, nil)), nil
+	}
+	return NewSnapshot(NewLayer(sh.clusters, st.own.clusters), NewLayer(sh.endpoints, nil), NewLayer(st.own.listeners, nil), NewLayer(sh.outbound, nil)), nil
 }
 
 // setNode builds a node's snapshot from the current mesh and pushes it.
@@ -157,62 +262,42 @@ func (s *Server) setNode(ctx context.Context, id string, st *nodeState) error {
 	if s.mesh == nil {
 		return nil
 	}
-	own, err := s.mesh.Own(st.node, s.defaults)
-	if err != nil {
-		return fmt.Errorf("translate node %s: %w", id, err)
-	}
-	if err := s.mesh.ValidateNode(st.node, own); err != nil {
-		return fmt.Errorf("validate node %s: %w", id, err)
-	}
-	ownClusters, err := s.hasher.NewSet(own.Clusters)
+	next, err := s.nodeSnapshot(id, st)
 	if err != nil {
 		return err
 	}
-	ownListeners, err := s.hasher.NewSet(own.Listeners)
-	if err != nil {
-		return err
+	for i := range Kinds {
+		if err := s.pushKind(ctx, id, st, next, i); err != nil {
+			return err
+		}
 	}
-	sh := s.shared
-	var next *Snapshot
-	if st.node.Proxyless {
-		next = NewSnapshot(NewLayer(sh.clusters, nil), NewLayer(sh.endpoints, nil), NewLayer(sh.apiListeners, nil), NewLayer(sh.apiRoutes, nil))
-	} else {
-		next = NewSnapshot(NewLayer(sh.clusters, ownClusters), NewLayer(sh.endpoints, nil), NewLayer(ownListeners, nil), NewLayer(sh.outbound, nil))
-	}
-	if err := s.push(ctx, id, st.snap, next); err != nil {
-		return err
-	}
-	st.snap = next
 	return nil
 }
 
-// push moves a node from prev to next one type at a time, in Kinds order,
-// so that the responses to its open watches leave in that order (the
-// ordered ADS server sends them through one queue). Types whose version
-// did not change are not touched, so an unchanged view pushes nothing.
-// For a new node, types not set yet have the empty version, which keeps
-// the client's initial (empty-version) requests waiting.
-func (s *Server) push(ctx context.Context, id string, prev, next *Snapshot) error {
+// pushKind moves a node's snapshot to next's layer of Kinds[i], setting it
+// in the cache when its version changed. Called in Kinds order, the
+// responses to the node's open watches leave in that order (the ordered
+// ADS server sends them through one queue). For a new node, types not set
+// yet have the empty version, which keeps the client's initial
+// (empty-version) requests waiting. Load assignments are served from the
+// shared EDS cache; the snapshot's layer only records them.
+func (s *Server) pushKind(ctx context.Context, id string, st *nodeState, next *Snapshot, i int) error {
 	cur := &Snapshot{}
-	if prev != nil {
-		cur.layers = prev.layers
+	if st.snap != nil {
+		cur.layers = st.snap.layers
 	} else {
-		for i := range cur.layers {
-			cur.layers[i] = &Layer{base: emptySet}
+		for k := range cur.layers {
+			cur.layers[k] = &Layer{base: emptySet}
 		}
 	}
-	for i := range Kinds {
-		if cur.layers[i].Version == next.layers[i].Version {
-			cur.layers[i] = next.layers[i]
-			continue
-		}
-		phase := &Snapshot{layers: cur.layers}
-		phase.layers[i] = next.layers[i]
-		if err := s.cache.SetSnapshot(ctx, id, phase); err != nil {
+	same := cur.layers[i].Version == next.layers[i].Version
+	cur.layers[i] = next.layers[i]
+	if !same && Kinds[i] != resourcev3.EndpointType {
+		if err := s.cache.SetSnapshot(ctx, id, cur); err != nil {
 			return fmt.Errorf("set %s snapshot of node %s: %w", typeName(Kinds[i]), id, err)
 		}
-		cur = phase
 	}
+	st.snap = cur
 	return nil
 }
 
