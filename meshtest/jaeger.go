@@ -27,6 +27,10 @@ type Jaeger struct {
 	logf     *os.File
 }
 
+// queryClient talks to the query API without keep-alive: Jaeger does not
+// exit on SIGTERM while a client holds an idle connection open.
+var queryClient = &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}, Timeout: 10 * time.Second}
+
 // JaegerBinary is the binary `make jaeger` builds; MESH_JAEGER_BIN
 // overrides it.
 func JaegerBinary() string {
@@ -141,7 +145,7 @@ func (j *Jaeger) ready() bool {
 		}
 		c.Close()
 	}
-	resp, err := http.Get(j.QueryURL + "/api/services")
+	resp, err := queryClient.Get(j.QueryURL + "/api/services")
 	if err != nil {
 		return false
 	}
@@ -155,7 +159,8 @@ func (j *Jaeger) Log() string {
 	return string(b)
 }
 
-// Stop terminates Jaeger (SIGTERM, then SIGKILL after 5s) and removes its
+// Stop terminates Jaeger (SIGTERM, then SIGKILL after 2s: a graceful stop
+// waits for clients such as an OTLP gRPC exporter to hang up) and removes its
 // files. The collector is gone afterwards: tests use that to check that a
 // dead collector does not slow requests.
 func (j *Jaeger) Stop() {
@@ -163,7 +168,7 @@ func (j *Jaeger) Stop() {
 		_ = j.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-j.exited:
-		case <-time.After(5 * time.Second):
+		case <-time.After(2 * time.Second):
 			_ = syscall.Kill(-j.cmd.Process.Pid, syscall.SIGKILL)
 			<-j.exited
 		}
@@ -246,7 +251,7 @@ func (j *Jaeger) query(ctx context.Context, path string) ([]JaegerTrace, error) 
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := queryClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("jaeger query %s: %w", path, err)
 	}

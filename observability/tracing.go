@@ -39,11 +39,16 @@ type tracing struct {
 }
 
 func newTracing(c config.Tracing, service string, reg prometheus.Registerer) (*tracing, error) {
-	exp, err := newExporter(c)
+	// The HTTP exporter's own client: never HTTP_PROXY (the agent is often
+	// the proxy it names), and its idle connections closed at shutdown.
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second,
+		ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
+	exp, err := newExporter(c, &http.Client{Transport: tr})
 	if err != nil {
 		return nil, err
 	}
 	q, err := newSpanQueue(exp, c, reg)
+	q.closeIdle = tr.CloseIdleConnections
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +101,7 @@ func (t *tracing) extract(ctx context.Context, h http.Header) context.Context {
 // newExporter builds the OTLP exporter; it connects lazily, so a collector
 // that is down at start is not an error. HTTP_PROXY and friends are
 // ignored: the agent is often the proxy they point to.
-func newExporter(c config.Tracing) (sdktrace.SpanExporter, error) {
+func newExporter(c config.Tracing, hc *http.Client) (sdktrace.SpanExporter, error) {
 	retryFor := c.ExportTimeout
 	switch c.Exporter {
 	case "otlp-grpc":
@@ -124,7 +129,7 @@ func newExporter(c config.Tracing) (sdktrace.SpanExporter, error) {
 			otlptracehttp.WithTimeout(c.ExportTimeout),
 			otlptracehttp.WithRetry(otlptracehttp.RetryConfig{Enabled: true, InitialInterval: 250 * time.Millisecond,
 				MaxInterval: 2 * time.Second, MaxElapsedTime: retryFor}),
-			otlptracehttp.WithProxy(func(*http.Request) (*url.URL, error) { return nil, nil }),
+			otlptracehttp.WithHTTPClient(hc),
 		}
 		switch ep := c.Endpoint; {
 		case ep == "":
@@ -160,6 +165,7 @@ type spanQueue struct {
 	batchSize     int
 	batchTimeout  time.Duration
 	exportTimeout time.Duration
+	closeIdle     func() // closes the HTTP exporter's idle connections
 
 	dropped, exported, failed prometheus.Counter
 }
@@ -235,8 +241,8 @@ func (q *spanQueue) run(ctx context.Context) {
 		}
 		for {
 			n, _ := q.exportBatch(ctx)
-			if n < q.batchSize {
-				break
+			if n < q.batchSize || ctx.Err() != nil {
+				break // what is left waits for the next tick, or for close
 			}
 		}
 	}
@@ -247,6 +253,9 @@ func (q *spanQueue) run(ctx context.Context) {
 // exporters are safe for concurrent use, so a flush need not wait for an
 // export in progress (which may hang on a dead collector).
 func (q *spanQueue) exportBatch(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err // leave the spans queued for whoever flushes next
+	}
 	batch := make([]sdktrace.ReadOnlySpan, 0, min(len(q.queue), q.batchSize))
 	for len(batch) < q.batchSize {
 		select {
@@ -285,6 +294,9 @@ func (q *spanQueue) close(ctx context.Context) error {
 	}
 	if err := q.exp.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("shut trace exporter down: %w", err))
+	}
+	if q.closeIdle != nil {
+		q.closeIdle()
 	}
 	return errors.Join(errs...)
 }
