@@ -18,7 +18,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -30,6 +32,8 @@ type vm struct {
 	service string
 	agent   *exec.Cmd
 	app     *http.Server
+	served  atomic.Int64 // requests the app answered (not health checks)
+	failing atomic.Bool  // the app answers 500 while set
 }
 
 func (v *vm) admin() string    { return "http://" + v.ip + ":15000" }
@@ -89,6 +93,20 @@ func run(ctx context.Context, every time.Duration) error {
 		return fmt.Errorf("consul did not start (see %s/consul.log): %w", dir, err)
 	}
 
+	step("starting mesh control (xDS on 127.0.0.1:18000, admin 127.0.0.1:19000) with the demo's policies")
+	policies := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(policies, []byte(controlConfig), 0o644); err != nil {
+		return err
+	}
+	control, err := startProc(dir, "control", "bin/mesh", "control", "--config", policies, "--log-format", "text")
+	if err != nil {
+		return err
+	}
+	procs = append(procs, control)
+	if err := waitFor(ctx, 20*time.Second, func() bool { return get("http://127.0.0.1:19000/ready") == nil }); err != nil {
+		return fmt.Errorf("mesh control not ready (see %s/control.log): %w", dir, err)
+	}
+
 	vms := []*vm{
 		{name: "vm-web-1", ip: "127.0.0.11", service: "web"},
 		{name: "vm-orders-1", ip: "127.0.0.12", service: "orders"},
@@ -102,7 +120,8 @@ func run(ctx context.Context, every time.Duration) error {
 			"--service", v.service, "--app-address", v.ip, "--app-port", "8080", "--app-health", "/health",
 			"--inbound-addr", v.ip+":15006", "--outbound-addr", v.outbound(), "--admin-addr", v.ip+":15000",
 			"--advertise-addr", v.ip, "--node", v.name, "--consul-addr", "127.0.0.1:8500",
-			"--cache-dir", filepath.Join(dir, v.name), "--drain-period", "1s", "--log-format", "text")
+			"--cache-dir", filepath.Join(dir, v.name), "--drain-period", "1s", "--log-format", "text",
+			"--control-plane", "127.0.0.1:18000")
 		if err != nil {
 			return err
 		}
@@ -113,55 +132,235 @@ func run(ctx context.Context, every time.Duration) error {
 			return fmt.Errorf("agent on %s not ready (see %s/agent-%s.log): %w", v.name, dir, v.name, err)
 		}
 	}
-	step("all agents ready and registered in Consul; waiting for health checks to pass")
-	if err := waitFor(ctx, 20*time.Second, func() bool { return passing("orders") == 2 }); err != nil {
-		return fmt.Errorf("orders instances not passing in Consul: %w", err)
+	step("all agents ready and registered in Consul; waiting for health checks to pass and the config to reach web's agent")
+	if err := waitFor(ctx, 20*time.Second, func() bool { return passing("orders") == 2 && xdsEndpoints(vms[0], "orders") == 2 }); err != nil {
+		return fmt.Errorf("orders instances not passing in Consul, or not pushed by mesh control: %w", err)
 	}
 
 	whereToLook(vms)
-	fmt.Println()
-	fmt.Println("Traffic: the web app calls http://orders/... through its local agent (127.0.0.11:15001, Host: orders).")
-	fmt.Println("Each line: caller -> its agent -> the callee's agent -> the app that answered, status, latency.")
-	fmt.Println()
-	stats := map[string]int{}
-	var lat []time.Duration
-	client := &http.Client{Timeout: 5 * time.Second}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
-	for i := 1; ctx.Err() == nil; i++ {
-		start := time.Now()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+vms[0].outbound()+fmt.Sprintf("/orders/%d", i), nil)
-		req.Host = "orders"
-		resp, err := client.Do(req)
-		took := time.Since(start)
-		switch {
-		case err != nil && ctx.Err() != nil:
-		case err != nil:
-			fmt.Printf("  #%-3d web@127.0.0.11 -> agent 127.0.0.11:15001 -> ?  error: %v\n", i, err)
-			stats["error"]++
-		default:
-			var body struct {
-				Instance string `json:"instance"`
-				Addr     string `json:"addr"`
-				XFF      string `json:"x_forwarded_for"`
-				ReqID    string `json:"x_request_id"`
-			}
-			_ = json.NewDecoder(resp.Body).Decode(&body)
-			resp.Body.Close()
-			reason := resp.Header.Get("x-mesh-reason")
-			fmt.Printf("  #%-3d web@127.0.0.11 -> agent 127.0.0.11:15001 -> agent %s:15006 -> orders@%s  %d %s  %6.2fms  request-id %s%s\n",
-				i, body.Addr, body.Instance, resp.StatusCode, http.StatusText(resp.StatusCode), float64(took.Microseconds())/1000, short(body.ReqID), ifSet(" x-mesh-reason: ", reason))
-			stats[fmt.Sprintf("%d from %s", resp.StatusCode, body.Instance)]++
-			lat = append(lat, took)
-		}
-		select {
-		case <-ctx.Done():
-		case <-tick.C:
-		}
-	}
-	summary(stats, lat)
+	d := &demo{ctx: ctx, web: vms[0], orders: vms[1:], client: &http.Client{Timeout: 5 * time.Second}}
+
+	phase("1. Steady traffic",
+		"The web app calls http://orders/... through its local agent (127.0.0.11:15001, Host: orders).",
+		"Each line: caller -> its agent -> the callee's agent -> the app that answered, status, latency.")
+	d.steady(10, every)
+
+	phase("2. orders starts failing: its circuit breaker opens, callers fail fast",
+		"Both orders instances now answer 500. After 10 requests with >= 50% errors the breaker",
+		"in web's agent opens: calls get 503 circuit-open in microseconds instead of piling up.")
+	d.breaker(every)
+
+	phase("3. A burst: 600 requests at once from 50 connections",
+		"mesh control gives orders a rate limit of 100 req/s per instance (bucket 20): the apps",
+		"must never see more than that; the rest is refused at once with 429 + Retry-After.")
+	d.burst(600, 50)
+
+	phase("4. Steady traffic until Ctrl-C", "")
+	d.steady(0, every)
+	summary(d.stats, d.lat)
 	return nil
 }
+
+// demo sends the traffic of each phase and prints what happened.
+type demo struct {
+	ctx    context.Context
+	web    *vm
+	orders []*vm
+	client *http.Client
+	n      int
+	stats  map[string]int
+	lat    []time.Duration
+}
+
+type result struct {
+	status   int
+	reason   string
+	instance string
+	addr     string
+	reqID    string
+	took     time.Duration
+	err      error
+}
+
+func (d *demo) call(client *http.Client) result {
+	d.n++
+	start := time.Now()
+	req, _ := http.NewRequestWithContext(d.ctx, http.MethodGet, "http://"+d.web.outbound()+fmt.Sprintf("/orders/%d", d.n), nil)
+	req.Host = "orders"
+	resp, err := client.Do(req)
+	r := result{took: time.Since(start), err: err}
+	if err != nil {
+		return r
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Instance string `json:"instance"`
+		Addr     string `json:"addr"`
+		ReqID    string `json:"x_request_id"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	r.status, r.reason = resp.StatusCode, resp.Header.Get("x-mesh-reason")
+	r.instance, r.addr, r.reqID = body.Instance, body.Addr, body.ReqID
+	return r
+}
+
+func (d *demo) print(r result) {
+	if d.stats == nil {
+		d.stats = map[string]int{}
+	}
+	switch {
+	case r.err != nil && d.ctx.Err() != nil:
+		return
+	case r.err != nil:
+		fmt.Printf("  #%-4d web@127.0.0.11 -> agent 127.0.0.11:15001 -> ?  error: %v\n", d.n, r.err)
+		d.stats["error"]++
+	case r.reason != "":
+		fmt.Printf("  #%-4d web@127.0.0.11 -> agent 127.0.0.11:15001  %d %s  %6.2fms  refused by the mesh: x-mesh-reason: %s\n",
+			d.n, r.status, http.StatusText(r.status), ms(r.took), r.reason)
+		d.stats[fmt.Sprintf("%d %s", r.status, r.reason)]++
+	default:
+		fmt.Printf("  #%-4d web@127.0.0.11 -> agent 127.0.0.11:15001 -> agent %s:15006 -> orders@%s  %d %s  %6.2fms  request-id %s\n",
+			d.n, r.addr, r.instance, r.status, http.StatusText(r.status), ms(r.took), short(r.reqID))
+		d.stats[fmt.Sprintf("%d from %s", r.status, r.instance)]++
+		d.lat = append(d.lat, r.took)
+	}
+}
+
+// steady sends n requests (0: until the demo ends), one per tick.
+func (d *demo) steady(n int, every time.Duration) {
+	for i := 0; (n == 0 || i < n) && d.ctx.Err() == nil; i++ {
+		d.print(d.call(d.client))
+		d.sleep(every)
+	}
+}
+
+func (d *demo) burst(total, conns int) {
+	for _, o := range d.orders {
+		o.served.Store(0)
+	}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: conns}}
+	results := make(chan result, total)
+	start := time.Now()
+	var wg sync.WaitGroup
+	work := make(chan struct{}, total)
+	for i := 0; i < total; i++ {
+		work <- struct{}{}
+	}
+	close(work)
+	for c := 0; c < conns; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range work {
+				req, _ := http.NewRequestWithContext(d.ctx, http.MethodGet, "http://"+d.web.outbound()+"/orders/burst", nil)
+				req.Host = "orders"
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				r := result{took: time.Since(t0), err: err}
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					r.status, r.reason = resp.StatusCode, resp.Header.Get("x-mesh-reason")
+				}
+				results <- r
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(results)
+	counts := map[string]int{}
+	var refused []time.Duration
+	for r := range results {
+		switch {
+		case r.err != nil:
+			counts["error"]++
+		case r.status == http.StatusTooManyRequests:
+			counts["429 rate-limited"]++
+			refused = append(refused, r.took)
+		default:
+			counts[fmt.Sprintf("%d %s", r.status, r.reason)]++
+		}
+	}
+	fmt.Printf("  sent %d requests in %s:\n", total, elapsed.Round(time.Millisecond))
+	for k, v := range counts {
+		fmt.Printf("    %-28s %d\n", strings.TrimSpace(k), v)
+	}
+	// Envoy's token bucket: 20 tokens to start, 10 more every 100ms.
+	fills := int(elapsed/(100*time.Millisecond)) + 1
+	for _, o := range d.orders {
+		fmt.Printf("    orders app %-12s served %d (its bucket allows at most 20 + %d fills x 10 = %d in %s)\n",
+			o.name, o.served.Load(), fills, 20+10*fills, elapsed.Round(time.Millisecond))
+	}
+	if len(refused) > 0 {
+		sort.Slice(refused, func(i, j int) bool { return refused[i] < refused[j] })
+		fmt.Printf("    refusals took p50 %.2fms, p99 %.2fms (round trip through both agents)\n",
+			ms(refused[len(refused)/2]), ms(refused[len(refused)*99/100]))
+	}
+}
+
+func (d *demo) breaker(every time.Duration) {
+	for _, o := range d.orders {
+		o.failing.Store(true)
+	}
+	// The breaker's 10s window still holds the steady phase's successes:
+	// print the first few failures, then count them.
+	failures, open := 0, 0
+	for i := 0; i < 400 && open < 5 && d.ctx.Err() == nil; i++ {
+		r := d.call(d.client)
+		switch {
+		case r.reason == "circuit-open":
+			if open == 0 {
+				fmt.Printf("  ... %d calls answered 500 in all; then:\n", failures)
+				fmt.Println("  --> the breaker is open: no call reaches orders now, callers fail fast")
+			}
+			open++
+			d.print(r)
+		case r.status == http.StatusInternalServerError:
+			failures++
+			if failures <= 4 {
+				d.print(r)
+			}
+		default:
+			d.print(r)
+		}
+		d.sleep(20 * time.Millisecond)
+	}
+	fmt.Println("  --> orders recovers; after the 3s sleep window one probe goes through and closes the breaker")
+	for _, o := range d.orders {
+		o.failing.Store(false)
+	}
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) && d.ctx.Err() == nil {
+		r := d.call(d.client)
+		d.print(r)
+		if r.status == http.StatusOK {
+			fmt.Println("  --> the breaker is closed again: traffic flows")
+			return
+		}
+		d.sleep(500 * time.Millisecond)
+	}
+}
+
+func (d *demo) sleep(t time.Duration) {
+	select {
+	case <-d.ctx.Done():
+	case <-time.After(t):
+	}
+}
+
+func phase(title string, lines ...string) {
+	fmt.Println()
+	fmt.Println("=== " + title)
+	for _, l := range lines {
+		if l != "" {
+			fmt.Println("    " + l)
+		}
+	}
+	fmt.Println()
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func summary(stats map[string]int, lat []time.Duration) {
 	fmt.Println()
@@ -188,6 +387,7 @@ func whereToLook(vms []*vm) {
 	fmt.Println()
 	fmt.Println("Where to look while the demo runs:")
 	fmt.Println("  Consul UI:          http://127.0.0.1:8500/ui/")
+	fmt.Println("  mesh control:       http://127.0.0.1:19000/config_dump  http://127.0.0.1:19000/metrics")
 	fmt.Println("  Consul API:         curl -s 'http://127.0.0.1:8500/v1/health/service/orders?passing' | jq")
 	for _, v := range vms {
 		fmt.Printf("  agent %-12s  %s/config_dump  %s/metrics  %s/ready\n", v.name, v.admin(), v.admin(), v.admin())
@@ -201,7 +401,11 @@ func startApp(v *vm) *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		v.served.Add(1)
 		w.Header().Set("Content-Type", "application/json")
+		if v.failing.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
 		_ = json.NewEncoder(w).Encode(map[string]string{
 			"service":         v.service,
 			"instance":        v.name,
@@ -253,6 +457,43 @@ func stopProc(cmd *exec.Cmd) {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-exited
 	}
+}
+
+// controlConfig is mesh control's config: where Consul is and the
+// policies the demo shows.
+const controlConfig = `consul:
+  addr: 127.0.0.1:8500
+control:
+  xds_addr: 127.0.0.1:18000
+  admin_addr: 127.0.0.1:19000
+policies:
+  services:
+    orders:
+      timeout: 2s
+      # 100 requests per second per instance, bursts of 20
+      rate_limit: {max_tokens: 20, tokens_per_fill: 10, fill_interval: 100ms}
+      # open after >= 10 requests with >= 50% errors; probe again after 3s
+      circuit_breaker: {error_percent_threshold: 50, request_volume_threshold: 10, sleep_window: 3s}
+      # keep outlier ejection out of the breaker demo
+      outlier_detection: {consecutive_5xx: 0, consecutive_gateway_failure: 0}
+`
+
+// xdsEndpoints is how many endpoints of service v's agent routes to by
+// the control plane's config.
+func xdsEndpoints(v *vm, service string) int {
+	resp, err := http.Get(v.admin() + "/config_dump")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var d struct {
+		Source   string
+		Services map[string][]json.RawMessage
+	}
+	if json.NewDecoder(resp.Body).Decode(&d) != nil || d.Source != "xds" {
+		return 0
+	}
+	return len(d.Services[service])
 }
 
 func passing(service string) int {
