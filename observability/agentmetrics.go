@@ -2,6 +2,7 @@ package observability
 
 import (
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"sync"
@@ -81,15 +82,19 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Failed Consul (re-)registration attempts."}),
 		names: newLabelGuard(1000),
 	}
-	for _, c := range []prometheus.Collector{
-		m.rateLimited, m.concurrencyLimited, m.retries, m.budgetExhausted, m.timeouts,
-		m.breakerState, m.breakerTransitions, m.breakerRejected, m.ejected, m.ejections,
-		m.connActive, m.connOpened, m.connFailed, m.endpoints,
-		m.xdsConnected, m.xdsLastUpdate, m.xdsAcks, m.xdsNacks, m.consulReg, m.consulErrors,
-	} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	var errs []error
+	for _, c := range []**prometheus.CounterVec{&m.rateLimited, &m.concurrencyLimited, &m.retries, &m.budgetExhausted,
+		&m.timeouts, &m.breakerTransitions, &m.breakerRejected, &m.ejections, &m.connOpened, &m.connFailed,
+		&m.xdsAcks, &m.xdsNacks} {
+		errs = append(errs, register(reg, c))
+	}
+	for _, g := range []**prometheus.GaugeVec{&m.breakerState, &m.ejected, &m.connActive, &m.endpoints,
+		&m.xdsConnected, &m.xdsLastUpdate} {
+		errs = append(errs, register(reg, g))
+	}
+	errs = append(errs, register(reg, &m.consulReg), register(reg, &m.consulErrors))
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	empty := map[string]*UpstreamMetrics{}
 	m.upstreams.Store(&empty)

@@ -1,6 +1,7 @@
 package observability
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -61,12 +62,29 @@ func newRequestMetrics(reg prometheus.Registerer) (*requestMetrics, error) {
 		upstreams: newLabelGuard(1000),
 		reasons:   newLabelGuard(64),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.inFlight, m.bytesIn, m.bytesOut} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	if err := errors.Join(register(reg, &m.requests), register(reg, &m.duration), register(reg, &m.inFlight),
+		register(reg, &m.bytesIn), register(reg, &m.bytesOut)); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// register registers *c with reg. When an equal collector is registered
+// already (an Observer rebuilt on a config reload), *c becomes that one,
+// so that counters carry on instead of failing the reload.
+func register[T prometheus.Collector](reg prometheus.Registerer, c *T) error {
+	err := reg.Register(*c)
+	if err == nil {
+		return nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(T); ok {
+			*c = existing
+			return nil
+		}
+	}
+	return err
 }
 
 // seriesKey picks one request series of a listener.

@@ -256,3 +256,27 @@ func TestGovernanceAndInfraMetrics(t *testing.T) {
 		t.Errorf("mesh_xds_client_last_update_timestamp_seconds = %v, want a recent Unix time", v)
 	}
 }
+
+// TestObserverRebuiltOnReload builds a second Observer on the same
+// registry, as a config reload does: it must not fail, and the request
+// counters carry on from the first one's.
+func TestObserverRebuiltOnReload(t *testing.T) {
+	reg := observability.NewRegistry()
+	admin := serve(t, "127.0.0.43", observability.NewAdminMux(reg, func() bool { return true }))
+	for i := 1; i <= 2; i++ {
+		c := defaultObs()
+		c.Tracing.Exporter = "otlp-http" // its metrics are registered too
+		obs, err := observability.NewObserver(c, observability.Options{Service: "orders", Registry: reg, Stdout: &syncBuffer{}})
+		if err != nil {
+			t.Fatalf("observer %d: %v", i, err)
+		}
+		h := obs.Instrument(observability.Inbound, "orders", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+		req, _ := http.NewRequest("GET", "http://orders/", nil)
+		h.ServeHTTP(&nopWriter{h: http.Header{}}, req)
+		_ = obs.Close(context.Background())
+		got := series(scrape(t, admin), "mesh_requests_total")[reqLabels("2xx", "inbound", "orders", "none", "orders")]
+		if got != float64(i) {
+			t.Errorf("after observer %d: mesh_requests_total = %v, want %d", i, got, i)
+		}
+	}
+}

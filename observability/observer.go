@@ -62,7 +62,9 @@ type Options struct {
 
 // NewObserver builds an Observer from the observability section. It opens
 // the access log file if one is configured, and creates the trace exporter
-// without connecting; nothing runs until Run.
+// without connecting; nothing runs until Run. Building a new Observer on the
+// same registry (a config reload) reuses the metrics already registered, so
+// counters carry on.
 func NewObserver(cfg config.Observability, o Options) (*Observer, error) {
 	if o.Stdout == nil {
 		o.Stdout = os.Stdout
@@ -77,7 +79,7 @@ func NewObserver(cfg config.Observability, o Options) (*Observer, error) {
 	}
 	logErrors := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "access_log_write_errors_total",
 		Help: "Access log writes that failed (disk full, closed pipe)."})
-	if err := o.Registry.Register(logErrors); err != nil {
+	if err := register(o.Registry, &logErrors); err != nil {
 		return nil, fmt.Errorf("register access log metrics: %w", err)
 	}
 	if cfg.AccessLog.Enabled {

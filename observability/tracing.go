@@ -187,8 +187,18 @@ func newSpanQueue(exp sdktrace.SpanExporter, c config.Tracing, reg prometheus.Re
 	}
 	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "tracing_queue_spans",
 		Help: "Spans waiting for export."}, func() float64 { return float64(len(q.queue)) })
-	for _, c := range []prometheus.Collector{q.dropped, q.exported, q.failed, queued} {
-		if err := reg.Register(c); err != nil {
+	if err := errors.Join(register(reg, &q.dropped), register(reg, &q.exported), register(reg, &q.failed)); err != nil {
+		return nil, err
+	}
+	// The queue gauge reads this queue: replace one left by an earlier
+	// Observer.
+	if err := reg.Register(queued); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if !errors.As(err, &are) {
+			return nil, err
+		}
+		reg.Unregister(are.ExistingCollector)
+		if err := reg.Register(queued); err != nil {
 			return nil, err
 		}
 	}
