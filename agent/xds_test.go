@@ -27,8 +27,8 @@ import (
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane"
 	"github.com/meshvm/mesh/controlplane/model"
-	"github.com/meshvm/mesh/controlplane/translate"
 	consulsource "github.com/meshvm/mesh/controlplane/source/consul"
+	"github.com/meshvm/mesh/controlplane/translate"
 	"github.com/meshvm/mesh/meshtest"
 )
 
@@ -223,7 +223,10 @@ func TestControlPlaneOutage(t *testing.T) {
 	startAgent(t, "127.0.0.51", "orders", b1, withControlPlane(cp.cfg.Control.XDSAddr))
 	caller := startApp(t, "127.0.0.50", "web", nil)
 	cache := t.TempDir()
-	mutateA := func(c *config.Config) { c.Agent.ControlPlane = []string{cp.cfg.Control.XDSAddr}; c.Agent.CacheDir = cache }
+	mutateA := func(c *config.Config) {
+		c.Agent.ControlPlane = []string{cp.cfg.Control.XDSAddr}
+		c.Agent.CacheDir = cache
+	}
 	a := startAgent(t, "127.0.0.50", "web", caller, mutateA)
 	waitEndpoints(t, a, "orders", 1)
 
@@ -457,4 +460,63 @@ func agentInbound(t *testing.T, service string) string {
 	}
 	s := entries[0].Service
 	return net.JoinHostPort(s.Address, strconv.Itoa(s.Port))
+}
+
+// A rolling restart of one of two instances under steady load loses no
+// request for a caller that retries (the default policy retries connect
+// failures and resets): deregister, drain, stop, start again.
+func TestRollingRestartLosesNoRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cp   bool
+	}{
+		{"consul-direct", false},
+		{"xds", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := 80
+			if tc.cp {
+				base = 90
+			}
+			ip := func(n int) string { return fmt.Sprintf("127.0.0.%d", base+n) }
+			svc := "stock-" + tc.name
+			var withCP func(*config.Config)
+			if tc.cp {
+				cp := newControl(t, nil)
+				withCP = withControlPlane(cp.cfg.Control.XDSAddr)
+			}
+			b1 := startApp(t, ip(1), svc+"-1", nil)
+			b2 := startApp(t, ip(2), svc+"-2", nil)
+			fast := func(c *config.Config) {
+				c.Agent.DrainPeriod = time.Second
+				if withCP != nil {
+					withCP(c)
+				}
+			}
+			agentB1 := startAgent(t, ip(1), svc, b1, fast)
+			startAgent(t, ip(2), svc, b2, fast)
+			caller := startApp(t, ip(0), "web", nil)
+			a := startAgent(t, ip(0), "web", caller, withCP)
+			waitPassing(t, svc, 2)
+			if tc.cp {
+				waitEndpoints(t, a, svc, 2)
+			}
+
+			l := startLoad("http://"+a.Addr("outbound")+"/", svc)
+			time.Sleep(300 * time.Millisecond)
+			agentB1.stop(t) // SIGTERM: deregister, drain 1s, stop
+			time.Sleep(300 * time.Millisecond)
+			startAgent(t, ip(1), svc, b1, fast)
+			waitPassing(t, svc, 2)
+			l.served()
+			time.Sleep(time.Second)
+			got := l.served()
+			l.stop()
+			l.check(t, "rolling restart")
+			if got[svc+"-1"] == 0 || got[svc+"-2"] == 0 {
+				t.Errorf("after the restart traffic went to %v, want both instances", got)
+			}
+			t.Logf("%d requests, none failed", l.ok.Load())
+		})
+	}
 }
