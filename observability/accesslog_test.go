@@ -1,9 +1,12 @@
 package observability_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -15,7 +18,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 
+	"github.com/meshvm/mesh/agent/proxy"
+	"github.com/meshvm/mesh/agent/route"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/observability"
@@ -272,4 +278,58 @@ func TestAccessLogReopenOnSIGUSR1(t *testing.T) {
 	if n := strings.Count(string(current), `"path":"/after"`); n != 2 || strings.Contains(string(current), "/before") {
 		t.Errorf("new file has %d /after lines, want 2 and no /before:\n%s", n, current)
 	}
+}
+
+// TestUpgradeThroughInstrument relays an HTTP/1.1 upgrade (as WebSocket
+// does) through an instrumented inbound agent: the bytes flow both ways
+// after the 101, and the access log records a 101.
+func TestUpgradeThroughInstrument(t *testing.T) {
+	app := serve(t, "127.0.0.44", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			http.Error(w, "want upgrade", http.StatusBadRequest)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		_ = brw.Flush()
+		line, _ := brw.ReadString('\n')
+		_, _ = c.Write([]byte("echo " + line))
+	}))
+	out := &syncBuffer{}
+	obs, err := observability.NewObserver(defaultObs(), observability.Options{Service: "orders", Registry: observability.NewRegistry(), Stdout: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwd := proxy.NewForwarder(proxy.Options{})
+	defer fwd.CloseIdleConnections()
+	in := serve(t, "127.0.0.44", obs.Instrument(observability.Inbound, "orders", route.NewInbound(app, fwd, zerolog.Nop())))
+
+	c, err := net.Dial("tcp", in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	_, _ = io.WriteString(c, "hello\n")
+	if got, _ := br.ReadString('\n'); got != "echo hello\n" {
+		t.Fatalf("relayed %q, want %q", got, "echo hello\n")
+	}
+	c.Close()
+	meshtest.Eventually(t, 5*time.Second, func() error {
+		if !strings.Contains(out.String(), `"status":101`) {
+			return fmt.Errorf("no 101 line yet: %q", out.String())
+		}
+		return nil
+	})
+	_ = obs.Close(context.Background())
 }
