@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,6 +34,8 @@ type adsClient struct {
 	sent   bool
 	// acked is the last ACKed response per type.
 	acked map[string]*discovery.DiscoveryResponse
+	// close ends the stream and waits for its reader.
+	close func()
 }
 
 func agentNode(id, service string, appPort int) *corev3.Node {
@@ -42,25 +45,41 @@ func agentNode(id, service string, appPort int) *corev3.Node {
 
 func dialADS(t *testing.T, addr string, node *corev3.Node) *adsClient {
 	t.Helper()
+	return dialADSContext(t, context.Background(), addr, node)
+}
+
+// dialADSContext opens an ADS stream that ends with ctx, with close, or
+// when the test ends.
+func dialADSContext(t *testing.T, ctx context.Context, addr string, node *corev3.Node) *adsClient {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() { cancel(); conn.Close() })
+	ctx, cancel := context.WithCancel(ctx)
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
+		cancel()
+		conn.Close()
 		t.Fatal(err)
 	}
 	c := &adsClient{t: t, stream: stream, node: node, resps: make(chan *discovery.DiscoveryResponse, 100)}
+	done := make(chan struct{})
+	c.close = sync.OnceFunc(func() { cancel(); conn.Close(); <-done })
+	t.Cleanup(c.close)
 	go func() {
+		defer close(done)
+		defer close(c.resps)
 		for {
 			r, err := stream.Recv()
 			if err != nil {
-				close(c.resps)
 				return
 			}
-			c.resps <- r
+			select {
+			case c.resps <- r:
+			case <-ctx.Done():
+				return
+			}
 		}
 	}()
 	return c

@@ -41,13 +41,16 @@ type Server struct {
 	metrics  *metrics
 	defaults config.Policy
 	// cache serves clusters, listeners and routes from per-node
-	// snapshots; eds serves load assignments, which are the same for
-	// every node, from one shared collection: a change sends only the
-	// changed assignments (state of the world allows it for EDS),
-	// marshalled once for all clients. mux routes requests by type.
-	cache cache.SnapshotCache
-	eds   *cache.LinearCache
-	mux   *cache.MuxCache
+	// snapshots. Load assignments are the same for every node and come
+	// from one shared collection, so a change sends only the changed
+	// assignments (state of the world allows it for EDS), marshalled
+	// once for all clients: eds to state-of-the-world streams,
+	// deltaEDS (go-control-plane's LinearCache) to delta streams. mux
+	// routes requests by type.
+	cache    cache.SnapshotCache
+	eds      *endpointCache
+	deltaEDS *cache.LinearCache
+	mux      *cache.MuxCache
 
 	// mu guards the fields below and serialises snapshot changes, so the
 	// phases of one push never interleave with another.
@@ -107,17 +110,22 @@ func New(log zerolog.Logger, reg prometheus.Registerer, defaults config.Policy) 
 	// client (asking for one listener) never does. Push order is kept by
 	// setting snapshots type by type instead (see push).
 	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
-	s.eds = cache.NewLinearCache(resourcev3.EndpointType, cache.WithLogger(cacheLogger{log}))
-	classify := func(typeURL string) string {
-		if typeURL == resourcev3.EndpointType {
-			return "eds"
-		}
-		return "snapshots"
-	}
+	s.eds = newEndpointCache()
+	s.deltaEDS = cache.NewLinearCache(resourcev3.EndpointType, cache.WithLogger(cacheLogger{log}))
 	s.mux = &cache.MuxCache{
-		Classify:      func(r *cache.Request) string { return classify(r.GetTypeUrl()) },
-		ClassifyDelta: func(r *cache.DeltaRequest) string { return classify(r.GetTypeUrl()) },
-		Caches:        map[string]cache.Cache{"eds": s.eds, "snapshots": s.cache},
+		Classify: func(r *cache.Request) string {
+			if r.GetTypeUrl() == resourcev3.EndpointType {
+				return "eds"
+			}
+			return "snapshots"
+		},
+		ClassifyDelta: func(r *cache.DeltaRequest) string {
+			if r.GetTypeUrl() == resourcev3.EndpointType {
+				return "delta-eds"
+			}
+			return "snapshots"
+		},
+		Caches: map[string]cache.Cache{"eds": s.eds, "delta-eds": s.deltaEDS, "snapshots": s.cache},
 	}
 	return s
 }
@@ -199,8 +207,8 @@ func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 }
 
 // setEndpoints hands the load assignments that changed between prev and
-// next to the shared EDS cache, which pushes each to the clients
-// subscribed to it.
+// next to the shared EDS caches, which push each to the clients subscribed
+// to it.
 func (s *Server) setEndpoints(prev, next *Set) error {
 	if prev == nil {
 		prev = emptySet
@@ -220,7 +228,10 @@ func (s *Server) setEndpoints(prev, next *Set) error {
 	if len(changed) == 0 && len(gone) == 0 {
 		return nil
 	}
-	if err := s.eds.UpdateResources(changed, gone); err != nil {
+	if err := s.eds.update(next.Version, changed, next.versions, gone); err != nil {
+		return err
+	}
+	if err := s.deltaEDS.UpdateResources(changed, gone); err != nil {
 		return fmt.Errorf("set load assignments: %w", err)
 	}
 	return nil

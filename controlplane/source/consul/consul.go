@@ -37,6 +37,9 @@ type Options struct {
 // Source watches Consul.
 type Source struct {
 	client *api.Client
+	// transport holds the blocking queries' connections; closed idle on
+	// stop, so a stopped source leaves no connection goroutines behind.
+	transport *http.Transport
 	log    zerolog.Logger
 	opts   Options
 	status source.Tracker
@@ -73,7 +76,7 @@ func New(cfg config.Consul, log zerolog.Logger, opts Options) (*Source, error) {
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 15 * time.Second
 	}
-	return &Source{client: client, log: log, opts: opts}, nil
+	return &Source{client: client, transport: c.Transport, log: log, opts: opts}, nil
 }
 
 // Name implements source.Source.
@@ -93,7 +96,7 @@ type serviceUpdate struct {
 func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
+	defer func() { cancel(); wg.Wait(); s.transport.CloseIdleConnections() }()
 
 	names := make(chan map[string]bool)
 	updates := make(chan serviceUpdate)
