@@ -40,9 +40,9 @@ type Source struct {
 	// transport holds the blocking queries' connections; closed idle on
 	// stop, so a stopped source leaves no connection goroutines behind.
 	transport *http.Transport
-	log    zerolog.Logger
-	opts   Options
-	status source.Tracker
+	log       zerolog.Logger
+	opts      Options
+	status    source.Tracker
 }
 
 // New returns a source for the Consul agent cfg names; it contacts nothing.
