@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -132,7 +131,7 @@ func (r *reconciler) build(ctx context.Context, views []*model.View) {
 		}
 	}
 	m := model.Merge(vs, r.opts)
-	if prev := r.current.Load(); prev != nil && reflect.DeepEqual(prev, &m) {
+	if prev := r.current.Load(); prev != nil && prev.Equal(&m) {
 		return
 	}
 	mesh, err := r.translator.Translate(&m)

@@ -5,7 +5,10 @@
 package model
 
 import (
+	"maps"
 	"net/netip"
+	"reflect"
+	"slices"
 
 	"github.com/meshvm/mesh/config"
 )
@@ -166,4 +169,50 @@ type Node struct {
 	// InboundAddr and OutboundAddr are the agent's listeners (host:port).
 	InboundAddr  string `json:"inbound_addr,omitempty"`
 	OutboundAddr string `json:"outbound_addr,omitempty"`
+}
+
+// Equal reports whether two endpoints are the same, field by field (nil
+// and empty tags or maps are equal). It is the translator's and the
+// reconciler's change test, much cheaper than reflect.DeepEqual at 100,000
+// endpoints.
+func (e *Endpoint) Equal(o *Endpoint) bool {
+	return e.ID == o.ID && e.Node == o.Node && e.Address == o.Address && e.Port == o.Port &&
+		e.Locality == o.Locality && e.Health == o.Health && e.Weight == o.Weight && e.AppPort == o.AppPort &&
+		e.Metadata.Equal(&o.Metadata)
+}
+
+// Equal reports whether two metadata are the same.
+func (m *Metadata) Equal(o *Metadata) bool {
+	return m.Hostname == o.Hostname && m.Env == o.Env && m.Owner == o.Owner && m.Role == o.Role &&
+		m.Tenant == o.Tenant && m.Status == o.Status &&
+		slices.Equal(m.Tags, o.Tags) && slices.Equal(m.HostTags, o.HostTags) &&
+		maps.Equal(m.Meta, o.Meta) && maps.Equal(m.Labels, o.Labels)
+}
+
+// EqualEndpoints reports whether two endpoint lists are the same, in order.
+func EqualEndpoints(a, b []Endpoint) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(&b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// Equal reports whether two models are the same: services, their
+// policies and their endpoints.
+func (m *Model) Equal(o *Model) bool {
+	if len(m.Services) != len(o.Services) {
+		return false
+	}
+	for i := range m.Services {
+		a, b := &m.Services[i], &o.Services[i]
+		if a.Name != b.Name || !EqualEndpoints(a.Endpoints, b.Endpoints) || !reflect.DeepEqual(a.Policy, b.Policy) {
+			return false
+		}
+	}
+	return true
 }

@@ -196,7 +196,7 @@ func (t *Translator) entry(s *model.Service) (*entry, error) {
 		e.vhost = virtualHost(s, false)
 		e.apiRoute = &routev3.RouteConfiguration{Name: s.Name, VirtualHosts: []*routev3.VirtualHost{virtualHost(s, true)}}
 	}
-	if prev != nil && reflect.DeepEqual(prev.svc.Endpoints, s.Endpoints) {
+	if prev != nil && model.EqualEndpoints(prev.svc.Endpoints, s.Endpoints) {
 		e.cla = prev.cla
 	} else {
 		e.cla = LoadAssignment(s)
