@@ -58,6 +58,9 @@ func (c *Control) configDump(w http.ResponseWriter, r *http.Request) {
 	if id == "" {
 		d := dump{Ready: c.Ready(), Sources: map[string]source.Status{}, Nodes: c.xds.Nodes(), Model: c.Model()}
 		for _, s := range c.sources {
+			if !active(s) {
+				continue
+			}
 			d.Sources[s.Name()] = s.Status()
 		}
 		_ = enc.Encode(d)

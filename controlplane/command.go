@@ -4,8 +4,10 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
+	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/mesh/config"
@@ -34,21 +36,53 @@ func NewCommand() *cobra.Command {
 		Long: "Run the control plane: watch the Consul catalog, merge CMDB machine metadata,\n" +
 			"and serve Envoy v3 resources over ADS (state-of-the-world and delta) to mesh\n" +
 			"agents, Envoy and gRPC proxyless clients. The CMDB token comes from\n" +
-			"--cmdb-token-file or MESH_CMDB_TOKEN and is never logged.",
+			"--cmdb-token-file or MESH_CMDB_TOKEN and is never logged.\n\n" +
+			"SIGHUP (systemctl reload) re-reads the config file with the same flags and\n" +
+			"applies policies, control.debounce, log.level and the control.cmdb settings\n" +
+			"without dropping an xDS stream; control.xds_addr, control.admin_addr, the\n" +
+			"consul section and log.format need a restart. A file that does not load\n" +
+			"is reported and the running config stays.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			file, _ := cmd.Flags().GetString("config")
-			cfg, err := config.Load(config.Options{File: file, Flags: cmd.Flags(), FlagKeys: flagKeys, Role: config.RoleControl})
+			// A reload reads the same file with the same flags.
+			load := func() (*config.Config, error) {
+				return config.Load(config.Options{File: file, Flags: cmd.Flags(), FlagKeys: flagKeys, Role: config.RoleControl})
+			}
+			cfg, err := load()
 			if err != nil {
 				return err
 			}
-			log := observability.NewLogger(cfg.Log, os.Stderr)
+			// The logger passes everything; the global level filters, so
+			// a reload can change it.
+			log := observability.NewLogger(cfg.Log, os.Stderr).Level(zerolog.TraceLevel)
+			if level, err := zerolog.ParseLevel(cfg.Log.Level); err == nil {
+				zerolog.SetGlobalLevel(level)
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
 			c, err := New(*cfg, log, Options{})
 			if err != nil {
 				return err
 			}
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						_ = c.ReloadFrom(ctx, load)
+					}
+				}
+			}()
+			defer stop() // ends the reload loop before wg.Wait when Run fails
 			return c.Run(ctx)
 		},
 	}

@@ -13,10 +13,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -27,8 +27,9 @@ import (
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/controlplane/source/cmdbsource"
 	"github.com/meshvm/mesh/controlplane/source/consul"
-	"github.com/meshvm/mesh/controlplane/translate"
 	"github.com/meshvm/mesh/controlplane/xds"
+	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/sdnotify"
 )
 
 // Options are knobs for tests and embedding; zero values take defaults.
@@ -49,13 +50,22 @@ type Options struct {
 
 // Control is one control-plane process.
 type Control struct {
-	cfg     config.Config
 	log     zerolog.Logger
+	base    zerolog.Logger // for pollers a reload starts
 	opts    Options
 	reg     *prometheus.Registry
 	xds     *xds.Server
 	rec     *reconciler
+	cmdb    *cmdbSlot
 	sources []source.Source
+
+	// reloadMu serialises reloads; cfg (read with config()) is the
+	// config in force.
+	reloadMu sync.Mutex
+	cfgMu    sync.RWMutex
+	cfg      config.Config
+	// notified is set once systemd was told READY=1.
+	notified atomic.Bool
 }
 
 // New builds the control plane from cfg; it starts nothing.
@@ -66,9 +76,13 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 	if opts.ShutdownTimeout <= 0 {
 		opts.ShutdownTimeout = 5 * time.Second
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "mesh"}))
-
+	c := &Control{
+		cfg:  cfg,
+		log:  log.With().Str("component", "control").Logger(),
+		base: log,
+		opts: opts,
+		reg:  observability.NewRegistry(),
+	}
 	registry := opts.Registry
 	if registry == nil {
 		cs, err := consul.New(cfg.Consul, log.With().Str("component", "consul").Logger(), opts.Consul)
@@ -77,56 +91,71 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 		}
 		registry = cs
 	}
-	inputs := []input{{src: registry, required: true}}
+	var poller *cmdbsource.Source
 	if cfg.Control.CMDB.URL != "" {
-		f, err := cmdb.New(cfg.Control.CMDB, opts.HTTPClient)
+		p, err := c.newCMDB(cfg.Control.CMDB)
 		if err != nil {
-			return nil, fmt.Errorf("cmdb: %w", err)
+			return nil, err
 		}
-		p := cmdb.NewPoller(f, cfg.Control.CMDB.Interval, log)
-		inputs = append(inputs, input{src: cmdbsource.New(p)})
+		poller = p
 	}
-	sources := make([]source.Source, len(inputs))
-	for i, in := range inputs {
-		sources[i] = in.src
+	c.cmdb = newCMDBSlot(log.With().Str("component", "cmdb").Logger(), poller)
+	inputs := []input{{src: registry, required: true}, {src: c.cmdb}}
+	c.sources = []source.Source{registry, c.cmdb}
+	c.xds = xds.New(log.With().Str("component", "xds").Logger(), c.reg, cfg.Policies.Default)
+	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, settingsOf(cfg),
+		opts.FirstWait, c.xds, newMetrics(c.reg, c.sources))
+	return c, nil
+}
+
+// newCMDB builds a CMDB poller for cfg; it starts nothing.
+func (c *Control) newCMDB(cfg config.CMDB) (*cmdbsource.Source, error) {
+	f, err := cmdb.New(cfg, c.opts.HTTPClient)
+	if err != nil {
+		return nil, fmt.Errorf("cmdb: %w", err)
 	}
-	xs := xds.New(log.With().Str("component", "xds").Logger(), reg, cfg.Policies.Default)
-	c := &Control{
-		cfg:     cfg,
-		log:     log.With().Str("component", "control").Logger(),
-		opts:    opts,
-		reg:     reg,
-		xds:     xs,
-		sources: sources,
-		rec: &reconciler{
-			log:       log.With().Str("component", "reconcile").Logger(),
-			inputs:    inputs,
-			debounce:  cfg.Control.Debounce,
-			firstWait: opts.FirstWait,
-			opts: model.MergeOptions{
-				DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
-				Policies:         cfg.Policies,
-			},
-			xds:        xs,
-			translator: translate.NewTranslator(),
+	return cmdbsource.New(cmdb.NewPoller(f, cfg.Interval, c.base)), nil
+}
+
+// settingsOf returns the reconciler's settings in cfg.
+func settingsOf(cfg config.Config) settings {
+	return settings{
+		debounce: cfg.Control.Debounce,
+		merge: model.MergeOptions{
+			DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
+			Policies:         cfg.Policies,
 		},
 	}
-	c.rec.metrics = newMetrics(reg, sources)
-	return c, nil
+}
+
+func (c *Control) config() config.Config {
+	c.cfgMu.RLock()
+	defer c.cfgMu.RUnlock()
+	return c.cfg
+}
+
+func (c *Control) setConfig(cfg config.Config) {
+	c.cfgMu.Lock()
+	c.cfg = cfg
+	c.cfgMu.Unlock()
 }
 
 // Run serves xDS and the admin endpoints and reconciles until ctx is
 // done, then stops gracefully: xDS streams end, in-flight admin requests
-// finish, both bounded by the shutdown timeout.
+// finish, both bounded by the shutdown timeout. Under systemd
+// (NOTIFY_SOCKET) it sends READY=1 once both listeners are up and the
+// first model is served (what /ready reports), STATUS lines, STOPPING=1
+// when ctx is done, and watchdog pings (WatchdogSec) until it returns.
 func (c *Control) Run(ctx context.Context) error {
-	xl, err := net.Listen("tcp", c.cfg.Control.XDSAddr)
+	cfg := c.config()
+	xl, err := net.Listen("tcp", cfg.Control.XDSAddr)
 	if err != nil {
-		return fmt.Errorf("listen xds on %s: %w", c.cfg.Control.XDSAddr, err)
+		return fmt.Errorf("listen xds on %s: %w", cfg.Control.XDSAddr, err)
 	}
-	al, err := net.Listen("tcp", c.cfg.Control.AdminAddr)
+	al, err := net.Listen("tcp", cfg.Control.AdminAddr)
 	if err != nil {
 		xl.Close()
-		return fmt.Errorf("listen admin on %s: %w", c.cfg.Control.AdminAddr, err)
+		return fmt.Errorf("listen admin on %s: %w", cfg.Control.AdminAddr, err)
 	}
 	streams, endStreams := context.WithCancel(context.Background())
 	defer endStreams()
@@ -138,11 +167,22 @@ func (c *Control) Run(ctx context.Context) error {
 	c.xds.Register(streams, g)
 	admin := &http.Server{Handler: c.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 
+	// The watchdog keeps pinging through the graceful stop.
+	wdCtx, stopWatchdog := context.WithCancel(context.WithoutCancel(ctx))
+	wdDone := make(chan struct{})
+	go func() {
+		defer close(wdDone)
+		if err := sdnotify.Watchdog(wdCtx); err != nil {
+			c.log.Warn().Err(err).Msg("systemd watchdog pings failed")
+		}
+	}()
+	defer func() { stopWatchdog(); <-wdDone }()
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		if err := g.Serve(xl); err != nil {
@@ -161,10 +201,17 @@ func (c *Control) Run(ctx context.Context) error {
 		defer wg.Done()
 		_ = c.rec.Run(ctx)
 	}()
+	go func() {
+		defer wg.Done()
+		c.notifyReady(ctx)
+	}()
 	c.log.Info().Str("xds_addr", xl.Addr().String()).Str("admin_addr", al.Addr().String()).Msg("control plane serving")
+	_ = sdnotify.Status("listening; waiting for the first view of " + c.sources[0].Name())
 
 	<-ctx.Done()
 	c.log.Info().Msg("stopping")
+	_ = sdnotify.Stopping()
+	_ = sdnotify.Status("stopping: closing xDS streams")
 	endStreams()
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
@@ -182,6 +229,28 @@ func (c *Control) Run(ctx context.Context) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// notifyReady tells systemd READY=1 once the first model is served (the
+// listeners are up before Run starts it), or returns when ctx is done.
+func (c *Control) notifyReady(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for !c.Ready() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	services := 0
+	if m := c.Model(); m != nil {
+		services, _ = m.Counts()
+	}
+	c.log.Info().Int("services", services).Msg("ready: listeners up, first model served")
+	_ = sdnotify.Status(fmt.Sprintf("ready: serving %d services", services))
+	_ = sdnotify.Ready()
+	c.notified.Store(true)
 }
 
 // Ready reports whether the first model is being served.

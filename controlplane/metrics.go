@@ -13,6 +13,7 @@ type metrics struct {
 	endpoints  *prometheus.GaugeVec
 	buildTime  prometheus.Histogram
 	buildFails prometheus.Counter
+	reloads    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, sources []source.Source) *metrics {
@@ -34,8 +35,15 @@ func newMetrics(reg prometheus.Registerer, sources []source.Source) *metrics {
 			Namespace: "mesh", Subsystem: "control", Name: "snapshot_build_failures_total",
 			Help: "Model changes whose translation or validation failed (the previous snapshots kept serving).",
 		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mesh", Name: "config_reloads_total",
+			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.services, m.endpoints, m.buildTime, m.buildFails, sourceCollector(sources))
+	// Both results exist from the start, so increase() sees the first error.
+	m.reloads.WithLabelValues("ok")
+	m.reloads.WithLabelValues("error")
+	reg.MustRegister(m.services, m.endpoints, m.buildTime, m.buildFails, m.reloads, sourceCollector(sources))
 	return m
 }
 
@@ -46,8 +54,18 @@ var (
 		"Unix time of a source's last successful read (0: never).", []string{"source"}, nil)
 )
 
-// sourceCollector reads each source's Status when scraped.
+// sourceCollector reads each source's Status when scraped, leaving out
+// sources that are switched off (the CMDB without a URL).
 type sourceCollector []source.Source
+
+// switchable is a source that configuration can switch off.
+type switchable interface{ enabled() bool }
+
+// active reports whether s is configured.
+func active(s source.Source) bool {
+	sw, ok := s.(switchable)
+	return !ok || sw.enabled()
+}
 
 func (c sourceCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- sourceErrorsDesc
@@ -56,6 +74,9 @@ func (c sourceCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c sourceCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c {
+		if !active(s) {
+			continue
+		}
 		st := s.Status()
 		ch <- prometheus.MustNewConstMetric(sourceErrorsDesc, prometheus.CounterValue, float64(st.Errors), s.Name())
 		var ts float64

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,8 +35,76 @@ type reconciler struct {
 	metrics   *metrics
 	// translator is used by the Run goroutine only.
 	translator *translate.Translator
+	// reconf carries reloads to the Run goroutine; done is closed when
+	// Run returns.
+	reconf chan reconfig
+	done   chan struct{}
 
 	current atomic.Pointer[model.Model]
+}
+
+// settings are the reconciler's knobs a reload can change.
+type settings struct {
+	debounce time.Duration
+	merge    model.MergeOptions
+}
+
+// reconfig asks the Run goroutine to apply settings; it answers on result.
+type reconfig struct {
+	settings
+	result chan error
+}
+
+func newReconciler(log zerolog.Logger, inputs []input, s settings, firstWait time.Duration, xs *xds.Server, m *metrics) *reconciler {
+	return &reconciler{
+		log:        log,
+		inputs:     inputs,
+		debounce:   s.debounce,
+		firstWait:  firstWait,
+		opts:       s.merge,
+		xds:        xs,
+		metrics:    m,
+		translator: translate.NewTranslator(),
+		reconf:     make(chan reconfig),
+		done:       make(chan struct{}),
+	}
+}
+
+// errNotRunning is reconfigure's answer once Run has returned.
+var errNotRunning = errors.New("the control plane is not running")
+
+// reconfigure applies s in the Run goroutine, rebuilding the model at once
+// when one can be built; on error the previous settings stay. It waits for
+// Run to start, and fails once Run has returned.
+func (r *reconciler) reconfigure(ctx context.Context, s settings) error {
+	rc := reconfig{settings: s, result: make(chan error, 1)}
+	select {
+	case r.reconf <- rc:
+	case <-r.done:
+		return errNotRunning
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-rc.result
+}
+
+// apply installs s and rebuilds from views (when they can build a model)
+// even if the merged model is unchanged: the xDS server's default policy
+// may have changed. On failure the previous settings are put back and
+// nothing was pushed.
+func (r *reconciler) apply(ctx context.Context, s settings, views []*model.View, canBuild bool) error {
+	prev := settings{debounce: r.debounce, merge: r.opts}
+	r.debounce, r.opts = s.debounce, s.merge
+	r.xds.SetDefaults(s.merge.Policies.Default)
+	if !canBuild {
+		return nil
+	}
+	if err := r.build(ctx, views, true); err != nil {
+		r.debounce, r.opts = prev.debounce, prev.merge
+		r.xds.SetDefaults(prev.merge.Policies.Default)
+		return err
+	}
+	return nil
 }
 
 type update struct {
@@ -45,6 +114,7 @@ type update struct {
 
 // Run runs the sources and reconciles until ctx is done.
 func (r *reconciler) Run(ctx context.Context) error {
+	defer close(r.done)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
@@ -86,6 +156,14 @@ func (r *reconciler) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case rc := <-r.reconf:
+			can := r.canBuild(views, graceOver)
+			err := r.apply(ctx, rc.settings, views, can)
+			if can && err == nil {
+				pending = false // built from the latest views
+			}
+			rc.result <- err
+			continue
 		case u := <-updates:
 			v := u.view
 			views[u.i] = &v
@@ -102,7 +180,9 @@ func (r *reconciler) Run(ctx context.Context) error {
 		}
 		if pending && r.canBuild(views, graceOver) {
 			pending = false
-			r.build(ctx, views)
+			if err := r.build(ctx, views, false); err != nil {
+				r.log.Error().Err(err).Msg("new model refused, previous snapshots keep serving")
+			}
 		}
 	}
 }
@@ -120,9 +200,11 @@ func (r *reconciler) canBuild(views []*model.View, graceOver bool) bool {
 	return all || graceOver
 }
 
-// build merges, translates and sets the snapshots; an unchanged model
-// costs only the merge and comparison.
-func (r *reconciler) build(ctx context.Context, views []*model.View) {
+// build merges, translates and sets the snapshots; unless force is set,
+// an unchanged model costs only the merge and comparison. A model that
+// does not translate is counted and returned as an error; the previous
+// snapshots keep serving.
+func (r *reconciler) build(ctx context.Context, views []*model.View, force bool) error {
 	start := time.Now()
 	vs := make([]model.View, 0, len(views))
 	for _, v := range views {
@@ -131,8 +213,8 @@ func (r *reconciler) build(ctx context.Context, views []*model.View) {
 		}
 	}
 	m := model.Merge(vs, r.opts)
-	if prev := r.current.Load(); prev != nil && prev.Equal(&m) {
-		return
+	if prev := r.current.Load(); !force && prev != nil && prev.Equal(&m) {
+		return nil
 	}
 	mesh, err := r.translator.Translate(&m)
 	if err == nil {
@@ -140,8 +222,7 @@ func (r *reconciler) build(ctx context.Context, views []*model.View) {
 	}
 	if err != nil {
 		r.metrics.buildFails.Inc()
-		r.log.Error().Err(err).Msg("new model refused, previous snapshots keep serving")
-		return
+		return err
 	}
 	r.current.Store(&m)
 	services, _ := m.Counts()
@@ -158,4 +239,5 @@ func (r *reconciler) build(ctx context.Context, views []*model.View) {
 	took := time.Since(start)
 	r.metrics.buildTime.Observe(took.Seconds())
 	r.log.Debug().Int("services", services).Dur("took", took).Msg("snapshots updated")
+	return nil
 }
