@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"strings"
 
@@ -76,7 +77,7 @@ func (c *Control) Reload(ctx context.Context, next config.Config) (needRestart [
 		}
 	}
 	if err := c.rec.reconfigure(ctx, settingsOf(next)); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("apply the new config: %w", err)
 	}
 	if swapCMDB {
 		c.cmdb.swap(poller)
