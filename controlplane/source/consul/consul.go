@@ -1,7 +1,11 @@
-// Package consul is the control plane's Consul source: blocking queries on
-// the catalog's service list and on each service's health, turned into
-// model instances. A failed query is retried forever with backoff while
-// the last good view stays in force.
+// Package consul is the control plane's Consul source. It holds a small,
+// fixed number of connections to Consul whatever the catalog's size: three
+// blocking queries signal changes (catalog/services for registrations,
+// health/state/any for checks, catalog/nodes for node addresses), and a
+// bounded pool of workers fetches /v1/health/service/<name> for the
+// services those changes name (see state for how they are found). A failed
+// query is retried forever with backoff while the last good view stays in
+// force.
 package consul
 
 import (
@@ -9,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -26,19 +29,38 @@ import (
 // Name is the source's name in logs and metrics.
 const Name = "consul"
 
+// watches is the number of blocking queries the source holds open.
+const watches = 3
+
 // Options tune the source; zero values take defaults.
 type Options struct {
 	// Wait is the blocking queries' wait time (default 60s).
 	Wait time.Duration
 	// MinBackoff and MaxBackoff bound the retry wait (100ms, 15s).
 	MinBackoff, MaxBackoff time.Duration
+	// Workers is how many services are fetched at once (default 8). The
+	// source opens at most Workers+3 connections to Consul.
+	Workers int
+	// MinInterval is the least time between two fetch rounds, and between
+	// two queries of one watch (default 100ms).
+	MinInterval time.Duration
+	// Resync is how often every service's index is checked anyway
+	// (default 5m): a safety net for changes no watch attributed.
+	Resync time.Duration
+	// Stale lets any Consul server answer (?stale), spreading the load
+	// off the leader at the cost of reads that may lag by a little.
+	Stale bool
 }
+
+// grace is how long a registration change waits for the checks list
+// before every service is checked instead.
+const grace = 5 * time.Second
 
 // Source watches Consul.
 type Source struct {
 	client *api.Client
-	// transport holds the blocking queries' connections; closed idle on
-	// stop, so a stopped source leaves no connection goroutines behind.
+	// transport holds the connections; closed idle on stop, so a stopped
+	// source leaves no connection goroutines behind.
 	transport *http.Transport
 	log       zerolog.Logger
 	opts      Options
@@ -47,6 +69,24 @@ type Source struct {
 
 // New returns a source for the Consul agent cfg names; it contacts nothing.
 func New(cfg config.Consul, log zerolog.Logger, opts Options) (*Source, error) {
+	if opts.Wait <= 0 {
+		opts.Wait = time.Minute
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 15 * time.Second
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 8
+	}
+	if opts.MinInterval <= 0 {
+		opts.MinInterval = 100 * time.Millisecond
+	}
+	if opts.Resync <= 0 {
+		opts.Resync = 5 * time.Minute
+	}
 	c := api.DefaultConfig()
 	addr := cfg.Addr
 	switch {
@@ -60,21 +100,14 @@ func New(cfg config.Consul, log zerolog.Logger, opts Options) (*Source, error) {
 	}
 	c.Token = cfg.Token
 	c.Datacenter = cfg.Datacenter
-	// Blocking queries hold a connection each: one per service.
-	c.Transport.MaxIdleConnsPerHost = 1024
+	// A hard bound: Consul refuses a client more than
+	// limits.http_max_conns_per_client (200) connections.
+	c.Transport.MaxConnsPerHost = opts.Workers + watches
+	c.Transport.MaxIdleConnsPerHost = opts.Workers + watches
 	c.HttpClient = &http.Client{Transport: c.Transport}
 	client, err := api.NewClient(c)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", cfg.Addr, err)
-	}
-	if opts.Wait <= 0 {
-		opts.Wait = time.Minute
-	}
-	if opts.MinBackoff <= 0 {
-		opts.MinBackoff = 100 * time.Millisecond
-	}
-	if opts.MaxBackoff <= 0 {
-		opts.MaxBackoff = 15 * time.Second
 	}
 	return &Source{client: client, transport: c.Transport, log: log, opts: opts}, nil
 }
@@ -85,184 +118,242 @@ func (s *Source) Name() string { return Name }
 // Status implements source.Source.
 func (s *Source) Status() source.Status { return s.status.Status() }
 
-type serviceUpdate struct {
-	name      string
-	instances []model.Instance
-}
-
 // Run implements source.Source. The first view is sent once every service
-// in the catalog has answered its first health query; later views follow
-// each change.
+// in the catalog has been fetched; later views follow each change, and an
+// unchanged catalog sends nothing.
 func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait(); s.transport.CloseIdleConnections() }()
 
-	names := make(chan map[string]bool)
-	updates := make(chan serviceUpdate)
-	wg.Add(1)
-	go func() { defer wg.Done(); s.watchCatalog(ctx, names) }()
+	wake := make(chan struct{}, 1)
+	var services latest[map[string][]string]
+	var checks latest[api.HealthChecks]
+	var nodes latest[[]*api.Node]
+	wg.Add(watches)
+	go func() {
+		defer wg.Done()
+		watch(ctx, s, "catalog services", s.client.Catalog().Services, &services, wake)
+	}()
+	go func() {
+		defer wg.Done()
+		watch(ctx, s, "checks", func(q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error) {
+			return s.client.Health().State(api.HealthAny, q)
+		}, &checks, wake)
+	}()
+	go func() {
+		defer wg.Done()
+		watch(ctx, s, "catalog nodes", s.client.Catalog().Nodes, &nodes, wake)
+	}()
 
-	watchers := map[string]context.CancelFunc{}
-	state := map[string][]model.Instance{}
-	synced, dirty := false, false
+	st := newState()
+	b := source.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff}
+	var next time.Time
+	resyncAt := time.Now().Add(s.opts.Resync)
+	sent, changed, failing := false, false, false
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case set := <-names:
-			for name, stop := range watchers {
-				if !set[name] {
-					stop()
-					delete(watchers, name)
-					if _, ok := state[name]; ok {
-						delete(state, name)
-						dirty = true
-					}
-				}
-			}
-			for name := range set {
-				if _, ok := watchers[name]; !ok {
-					wctx, stop := context.WithCancel(ctx)
-					watchers[name] = stop
-					wg.Add(1)
-					go func() { defer wg.Done(); s.watchService(wctx, name, updates) }()
-				}
-			}
-			if !synced {
-				dirty = true
-			}
-		case u := <-updates:
-			if _, live := watchers[u.name]; !live {
-				continue
-			}
-			state[u.name] = u.instances
-			dirty = true
+		now := time.Now()
+		if r, ok := services.take(); ok {
+			changed = st.applyServices(r, now) || changed
 		}
-		if !dirty {
-			continue
+		if r, ok := checks.take(); ok {
+			st.applyChecks(r, now)
 		}
-		if !synced {
-			if len(state) < len(watchers) {
-				continue
-			}
-			synced = true
+		if r, ok := nodes.take(); ok {
+			st.applyNodes(r, now)
 		}
-		dirty = false
-		select {
-		case out <- view(state):
-		case <-ctx.Done():
-			return nil
+		deadline := st.explain(now, grace)
+		if sent && !now.Before(resyncAt) {
+			st.sweep, resyncAt = true, now.Add(s.opts.Resync)
 		}
-	}
-}
-
-func view(state map[string][]model.Instance) model.View {
-	n := 0
-	for _, in := range state {
-		n += len(in)
-	}
-	v := model.View{Instances: make([]model.Instance, 0, n)}
-	for _, in := range state {
-		v.Instances = append(v.Instances, in...)
-	}
-	return v
-}
-
-// watchCatalog sends the set of service names each time it changes.
-func (s *Source) watchCatalog(ctx context.Context, out chan<- map[string]bool) {
-	b := source.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff}
-	var index uint64
-	var last map[string]bool
-	failing := false
-	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: s.opts.Wait}).WithContext(ctx)
-		services, meta, err := s.client.Catalog().Services(q)
-		if err != nil {
+		work := st.ready() && (len(st.dirty) > 0 || st.sweep || st.needsProbe())
+		ran := false
+		if work && !now.Before(next) {
+			next, ran = now.Add(s.opts.MinInterval), true
+			c, err := s.round(ctx, st)
 			if ctx.Err() != nil {
-				return
+				return nil
 			}
-			s.failed(&failing, fmt.Errorf("list catalog services: %w", err))
-			source.Sleep(ctx, b.Next())
-			continue
-		}
-		s.succeeded(&failing)
-		b.Reset()
-		index = nextIndex(index, meta.LastIndex)
-		set := make(map[string]bool, len(services))
-		for name := range services {
-			if name != "consul" {
-				set[name] = true
+			changed = changed || c
+			if err != nil {
+				s.failed(&failing, err)
+				next = time.Now().Add(b.Next())
+			} else {
+				s.succeeded(&failing, "fetch")
+				b.Reset()
 			}
 		}
-		if last != nil && reflect.DeepEqual(set, last) {
+		if st.ready() && (sent || st.complete()) && (changed || !sent) {
+			select {
+			case out <- st.view():
+				sent, changed = true, false
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		if ran {
 			continue
 		}
-		last = set
+		wait := time.Until(resyncAt)
+		if work {
+			wait = min(wait, time.Until(next))
+		}
+		if !deadline.IsZero() {
+			wait = min(wait, time.Until(deadline))
+		}
+		t := time.NewTimer(max(wait, 0))
 		select {
-		case out <- set:
 		case <-ctx.Done():
-			return
+			t.Stop()
+			return nil
+		case <-wake:
+		case <-t.C:
 		}
+		t.Stop()
 	}
 }
 
-// watchService sends a service's instances each time they change.
-func (s *Source) watchService(ctx context.Context, name string, out chan<- serviceUpdate) {
-	b := source.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff}
-	var index uint64
-	var last []model.Instance
-	first, failing := true, false
-	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: s.opts.Wait}).WithContext(ctx)
-		entries, meta, err := s.client.Health().Service(name, "", false, q)
+// round does the work st asks for: the checks-index probe, a sweep, then
+// the fetch of every dirty service, Workers at a time. What succeeded is
+// kept even when something failed; the failures stay dirty.
+func (s *Source) round(ctx context.Context, st *state) (changed bool, err error) {
+	if st.needsProbe() {
+		idx, err := s.checksIndex(ctx)
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
-				return
+			return false, err
+		}
+		st.probe, st.probeAt = idx, time.Now()
+		st.explain(time.Now(), grace)
+	}
+	if st.sweep {
+		names := make([]string, 0, len(st.services))
+		for name := range st.services {
+			names = append(names, name)
+		}
+		idx := make([]uint64, len(names))
+		errs := s.each(ctx, names, func(ctx context.Context, i int) (err error) {
+			idx[i], err = s.serviceIndex(ctx, names[i])
+			return err
+		})
+		failed := false
+		for i, name := range names {
+			if errs[i] != nil {
+				failed = true
+				err = cmpErr(err, errs[i])
+				continue
 			}
-			s.failed(&failing, fmt.Errorf("health of service %s: %w", name, err))
-			source.Sleep(ctx, b.Next())
-			continue
+			if f := st.known[name]; f == nil || f.index != idx[i] {
+				st.dirty[name] = true
+			}
 		}
-		s.succeeded(&failing)
-		b.Reset()
-		index = nextIndex(index, meta.LastIndex)
-		inst := Instances(entries)
-		if !first && reflect.DeepEqual(inst, last) {
-			continue
-		}
-		first, last = false, inst
-		select {
-		case out <- serviceUpdate{name: name, instances: inst}:
-		case <-ctx.Done():
-			return
+		st.sweep = failed
+	}
+	names := make([]string, 0, len(st.dirty))
+	for name := range st.dirty {
+		if _, listed := st.services[name]; listed {
+			names = append(names, name)
+		} else {
+			delete(st.dirty, name) // the catalog's answer that lists it will mark it again
 		}
 	}
+	slices.Sort(names)
+	entries := make([][]*api.ServiceEntry, len(names))
+	idx := make([]uint64, len(names))
+	errs := s.each(ctx, names, func(ctx context.Context, i int) (err error) {
+		entries[i], idx[i], err = s.fetch(ctx, names[i])
+		return err
+	})
+	for i, name := range names {
+		if errs[i] != nil {
+			err = cmpErr(err, errs[i])
+			continue
+		}
+		delete(st.dirty, name)
+		if st.store(name, idx[i], Instances(entries[i])) {
+			changed = true
+		}
+	}
+	return changed, err
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+// each runs fn for every index of names on at most Workers goroutines
+// and returns each call's error.
+func (s *Source) each(ctx context.Context, names []string, fn func(ctx context.Context, i int) error) []error {
+	errs := make([]error, len(names))
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range min(s.opts.Workers, len(names)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				errs[i] = fn(qctx, i)
+				cancel()
+			}
+		}()
+	}
+	for i := range names {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	return errs
+}
+
+// fetch reads one service's instances and its per-service index.
+func (s *Source) fetch(ctx context.Context, name string) ([]*api.ServiceEntry, uint64, error) {
+	entries, meta, err := s.client.Health().Service(name, "", false, s.queryOptions(ctx, 0, 0))
+	if err != nil {
+		return nil, 0, fmt.Errorf("health of service %s: %w", name, err)
+	}
+	return entries, meta.LastIndex, nil
+}
+
+// serviceIndex reads a service's index (the one health/service answers
+// with) without its data: the filter matches nothing (IDs are never empty).
+func (s *Source) serviceIndex(ctx context.Context, name string) (uint64, error) {
+	q := s.queryOptions(ctx, 0, 0)
+	q.Filter = `ServiceID == ""`
+	_, meta, err := s.client.Catalog().Service(name, "", q)
+	if err != nil {
+		return 0, fmt.Errorf("index of service %s: %w", name, err)
+	}
+	return meta.LastIndex, nil
+}
+
+// checksIndex reads the checks table's index without its data.
+func (s *Source) checksIndex(ctx context.Context) (uint64, error) {
+	q := s.queryOptions(ctx, 0, 0)
+	q.Filter = `CheckID == ""`
+	_, meta, err := s.client.Health().State(api.HealthAny, q)
+	if err != nil {
+		return 0, fmt.Errorf("index of the checks: %w", err)
+	}
+	return meta.LastIndex, nil
 }
 
 func (s *Source) failed(failing *bool, err error) {
 	s.status.Failed(err)
-	if !*failing {
+	if !*failing && !errors.Is(err, context.Canceled) {
 		s.log.Warn().Err(err).Msg("consul query failed, keeping the last good view and retrying")
 	}
 	*failing = true
 }
 
-func (s *Source) succeeded(failing *bool) {
+func (s *Source) succeeded(failing *bool, what string) {
 	s.status.Succeeded()
 	if *failing {
-		s.log.Info().Msg("consul query recovered")
+		s.log.Info().Str("query", what).Msg("consul query recovered")
 	}
 	*failing = false
-}
-
-// nextIndex follows Consul's advice on blocking-query indexes: start over
-// when the index goes backwards, never wait on 0.
-func nextIndex(prev, last uint64) uint64 {
-	if last < prev || last == 0 {
-		return 1
-	}
-	return last
 }
 
 // Instances converts health entries into instances, sorted by ID. The

@@ -1,0 +1,320 @@
+package consul_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/rs/zerolog"
+
+	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/controlplane/model"
+	"github.com/meshvm/mesh/controlplane/source/consul"
+	"github.com/meshvm/mesh/meshtest"
+)
+
+var testConsul *meshtest.Consul
+
+func TestMain(m *testing.M) {
+	c, err := meshtest.StartConsul()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start consul:", err)
+		os.Exit(1)
+	}
+	testConsul = c
+	code := m.Run()
+	c.Stop()
+	os.Exit(code)
+}
+
+// run is a running source and the views it sent.
+type run struct {
+	src   *consul.Source
+	views chan model.View
+	stop  func()
+}
+
+// start runs a source against addr until the test ends.
+func start(t testing.TB, addr string, opts consul.Options) *run {
+	t.Helper()
+	if opts.Wait == 0 {
+		opts.Wait = 5 * time.Second
+	}
+	if opts.MinBackoff == 0 {
+		opts.MinBackoff, opts.MaxBackoff = 20*time.Millisecond, 200*time.Millisecond
+	}
+	src, err := consul.New(config.Consul{Addr: addr}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &run{src: src, views: make(chan model.View, 1000)}
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, r.views) }()
+	var once sync.Once
+	r.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("source did not stop in 10s")
+			}
+		})
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// byService indexes a view's instances by service.
+func byService(v model.View) map[string][]model.Instance {
+	m := map[string][]model.Instance{}
+	for _, in := range v.Instances {
+		m[in.Service] = append(m[in.Service], in)
+	}
+	return m
+}
+
+// await returns the first view (in at most timeout) that cond accepts.
+func (r *run) await(t testing.TB, timeout time.Duration, cond func(map[string][]model.Instance) error) map[string][]model.Instance {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	err := fmt.Errorf("no view")
+	for {
+		select {
+		case v := <-r.views:
+			m := byService(v)
+			if err = cond(m); err == nil {
+				return m
+			}
+		case <-deadline.C:
+			t.Fatalf("no view as expected in %s: %v", timeout, err)
+			return nil
+		}
+	}
+}
+
+// quiet fails if a view arrives within d.
+func (r *run) quiet(t testing.TB, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case v := <-r.views:
+		t.Fatalf("%s: got a view (%d instances), want none", why, len(v.Instances))
+	case <-time.After(d):
+	}
+}
+
+func find(m map[string][]model.Instance, service, id string) *model.Instance {
+	for i := range m[service] {
+		if m[service][i].ID == id {
+			return &m[service][i]
+		}
+	}
+	return nil
+}
+
+func txn(t testing.TB, ops api.TxnOps) {
+	t.Helper()
+	for len(ops) > 0 {
+		n := min(len(ops), 64) // Consul's limit per transaction
+		ok, resp, _, err := testConsul.Client.Txn().Txn(ops[:n], nil)
+		if err != nil {
+			t.Fatalf("txn: %v", err)
+		}
+		if !ok {
+			t.Fatalf("txn failed: %+v", resp.Errors[0])
+		}
+		ops = ops[n:]
+	}
+}
+
+// catalog registers services x instances (one per node, nodes nodes,
+// each instance with one passing check) with the transaction API, and
+// removes the nodes when the test ends.
+type catalog struct {
+	prefix               string
+	services, per, nodes int
+}
+
+func (c catalog) node(i int) string       { return fmt.Sprintf("%s-vm-%d", c.prefix, i) }
+func (c catalog) service(s int) string    { return fmt.Sprintf("%s-svc-%05d", c.prefix, s) }
+func (c catalog) id(s, i int) string      { return fmt.Sprintf("%s-%d", c.service(s), i) }
+func (c catalog) checkID(s, i int) string { return "check-" + c.id(s, i) }
+
+func (c catalog) check(s, i int, status string) api.HealthCheck {
+	return api.HealthCheck{Node: c.node(i % c.nodes), CheckID: c.checkID(s, i), Name: "app", ServiceID: c.id(s, i), ServiceName: c.service(s), Status: status}
+}
+
+func (c catalog) register(t testing.TB) {
+	t.Helper()
+	var ops api.TxnOps
+	for i := 0; i < c.nodes; i++ {
+		ops = append(ops, &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: c.node(i), Address: "127.0.0.1"}}})
+	}
+	for s := 0; s < c.services; s++ {
+		for i := 0; i < c.per; i++ {
+			ops = append(ops,
+				&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: c.node(i % c.nodes), Service: api.AgentService{
+					ID: c.id(s, i), Service: c.service(s), Address: fmt.Sprintf("10.%d.%d.%d", s/250, s%250, i+1), Port: 15006,
+					Meta: map[string]string{"app_port": "8080", "mesh_zone": fmt.Sprintf("z%d", i%2)},
+				}}},
+				&api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(s, i, api.HealthPassing)}})
+		}
+	}
+	txn(t, ops)
+	t.Cleanup(func() {
+		for i := 0; i < c.nodes; i++ {
+			_, _ = testConsul.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: c.node(i)}, nil)
+		}
+	})
+}
+
+func (c catalog) setCheck(t testing.TB, s, i int, status string) {
+	t.Helper()
+	txn(t, api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(s, i, status)}}})
+}
+
+// connRelay is a TCP relay to Consul that counts the connections open
+// through it at once, and can be cut and restored.
+type connRelay struct {
+	addr, target string
+	mu           sync.Mutex
+	l            net.Listener
+	conns        map[net.Conn]bool
+	open, peak   int
+	wg           sync.WaitGroup
+}
+
+func newConnRelay(t testing.TB, target string) *connRelay {
+	t.Helper()
+	r := &connRelay{addr: "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")), target: target, conns: map[net.Conn]bool{}}
+	r.up(t)
+	t.Cleanup(r.down)
+	return r
+}
+
+func (r *connRelay) up(t testing.TB) {
+	t.Helper()
+	l, err := net.Listen("tcp", r.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.l = l
+	r.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", r.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			r.mu.Lock()
+			r.conns[c], r.conns[up] = true, true
+			r.open++
+			r.peak = max(r.peak, r.open)
+			r.mu.Unlock()
+			var pair sync.WaitGroup
+			pair.Add(2)
+			r.wg.Add(3)
+			go func() { defer r.wg.Done(); defer pair.Done(); _, _ = io.Copy(up, c); up.Close() }()
+			go func() { defer r.wg.Done(); defer pair.Done(); _, _ = io.Copy(c, up); c.Close() }()
+			go func() {
+				defer r.wg.Done()
+				pair.Wait()
+				r.mu.Lock()
+				r.open--
+				delete(r.conns, c)
+				delete(r.conns, up)
+				r.mu.Unlock()
+			}()
+		}
+	}()
+}
+
+// down closes the listener and every relayed connection.
+func (r *connRelay) down() {
+	r.mu.Lock()
+	if r.l != nil {
+		r.l.Close()
+		r.l = nil
+	}
+	for c := range r.conns {
+		c.Close()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// peakConns is the most connections that were open at once.
+func (r *connRelay) peakConns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.peak
+}
+
+// TestThousandServices: with 1,000 services (two instances each) in the
+// catalog, the first view has them all; one check going critical reaches
+// a view promptly; the source never holds more than Workers+3 connections
+// to Consul and never sees an error (Consul answers 429 past its
+// per-client connection limit).
+func TestThousandServices(t *testing.T) {
+	c := catalog{prefix: "k", services: 1000, per: 2, nodes: 10}
+	c.register(t)
+	rl := newConnRelay(t, testConsul.Addr)
+	t0 := time.Now()
+	r := start(t, rl.addr, consul.Options{})
+	m := r.await(t, 60*time.Second, func(m map[string][]model.Instance) error {
+		if n := len(m); n < c.services {
+			return fmt.Errorf("%d services, want %d", n, c.services)
+		}
+		return nil
+	})
+	t.Logf("first view with %d services in %v", len(m), time.Since(t0).Round(time.Millisecond))
+	for s := 0; s < c.services; s++ {
+		if n := len(m[c.service(s)]); n != c.per {
+			t.Fatalf("%s has %d instances, want %d", c.service(s), n, c.per)
+		}
+	}
+
+	t0 = time.Now()
+	c.setCheck(t, 617, 1, api.HealthCritical)
+	m = r.await(t, 5*time.Second, func(m map[string][]model.Instance) error {
+		if in := find(m, c.service(617), c.id(617, 1)); in == nil || in.Check != model.CheckCritical {
+			return fmt.Errorf("%s: %+v, want critical", c.id(617, 1), in)
+		}
+		return nil
+	})
+	t.Logf("one check change reached the view in %v", time.Since(t0).Round(time.Millisecond))
+	if len(m) != c.services {
+		t.Fatalf("view after the change has %d services, want %d", len(m), c.services)
+	}
+	if in := find(m, c.service(617), c.id(617, 0)); in == nil || in.Check != model.CheckPassing {
+		t.Fatalf("the other instance: %+v, want passing", in)
+	}
+	if p, limit := rl.peakConns(), 8+3; p > limit {
+		t.Errorf("%d connections to Consul at once, want at most %d", p, limit)
+	} else {
+		t.Logf("at most %d connections to Consul at once", p)
+	}
+	if st := r.src.Status(); st.Errors != 0 {
+		t.Errorf("source errors: %d, last %q; want none", st.Errors, st.LastError)
+	}
+}

@@ -1,0 +1,353 @@
+package consul
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshvm/mesh/controlplane/model"
+)
+
+// state is what the sync loop knows of the catalog: the three watched
+// lists as last applied, each fetched service's instances with the
+// per-service index of that answer, and the work the differences call
+// for. It does no I/O; the sync loop feeds it answers and runs its work.
+//
+// Which service changed is found from the watched lists:
+//   - catalog/services: a service added or removed, or its tag set changed;
+//   - health/state/any: a check added, removed, or with a new status, name
+//     or service tags (a node's own check concerns every service on it);
+//   - catalog/nodes: a node removed or readdressed (instances without an
+//     address of their own take the node's).
+//
+// A catalog/services wake that none of these explains (an instance
+// added, removed or re-registered with no check change, e.g. a new port)
+// is matched with the checks written at the same Raft index: Consul
+// writes a registration and its checks in one transaction, so a check
+// whose ModifyIndex equals the catalog's new index names the service. A
+// wake that nothing names makes a sweep: every service's per-service index
+// is read with a query that returns no data, and the services whose index
+// moved are fetched. Sweeps also run every Options.Resync, as a safety net.
+type state struct {
+	// services is catalog/services: name -> sorted tag set ("consul" left out).
+	services     map[string][]string
+	catalogIndex uint64
+	checks       map[checkKey]checkInfo
+	checksIndex  uint64
+	nodes        map[string]string // node -> address
+	nodesIndex   uint64
+	baselines    int // how many of the three lists have been applied once
+
+	known        map[string]*fetched
+	nodeServices map[string]map[string]bool // node -> services with an instance on it
+
+	// dirty services must be fetched; sweep asks for a sweep.
+	dirty map[string]bool
+	sweep bool
+
+	// checkWrites maps a Raft index to the services whose checks were
+	// written at it; spans are index ranges in which checks or nodes were
+	// removed; pending are catalog wakes not yet explained.
+	checkWrites map[uint64]write
+	spans       []span
+	pending     []span // lo unused; hi = catalog index, at = when seen
+	// probe is the checks table's index read after the pending wakes at
+	// probeAt (see needsProbe).
+	probe   uint64
+	probeAt time.Time
+}
+
+type checkKey struct{ node, id string }
+
+type checkInfo struct {
+	service, serviceID, name, status string
+	tags                             []string
+	modify                           uint64
+}
+
+type fetched struct {
+	index     uint64
+	instances []model.Instance
+}
+
+type write struct {
+	services []string
+	at       time.Time
+}
+
+type span struct {
+	lo, hi uint64
+	at     time.Time
+}
+
+func newState() *state {
+	return &state{
+		services: map[string][]string{}, checks: map[checkKey]checkInfo{}, nodes: map[string]string{},
+		known: map[string]*fetched{}, nodeServices: map[string]map[string]bool{},
+		dirty: map[string]bool{}, checkWrites: map[uint64]write{},
+	}
+}
+
+// ready reports whether all three lists have been applied once: the first
+// fetches start after that, so any change after a list's first answer is
+// seen by a later answer.
+func (s *state) ready() bool { return s.baselines == 3 }
+
+// complete reports whether every listed service has been fetched.
+func (s *state) complete() bool {
+	for name := range s.services {
+		if s.known[name] == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// applyServices applies a catalog/services answer and reports whether the
+// view lost a service.
+func (s *state) applyServices(r result[map[string][]string], now time.Time) (removed bool) {
+	first := s.catalogIndex == 0
+	if first {
+		s.baselines++
+	}
+	next := make(map[string][]string, len(r.val))
+	explained := false
+	for name, tags := range r.val {
+		if name == "consul" {
+			continue
+		}
+		tags = slices.Clone(tags)
+		slices.Sort(tags)
+		tags = slices.Compact(tags)
+		next[name] = tags
+		if old, ok := s.services[name]; !ok || !slices.Equal(old, tags) {
+			s.dirty[name] = true
+			explained = true
+		}
+	}
+	for name := range s.services {
+		if _, ok := next[name]; !ok {
+			explained = true
+			delete(s.dirty, name)
+			if f := s.known[name]; f != nil {
+				s.forget(name, f)
+				removed = true
+			}
+		}
+	}
+	s.services = next
+	if r.index < s.catalogIndex {
+		s.sweep = true // the index went backwards: another server or a restore
+	} else if !first && !explained && r.index > s.catalogIndex {
+		s.pending = append(s.pending, span{hi: r.index, at: now})
+	}
+	s.catalogIndex = r.index
+	return removed
+}
+
+// applyChecks applies a health/state/any answer.
+func (s *state) applyChecks(r result[api.HealthChecks], now time.Time) {
+	first := s.checksIndex == 0
+	if first {
+		s.baselines++
+	}
+	next := make(map[checkKey]checkInfo, len(r.val))
+	for _, c := range r.val {
+		if c == nil {
+			continue
+		}
+		k := checkKey{c.Node, c.CheckID}
+		info := checkInfo{service: c.ServiceName, serviceID: c.ServiceID, name: c.Name, status: c.Status, tags: c.ServiceTags, modify: c.ModifyIndex}
+		next[k] = info
+		if first {
+			continue
+		}
+		old, ok := s.checks[k]
+		if ok && old.modify == info.modify {
+			continue
+		}
+		if !ok || old.status != info.status || old.service != info.service || old.serviceID != info.serviceID || !slices.Equal(old.tags, info.tags) {
+			s.touch(c.Node, info.service)
+			if ok {
+				s.touch(c.Node, old.service)
+			}
+		}
+		w := s.checkWrites[info.modify]
+		w.services, w.at = append(w.services, info.service), now
+		if info.service == "" {
+			w.services = append(w.services, slices.Collect(maps.Keys(s.nodeServices[c.Node]))...)
+		}
+		s.checkWrites[info.modify] = w
+	}
+	if !first {
+		gone := false
+		for k, old := range s.checks {
+			if _, ok := next[k]; !ok {
+				s.touch(k.node, old.service)
+				gone = true
+			}
+		}
+		if gone || r.index < s.checksIndex {
+			s.spans = append(s.spans, span{lo: min(s.checksIndex, r.index), hi: max(r.index, s.checksIndex), at: now})
+		}
+	}
+	s.checks, s.checksIndex = next, r.index
+}
+
+// applyNodes applies a catalog/nodes answer.
+func (s *state) applyNodes(r result[[]*api.Node], now time.Time) {
+	first := s.nodesIndex == 0
+	if first {
+		s.baselines++
+	}
+	next := make(map[string]string, len(r.val))
+	for _, n := range r.val {
+		if n != nil {
+			next[n.Node] = n.Address
+		}
+	}
+	if !first {
+		changed := false
+		for node, addr := range s.nodes {
+			if a, ok := next[node]; !ok || a != addr {
+				s.touch(node, "")
+				changed = true
+			}
+		}
+		if changed {
+			s.spans = append(s.spans, span{lo: min(s.nodesIndex, r.index), hi: max(r.index, s.nodesIndex), at: now})
+		}
+	}
+	s.nodes, s.nodesIndex = next, r.index
+}
+
+// touch marks service dirty, or with service "" every service on node.
+func (s *state) touch(node, service string) {
+	if service != "" {
+		s.dirty[service] = true
+		return
+	}
+	for name := range s.nodeServices[node] {
+		s.dirty[name] = true
+	}
+}
+
+// explain settles the pending catalog wakes that can be: by the checks
+// written at the same index, by a span of removals, or - once the checks
+// list has caught up with the wake's index, or after grace - by a sweep.
+// It also forgets attribution records nothing can need any more. It
+// returns the earliest time a pending wake will time out (zero if none).
+func (s *state) explain(now time.Time, grace time.Duration) time.Time {
+	var deadline time.Time
+	kept := s.pending[:0]
+	for _, p := range s.pending {
+		if w, ok := s.checkWrites[p.hi]; ok {
+			for _, name := range w.services {
+				if name != "" {
+					s.dirty[name] = true
+				}
+			}
+			continue
+		}
+		if slices.ContainsFunc(s.spans, func(sp span) bool { return sp.lo < p.hi && p.hi <= sp.hi }) {
+			continue
+		}
+		// The checks list has passed the wake's index without a check
+		// written at it, or the checks table had not reached it after the
+		// wake: the write touched no check. Or the list is late: give up.
+		if s.checksIndex >= p.hi || (s.probeAt.After(p.at) && s.probe < p.hi) || now.Sub(p.at) >= grace {
+			s.sweep = true
+			continue
+		}
+		kept = append(kept, p)
+		if d := p.at.Add(grace); deadline.IsZero() || d.Before(deadline) {
+			deadline = d
+		}
+	}
+	s.pending = kept
+	// A record older than the grace period can explain no wake still to
+	// come (a wake that late is swept anyway); keep the rest.
+	old := now.Add(-2 * grace)
+	for i, w := range s.checkWrites {
+		if w.at.Before(old) || (i <= s.catalogIndex && len(s.pending) == 0) {
+			delete(s.checkWrites, i)
+		}
+	}
+	s.spans = slices.DeleteFunc(s.spans, func(sp span) bool {
+		return sp.at.Before(old) || (sp.hi <= s.catalogIndex && len(s.pending) == 0)
+	})
+	return deadline
+}
+
+// needsProbe reports whether a pending wake waits for the checks list:
+// the checks table's current index (one query that returns no data) then
+// tells whether the wake's write touched a check at all.
+func (s *state) needsProbe() bool {
+	for _, p := range s.pending {
+		if s.checksIndex < p.hi && !s.probeAt.After(p.at) {
+			return true
+		}
+	}
+	return false
+}
+
+// store records a fetched service and reports whether its instances
+// changed.
+func (s *state) store(name string, index uint64, instances []model.Instance) bool {
+	if _, listed := s.services[name]; !listed {
+		return false // removed while it was fetched
+	}
+	old := s.known[name]
+	if old != nil {
+		s.forget(name, old)
+	}
+	s.known[name] = &fetched{index: index, instances: instances}
+	for _, in := range instances {
+		if in.Node == "" {
+			continue
+		}
+		set := s.nodeServices[in.Node]
+		if set == nil {
+			set = map[string]bool{}
+			s.nodeServices[in.Node] = set
+		}
+		set[name] = true
+	}
+	return old == nil || !equalInstances(old.instances, instances)
+}
+
+func (s *state) forget(name string, f *fetched) {
+	for _, in := range f.instances {
+		if set := s.nodeServices[in.Node]; set != nil {
+			delete(set, name)
+			if len(set) == 0 {
+				delete(s.nodeServices, in.Node)
+			}
+		}
+	}
+	delete(s.known, name)
+}
+
+// view is the full current view: every listed service's last fetched
+// instances.
+func (s *state) view() model.View {
+	n := 0
+	for _, f := range s.known {
+		n += len(f.instances)
+	}
+	v := model.View{Instances: make([]model.Instance, 0, n)}
+	for _, f := range s.known {
+		v.Instances = append(v.Instances, f.instances...)
+	}
+	return v
+}
+
+func equalInstances(a, b []model.Instance) bool {
+	return slices.EqualFunc(a, b, func(x, y model.Instance) bool {
+		return x.Service == y.Service && x.ID == y.ID && x.Node == y.Node && x.Address == y.Address &&
+			x.Port == y.Port && x.Check == y.Check && x.Weight == y.Weight &&
+			slices.Equal(x.Tags, y.Tags) && maps.Equal(x.Meta, y.Meta)
+	})
+}
