@@ -18,9 +18,9 @@
 #      the units' sandbox (user mesh, no capabilities, no_new_privs,
 #      seccomp); the control plane serves /metrics, the agent registers in
 #      Consul and is ready; `systemctl stop` deregisters, drains and exits 0.
-#      With MESH_TEST_SDNOTIFY=1
-#      also the Type=notify contract: active after start, reload keeps the
-#      process, the watchdog is fed, stop ends it cleanly.
+#      Then the Type=notify contract of both units: active after start,
+#      reload keeps the process, the watchdog is fed, stop ends it cleanly
+#      (MESH_TEST_SDNOTIFY=0 leaves it out, saving the 32s watchdog wait).
 # shellcheck disable=SC2016 # ${...} in single quotes are dpkg-query formats
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -288,9 +288,9 @@ catalog() {
 catalog | grep -q '"ServiceID": *"demo-' || fail "mesh-agent@demo is not in Consul's catalog: $(catalog)"
 ok "booted: mesh-agent@demo runs as mesh in the sandbox, registered in Consul, /ready 200"
 
-# The Type=notify contract, once the roles send READY=1, RELOADING=1,
-# STOPPING=1 and watchdog pings (MESH_TEST_SDNOTIFY=1).
-if [ "${MESH_TEST_SDNOTIFY:-0}" = 1 ]; then
+# The Type=notify contract: both roles send READY=1, RELOADING=1,
+# STOPPING=1 and watchdog pings (MESH_TEST_SDNOTIFY=0 skips this).
+if [ "${MESH_TEST_SDNOTIFY:-1}" = 1 ]; then
 	prop() { in_boot systemctl show -P "$2" "$1"; }
 	pids=
 	for unit in mesh-agent@demo.service mesh-control.service; do
@@ -302,6 +302,10 @@ if [ "${MESH_TEST_SDNOTIFY:-0}" = 1 ]; then
 		if [ "$(prop "$unit" ActiveState)" != active ] || [ "$(prop "$unit" MainPID)" != "$pid" ]; then
 			fail "reload $unit: state '$(prop "$unit" ActiveState)', main PID $(prop "$unit" MainPID) (was $pid)"
 		fi
+		case "$(prop "$unit" StatusText)" in
+		*"config reloaded"*) ;;
+		*) fail "reload $unit: status '$(prop "$unit" StatusText)', want it to say the config was reloaded" ;;
+		esac
 		pids="$pids $unit=$pid"
 	done
 	sleep 32 # past WatchdogSec=30s
@@ -318,10 +322,20 @@ in_boot systemctl stop mesh-agent@demo.service 2>/dev/null || true
 catalog | grep -q '"ServiceID": *"demo-' && fail "mesh-agent@demo still in Consul after stop"
 in_boot journalctl -u mesh-agent@demo.service -o cat --no-pager | grep -q '"message":"draining' ||
 	fail "mesh-agent@demo did not drain on stop"
-if [ "${MESH_TEST_SDNOTIFY:-0}" = 1 ]; then
+if [ "${MESH_TEST_SDNOTIFY:-1}" = 1 ]; then
 	[ "$(in_boot systemctl show -P Result mesh-agent@demo.service)" = success ] ||
 		fail "stop mesh-agent@demo: result $(in_boot systemctl show -P Result mesh-agent@demo.service)"
 fi
 ok "systemctl stop mesh-agent@demo: deregistered, drained, exit 0"
+
+# systemctl stop mesh-control: SIGTERM, xDS streams closed, exit 0.
+in_boot systemctl stop mesh-control.service 2>/dev/null || true
+[ "$(in_boot systemctl show -P ExecMainStatus mesh-control.service)" = 0 ] ||
+	fail "mesh-control exit status $(in_boot systemctl show -P ExecMainStatus mesh-control.service) after stop"
+if [ "${MESH_TEST_SDNOTIFY:-1}" = 1 ]; then
+	[ "$(in_boot systemctl show -P Result mesh-control.service)" = success ] ||
+		fail "stop mesh-control: result $(in_boot systemctl show -P Result mesh-control.service)"
+fi
+ok "systemctl stop mesh-control: exit 0"
 
 echo "packaging tests: all passed in $(($(date +%s) - start))s"
