@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/model"
@@ -317,4 +318,273 @@ func TestThousandServices(t *testing.T) {
 	if st := r.src.Status(); st.Errors != 0 {
 		t.Errorf("source errors: %d, last %q; want none", st.Errors, st.LastError)
 	}
+}
+
+// TestChangesReachTheView: with the source running, each registry change
+// a user makes reaches the next view - including those that change no
+// check (found by the per-service index sweep) - and changes that matter
+// to no instance send no view at all.
+func TestChangesReachTheView(t *testing.T) {
+	c := catalog{prefix: "ch", services: 6, per: 2, nodes: 2}
+	c.register(t)
+	// An instance without an address of its own (it takes its node's).
+	txn(t, api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: c.node(0), Service: api.AgentService{ID: "noaddr-1", Service: "ch-noaddr", Port: 15006}}}})
+	// An instance registered through the agent, as mesh agents do.
+	agentReg := api.AgentServiceRegistration{ID: "ch-agent-1", Name: "ch-agent", Address: "127.0.0.71", Port: 15006, Tags: []string{"v1"},
+		Check: &api.AgentServiceCheck{CheckID: "ttl-ch-agent-1", TTL: "10m", Status: api.HealthPassing}}
+	if err := testConsul.Client.Agent().ServiceRegister(&agentReg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = testConsul.Client.Agent().ServiceDeregister("ch-agent-1") })
+
+	r := start(t, testConsul.Addr, consul.Options{})
+	r.await(t, 30*time.Second, func(m map[string][]model.Instance) error {
+		if len(m[c.service(5)]) != 2 || len(m["ch-noaddr"]) != 1 || len(m["ch-agent"]) != 1 {
+			return fmt.Errorf("catalog not all there yet")
+		}
+		return nil
+	})
+	service := func(s int, i int, edit func(*api.AgentService)) api.TxnOps {
+		svc := api.AgentService{ID: c.id(s, i), Service: c.service(s), Address: fmt.Sprintf("10.%d.%d.%d", s/250, s%250, i+1), Port: 15006,
+			Meta: map[string]string{"app_port": "8080", "mesh_zone": fmt.Sprintf("z%d", i%2)}}
+		edit(&svc)
+		return api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: c.node(i % c.nodes), Service: svc}}}
+	}
+	instance := func(service, id string, check func(*model.Instance) error) func(map[string][]model.Instance) error {
+		return func(m map[string][]model.Instance) error {
+			in := find(m, service, id)
+			if in == nil {
+				return fmt.Errorf("%s/%s missing", service, id)
+			}
+			return check(in)
+		}
+	}
+
+	for _, tc := range []struct {
+		name string
+		do   func(t *testing.T)
+		// want accepts the view the change must produce; nil: no view.
+		want func(map[string][]model.Instance) error
+	}{
+		{
+			name: "instance with a check added to an existing service",
+			do: func(t *testing.T) {
+				ops := service(0, 2, func(*api.AgentService) {})
+				ops = append(ops, &api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(0, 2, api.HealthWarning)}})
+				txn(t, ops)
+			},
+			want: instance(c.service(0), c.id(0, 2), func(in *model.Instance) error {
+				if in.Check != model.CheckWarning {
+					return fmt.Errorf("check %s, want warning", in.Check)
+				}
+				return nil
+			}),
+		},
+		{
+			name: "instance without a check added to an existing service",
+			do:   func(t *testing.T) { txn(t, service(1, 3, func(*api.AgentService) {})) },
+			want: instance(c.service(1), c.id(1, 3), func(in *model.Instance) error { return nil }),
+		},
+		{
+			name: "port changed, checks untouched",
+			do:   func(t *testing.T) { txn(t, service(2, 0, func(s *api.AgentService) { s.Port = 16000 })) },
+			want: instance(c.service(2), c.id(2, 0), func(in *model.Instance) error {
+				if in.Port != 16000 {
+					return fmt.Errorf("port %d, want 16000", in.Port)
+				}
+				return nil
+			}),
+		},
+		{
+			name: "tag added to one instance",
+			do:   func(t *testing.T) { txn(t, service(3, 1, func(s *api.AgentService) { s.Tags = []string{"canary"} })) },
+			want: instance(c.service(3), c.id(3, 1), func(in *model.Instance) error {
+				if len(in.Tags) != 1 || in.Tags[0] != "canary" {
+					return fmt.Errorf("tags %v, want [canary]", in.Tags)
+				}
+				return nil
+			}),
+		},
+		{
+			name: "tag changed through the agent",
+			do: func(t *testing.T) {
+				reg := agentReg
+				reg.Tags = []string{"v2"}
+				if err := testConsul.Client.Agent().ServiceRegister(&reg); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: instance("ch-agent", "ch-agent-1", func(in *model.Instance) error {
+				if len(in.Tags) != 1 || in.Tags[0] != "v2" {
+					return fmt.Errorf("tags %v, want [v2]", in.Tags)
+				}
+				return nil
+			}),
+		},
+		{
+			name: "check critical through the agent",
+			do: func(t *testing.T) {
+				if err := testConsul.Client.Agent().UpdateTTL("ttl-ch-agent-1", "down", api.HealthCritical); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: instance("ch-agent", "ch-agent-1", func(in *model.Instance) error {
+				if in.Check != model.CheckCritical {
+					return fmt.Errorf("check %s, want critical", in.Check)
+				}
+				return nil
+			}),
+		},
+		{
+			name: "check output changed, status the same",
+			do: func(t *testing.T) {
+				if err := testConsul.Client.Agent().UpdateTTL("ttl-ch-agent-1", "still down", api.HealthCritical); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "identical re-registration",
+			do:   func(t *testing.T) { txn(t, service(4, 0, func(*api.AgentService) {})) },
+		},
+		{
+			name: "instance deregistered",
+			do: func(t *testing.T) {
+				if _, err := testConsul.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: c.node(1), ServiceID: c.id(4, 1)}, nil); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: func(m map[string][]model.Instance) error {
+				if find(m, c.service(4), c.id(4, 1)) != nil || len(m[c.service(4)]) != 1 {
+					return fmt.Errorf("%s: %+v, want only %s", c.service(4), m[c.service(4)], c.id(4, 0))
+				}
+				return nil
+			},
+		},
+		{
+			name: "service deregistered",
+			do: func(t *testing.T) {
+				for i := 0; i < 2; i++ {
+					if _, err := testConsul.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: c.node(i), ServiceID: c.id(5, i)}, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+			},
+			want: func(m map[string][]model.Instance) error {
+				if n := len(m[c.service(5)]); n != 0 {
+					return fmt.Errorf("%s still has %d instances", c.service(5), n)
+				}
+				if len(m[c.service(4)]) != 1 {
+					return fmt.Errorf("other services lost: %v", m[c.service(4)])
+				}
+				return nil
+			},
+		},
+		{
+			name: "node check critical",
+			do: func(t *testing.T) {
+				txn(t, api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{Node: c.node(1), CheckID: "node-health", Name: "node", Status: api.HealthCritical}}}})
+			},
+			want: func(m map[string][]model.Instance) error {
+				for _, s := range []int{0, 3} {
+					if in := find(m, c.service(s), c.id(s, 1)); in == nil || in.Check != model.CheckCritical {
+						return fmt.Errorf("%s on the node: %+v, want critical", c.id(s, 1), in)
+					}
+					if in := find(m, c.service(s), c.id(s, 0)); in == nil || in.Check != model.CheckPassing {
+						return fmt.Errorf("%s on the other node: %+v, want passing", c.id(s, 0), in)
+					}
+				}
+				return nil
+			},
+		},
+		{
+			name: "node readdressed",
+			do: func(t *testing.T) {
+				txn(t, api.TxnOps{{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: c.node(0), Address: "127.0.0.72"}}}})
+			},
+			want: instance("ch-noaddr", "noaddr-1", func(in *model.Instance) error {
+				if in.Address != "127.0.0.72" {
+					return fmt.Errorf("address %s, want the node's new 127.0.0.72", in.Address)
+				}
+				return nil
+			}),
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t0 := time.Now()
+			tc.do(t)
+			if tc.want == nil {
+				r.quiet(t, time.Second, "a change no instance shows")
+				return
+			}
+			r.await(t, 5*time.Second, tc.want)
+			t.Logf("in the view after %v", time.Since(t0).Round(time.Millisecond))
+		})
+	}
+	if st := r.src.Status(); st.Errors != 0 {
+		t.Errorf("source errors: %d, last %q", st.Errors, st.LastError)
+	}
+}
+
+// TestOutageKeepsTheLastView: with Consul unreachable the source reports
+// errors and sends nothing (above all no empty view); when Consul is back
+// the changes made meanwhile arrive; stopped, it leaves no goroutine.
+func TestOutageKeepsTheLastView(t *testing.T) {
+	c := catalog{prefix: "out", services: 3, per: 2, nodes: 2}
+	c.register(t)
+	rl := newConnRelay(t, testConsul.Addr)
+	before := goleak.IgnoreCurrent()
+	r := start(t, rl.addr, consul.Options{})
+	r.await(t, 30*time.Second, func(m map[string][]model.Instance) error {
+		for s := 0; s < c.services; s++ {
+			if len(m[c.service(s)]) != c.per {
+				return fmt.Errorf("%s: %d instances", c.service(s), len(m[c.service(s)]))
+			}
+		}
+		return nil
+	})
+
+	rl.down()
+	meshtest.Eventually(t, 5*time.Second, func() error {
+		if st := r.src.Status(); st.Errors == 0 {
+			return fmt.Errorf("no error reported yet")
+		}
+		return nil
+	})
+	// Changes while Consul is unreachable: a check, a new instance, a
+	// removed service.
+	c.setCheck(t, 0, 1, api.HealthCritical)
+	txn(t, api.TxnOps{
+		{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: c.node(0), Service: api.AgentService{ID: "out-new", Service: c.service(1), Address: "10.9.9.9", Port: 15006}}},
+		{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{Node: c.node(0), CheckID: "check-out-new", Name: "app", ServiceID: "out-new", Status: api.HealthPassing}}},
+	})
+	for i := 0; i < c.per; i++ {
+		if _, err := testConsul.Client.Catalog().Deregister(&api.CatalogDeregistration{Node: c.node(i), ServiceID: c.id(2, i)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.quiet(t, 1500*time.Millisecond, "Consul unreachable")
+	if st := r.src.Status(); st.LastError == "" {
+		t.Errorf("status has no last error while Consul is unreachable: %+v", st)
+	}
+
+	rl.up(t)
+	r.await(t, 10*time.Second, func(m map[string][]model.Instance) error {
+		if in := find(m, c.service(0), c.id(0, 1)); in == nil || in.Check != model.CheckCritical {
+			return fmt.Errorf("%s: %+v, want critical", c.id(0, 1), in)
+		}
+		if find(m, c.service(1), "out-new") == nil {
+			return fmt.Errorf("out-new missing")
+		}
+		if n := len(m[c.service(2)]); n != 0 {
+			return fmt.Errorf("%s has %d instances, want none", c.service(2), n)
+		}
+		return nil
+	})
+	if st := r.src.Status(); st.LastError != "" {
+		t.Errorf("status still reports %q after recovery", st.LastError)
+	}
+	r.stop()
+	rl.down()
+	goleak.VerifyNone(t, before)
 }
