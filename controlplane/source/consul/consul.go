@@ -41,8 +41,9 @@ type Options struct {
 	// Workers is how many services are fetched at once (default 8). The
 	// source opens at most Workers+3 connections to Consul.
 	Workers int
-	// MinInterval is the least time between two fetch rounds, and between
-	// two queries of one watch (default 100ms).
+	// MinInterval paces fetch rounds: a burst of a few rounds runs at once,
+	// then at most one round per MinInterval. It is also the least time
+	// between two queries of one watch (default 100ms).
 	MinInterval time.Duration
 	// Resync is how often every service's index is checked anyway
 	// (default 5m): a safety net for changes no watch attributed.
@@ -148,7 +149,8 @@ func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 
 	st := newState()
 	b := source.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff}
-	var next time.Time
+	pace := pacer{every: s.opts.MinInterval, burst: roundBurst}
+	var next time.Time // rounds wait until then after a failure
 	resyncAt := time.Now().Add(s.opts.Resync)
 	sent, changed, failing := false, false, false
 	for {
@@ -166,10 +168,15 @@ func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 		if sent && !now.Before(resyncAt) {
 			st.sweep, resyncAt = true, now.Add(s.opts.Resync)
 		}
+		st.prune()
 		work := st.ready() && (len(st.dirty) > 0 || st.sweep || st.needsProbe())
-		ran := false
-		if work && !now.Before(next) {
-			next, ran = now.Add(s.opts.MinInterval), true
+		ran, at := false, next
+		if work {
+			at = later(next, pace.ready(now))
+		}
+		if work && !now.Before(at) {
+			ran = true
+			pace.spend()
 			c, err := s.round(ctx, st)
 			if ctx.Err() != nil {
 				return nil
@@ -186,6 +193,7 @@ func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 		if st.ready() && (sent || st.complete()) && (changed || !sent) {
 			select {
 			case out <- st.view():
+				s.log.Debug().Int("services", len(st.known)).Msg("view sent")
 				sent, changed = true, false
 			case <-ctx.Done():
 				return nil
@@ -196,7 +204,7 @@ func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 		}
 		wait := time.Until(resyncAt)
 		if work {
-			wait = min(wait, time.Until(next))
+			wait = min(wait, time.Until(at))
 		}
 		if !deadline.IsZero() {
 			wait = min(wait, time.Until(deadline))
@@ -212,6 +220,38 @@ func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 		t.Stop()
 	}
 }
+
+// roundBurst is how many fetch rounds may run back to back before pacing
+// sets in: related changes (a service removed, another added) then arrive
+// without waiting, while a catalog that never settles is fetched at most
+// once per MinInterval.
+const roundBurst = 4
+
+// pacer is a token bucket of rounds (or queries): burst tokens, one more
+// every every.
+type pacer struct {
+	every  time.Duration
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+// ready returns when a token is there (now if one is).
+func (p *pacer) ready(now time.Time) time.Time {
+	if p.last.IsZero() {
+		p.tokens = p.burst
+	} else {
+		p.tokens = min(p.burst, p.tokens+float64(now.Sub(p.last))/float64(p.every))
+	}
+	p.last = now
+	if p.tokens >= 1 {
+		return now
+	}
+	return now.Add(time.Duration((1 - p.tokens) * float64(p.every)))
+}
+
+// spend takes a token.
+func (p *pacer) spend() { p.tokens-- }
 
 // round does the work st asks for: the checks-index probe, a sweep, then
 // the fetch of every dirty service, Workers at a time. What succeeded is
@@ -248,15 +288,15 @@ func (s *Source) round(ctx context.Context, st *state) (changed bool, err error)
 		}
 		st.sweep = failed
 	}
+	st.prune()
 	names := make([]string, 0, len(st.dirty))
 	for name := range st.dirty {
-		if _, listed := st.services[name]; listed {
-			names = append(names, name)
-		} else {
-			delete(st.dirty, name) // the catalog's answer that lists it will mark it again
-		}
+		names = append(names, name)
 	}
 	slices.Sort(names)
+	defer func(t0 time.Time) {
+		s.log.Debug().Int("fetched", len(names)).Dur("took", time.Since(t0)).Msg("fetch round")
+	}(time.Now())
 	entries := make([][]*api.ServiceEntry, len(names))
 	idx := make([]uint64, len(names))
 	errs := s.each(ctx, names, func(ctx context.Context, i int) (err error) {
@@ -274,6 +314,13 @@ func (s *Source) round(ctx context.Context, st *state) (changed bool, err error)
 		}
 	}
 	return changed, err
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func cmpErr(first, err error) error {

@@ -281,6 +281,16 @@ func (s *state) explain(now time.Time, grace time.Duration) time.Time {
 	return deadline
 }
 
+// prune forgets dirty services the catalog does not list: removed ones,
+// and new ones the catalog's answer that lists them will mark again.
+func (s *state) prune() {
+	for name := range s.dirty {
+		if _, listed := s.services[name]; !listed {
+			delete(s.dirty, name)
+		}
+	}
+}
+
 // needsProbe reports whether a pending wake waits for the checks list:
 // the checks table's current index (one query that returns no data) then
 // tells whether the wake's write touched a check at all.

@@ -42,14 +42,18 @@ func (l *latest[T]) take() (result[T], bool) {
 
 // watch runs one blocking query on an endpoint forever: each answer with
 // a new index goes into box and signals wake. Failures are retried with
-// jittered backoff; successive queries start at least MinInterval apart,
-// so a busy catalog cannot turn a watch into a hot loop.
+// jittered backoff; queries are paced (a short burst, then one per
+// MinInterval), so a busy catalog cannot turn a watch into a hot loop.
 func watch[T any](ctx context.Context, s *Source, what string, query func(*api.QueryOptions) (T, *api.QueryMeta, error), box *latest[T], wake chan<- struct{}) {
 	b := source.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff}
+	pace := pacer{every: s.opts.MinInterval, burst: roundBurst}
 	var index uint64
 	failing := false
 	for ctx.Err() == nil {
-		start := time.Now()
+		if !source.Sleep(ctx, time.Until(pace.ready(time.Now()))) {
+			return
+		}
+		pace.spend()
 		qctx, cancel := context.WithTimeout(ctx, s.opts.Wait+s.opts.Wait/16+15*time.Second)
 		v, meta, err := query(s.queryOptions(qctx, index, s.opts.Wait))
 		cancel()
@@ -70,9 +74,6 @@ func watch[T any](ctx context.Context, s *Source, what string, query func(*api.Q
 			case wake <- struct{}{}:
 			default:
 			}
-		}
-		if !source.Sleep(ctx, s.opts.MinInterval-time.Since(start)) {
-			return
 		}
 	}
 }

@@ -1,0 +1,98 @@
+package consul_test
+
+import (
+	"fmt"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/meshvm/mesh/controlplane/model"
+	"github.com/meshvm/mesh/controlplane/source/consul"
+)
+
+// BenchmarkViewAfterChange measures, against the package's real Consul
+// dev agent holding services x 10 instances (10 nodes, one check per
+// instance, registered through the transaction API), the time from one
+// write to Consul to the source's first view that shows it:
+//   - check: one instance's check flips critical <-> passing (found from
+//     health/state/any; one service fetched);
+//   - port: one instance is re-registered on another port with its check
+//     untouched (found by the per-service index sweep: every service's
+//     index read, one service fetched).
+//
+// It also reports the time to the first full view (first-view-s) and
+// the most connections open to Consul at once (peak-conns).
+func BenchmarkViewAfterChange(b *testing.B) {
+	for _, services := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%dx10", services), func(b *testing.B) {
+			c := catalog{prefix: fmt.Sprintf("b%d", services), services: services, per: 10, nodes: 10}
+			t0 := time.Now()
+			c.register(b)
+			b.Logf("registered %d instances in %v", services*10, time.Since(t0).Round(time.Millisecond))
+			rl := newConnRelay(b, testConsul.Addr)
+			t0 = time.Now()
+			r := start(b, rl.addr, consul.Options{})
+			r.await(b, 5*time.Minute, func(m map[string][]model.Instance) error {
+				if len(m) < services {
+					return fmt.Errorf("%d services", len(m))
+				}
+				return nil
+			})
+			first := time.Since(t0)
+			b.Logf("first view in %v", first.Round(time.Millisecond))
+			state := map[int]bool{}
+			for _, kind := range []string{"check", "port"} {
+				b.Run(kind, func(b *testing.B) {
+					var lat []time.Duration
+					for n := 0; n < b.N; n++ {
+						k := (n*7919 + 13) % (services * 10)
+						s, i := k/10, k%10
+						state[k] = !state[k]
+						var op *api.TxnOp
+						var want func(*model.Instance) bool
+						if kind == "check" {
+							status, check := api.HealthPassing, model.CheckPassing
+							if state[k] {
+								status, check = api.HealthCritical, model.CheckCritical
+							}
+							op = &api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(s, i, status)}}
+							want = func(in *model.Instance) bool { return in.Check == check }
+						} else {
+							port := 15006
+							if state[k] {
+								port = 16006
+							}
+							op = &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: c.node(i % c.nodes), Service: api.AgentService{
+								ID: c.id(s, i), Service: c.service(s), Address: fmt.Sprintf("10.%d.%d.%d", s/250, s%250, i+1), Port: port,
+								Meta: map[string]string{"app_port": "8080", "mesh_zone": fmt.Sprintf("z%d", i%2)},
+							}}}
+							want = func(in *model.Instance) bool { return in.Port == port }
+						}
+						t0 := time.Now()
+						txn(b, api.TxnOps{op})
+						r.await(b, 30*time.Second, func(m map[string][]model.Instance) error {
+							if in := find(m, c.service(s), c.id(s, i)); in == nil || !want(in) {
+								return fmt.Errorf("not yet")
+							}
+							return nil
+						})
+						lat = append(lat, time.Since(t0))
+					}
+					slices.Sort(lat)
+					pct := func(p float64) float64 {
+						return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))]) / float64(time.Millisecond)
+					}
+					b.ReportMetric(pct(0.5), "p50-ms")
+					b.ReportMetric(pct(0.99), "p99-ms")
+					b.ReportMetric(first.Seconds(), "first-view-s")
+					b.ReportMetric(float64(rl.peakConns()), "peak-conns")
+				})
+			}
+			r.stop()
+			runtime.GC()
+		})
+	}
+}
