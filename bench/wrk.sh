@@ -16,9 +16,10 @@ work=$(mktemp -d /tmp/mesh-bench.XXXXXX)
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
 	[ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
 	wait 2>/dev/null || true
-	rm -rf "$work"
+	[ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -38,7 +39,7 @@ agent() { # ip service app-port extra...
 	local ip=$1 svc=$2 port=$3; shift 3
 	GOMAXPROCS=1 bg taskset -c 0 bin/mesh agent --service "$svc" --app-address "$ip" --app-port "$port" \
 		--inbound-addr "$ip:15006" --outbound-addr "$ip:15001" --admin-addr "$ip:15000" --advertise-addr "$ip" \
-		--node "bench-$svc" --consul-addr "127.0.0.1:$CP" --cache-dir "$work/$svc" --log-level warn "$@"
+		--node "bench-$svc" --consul-addr "127.0.0.1:$CP" --cache-dir "$work/$svc" --drain-period 0s --log-level warn "$@"
 	echo $!
 }
 B_PID=$(agent 127.0.0.52 bench-b 8080)
@@ -93,7 +94,14 @@ for c in 32 1; do
 done
 rss() { awk '/VmHWM/ {printf "%.1f MB", $2/1024}' "/proc/$1/status"; }
 
-rps_of() { for r in "${results[@]}"; do IFS='|' read -r n c v _ <<<"$r"; [ "$n" = "$1" ] && [ "$c" = "$2" ] && echo "$v"; done; }
+rps_of() {
+	local r n c v
+	for r in "${results[@]}"; do
+		IFS='|' read -r n c v _ <<<"$r"
+		if [ "$n" = "$1" ] && [ "$c" = "$2" ]; then echo "$v"; fi
+	done
+	return 0
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else print "-" }'; }
 
 echo "| path | conns | req/s | p50 | p99 | vs direct | vs nginx same hops |"

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"flag"
 	"log"
 	"net/http"
@@ -12,8 +13,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
 	flag.Parse()
-	body := []byte("0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456\n")
-	body = body[:100]
+	body := append(bytes.Repeat([]byte("x"), 99), '\n')
 	clen := strconv.Itoa(len(body))
 	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header()["Content-Type"] = []string{"text/plain"}
