@@ -182,6 +182,9 @@ func (c *Client) setConnected(server string, up bool) {
 	c.mu.Unlock()
 }
 
+// maxResponseBytes bounds one xDS response.
+const maxResponseBytes = 512 << 20
+
 // typeOrder is the subscription order: CDS before EDS, LDS before RDS.
 var typeOrder = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType}
 
@@ -193,7 +196,12 @@ type subscription struct {
 
 // stream runs one ADS stream to server until it fails or ctx is done.
 func (c *Client) stream(ctx context.Context, server string, held *Resources) error {
-	dialOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.opts.DialOptions...)
+	dialOpts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A state-of-the-world response carries every cluster or endpoint
+		// set: at 10,000 services that is tens of MB, far over gRPC's 4 MB.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes)),
+	}, c.opts.DialOptions...)
 	conn, err := grpc.NewClient(server, dialOpts...)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", server, err)
