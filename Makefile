@@ -94,7 +94,8 @@ test-packaging-fast: build
 # the .rpm's scriptlets via rpm --root; the Ansible role run twice against
 # that root over a chroot connection (second run: changed=0); the root
 # booted with systemd-nspawn, mesh-control running in the unit's sandbox.
-# MESH_TEST_SDNOTIFY=1 adds the Type=notify start/reload/watchdog/stop checks.
+# It also checks Type=notify start/reload/watchdog/stop of both units under
+# systemd; MESH_TEST_SDNOTIFY=0 skips those (and their ~30 s wait).
 test-packaging: package $(CONSUL)
 	packaging/test/slow.sh
 

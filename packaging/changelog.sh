@@ -14,6 +14,7 @@ else
 fi
 echo "mesh ($version-1) unstable; urgency=medium"
 echo
-git log --no-merges --max-count=50 --format='  * %s' "$range" | cut -c1-79
+git log --no-merges --max-count=50 --format='  * %s' "$range" |
+	awk 'length > 79 { s = substr($0, 1, 79); sub(/ [^ ]*$/, "", s); $0 = s } 1'
 echo
 echo " -- $maintainer  $(git log -1 --format=%aD HEAD)"
