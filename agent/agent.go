@@ -58,6 +58,9 @@ type Agent struct {
 
 	registry *prometheus.Registry
 	reloads  *prometheus.CounterVec
+	// obs records every request crossing a listener (metrics, access
+	// log, spans) and holds the governance and infrastructure metrics.
+	obs *observability.Observer
 
 	// set by Run
 	reg         *registrar
@@ -84,24 +87,34 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("node name: %w", err)
 		}
 	}
+	registry := observability.NewRegistry()
+	obs, err := observability.NewObserver(cfg.Observability, observability.Options{
+		Service: cfg.Agent.Service, Registry: registry, Log: log})
+	if err != nil {
+		return nil, fmt.Errorf("observability: %w", err)
+	}
+	m := obs.Metrics()
 	a := &Agent{
 		cfg:       cfg,
 		log:       log.With().Str("component", "agent").Logger(),
 		base:      log,
 		consul:    client,
 		resolver:  discovery.NewConsul(client, log),
-		forwarder: proxy.NewForwarder(proxy.Options{Log: log}),
+		forwarder: proxy.NewForwarder(proxy.Options{Log: log, WrapDial: m.Dialer}),
 		nodeName:  node,
 		local:     chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
-		state:     chain.NewState(nil),
-		registry:  observability.NewRegistry(),
+		state:     chain.NewState(nil).WithMetrics(m),
+		registry:  registry,
+		obs:       obs,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mesh", Name: "config_reloads_total",
 			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays)."}, []string{"result"}),
 	}
 	a.registry.MustRegister(a.reloads)
+	m.EndpointsFrom(a.endpointCounts)
 	t, cached := a.initialTable()
 	h, err := chain.Compile(t, a.resolver, a.local, a.forwarder, a.state, log)
 	if err != nil {
+		_ = obs.Close(context.Background())
 		return nil, fmt.Errorf("compile the initial config: %w", err)
 	}
 	a.handlers = chain.NewSwitch(h)
@@ -126,6 +139,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	c := a.config().Agent
 	lns, err := a.bind()
 	if err != nil {
+		_ = a.obs.Close(ctx)
 		return err
 	}
 	a.inboundPort = lns[0].ln.Addr().(*net.TCPAddr).Port
@@ -134,16 +148,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	if len(c.ControlPlane) > 0 {
 		node, err := a.xdsNode()
 		if err == nil {
+			m := a.obs.Metrics()
 			a.xds, err = xdsclient.New(xdsclient.Options{
 				Servers: c.ControlPlane, Node: node, Apply: a.applyXDS, Listeners: xdsconf.Listeners,
 				Initial: a.cached, Log: a.base.With().Str("component", "xds").Logger(),
+				OnConnection: func(server string, up bool) {
+					if up {
+						m.XDSConnected(server, c.ControlPlane...)
+					} else {
+						m.XDSDisconnected()
+					}
+				},
+				OnResponse: m.XDSUpdate,
 			})
 		}
 		if err != nil {
 			closeAll(lns)
+			_ = a.obs.Close(ctx)
 			return fmt.Errorf("xds client: %w", err)
 		}
 	}
+
+	// The observer outlives the listeners: the last requests are logged
+	// and their spans exported after the servers stopped.
+	obsCtx, stopObs := context.WithCancel(context.WithoutCancel(ctx))
+	obsDone := make(chan error, 1)
+	go func() { obsDone <- a.obs.Run(obsCtx) }()
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
@@ -186,6 +216,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.reg.wait()
 	wg.Wait()
 	a.forwarder.CloseIdleConnections()
+	stopObs()
+	if err := <-obsDone; err != nil {
+		a.log.Warn().Err(err).Msg("observability: final flush incomplete (spans or access log lines lost)")
+	}
 	return runErr
 }
 
@@ -229,12 +263,14 @@ func (a *Agent) bind() ([]listener, error) {
 		h          http.Handler
 	}
 	log := a.base
+	svc := c.Service
+	in, out := observability.Inbound, observability.Outbound
 	specs := []spec{
-		{"inbound", c.InboundAddr, a.handlers.Inbound(net.JoinHostPort(c.AppAddress, strconv.Itoa(c.AppPort)))},
-		{"outbound", c.OutboundAddr, a.handlers.Outbound()},
+		{"inbound", c.InboundAddr, a.obs.Instrument(in, svc, a.handlers.Inbound(net.JoinHostPort(c.AppAddress, strconv.Itoa(c.AppPort))))},
+		{"outbound", c.OutboundAddr, a.obs.Instrument(out, svc, a.handlers.Outbound())},
 	}
 	for _, u := range c.Upstreams {
-		specs = append(specs, spec{"upstream " + u.Service, u.Listen, a.handlers.Upstream(u.Service)})
+		specs = append(specs, spec{"upstream " + u.Service, u.Listen, a.obs.Instrument(out, svc, a.handlers.Upstream(u.Service))})
 	}
 	specs = append(specs, spec{"admin", c.AdminAddr, a.adminHandler()})
 
@@ -297,6 +333,21 @@ func (a *Agent) adminHandler() http.Handler {
 		observability.WriteJSON(w, a.configDump())
 	})
 	return mux
+}
+
+// endpointCounts yields the healthy endpoints of every service the agent
+// routes to now (mesh_discovery_endpoints, read at scrape time): the
+// control plane's table, or what Consul answered.
+func (a *Agent) endpointCounts(yield func(service string, healthy int)) {
+	if t := a.handlers.Current().Table(); t.Static {
+		for name, s := range t.Services {
+			yield(name, len(s.Endpoints))
+		}
+		return
+	}
+	for name, eps := range a.resolver.Snapshot() {
+		yield(name, len(eps))
+	}
 }
 
 // configDump is what the agent knows now: its registration, listeners,

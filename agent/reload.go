@@ -57,7 +57,8 @@ func keepRestartOnly(old, next config.Config) config.Config {
 
 // Reload applies a new, validated config to the running agent without
 // dropping a connection: local policies (when not routing by xDS),
-// registration tags, meta and health check, drain and shutdown timing.
+// registration tags, meta and health check, drain and shutdown timing,
+// the access log's fields and sample ratio, and the trace sample ratio.
 // It returns the changed settings that need a restart (their running
 // values are kept). On error nothing has changed.
 func (a *Agent) Reload(next config.Config) (needRestart []string, err error) {
@@ -76,6 +77,11 @@ func (a *Agent) Reload(next config.Config) (needRestart []string, err error) {
 		}
 		a.handlers.Swap(h)
 	}
+	// Sampling and access log fields change live; the rest of the
+	// observability section needs a restart.
+	var obsRestart []string
+	next.Observability, obsRestart = a.obs.Reload(next.Observability)
+	needRestart = append(needRestart, obsRestart...)
 	a.setConfig(next)
 	if a.reg != nil {
 		a.reg.update(a.registrationSpec(next))
@@ -136,7 +142,7 @@ func newRegistrar(ctx context.Context, a *Agent, spec registration.Spec) *regist
 
 func (r *registrar) startLocked(spec registration.Spec) {
 	ctx, cancel := context.WithCancel(r.parent)
-	reg := registration.New(r.a.consul, spec, r.a.config().Agent.ResyncInterval, r.a.base)
+	reg := registration.New(r.a.consul, spec, r.a.config().Agent.ResyncInterval, r.a.base).WithMetrics(r.a.obs.Metrics())
 	done := make(chan error, 1)
 	go func() { done <- reg.Run(ctx) }()
 	r.spec, r.current, r.cancel, r.done = spec, reg, cancel, done

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,11 +21,13 @@ import (
 // accessLog writes one line per request (or per sampled request) through
 // zerolog to stdout, stderr or a file that can be reopened.
 type accessLog struct {
-	log       zerolog.Logger
-	out       *logWriter
-	fields    fieldSet
-	threshold uint64 // log when rand.Uint64() < threshold; all when sampleAll
-	sampleAll bool
+	log zerolog.Logger
+	out *logWriter
+	// fields and the sampling are read per request and changed by a
+	// config reload.
+	fields    atomic.Uint32 // a fieldSet
+	threshold atomic.Uint64 // log when rand.Uint64() < threshold; all when sampleAll
+	sampleAll atomic.Bool
 }
 
 // fieldSet is a bit per access log field (config.AccessLogFields order).
@@ -61,27 +64,38 @@ func newAccessLog(c config.AccessLog, stdout io.Writer, writeErrors prometheus.C
 	if err != nil {
 		return nil, err
 	}
-	var set fieldSet
-	if len(c.Fields) == 0 {
-		set = 1<<len(config.AccessLogFields) - 1
-	}
-	for _, f := range c.Fields {
-		i := indexOf(config.AccessLogFields, f)
-		if i < 0 {
-			_ = w.Close()
-			return nil, fmt.Errorf("unknown access log field %q", f)
-		}
-		set |= 1 << i
-	}
 	var out io.Writer = w
 	if c.Format == "text" {
 		out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000", NoColor: !isTerminal(c.Output)}
 	}
-	a := &accessLog{log: zerolog.New(out), out: w, fields: set, sampleAll: c.SampleRatio >= 1}
-	if !a.sampleAll {
-		a.threshold = uint64(c.SampleRatio * math.MaxUint64)
+	a := &accessLog{log: zerolog.New(out), out: w}
+	if err := a.set(c.Fields, c.SampleRatio); err != nil {
+		_ = w.Close()
+		return nil, err
 	}
 	return a, nil
+}
+
+// set applies the field list and the sample ratio (at start and on a
+// config reload).
+func (a *accessLog) set(fields []string, ratio float64) error {
+	var set fieldSet
+	if len(fields) == 0 {
+		set = 1<<len(config.AccessLogFields) - 1
+	}
+	for _, f := range fields {
+		i := indexOf(config.AccessLogFields, f)
+		if i < 0 {
+			return fmt.Errorf("unknown access log field %q", f)
+		}
+		set |= 1 << i
+	}
+	a.fields.Store(uint32(set))
+	a.sampleAll.Store(ratio >= 1)
+	if ratio < 1 {
+		a.threshold.Store(uint64(ratio * math.MaxUint64))
+	}
+	return nil
 }
 
 func indexOf(list []string, s string) int {
@@ -108,12 +122,12 @@ func isTerminal(output string) bool {
 }
 
 func (a *accessLog) sampled() bool {
-	return a.sampleAll || rand.Uint64() < a.threshold
+	return a.sampleAll.Load() || rand.Uint64() < a.threshold.Load()
 }
 
 // write logs rec, which has finished, for request r.
 func (a *accessLog) write(rec *Record, r *http.Request, status int, reason string, end time.Time) {
-	f := a.fields
+	f := fieldSet(a.fields.Load())
 	e := a.log.Log()
 	var tb [40]byte
 	e.RawJSON("time", appendQuotedTime(tb[:0], rec.start))

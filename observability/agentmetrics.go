@@ -41,8 +41,10 @@ type Metrics struct {
 	consulReg     prometheus.Gauge
 	consulErrors  prometheus.Counter
 
-	names     *labelGuard
-	mu        sync.Mutex
+	names        *labelGuard
+	endpointsSrc atomic.Pointer[func(yield func(service string, healthy int))]
+	endpointsMu  sync.Mutex // one scrape fills the endpoints gauge at a time
+	mu           sync.Mutex
 	upstreams atomic.Pointer[map[string]*UpstreamMetrics]
 	xdsMu     sync.Mutex
 	xdsCP     string
@@ -88,9 +90,21 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		&m.xdsAcks, &m.xdsNacks} {
 		errs = append(errs, register(reg, c))
 	}
-	for _, g := range []**prometheus.GaugeVec{&m.breakerState, &m.ejected, &m.connActive, &m.endpoints,
+	for _, g := range []**prometheus.GaugeVec{&m.breakerState, &m.ejected, &m.connActive,
 		&m.xdsConnected, &m.xdsLastUpdate} {
 		errs = append(errs, register(reg, g))
+	}
+	// The endpoints gauge may be filled at scrape time (EndpointsFrom). A
+	// Metrics rebuilt on the same registry (a reload) takes over the
+	// registered collector and its source.
+	ec := &endpointsCollector{vec: m.endpoints, m: m}
+	errs = append(errs, register(reg, &ec))
+	m.endpoints = ec.vec
+	if ec.m != m {
+		if src := ec.m.endpointsSrc.Load(); src != nil {
+			m.endpointsSrc.Store(src)
+		}
+		ec.m = m
 	}
 	errs = append(errs, register(reg, &m.consulReg), register(reg, &m.consulErrors))
 	if err := errors.Join(errs...); err != nil {
@@ -110,6 +124,68 @@ func (m *Metrics) RateLimited(direction, service string) {
 // ConcurrencyLimited counts one request refused by a concurrency limit.
 func (m *Metrics) ConcurrencyLimited(direction, service string) {
 	m.concurrencyLimited.WithLabelValues(direction, m.names.value(service)).Inc()
+}
+
+// Limits returns the refusal counters of one direction and service,
+// resolved once: for the request path, where RateLimited and
+// ConcurrencyLimited would look the series up on every call.
+func (m *Metrics) Limits(direction, service string) *LimitMetrics {
+	name := m.names.value(service)
+	return &LimitMetrics{
+		rate:        m.rateLimited.WithLabelValues(direction, name),
+		concurrency: m.concurrencyLimited.WithLabelValues(direction, name),
+	}
+}
+
+// LimitMetrics count the requests one listener direction refused for one
+// service. Its methods do nothing on a nil receiver.
+type LimitMetrics struct {
+	rate, concurrency prometheus.Counter
+}
+
+// RateLimited counts one request refused by the rate limit.
+func (l *LimitMetrics) RateLimited() {
+	if l != nil {
+		l.rate.Inc()
+	}
+}
+
+// ConcurrencyLimited counts one request refused by a concurrency limit.
+func (l *LimitMetrics) ConcurrencyLimited() {
+	if l != nil {
+		l.concurrency.Inc()
+	}
+}
+
+// EndpointsFrom makes mesh_discovery_endpoints read the endpoint counts
+// from counts at every scrape, instead of what Endpoints recorded: the
+// series then always match what the agent routes on, and services it
+// no longer knows disappear. counts calls yield once per service.
+func (m *Metrics) EndpointsFrom(counts func(yield func(service string, healthy int))) {
+	m.endpointsSrc.Store(&counts)
+}
+
+// endpointsCollector is mesh_discovery_endpoints: the gauge vector, filled
+// from the EndpointsFrom source (when there is one) at every scrape.
+type endpointsCollector struct {
+	vec *prometheus.GaugeVec
+	m   *Metrics
+}
+
+func (c *endpointsCollector) Describe(ch chan<- *prometheus.Desc) { c.vec.Describe(ch) }
+
+func (c *endpointsCollector) Collect(ch chan<- prometheus.Metric) {
+	if src := c.m.endpointsSrc.Load(); src != nil {
+		c.m.endpointsMu.Lock()
+		c.vec.Reset()
+		(*src)(func(service string, n int) {
+			c.vec.WithLabelValues(c.m.names.value(service)).Set(float64(n))
+		})
+		c.vec.Collect(ch)
+		c.m.endpointsMu.Unlock()
+		return
+	}
+	c.vec.Collect(ch)
 }
 
 // Endpoints records how many healthy endpoints service has.
@@ -243,7 +319,9 @@ func (m *Metrics) Upstream(service string) *UpstreamMetrics {
 // breakerStates are the circuit states, indexed by their gauge value.
 var breakerStates = [...]string{"closed", "open", "half-open"}
 
-// UpstreamMetrics are the metric handles of one upstream service.
+// UpstreamMetrics are the metric handles of one upstream service. Its
+// methods do nothing on a nil receiver, so that uninstrumented callers
+// (tests, benchmarks) need not check.
 type UpstreamMetrics struct {
 	retries, budgetExhausted, timeouts, breakerRejected, ejections prometheus.Counter
 	connOpened, connFailed                                         prometheus.Counter
@@ -252,20 +330,39 @@ type UpstreamMetrics struct {
 }
 
 // Retry counts one retried request.
-func (u *UpstreamMetrics) Retry() { u.retries.Inc() }
+func (u *UpstreamMetrics) Retry() {
+	if u != nil {
+		u.retries.Inc()
+	}
+}
 
 // RetryBudgetExhausted counts one retry skipped for lack of budget.
-func (u *UpstreamMetrics) RetryBudgetExhausted() { u.budgetExhausted.Inc() }
+func (u *UpstreamMetrics) RetryBudgetExhausted() {
+	if u != nil {
+		u.budgetExhausted.Inc()
+	}
+}
 
 // Timeout counts one request that timed out.
-func (u *UpstreamMetrics) Timeout() { u.timeouts.Inc() }
+func (u *UpstreamMetrics) Timeout() {
+	if u != nil {
+		u.timeouts.Inc()
+	}
+}
 
 // BreakerRejected counts one request refused by an open circuit.
-func (u *UpstreamMetrics) BreakerRejected() { u.breakerRejected.Inc() }
+func (u *UpstreamMetrics) BreakerRejected() {
+	if u != nil {
+		u.breakerRejected.Inc()
+	}
+}
 
 // BreakerState records that the upstream's circuit entered state:
 // "closed", "open" or "half-open" (governance/breaker.State.String()).
 func (u *UpstreamMetrics) BreakerState(state string) {
+	if u == nil {
+		return
+	}
 	for i, s := range breakerStates {
 		if s == state {
 			u.breakerState.Set(float64(i))
@@ -278,16 +375,23 @@ func (u *UpstreamMetrics) BreakerState(state string) {
 // Ejected records that outlier detection ejected one more endpoint;
 // ejectedNow is how many are ejected now.
 func (u *UpstreamMetrics) Ejected(ejectedNow int) {
+	if u == nil {
+		return
+	}
 	u.ejections.Inc()
 	u.ejected.Set(float64(ejectedNow))
 }
 
 // EjectedNow records how many endpoints are ejected now (after some
 // returned).
-func (u *UpstreamMetrics) EjectedNow(n int) { u.ejected.Set(float64(n)) }
+func (u *UpstreamMetrics) EjectedNow(n int) {
+	if u != nil {
+		u.ejected.Set(float64(n))
+	}
+}
 
 // DialFunc dials like net.Dialer.DialContext.
-type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // Dialer wraps dial so that connections are counted per upstream service
 // (opened, failed, active). The service is the UpstreamService of the

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -151,6 +152,46 @@ loop:
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	return o.Close(cctx)
+}
+
+// Reload applies what of a new observability section can change while
+// requests flow: the access log's fields and sample ratio and the trace
+// sample ratio, from the next request on. The other settings (turning the
+// access log or tracing on or off, outputs, formats, exporter, queue and
+// batch sizes) need a restart: Reload returns the section now in force
+// (next's live settings, the running values of the others) and the paths
+// of the changed settings it kept.
+func (o *Observer) Reload(next config.Observability) (inForce config.Observability, needRestart []string) {
+	inForce = o.cfg
+	cur, n := o.cfg.AccessLog, next.AccessLog
+	diff := func(path string, changed bool) {
+		if changed {
+			needRestart = append(needRestart, "observability."+path)
+		}
+	}
+	diff("access_log.enabled", cur.Enabled != n.Enabled)
+	diff("access_log.output", cur.Output != n.Output)
+	diff("access_log.format", cur.Format != n.Format)
+	diff("access_log.flush_interval", cur.FlushInterval != n.FlushInterval)
+	ct, nt := o.cfg.Tracing, next.Tracing
+	diff("tracing.exporter", ct.Exporter != nt.Exporter)
+	diff("tracing.endpoint", ct.Endpoint != nt.Endpoint)
+	diff("tracing.propagators", !slices.Equal(ct.Propagators, nt.Propagators))
+	diff("tracing.queue_size", ct.QueueSize != nt.QueueSize)
+	diff("tracing.batch_size", ct.BatchSize != nt.BatchSize)
+	diff("tracing.batch_timeout", ct.BatchTimeout != nt.BatchTimeout)
+	diff("tracing.export_timeout", ct.ExportTimeout != nt.ExportTimeout)
+
+	// The fields were validated with the config; set cannot fail on them.
+	if o.access != nil && o.access.set(n.Fields, n.SampleRatio) != nil {
+		return inForce, needRestart
+	}
+	inForce.AccessLog.Fields, inForce.AccessLog.SampleRatio = slices.Clone(n.Fields), n.SampleRatio
+	if o.tracing != nil {
+		o.tracing.sampler.set(nt.SampleRatio)
+	}
+	inForce.Tracing.SampleRatio = nt.SampleRatio
+	return inForce, needRestart
 }
 
 // ReopenAccessLog reopens the access log file (what SIGUSR1 does).

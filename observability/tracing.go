@@ -8,6 +8,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,7 @@ import (
 // tracing is the OpenTelemetry side of an Observer: a tracer provider that
 // exports through a bounded queue, and the propagators.
 type tracing struct {
+	sampler  *ratioSampler // of new traces; a reload changes its ratio
 	provider *sdktrace.TracerProvider
 	tracer   trace.Tracer
 	queue    *spanQueue
@@ -48,17 +50,19 @@ func newTracing(c config.Tracing, service string, reg prometheus.Registerer) (*t
 		return nil, err
 	}
 	q, err := newSpanQueue(exp, c, reg)
-	q.closeIdle = tr.CloseIdleConnections
 	if err != nil {
 		return nil, err
 	}
+	q.closeIdle = tr.CloseIdleConnections
 	res, err := resource.Merge(resource.Default(), resource.NewWithAttributes(semconv.SchemaURL,
 		semconv.ServiceName(service), semconv.ServiceVersion(buildinfo.Version)))
 	if err != nil {
 		return nil, fmt.Errorf("tracing resource: %w", err)
 	}
+	sampler := &ratioSampler{}
+	sampler.set(c.SampleRatio)
 	tp := sdktrace.NewTracerProvider(
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(c.SampleRatio))),
+		sdktrace.WithSampler(sdktrace.ParentBased(sampler)),
 		sdktrace.WithResource(res),
 		sdktrace.WithSpanProcessor(q),
 	)
@@ -76,6 +80,7 @@ func newTracing(c config.Tracing, service string, reg prometheus.Registerer) (*t
 		}
 	}
 	return &tracing{
+		sampler:  sampler,
 		provider: tp,
 		tracer:   tp.Tracer("github.com/meshvm/mesh/observability"),
 		queue:    q,
@@ -84,6 +89,23 @@ func newTracing(c config.Tracing, service string, reg prometheus.Registerer) (*t
 		inject:   propagation.NewCompositeTextMapPropagator(inject...),
 	}, nil
 }
+
+// ratioSampler samples new traces by trace id with a ratio that can be
+// changed while spans are being started (a config reload).
+type ratioSampler struct {
+	cur atomic.Pointer[sdktrace.Sampler]
+}
+
+func (s *ratioSampler) set(ratio float64) {
+	smp := sdktrace.TraceIDRatioBased(ratio)
+	s.cur.Store(&smp)
+}
+
+func (s *ratioSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	return (*s.cur.Load()).ShouldSample(p)
+}
+
+func (s *ratioSampler) Description() string { return (*s.cur.Load()).Description() }
 
 // extract returns ctx with the caller's span context: W3C traceparent if
 // valid, else B3.

@@ -88,6 +88,12 @@ type Options struct {
 	Log         zerolog.Logger
 	// DialOptions are added to the gRPC dial (tests, TLS later).
 	DialOptions []grpc.DialOption
+	// OnConnection, if set, is called when the stream to server becomes
+	// connected (its first response) and when it ends: for metrics.
+	OnConnection func(server string, connected bool)
+	// OnResponse, if set, is called after each response, with its type
+	// URL and whether it was accepted (ACK) or rejected (NACK).
+	OnResponse func(typeURL string, accepted bool)
 }
 
 // State is what the client reports about its connection.
@@ -178,8 +184,18 @@ func backoff(base, max time.Duration, attempt int) time.Duration {
 
 func (c *Client) setConnected(server string, up bool) {
 	c.mu.Lock()
+	changed := c.state.Server != server || c.state.Connected != up
 	c.state.Server, c.state.Connected = server, up
 	c.mu.Unlock()
+	if changed && c.opts.OnConnection != nil {
+		c.opts.OnConnection(server, up)
+	}
+}
+
+func (c *Client) responded(typeURL string, accepted bool) {
+	if c.opts.OnResponse != nil {
+		c.opts.OnResponse(typeURL, accepted)
+	}
 }
 
 // maxResponseBytes bounds one xDS response.
@@ -263,6 +279,7 @@ func (c *Client) stream(ctx context.Context, server string, held *Resources) err
 		}
 		if err != nil {
 			c.nacks.Add(1)
+			c.responded(resp.GetTypeUrl(), false)
 			c.mu.Lock()
 			c.state.LastNack = err.Error()
 			c.mu.Unlock()
@@ -278,6 +295,7 @@ func (c *Client) stream(ctx context.Context, server string, held *Resources) err
 		c.mu.Lock()
 		c.state.LastUpdate = time.Now()
 		c.mu.Unlock()
+		c.responded(resp.GetTypeUrl(), true)
 		if err := send(resp.GetTypeUrl(), nil); err != nil {
 			return fmt.Errorf("ack: %w", err)
 		}

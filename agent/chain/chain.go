@@ -64,6 +64,8 @@ type Handlers struct {
 	lazy   atomic.Pointer[map[string]*upstream]
 
 	bucket *ratelimit.Bucket // inbound; nil means no rate limit
+	// inLimits counts the inbound refusals (nil: not instrumented).
+	inLimits *observability.LimitMetrics
 }
 
 // Compile builds the handlers of t. With a static table (xDS) endpoints
@@ -113,6 +115,9 @@ func Compile(t *table.Table, res endpoint.Resolver, local Local, fwd *proxy.Forw
 	}
 	empty := map[string]*upstream{}
 	h.lazy.Store(&empty)
+	if st.metrics != nil {
+		h.inLimits = st.metrics.Limits(observability.Inbound, local.Service)
+	}
 
 	st.compileMu.Lock()
 	defer st.compileMu.Unlock()
@@ -342,12 +347,14 @@ func (in inboundHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *Handlers) serveInbound(w http.ResponseWriter, r *http.Request, app string) {
 	if h.bucket != nil {
 		if ok, wait := h.bucket.Allow(); !ok {
+			h.inLimits.RateLimited()
 			proxy.WriteError(w, r, &proxy.Error{Status: http.StatusTooManyRequests, Reason: proxy.ReasonRateLimited, RetryAfter: wait})
 			return
 		}
 	}
 	lim := h.st.inLimit
 	if !lim.Acquire() {
+		h.inLimits.ConcurrencyLimited()
 		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonOverflow})
 		return
 	}

@@ -80,7 +80,7 @@ const (
 func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	set, err := u.endpoints(r.Context())
 	if err != nil {
-		proxy.WriteError(w, r, resolveError(u.name, err))
+		u.writeError(w, r, resolveError(u.name, err))
 		return
 	}
 	if len(set.eps) == 0 {
@@ -89,12 +89,17 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	svc := u.svc
 	if !svc.limits.Requests.Acquire() {
+		svc.limited.ConcurrencyLimited()
 		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonOverflow})
 		return
 	}
 	defer svc.limits.Requests.Release()
 	permit, wait := svc.breaker.Allow()
+	if !permit.OK() || permit.Probe() {
+		svc.observeBreaker() // open, or half-open for this probe
+	}
 	if !permit.OK() {
+		svc.m.BreakerRejected()
 		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonCircuitOpen, RetryAfter: wait})
 		return
 	}
@@ -113,6 +118,7 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		svc.breaker.Abandon(permit)
 	}
+	svc.observeBreaker()
 	if aborted {
 		panic(http.ErrAbortHandler)
 	}
@@ -146,6 +152,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 		att.Body = body.next()
 		if !svc.limits.Pending.Acquire() {
 			u.endTry(cancelTry, retrying, nil)
+			svc.limited.ConcurrencyLimited()
 			proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonOverflow})
 			return abandoned, false
 		}
@@ -165,17 +172,18 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 				proxy.WriteError(w, r, err)
 				return abandoned, false
 			}
-			svc.detector.Report(&hst.Host, outlier.LocalFailure)
+			svc.report(hst, outlier.LocalFailure)
 			body.tried(f)
 			if ctx.Err() == nil && retries < u.pol.attempts &&
 				u.pol.retryOn.Retriable(retry.Attempt{Failure: f, GRPCStatus: retry.NoGRPCStatus}) &&
-				body.replayable() && svc.budget.Acquire(svc.limits.Requests.Active()) {
+				body.replayable() && u.acquireRetry() {
 				retries++
 				retrying = true
 				rec.AddRetry()
+				svc.m.Retry()
 				if !backoff(ctx, retries) {
 					svc.budget.Release()
-					proxy.WriteError(w, r, timeoutOrGone(r))
+					u.writeError(w, r, timeoutOrGone(r))
 					return outcomeOf(r), false
 				}
 				continue
@@ -183,7 +191,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 			if ctx.Err() != nil && r.Context().Err() == nil {
 				err = timeoutOrGone(r) // the route timeout, whatever the try saw
 			}
-			proxy.WriteError(w, r, err)
+			u.writeError(w, r, err)
 			return failed, false
 		}
 
@@ -193,17 +201,17 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 		if retries < u.pol.attempts && (eff >= 400 || gs > 0) {
 			a := retry.Attempt{Status: status, GRPCStatus: gs, RateLimited: rateLimited(resp.Header)}
 			body.tried(retry.NoFailure)
-			if u.pol.retryOn.Retriable(a) && ctx.Err() == nil && body.replayable() &&
-				svc.budget.Acquire(svc.limits.Requests.Active()) {
-				svc.detector.Report(&hst.Host, outlier.Classify(eff, false))
+			if u.pol.retryOn.Retriable(a) && ctx.Err() == nil && body.replayable() && u.acquireRetry() {
+				svc.report(hst, outlier.Classify(eff, false))
 				proxy.Discard(resp)
 				u.endTry(cancelTry, retrying, hst)
 				retries++
 				retrying = true
 				rec.AddRetry()
+				svc.m.Retry()
 				if !backoff(ctx, retries) {
 					svc.budget.Release()
-					proxy.WriteError(w, r, timeoutOrGone(r))
+					u.writeError(w, r, timeoutOrGone(r))
 					return outcomeOf(r), false
 				}
 				continue
@@ -220,19 +228,39 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 			if r.Context().Err() != nil {
 				return abandoned, true // the client left; not the upstream's fault
 			}
-			svc.detector.Report(&hst.Host, outlier.LocalFailure)
+			svc.report(hst, outlier.LocalFailure)
 			return failed, true
 		case err != nil: // a failed upgrade: nothing was written
-			svc.detector.Report(&hst.Host, outlier.GatewayError)
+			svc.report(hst, outlier.GatewayError)
 			proxy.WriteError(w, r, err)
 			return failed, false
 		}
-		svc.detector.Report(&hst.Host, outlier.Classify(eff, false))
+		svc.report(hst, outlier.Classify(eff, false))
 		if eff >= 500 {
 			return failed, false
 		}
 		return succeeded, false
 	}
+}
+
+// acquireRetry takes a slot of the retry budget for a retry the policy
+// allows, counting the retries the budget refuses.
+func (u *upstream) acquireRetry() bool {
+	if u.svc.budget.Acquire(u.svc.limits.Requests.Active()) {
+		return true
+	}
+	u.svc.m.RetryBudgetExhausted()
+	return false
+}
+
+// writeError answers r with err, counting the route and per-try timeouts
+// the caller sees (504 upstream-timeout).
+func (u *upstream) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var pe *proxy.Error
+	if errors.As(err, &pe) && pe.Reason == proxy.ReasonTimeout {
+		u.svc.m.Timeout()
+	}
+	proxy.WriteError(w, r, err)
 }
 
 // endTry releases what one try held.

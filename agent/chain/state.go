@@ -16,6 +16,7 @@ import (
 	"github.com/meshvm/mesh/governance/ratelimit"
 	"github.com/meshvm/mesh/governance/registry"
 	"github.com/meshvm/mesh/governance/retry"
+	"github.com/meshvm/mesh/observability"
 )
 
 // inboundKey is the registry key of the agent's own token bucket.
@@ -35,16 +36,19 @@ type State struct {
 	buckets   *registry.Registry[string, ratelimit.Config, *ratelimit.Bucket]
 	inLimit   *breaker.Limit
 	pushed    chan struct{} // wakes Run after a compile
+
+	metrics *observability.Metrics // nil: not instrumented
 }
 
 // NewState returns empty state. clk may be nil for the system clock; the
 // governance algorithms read it (timeouts always use real time).
 func NewState(clk clock.Clock) *State {
 	clk = clock.Or(clk)
-	return &State{
+	s := &State{clk: clk}
+	*s = State{
 		clk: clk,
 		services: registry.New(
-			func(name string, p config.Policy) (*service, error) { return newService(name, p, clk) },
+			func(name string, p config.Policy) (*service, error) { return newService(name, p, clk, s.metrics) },
 			(*service).update,
 		),
 		buckets: registry.New(
@@ -54,6 +58,17 @@ func NewState(clk clock.Clock) *State {
 		inLimit: breaker.NewLimit(0),
 		pushed:  make(chan struct{}, 1),
 	}
+	return s
+}
+
+// WithMetrics makes the state report policy outcomes to m (per upstream
+// service: breaker state and transitions, rejections, ejections,
+// retries, retry-budget exhaustion, timeouts, concurrency refusals; the
+// inbound rate and concurrency limits under the local service). Call it
+// before the first Compile. It returns s.
+func (s *State) WithMetrics(m *observability.Metrics) *State {
+	s.metrics = m
+	return s
 }
 
 // Run returns ejected endpoints to service when their ejection time is
@@ -87,8 +102,8 @@ func (s *State) sweep(now int64) time.Duration {
 		iv := int64(svc.detector.Config().Interval)
 		last := svc.lastSweep.Load()
 		if last == 0 || now-last >= iv {
-			if last != 0 {
-				svc.detector.Sweep(now)
+			if last != 0 && svc.detector.Sweep(now) > 0 {
+				svc.m.EjectedNow(svc.detector.Ejected())
 			}
 			svc.lastSweep.Store(now)
 			last = now
@@ -157,6 +172,12 @@ type service struct {
 
 	lastSweep atomic.Int64
 
+	// Metrics (nil when not instrumented) and the breaker state they last
+	// recorded.
+	m           *observability.UpstreamMetrics
+	limited     *observability.LimitMetrics
+	breakerSeen atomic.Uint32
+
 	mu    sync.Mutex
 	hosts map[string]*host // by endpoint address
 }
@@ -168,7 +189,7 @@ type host struct {
 	active atomic.Int64
 }
 
-func newService(name string, p config.Policy, clk clock.Clock) (*service, error) {
+func newService(name string, p config.Policy, clk clock.Clock, m *observability.Metrics) (*service, error) {
 	br, err := breaker.New(breakerConfig(p), clk)
 	if err != nil {
 		return nil, err
@@ -178,14 +199,38 @@ func newService(name string, p config.Policy, clk clock.Clock) (*service, error)
 		return nil, err
 	}
 	pct, minRetries := budgetConfig(p)
-	return &service{
+	s := &service{
 		name:     name,
 		limits:   breaker.NewThresholds(thresholdsConfig(p)),
 		breaker:  br,
 		budget:   retry.NewBudget(pct, minRetries),
 		detector: det,
 		hosts:    map[string]*host{},
-	}, nil
+	}
+	if m != nil {
+		s.m = m.Upstream(name)
+		s.limited = m.Limits(observability.Outbound, name)
+	}
+	return s, nil
+}
+
+// observeBreaker records a change of the circuit's state since the last
+// one recorded. Called after each call that may change it (Allow, Report,
+// Abandon, Update), it costs two atomic loads when nothing changed.
+func (s *service) observeBreaker() {
+	now := uint32(s.breaker.State())
+	seen := s.breakerSeen.Load()
+	if now != seen && s.breakerSeen.CompareAndSwap(seen, now) {
+		s.m.BreakerState(breaker.State(now).String())
+	}
+}
+
+// report tells outlier detection how a try to h went, and records an
+// ejection.
+func (s *service) report(h *host, o outlier.Outcome) {
+	if s.detector.Report(&h.Host, o) {
+		s.m.Ejected(s.detector.Ejected())
+	}
 }
 
 func (s *service) update(p config.Policy) error {
@@ -197,6 +242,7 @@ func (s *service) update(p config.Policy) error {
 	}
 	s.limits.Update(thresholdsConfig(p))
 	s.budget.Update(budgetConfig(p))
+	s.observeBreaker() // a policy without a breaker closes the circuit
 	return nil
 }
 
@@ -279,6 +325,9 @@ func (s *service) endpointSet(eps []endpoint.Endpoint, opts balancer.Options) (*
 		}
 	}
 	s.detector.SetHosts(dets)
+	if s.m != nil {
+		s.m.EjectedNow(s.detector.Ejected())
+	}
 	opts.Version = s.detector
 	p, err := balancer.New(bes, opts)
 	if err != nil {

@@ -31,6 +31,10 @@ type Options struct {
 	// IdleConnTimeout closes pooled connections unused this long
 	// (default 90s).
 	IdleConnTimeout time.Duration
+	// WrapDial, if set, wraps the dialer of upstream connections, e.g. to
+	// count them (observability.Metrics.Dialer). The dial's context
+	// carries the values of the request that asked for the connection.
+	WrapDial func(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Forwarder sends requests to upstream addresses over pooled connections:
@@ -66,8 +70,12 @@ func NewForwarder(o Options) *Forwarder {
 		o.IdleConnTimeout = 90 * time.Second
 	}
 	d := &net.Dialer{Timeout: o.ConnectTimeout, KeepAlive: 30 * time.Second}
+	dialer := d.DialContext
+	if o.WrapDial != nil {
+		dialer = o.WrapDial(dialer)
+	}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
+		c, err := dialer(ctx, network, addr)
 		if err != nil {
 			return nil, &connectError{err: err}
 		}

@@ -159,6 +159,7 @@ type Registrar struct {
 	log    zerolog.Logger
 
 	registered atomic.Bool
+	metrics    Metrics
 
 	// mu serialises Consul writes: a registration in flight finishes (or
 	// is cancelled) before Deregister removes it, so it cannot resurrect.
@@ -184,9 +185,38 @@ func New(client *consulapi.Client, spec Spec, resync time.Duration, log zerolog.
 		resync:     resync,
 		stop:       stop,
 		cancelStop: cancel,
+		metrics:    noMetrics{},
 	}
 	r.log = log.With().Str("component", "registration").Str("service_id", r.reg.ID).Logger()
 	return r
+}
+
+// Metrics is where a Registrar reports its state
+// (observability.Metrics implements it).
+type Metrics interface {
+	// ConsulRegistered records whether Consul holds the registration.
+	ConsulRegistered(ok bool)
+	// ConsulRegistrationFailed counts one failed (re-)registration.
+	ConsulRegistrationFailed()
+}
+
+type noMetrics struct{}
+
+func (noMetrics) ConsulRegistered(bool)     {}
+func (noMetrics) ConsulRegistrationFailed() {}
+
+// WithMetrics makes r report its state to m; call it before Run. It
+// returns r.
+func (r *Registrar) WithMetrics(m Metrics) *Registrar {
+	r.metrics = m
+	return r
+}
+
+// setRegistered records whether Consul holds the registration, and
+// returns the previous value.
+func (r *Registrar) setRegistered(ok bool) bool {
+	r.metrics.ConsulRegistered(ok)
+	return r.registered.Swap(ok)
 }
 
 // ID is the Consul service ID.
@@ -227,6 +257,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
+			r.metrics.ConsulRegistrationFailed()
 			if !failing {
 				r.log.Warn().Err(err).Msg("consul registration failing, retrying")
 			} else {
@@ -259,12 +290,12 @@ func (r *Registrar) sync(ctx context.Context) error {
 	var se consulapi.StatusError
 	switch {
 	case err == nil && svc != nil && r.matches(svc):
-		r.registered.Store(true)
+		r.setRegistered(true)
 		return nil
 	case err == nil && svc != nil:
 		r.log.Warn().Msg("consul holds a different registration under this ID, registering again")
 	case err == nil || errors.As(err, &se) && se.Code == http.StatusNotFound:
-		if r.registered.Swap(false) {
+		if r.setRegistered(false) {
 			r.log.Warn().Msg("consul lost the registration, registering again")
 		}
 	default:
@@ -290,7 +321,7 @@ func (r *Registrar) register(ctx context.Context) error {
 	if err := r.client.Agent().ServiceRegisterOpts(r.reg, opts); err != nil {
 		return fmt.Errorf("register %s: %w", r.reg.ID, err)
 	}
-	r.registered.Store(true)
+	r.setRegistered(true)
 	r.log.Info().Str("address", r.reg.Address).Int("port", r.reg.Port).Msg("registered in consul")
 	return nil
 }
@@ -303,7 +334,7 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	r.cancelStop()
 	r.mu.Lock() // wait for a registration in flight
 	defer r.mu.Unlock()
-	r.registered.Store(false)
+	r.setRegistered(false)
 	err := r.client.Agent().ServiceDeregisterOpts(r.reg.ID, (&consulapi.QueryOptions{}).WithContext(ctx))
 	var se consulapi.StatusError
 	if err != nil && !(errors.As(err, &se) && se.Code == http.StatusNotFound) {
