@@ -45,9 +45,9 @@ type Metrics struct {
 	endpointsSrc atomic.Pointer[func(yield func(service string, healthy int))]
 	endpointsMu  sync.Mutex // one scrape fills the endpoints gauge at a time
 	mu           sync.Mutex
-	upstreams atomic.Pointer[map[string]*UpstreamMetrics]
-	xdsMu     sync.Mutex
-	xdsCP     string
+	upstreams    atomic.Pointer[map[string]*UpstreamMetrics]
+	xdsMu        sync.Mutex
+	xdsCP        string
 }
 
 // NewMetrics registers the agent's governance and infrastructure metrics
