@@ -126,35 +126,53 @@ func (m *Metrics) ConcurrencyLimited(direction, service string) {
 	m.concurrencyLimited.WithLabelValues(direction, m.names.value(service)).Inc()
 }
 
-// Limits returns the refusal counters of one direction and service,
-// resolved once: for the request path, where RateLimited and
-// ConcurrencyLimited would look the series up on every call.
+// Limits returns the refusal counters of one direction and service, for
+// the request path: each series is looked up once, at its first refusal
+// (so a limit that never refuses adds no series).
 func (m *Metrics) Limits(direction, service string) *LimitMetrics {
 	name := m.names.value(service)
 	return &LimitMetrics{
-		rate:        m.rateLimited.WithLabelValues(direction, name),
-		concurrency: m.concurrencyLimited.WithLabelValues(direction, name),
+		rate:        lazyCounter{vec: m.rateLimited, labels: [2]string{direction, name}},
+		concurrency: lazyCounter{vec: m.concurrencyLimited, labels: [2]string{direction, name}},
 	}
 }
 
 // LimitMetrics count the requests one listener direction refused for one
 // service. Its methods do nothing on a nil receiver.
 type LimitMetrics struct {
-	rate, concurrency prometheus.Counter
+	rate, concurrency lazyCounter
 }
 
 // RateLimited counts one request refused by the rate limit.
 func (l *LimitMetrics) RateLimited() {
 	if l != nil {
-		l.rate.Inc()
+		l.rate.inc()
 	}
 }
 
 // ConcurrencyLimited counts one request refused by a concurrency limit.
 func (l *LimitMetrics) ConcurrencyLimited() {
 	if l != nil {
-		l.concurrency.Inc()
+		l.concurrency.inc()
 	}
+}
+
+// lazyCounter is one series of a counter vector, resolved at its first
+// increment.
+type lazyCounter struct {
+	vec    *prometheus.CounterVec
+	labels [2]string
+	c      atomic.Pointer[prometheus.Counter]
+}
+
+func (l *lazyCounter) inc() {
+	c := l.c.Load()
+	if c == nil {
+		cc := l.vec.WithLabelValues(l.labels[:]...)
+		c = &cc
+		l.c.Store(c)
+	}
+	(*c).Inc()
 }
 
 // EndpointsFrom makes mesh_discovery_endpoints read the endpoint counts

@@ -78,6 +78,8 @@ const (
 // serve sends r to the service under its policy, in this order:
 // endpoints, max_requests, circuit breaker, route timeout, then tries.
 func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
+	// The service is known now: refusals below are recorded under it.
+	observability.RecordFrom(r.Context()).SetUpstream(u.name, "")
 	set, err := u.endpoints(r.Context())
 	if err != nil {
 		u.writeError(w, r, resolveError(u.name, err))
