@@ -43,8 +43,8 @@ func BenchmarkViewAfterChange(b *testing.B) {
 			})
 			first := time.Since(t0)
 			b.Logf("first view in %v", first.Round(time.Millisecond))
-			state := map[int]bool{}
 			for _, kind := range []string{"check", "port"} {
+				state := map[int]bool{} // flipped instances of this kind
 				b.Run(kind, func(b *testing.B) {
 					var lat []time.Duration
 					for n := 0; n < b.N; n++ {

@@ -51,7 +51,7 @@ func start(t testing.TB, addr string, opts consul.Options) *run {
 	if opts.MinBackoff == 0 {
 		opts.MinBackoff, opts.MaxBackoff = 20*time.Millisecond, 200*time.Millisecond
 	}
-	src, err := consul.New(config.Consul{Addr: addr}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel), opts)
+	src, err := consul.New(config.Consul{Addr: addr}, zerolog.New(zerolog.NewTestWriter(t)).Level(logLevel), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -588,3 +588,10 @@ func TestOutageKeepsTheLastView(t *testing.T) {
 	rl.down()
 	goleak.VerifyNone(t, before)
 }
+
+var logLevel = func() zerolog.Level {
+	if os.Getenv("MESH_TEST_DEBUG") != "" {
+		return zerolog.DebugLevel
+	}
+	return zerolog.InfoLevel
+}()
