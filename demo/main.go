@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/meshvm/mesh/meshtest"
 )
 
 // vm is one simulated machine: a loopback address with an app and an agent.
@@ -107,6 +109,21 @@ func run(ctx context.Context, every time.Duration) error {
 		return fmt.Errorf("mesh control not ready (see %s/control.log): %w", dir, err)
 	}
 
+	// Traces: to the collector named by MESH_DEMO_OTLP (host:port, OTLP
+	// over gRPC), else to a Jaeger the demo starts when bin/jaeger exists.
+	tr := traces{otlp: os.Getenv("MESH_DEMO_OTLP"), query: os.Getenv("MESH_DEMO_JAEGER_QUERY")}
+	if tr.otlp == "" {
+		if _, err := os.Stat(meshtest.JaegerBinary()); err == nil {
+			step("starting Jaeger (bin/jaeger) to collect the agents' traces")
+			j, err := meshtest.StartJaeger()
+			if err != nil {
+				return fmt.Errorf("jaeger: %w", err)
+			}
+			defer j.Stop()
+			tr = traces{otlp: j.OTLPGRPC, query: j.QueryURL, jaeger: j}
+		}
+	}
+
 	vms := []*vm{
 		{name: "vm-web-1", ip: "127.0.0.11", service: "web"},
 		{name: "vm-orders-1", ip: "127.0.0.12", service: "orders"},
@@ -116,7 +133,11 @@ func run(ctx context.Context, every time.Duration) error {
 		step("VM %-12s %s: app %q on %s:8080, mesh agent inbound :15006, outbound :15001, admin :15000", v.name, v.ip, v.service, v.ip)
 		v.app = startApp(v)
 		defer v.app.Close()
-		v.agent, err = startProc(dir, "agent-"+v.name, "bin/mesh", "agent",
+		agentCfg := filepath.Join(dir, "agent-"+v.name+".yaml")
+		if err := os.WriteFile(agentCfg, []byte(agentConfig(v.accessLog(dir), tr.otlp)), 0o644); err != nil {
+			return err
+		}
+		v.agent, err = startProc(dir, "agent-"+v.name, "bin/mesh", "agent", "--config", agentCfg,
 			"--service", v.service, "--app-address", v.ip, "--app-port", "8080", "--app-health", "/health",
 			"--inbound-addr", v.ip+":15006", "--outbound-addr", v.outbound(), "--admin-addr", v.ip+":15000",
 			"--advertise-addr", v.ip, "--node", v.name, "--consul-addr", "127.0.0.1:8500",
@@ -137,7 +158,7 @@ func run(ctx context.Context, every time.Duration) error {
 		return fmt.Errorf("orders instances not passing in Consul, or not pushed by mesh control: %w", err)
 	}
 
-	whereToLook(vms)
+	whereToLook(vms, dir, tr)
 	d := &demo{ctx: ctx, web: vms[0], orders: vms[1:], client: &http.Client{Timeout: 5 * time.Second}}
 
 	phase("1. Steady traffic",
@@ -158,7 +179,77 @@ func run(ctx context.Context, every time.Duration) error {
 	phase("4. Steady traffic until Ctrl-C", "")
 	d.steady(0, every)
 	summary(d.stats, d.lat)
+	observed(vms, tr)
 	return nil
+}
+
+// traces is where the agents send spans, if anywhere.
+type traces struct {
+	otlp   string           // OTLP/gRPC host:port; "" for no tracing
+	query  string           // Jaeger query API base URL, when known
+	jaeger *meshtest.Jaeger // started by the demo, or nil
+}
+
+func (v *vm) accessLog(dir string) string { return filepath.Join(dir, "access-"+v.name+".log") }
+
+// agentConfig is the part of an agent's config the flags do not set: its
+// access log file and, with a collector, every trace sampled.
+func agentConfig(accessLog, otlp string) string {
+	c := fmt.Sprintf("observability:\n  access_log:\n    output: %s\n    flush_interval: 200ms\n", accessLog)
+	if otlp != "" {
+		c += fmt.Sprintf("  tracing:\n    exporter: otlp-grpc\n    endpoint: %s\n    sample_ratio: 1\n    batch_timeout: 200ms\n", otlp)
+	}
+	return c
+}
+
+// observed prints what the agents recorded of the demo: request counts
+// from web's /metrics, and a trace from Jaeger.
+func observed(vms []*vm, tr traces) {
+	fmt.Println()
+	fmt.Println("What the mesh recorded (every request, whatever the app's language):")
+	if b, err := fetch(vms[0].admin() + "/metrics"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "mesh_requests_total{") && strings.Contains(line, `direction="outbound"`) ||
+				strings.HasPrefix(line, "mesh_circuit_breaker_transitions_total{") && !strings.HasSuffix(line, " 0") {
+				fmt.Println("  web  " + line)
+			}
+		}
+	}
+	if tr.query == "" {
+		return
+	}
+	time.Sleep(500 * time.Millisecond) // the last batch of spans
+	b, err := fetch(tr.query + "/api/traces?limit=1&service=web")
+	if err != nil {
+		fmt.Println("  traces: " + err.Error())
+		return
+	}
+	var body struct {
+		Data []meshtest.JaegerTrace `json:"data"`
+	}
+	if json.Unmarshal(b, &body) != nil || len(body.Data) == 0 {
+		fmt.Println("  traces: Jaeger holds none for web yet")
+		return
+	}
+	t := body.Data[0]
+	fmt.Printf("  a trace from Jaeger: %s/api/traces/%s\n", tr.query, t.TraceID)
+	for _, sp := range t.Spans {
+		parent := sp.Parent()
+		if parent == "" {
+			parent = "(root)"
+		}
+		fmt.Printf("    span %s  %-6s %-5s %-7v status %v  parent %s\n", sp.SpanID, t.Service(sp), sp.OperationName,
+			sp.Tag("span.kind"), sp.Tag("http.response.status_code"), parent)
+	}
+}
+
+func fetch(url string) ([]byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
 }
 
 // demo sends the traffic of each phase and prints what happened.
@@ -383,7 +474,7 @@ func summary(stats map[string]int, lat []time.Duration) {
 }
 
 // whereToLook says where to look while the demo runs.
-func whereToLook(vms []*vm) {
+func whereToLook(vms []*vm, dir string, tr traces) {
 	fmt.Println()
 	fmt.Println("Where to look while the demo runs:")
 	fmt.Println("  Consul UI:          http://127.0.0.1:8500/ui/")
@@ -391,6 +482,16 @@ func whereToLook(vms []*vm) {
 	fmt.Println("  Consul API:         curl -s 'http://127.0.0.1:8500/v1/health/service/orders?passing' | jq")
 	for _, v := range vms {
 		fmt.Printf("  agent %-12s  %s/config_dump  %s/metrics  %s/ready\n", v.name, v.admin(), v.admin(), v.admin())
+	}
+	fmt.Printf("  metrics:            curl -s %s/metrics | grep -E '^mesh_(requests_total|rate_limited|circuit_breaker)'\n", vms[0].admin())
+	fmt.Printf("  access logs:        tail -f %s/access-*.log   (one JSON line per request and hop)\n", dir)
+	switch {
+	case tr.query != "":
+		fmt.Printf("  traces (Jaeger):    %s/api/traces?service=web&limit=5  (OTLP in on %s)\n", tr.query, tr.otlp)
+	case tr.otlp != "":
+		fmt.Printf("  traces:             sent over OTLP/gRPC to %s (MESH_DEMO_OTLP)\n", tr.otlp)
+	default:
+		fmt.Println("  traces:             off: `make jaeger`, or MESH_DEMO_OTLP=host:port for your own collector")
 	}
 	fmt.Println("  call it yourself:   curl -s -H 'Host: orders' http://127.0.0.11:15001/orders/1")
 	fmt.Println("  as a proxy:         curl -s -x http://127.0.0.11:15001 http://orders/orders/1")
