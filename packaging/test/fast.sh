@@ -13,7 +13,7 @@ cd "$here/../.."
 mesh=$PWD/bin/mesh
 [ -x "$mesh" ] || fail "bin/mesh is missing: run make build"
 
-need systemd:systemd-analyze shellcheck:shellcheck ansible:ansible-playbook ansible-lint:ansible-lint
+need systemd:systemd-analyze shellcheck:shellcheck ansible:ansible-playbook ansible-lint:ansible-lint python3:python3
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -66,7 +66,8 @@ shellcheck -s sh packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm
 	packaging/rpm/post packaging/rpm/preun packaging/rpm/postun \
 	packaging/version.sh packaging/changelog.sh
 shellcheck -x -s sh packaging/test/*.sh
-ok "shellcheck"
+python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' packaging/test/load.py
+ok "shellcheck, load.py parses"
 
 # --- Ansible -------------------------------------------------------------
 (cd packaging/ansible && ansible-lint -q) || fail "ansible-lint"

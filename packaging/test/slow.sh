@@ -20,7 +20,10 @@
 #      Consul and is ready; `systemctl stop` deregisters, drains and exits 0.
 #      Then the Type=notify contract of both units: active after start,
 #      reload keeps the process, the watchdog is fed, stop ends it cleanly
-#      (MESH_TEST_SDNOTIFY=0 leaves it out, saving the 32s watchdog wait).
+#      (MESH_TEST_SDNOTIFY=0 leaves it out, saving the 32s watchdog wait);
+#   6. upgrade.sh: a package upgrade (dpkg -i in a booted root, postinst
+#      restarting mesh-agent@orders) under steady load from two callers
+#      with retries (Consul-direct and xDS) loses no request.
 # shellcheck disable=SC2016 # ${...} in single quotes are dpkg-query formats
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -337,5 +340,11 @@ if [ "${MESH_TEST_SDNOTIFY:-1}" = 1 ]; then
 		fail "stop mesh-control: result $(in_boot systemctl show -P Result mesh-control.service)"
 fi
 ok "systemctl stop mesh-control: exit 0"
+
+# --- 6. package upgrade under load ------------------------------------------------
+# Power this root off first: the upgrade test boots its own.
+cleanup
+trap - EXIT INT TERM
+"$here/upgrade.sh" "$deb"
 
 echo "packaging tests: all passed in $(($(date +%s) - start))s"
