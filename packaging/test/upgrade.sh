@@ -305,7 +305,14 @@ ok "postinst restart: pid $oldpid deregistered, drained, stopped and exited 0; p
 
 got=$(json "http://$vm1:$admin/config_dump" 'j["version"]')
 [ "$got" = "$newbin" ] || fail "mesh-agent@orders runs version '$got' after the upgrade, want $newbin"
-retry 150 has_passing orders 2 || fail "orders: $(passing orders) passing instances in Consul after the upgrade, want 2"
+# The wait of the rolling upgrade in docs/operations.md: the host's Consul
+# agent answers 200 once every orders instance it holds passes its check
+# (here both instances are registered with the one Consul agent).
+local_passing() { [ "$(http_code "$consul/v1/agent/health/service/name/orders")" = 200 ]; }
+retry 150 local_passing || fail "orders: the Consul agent does not report it passing after the upgrade"
+t2=$(date +%s%N)
+has_passing orders 2 || fail "orders: $(passing orders) passing instances in Consul after the upgrade, want 2"
+ok "orders on $vm1 passing again $(((t2 - t1) / 1000000)) ms after dpkg returned"
 got=$(json "$consul/v1/catalog/service/orders" "[s['ServiceMeta']['mesh_version'] for s in j if s['ServiceAddress'] == '$vm1']")
 [ "$got" = "['$newbin']" ] || fail "Consul's mesh_version of the $vm1 instance: $got, want $newbin"
 retry 100 both_since "$(marks)" || { tail -n 3 "$work"/load-*.log; fail "after the upgrade: not both instances answer each caller"; }
