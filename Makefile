@@ -89,19 +89,22 @@ package: build $(NFPM)
 test-packaging-fast: build
 	packaging/test/fast.sh
 
-# About 2 minutes, as root (plus 2 for the first debootstrap, cached in
+# About 3 minutes, as root (plus 2 for the first debootstrap, cached in
 # .cache/): lintian on the .deb; dpkg -i, upgrade and purge in a Debian root;
 # the .rpm's scriptlets via rpm --root; the Ansible role run twice against
 # that root over a chroot connection (second run: changed=0); the root
 # booted with systemd-nspawn, mesh-control running in the unit's sandbox.
 # It also checks Type=notify start/reload/watchdog/stop of both units under
-# systemd; MESH_TEST_SDNOTIFY=0 skips those (and their ~30 s wait).
+# systemd; MESH_TEST_SDNOTIFY=0 skips those (and their ~30 s wait). Last
+# (~25 s more), a package upgrade under load: see test-packaging-upgrade.
 test-packaging: package $(CONSUL)
 	GO='$(GO)' packaging/test/slow.sh
 
-# Only the last step of test-packaging: mesh-agent@orders upgraded from an
-# older package by dpkg -i in a booted Debian root, under load from a
-# caller with retries, loses no request.
+# Only the last step of test-packaging (as root, ~25 s): mesh-agent@orders,
+# upgraded from an older package by dpkg -i in a Debian root booted on the
+# host's network (127.0.66.0/24), next to a second instance on the host,
+# under load from two callers with retries (Consul-direct and xDS), loses
+# no request.
 test-packaging-upgrade: package $(CONSUL)
 	GO='$(GO)' packaging/test/upgrade.sh
 
