@@ -18,10 +18,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/meshvm/mesh/agent/proxy"
-	"github.com/meshvm/mesh/agent/route"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/observability"
@@ -306,7 +304,7 @@ func TestUpgradeThroughInstrument(t *testing.T) {
 	}
 	fwd := proxy.NewForwarder(proxy.Options{})
 	defer fwd.CloseIdleConnections()
-	in := serve(t, "127.0.0.44", obs.Instrument(observability.Inbound, "orders", route.NewInbound(app, fwd, zerolog.Nop())))
+	in := serve(t, "127.0.0.44", obs.Instrument(observability.Inbound, "orders", inbound(fwd, app)))
 
 	c, err := net.Dial("tcp", in)
 	if err != nil {

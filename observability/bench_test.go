@@ -15,7 +15,6 @@ import (
 
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
-	"github.com/meshvm/mesh/agent/route"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/observability"
 )
@@ -147,9 +146,9 @@ func BenchmarkTwoHop(b *testing.B) {
 				return obs.Instrument(dir, svc, h)
 			}
 			appAddr := serve(b, "127.0.0.39", app)
-			in := serve(b, "127.0.0.39", wrap(observability.Inbound, "orders", route.NewInbound(appAddr, fwd, zerolog.Nop())))
+			in := serve(b, "127.0.0.39", wrap(observability.Inbound, "orders", inbound(fwd, appAddr)))
 			res := recordingResolver{eps: map[string][]endpoint.Endpoint{"orders": {{Addr: in}}}}
-			out := serve(b, "127.0.0.38", wrap(observability.Outbound, "web", route.NewOutbound(res, fwd, zerolog.Nop())))
+			out := serve(b, "127.0.0.38", wrap(observability.Outbound, "web", outbound(fwd, res)))
 			c := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}}
 			defer c.CloseIdleConnections()
 			b.ReportAllocs()

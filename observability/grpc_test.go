@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
-	"github.com/meshvm/mesh/agent/route"
 	"github.com/meshvm/mesh/observability"
 )
 
@@ -44,9 +42,9 @@ func TestGRPCThroughTwoHops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := serve(t, "127.0.0.40", obsB.Instrument(observability.Inbound, "orders", route.NewInbound(ln.Addr().String(), fwd, zerolog.Nop())))
+	in := serve(t, "127.0.0.40", obsB.Instrument(observability.Inbound, "orders", inbound(fwd, ln.Addr().String())))
 	res := recordingResolver{eps: map[string][]endpoint.Endpoint{"orders": {{Addr: in}}}}
-	out := serve(t, "127.0.0.41", obsA.Instrument(observability.Outbound, "web", route.NewOutbound(res, fwd, zerolog.Nop())))
+	out := serve(t, "127.0.0.41", obsA.Instrument(observability.Outbound, "web", outbound(fwd, res)))
 
 	cc, err := grpc.NewClient(out, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("orders"))
 	if err != nil {

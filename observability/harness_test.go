@@ -19,7 +19,6 @@ import (
 
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
-	"github.com/meshvm/mesh/agent/route"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/observability"
 )
@@ -112,6 +111,35 @@ func (m recordingResolver) Resolve(ctx context.Context, service string) ([]endpo
 	return eps, nil
 }
 
+// inbound is an agent's inbound listener reduced to its forwarding: every
+// request goes to the app at appAddr, a failure becomes the mesh's own
+// error response.
+func inbound(fwd *proxy.Forwarder, appAddr string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := fwd.Forward(w, r, appAddr); err != nil {
+			proxy.WriteError(w, r, err)
+		}
+	})
+}
+
+// outbound is an agent's outbound listener reduced to its routing: the
+// service named by the Host ("orders", "orders.mesh", any port), its first
+// endpoint from res.
+func outbound(fwd *proxy.Forwarder, res endpoint.Resolver) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := strings.Cut(r.Host, ":")
+		service := strings.TrimSuffix(host, ".mesh")
+		eps, err := res.Resolve(r.Context(), service)
+		if err != nil || len(eps) == 0 {
+			proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonNoRoute, Err: err})
+			return
+		}
+		if err := fwd.Forward(w, r, eps[0].Addr); err != nil {
+			proxy.WriteError(w, r, err)
+		}
+	})
+}
+
 func defaultObs() config.Observability {
 	c := config.DefaultObservability()
 	c.AccessLog.FlushInterval = 0 // lines reach the buffer at once
@@ -155,8 +183,8 @@ func startTwoHop(t *testing.T, cfgA, cfgB config.Observability) *twoHop {
 			next.ServeHTTP(w, r)
 		})
 	}
-	inbound := serve(t, hostB, th.obsB.Instrument(observability.Inbound, "orders",
-		limiter(route.NewInbound(appAddr, fwd, zerolog.Nop()))))
+	inB := serve(t, hostB, th.obsB.Instrument(observability.Inbound, "orders",
+		limiter(inbound(fwd, appAddr))))
 	th.adminB = serve(t, hostB, observability.NewAdminMux(regB, func() bool { return true }))
 
 	regA := observability.NewRegistry()
@@ -175,9 +203,9 @@ func startTwoHop(t *testing.T, cfgA, cfgB config.Observability) *twoHop {
 			next.ServeHTTP(w, r)
 		})
 	}
-	res := recordingResolver{eps: map[string][]endpoint.Endpoint{"orders": {{Addr: inbound}}}}
+	res := recordingResolver{eps: map[string][]endpoint.Endpoint{"orders": {{Addr: inB}}}}
 	th.outbound = serve(t, hostA, th.obsA.Instrument(observability.Outbound, "web",
-		breaker(route.NewOutbound(res, fwd, zerolog.Nop()))))
+		breaker(outbound(fwd, res))))
 	th.adminA = serve(t, hostA, observability.NewAdminMux(regA, func() bool { return true }))
 
 	var ctxA, ctxB context.Context
