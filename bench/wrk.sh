@@ -45,10 +45,32 @@ agent() { # ip service app-port extra...
 B_PID=$(agent 127.0.0.52 bench-b 8080)
 A_PID=$(agent 127.0.0.51 bench-a 9 --upstream bench-b=127.0.0.51:9191)
 pids+=("$A_PID" "$B_PID")
-for ip in 127.0.0.51 127.0.0.52; do
+
+# Two more pairs for observability on versus off, same app: "min" has no
+# access log and no tracing (metrics are always on); "on" logs every
+# request to a file and traces 1% of requests over OTLP/gRPC to a
+# collector that is not there (spans are built, queued and dropped).
+cat >"$work/obs-min.yaml" <<YAML
+observability:
+  access_log: {enabled: false}
+  tracing: {exporter: none}
+YAML
+cat >"$work/obs-on.yaml" <<YAML
+observability:
+  access_log: {enabled: true, output: $work/access.log}
+  tracing: {exporter: otlp-grpc, endpoint: 127.0.0.1:14317, sample_ratio: 0.01}
+YAML
+BMIN=$(agent 127.0.0.62 bench-b-min 8080 --app-address 127.0.0.52 --config "$work/obs-min.yaml")
+AMIN=$(agent 127.0.0.61 bench-a-min 9 --config "$work/obs-min.yaml")
+BON=$(agent 127.0.0.72 bench-b-on 8080 --app-address 127.0.0.52 --config "$work/obs-on.yaml")
+AON=$(agent 127.0.0.71 bench-a-on 9 --config "$work/obs-on.yaml")
+pids+=("$BMIN" "$AMIN" "$BON" "$AON")
+for ip in 127.0.0.51 127.0.0.52 127.0.0.61 127.0.0.62 127.0.0.71 127.0.0.72; do
 	until curl -fs "http://$ip:15000/ready" >/dev/null; do sleep 0.2; done
 done
-until [ "$(curl -fs "http://127.0.0.1:$CP/v1/health/service/bench-b?passing" | grep -o '"ServiceID"' | wc -l)" -ge 1 ]; do sleep 0.2; done
+for svc in bench-b bench-b-min bench-b-on; do
+	until [ "$(curl -fs "http://127.0.0.1:$CP/v1/health/service/$svc?passing" | grep -o '"ServiceID"' | wc -l)" -ge 1 ]; do sleep 0.2; done
+done
 
 # nginx, one worker on CPU 0, upstream keepalive: hop 1 on :8081 -> app, hop 2 on :8082 -> :8081.
 cat >"$work/nginx.conf" <<NGINX
@@ -92,6 +114,11 @@ for c in 32 1; do
 	results+=("$(run "mesh 2 hops (outbound, Host)" "$c" http://127.0.0.51:15001/ bench-b)")
 	results+=("$(run "mesh 2 hops (upstream listener)" "$c" http://127.0.0.51:9191/)")
 done
+# Observability on versus off, alternated twice to even out drift.
+for round in 1 2; do
+	results+=("$(run "obs min, 2 hops #$round" 32 http://127.0.0.61:15001/ bench-b-min)")
+	results+=("$(run "obs on (log + 1% traces), 2 hops #$round" 32 http://127.0.0.71:15001/ bench-b-on)")
+done
 rss() { awk '/VmHWM/ {printf "%.1f MB", $2/1024}' "/proc/$1/status"; }
 
 rps_of() {
@@ -104,12 +131,14 @@ rps_of() {
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a/b; else print "-" }'; }
 
-echo "| path | conns | req/s | p50 | p99 | vs direct | vs nginx same hops |"
+echo "| path | conns | req/s | p50 | p99 | vs direct | vs nginx same hops (obs rows: vs obs min) |"
 echo "|---|---|---|---|---|---|---|"
 for r in "${results[@]}"; do
 	IFS='|' read -r name c v p50 p99 <<<"$r"
 	ref=""
 	case "$name" in
+		"obs on"*) ref=$(rps_of "obs min, 2 hops #${name##*#}" "$c") ;;
+		"obs min"*) ref=$v ;;
 		"mesh 1 hop"*) ref=$(rps_of "nginx 1 hop" "$c") ;;
 		"mesh 2 hops"*) ref=$(rps_of "nginx 2 hops" "$c") ;;
 		"nginx"*|direct) ref=$v ;;
