@@ -27,7 +27,6 @@ import (
 
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
-	"github.com/meshvm/mesh/agent/route"
 	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/governance/balancer"
@@ -306,7 +305,7 @@ func (h *Handlers) serveOutbound(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Host != "" {
 		host = r.URL.Host
 	}
-	name := route.ServiceName(host)
+	name := ServiceName(host)
 	if name == "" {
 		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonNoRoute,
 			Err: fmt.Errorf("no service in host %q", host)})

@@ -1,4 +1,4 @@
-package route_test
+package chain_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/mccutchen/go-httpbin/v2/httpbin"
 	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/interop"
@@ -22,23 +23,24 @@ import (
 	"github.com/meshvm/mesh/agent/chain"
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
-	"github.com/meshvm/mesh/agent/route"
 	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/config"
 )
 
-// The simulated VMs: the caller's agent A, two callee agents B1 and B2 with
-// their apps, and a gRPC callee.
+// The simulated VMs of the data-path tests: the caller's agent A, two
+// callee agents B1 and B2 with their apps (go-httpbin), and a gRPC callee.
 const (
-	hostA    = "127.0.0.11"
-	hostB1   = "127.0.0.12"
-	hostB2   = "127.0.0.13"
-	hostGRPC = "127.0.0.14"
-	// deadAddr refuses connections: nothing listens on port 1.
-	deadAddr = "127.0.0.15:1"
+	meshHostA    = "127.0.0.11"
+	meshHostB1   = "127.0.0.12"
+	meshHostB2   = "127.0.0.13"
+	meshHostGRPC = "127.0.0.14"
+	// meshDeadAddr refuses connections: nothing listens on port 1.
+	meshDeadAddr = "127.0.0.15:1"
 )
 
-// mesh is the two-hop topology every test in this package runs against:
+// mesh is the two-hop topology the data-path tests run against, every
+// agent serving the governed handlers under the default policy (timeouts,
+// retries, breaker, outlier detection, locality-aware round robin):
 //
 //	client -> A outbound / A upstream listener -> B inbound -> app
 type mesh struct {
@@ -47,62 +49,50 @@ type mesh struct {
 	resolver     *mapResolver
 }
 
+// topo is started by TestMain for the whole package.
 var topo *mesh
 
-// TestMain runs every test twice: through the plain routing handlers of
-// this package, and through the governed handlers the agent serves
-// (agent/chain, default policy: timeouts, retries, breaker, outlier
-// detection, locality-aware round robin), which must keep every behaviour.
+// TestMain starts the data-path topology, runs the package's tests, stops
+// it, and checks that no goroutine is left.
 func TestMain(m *testing.M) {
 	// The interop cases report failures with grpclog's Fatal, which exits;
 	// turn that into a panic the test can recover and report.
 	grpclog.SetLoggerV2(panicLogger{grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr)})
-	code := 0
-	for _, governed := range []bool{false, true} {
-		var stop func()
-		var err error
-		topo, stop, err = startMesh(governed)
+	var stop func()
+	var err error
+	topo, stop, err = startMesh()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start mesh:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	stop()
+	if code == 0 {
+		err := goleak.Find(
+			// pooled keep-alive connections of the test clients
+			goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
+			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+		)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "start mesh:", err)
-			os.Exit(1)
+			fmt.Fprintln(os.Stderr, "goleak: goroutines left after the tests:", err)
+			code = 1
 		}
-		if c := m.Run(); c != 0 {
-			fmt.Fprintf(os.Stderr, "tests failed with governed=%v handlers\n", governed)
-			code = c
-		}
-		stop()
 	}
 	os.Exit(code)
 }
 
-// handlers builds an agent's listener handlers: route's plain ones, or
-// agent/chain's under the default policy with endpoints from res.
-type handlers struct {
-	inbound  func(app string) http.Handler
-	outbound func() http.Handler
-	upstream func(service string) http.Handler
-}
-
-func newHandlers(governed bool, res endpoint.Resolver, fwd *proxy.Forwarder) (handlers, error) {
-	log := zerolog.Nop()
-	if !governed {
-		return handlers{
-			inbound:  func(app string) http.Handler { return route.NewInbound(app, fwd, log) },
-			outbound: func() http.Handler { return route.NewOutbound(res, fwd, log) },
-			upstream: func(s string) http.Handler { return route.NewUpstream(s, res, fwd, log) },
-		}, nil
-	}
-	cfg := config.Default()
-	t := table.FromConfig(cfg)
+// meshSwitch compiles an agent's listener handlers from the default
+// configuration, with endpoints from res (none when res is nil).
+func meshSwitch(res endpoint.Resolver, fwd *proxy.Forwarder) (*chain.Switch, error) {
 	if res == nil {
 		res = &mapResolver{eps: map[string][]endpoint.Endpoint{}}
 	}
-	h, err := chain.Compile(t, res, chain.Local{Service: "test"}, fwd, chain.NewState(nil), log)
+	h, err := chain.Compile(table.FromConfig(config.Default()), res, chain.Local{Service: "test"}, fwd, chain.NewState(nil), zerolog.Nop())
 	if err != nil {
-		return handlers{}, err
+		return nil, err
 	}
-	sw := chain.NewSwitch(h)
-	return handlers{inbound: sw.Inbound, outbound: sw.Outbound, upstream: sw.Upstream}, nil
+	return chain.NewSwitch(h), nil
 }
 
 // mapResolver is an endpoint.Resolver backed by a map: the real discovery
@@ -132,8 +122,9 @@ func (m *mapResolver) set(service string, addrs ...string) {
 	m.eps[service] = eps
 }
 
-// serve starts h on host:0 with the agent's server settings.
-func serve(host string, h http.Handler) (addr string, stop func(), err error) {
+// startServer starts h on host:0 with the agent's server settings, until
+// stop.
+func startServer(host string, h http.Handler) (addr string, stop func(), err error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return "", nil, fmt.Errorf("listen on %s: %w", host, err)
@@ -150,14 +141,14 @@ func serve(host string, h http.Handler) (addr string, stop func(), err error) {
 	}, nil
 }
 
-// bigBody is what /big/{n} serves: n bytes from a fixed buffer, so the
-// app itself allocates nothing per byte.
 // appHeld and appCancelled report what /hold saw.
 var (
 	appHeld      = make(chan string, 4)
 	appCancelled = make(chan string, 4)
 )
 
+// bigChunk is what /big/{n} serves n bytes from, so the app itself
+// allocates nothing per byte.
 var bigChunk = make([]byte, 64<<10)
 
 // appHandler is the app on a callee VM: go-httpbin plus a few endpoints
@@ -221,7 +212,7 @@ func appHandler(hostname string) http.Handler {
 	return mux
 }
 
-func startMesh(governed bool) (*mesh, func(), error) {
+func startMesh() (*mesh, func(), error) {
 	var stops []func()
 	stopAll := func() {
 		for i := len(stops) - 1; i >= 0; i-- {
@@ -236,19 +227,19 @@ func startMesh(governed bool) (*mesh, func(), error) {
 
 	// Callee VMs: app + inbound agent each.
 	var inbounds []string
-	for _, vm := range []struct{ host, name string }{{hostB1, "b1"}, {hostB2, "b2"}} {
-		app, stop, err := serve(vm.host, appHandler(vm.name))
+	for _, vm := range []struct{ host, name string }{{meshHostB1, "b1"}, {meshHostB2, "b2"}} {
+		app, stop, err := startServer(vm.host, appHandler(vm.name))
 		if err != nil {
 			return fail(err)
 		}
 		stops = append(stops, stop)
 		fwd := proxy.NewForwarder(proxy.Options{Log: log})
 		stops = append(stops, fwd.CloseIdleConnections)
-		hs, err := newHandlers(governed, nil, fwd)
+		sw, err := meshSwitch(nil, fwd)
 		if err != nil {
 			return fail(err)
 		}
-		in, stop, err := serve(vm.host, hs.inbound(app))
+		in, stop, err := startServer(vm.host, sw.Inbound(app))
 		if err != nil {
 			return fail(err)
 		}
@@ -259,18 +250,18 @@ func startMesh(governed bool) (*mesh, func(), error) {
 	// A callee VM whose app is down: its agent is up, nothing listens behind it.
 	dfwd := proxy.NewForwarder(proxy.Options{Log: log})
 	stops = append(stops, dfwd.CloseIdleConnections)
-	dhs, err := newHandlers(governed, nil, dfwd)
+	dsw, err := meshSwitch(nil, dfwd)
 	if err != nil {
 		return fail(err)
 	}
-	down, stop, err := serve(hostB2, dhs.inbound(deadAddr))
+	down, stop, err := startServer(meshHostB2, dsw.Inbound(meshDeadAddr))
 	if err != nil {
 		return fail(err)
 	}
 	stops = append(stops, stop)
 
 	// The gRPC interop server and its inbound agent.
-	gl, err := net.Listen("tcp", net.JoinHostPort(hostGRPC, "0"))
+	gl, err := net.Listen("tcp", net.JoinHostPort(meshHostGRPC, "0"))
 	if err != nil {
 		return fail(err)
 	}
@@ -280,11 +271,11 @@ func startMesh(governed bool) (*mesh, func(), error) {
 	stops = append(stops, gs.Stop)
 	gfwd := proxy.NewForwarder(proxy.Options{Log: log})
 	stops = append(stops, gfwd.CloseIdleConnections)
-	ghs, err := newHandlers(governed, nil, gfwd)
+	gsw, err := meshSwitch(nil, gfwd)
 	if err != nil {
 		return fail(err)
 	}
-	gin, stop, err := serve(hostGRPC, ghs.inbound(gl.Addr().String()))
+	gin, stop, err := startServer(meshHostGRPC, gsw.Inbound(gl.Addr().String()))
 	if err != nil {
 		return fail(err)
 	}
@@ -299,16 +290,16 @@ func startMesh(governed bool) (*mesh, func(), error) {
 	res.set("interop", gin)
 	fwd := proxy.NewForwarder(proxy.Options{Log: log})
 	stops = append(stops, fwd.CloseIdleConnections)
-	hs, err := newHandlers(governed, res, fwd)
+	sw, err := meshSwitch(res, fwd)
 	if err != nil {
 		return fail(err)
 	}
-	out, stop, err := serve(hostA, hs.outbound())
+	out, stop, err := startServer(meshHostA, sw.Outbound())
 	if err != nil {
 		return fail(err)
 	}
 	stops = append(stops, stop)
-	up, stop, err := serve(hostA, hs.upstream("interop"))
+	up, stop, err := startServer(meshHostA, sw.Upstream("interop"))
 	if err != nil {
 		return fail(err)
 	}
@@ -316,10 +307,10 @@ func startMesh(governed bool) (*mesh, func(), error) {
 	return &mesh{outbound: out, grpcUpstream: up, resolver: res}, stopAll, nil
 }
 
-// client returns an HTTP/1.1 client whose every connection goes to addr,
-// whatever the URL's host: like an app calling http://orders/ through its
-// agent with a Host header.
-func client(addr string) *http.Client {
+// agentClient returns an HTTP/1.1 client whose every connection goes to
+// addr, whatever the URL's host: like an app calling http://orders/
+// through its agent with a Host header.
+func agentClient(addr string) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy: nil,
@@ -333,11 +324,11 @@ func client(addr string) *http.Client {
 	}
 }
 
-// h2cClient is like client but speaks HTTP/2 with prior knowledge.
+// h2cClient is like agentClient but speaks HTTP/2 with prior knowledge.
 func h2cClient(addr string) *http.Client {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	c := client(addr)
+	c := agentClient(addr)
 	c.Transport.(*http.Transport).Protocols = &p
 	return c
 }

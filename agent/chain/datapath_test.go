@@ -1,4 +1,4 @@
-package route_test
+package chain_test
 
 import (
 	"bufio"
@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
-
-	"github.com/meshvm/mesh/agent/route"
 )
 
 // httpbinEcho is what httpbin's /anything, /headers and /post answer.
@@ -53,7 +51,7 @@ func newRequest(t *testing.T, method, url string, body io.Reader) *http.Request 
 }
 
 func TestMethodsPassThrough(t *testing.T) {
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	for _, tc := range []struct {
 		name, method, body string
 	}{
@@ -89,7 +87,7 @@ func TestMethodsPassThrough(t *testing.T) {
 }
 
 func TestStatusCodesPassThrough(t *testing.T) {
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	for _, tc := range []struct {
 		name string
 		code int
@@ -113,7 +111,7 @@ func TestStatusCodesPassThrough(t *testing.T) {
 }
 
 func TestHeaders(t *testing.T) {
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	for _, tc := range []struct {
 		name      string
 		send      map[string]string
@@ -188,7 +186,7 @@ func TestHeaders(t *testing.T) {
 }
 
 func TestResponseHopByHopStripped(t *testing.T) {
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	resp, _ := do(t, c, newRequest(t, http.MethodGet,
 		"http://orders/response-headers?X-App=1&Keep-Alive=timeout%3D9&Proxy-Authenticate=Basic", nil))
 	if resp.Header.Get("X-App") != "1" {
@@ -202,7 +200,7 @@ func TestResponseHopByHopStripped(t *testing.T) {
 }
 
 func TestHosts(t *testing.T) {
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	for _, tc := range []struct {
 		name, host string
 		status     int
@@ -230,26 +228,6 @@ func TestHosts(t *testing.T) {
 			}
 			if tc.status == 200 && !strings.HasPrefix(string(body), "HTTP/1.1 ") {
 				t.Errorf("app saw %q, want HTTP/1.1", body)
-			}
-		})
-	}
-}
-
-func TestServiceName(t *testing.T) {
-	for _, tc := range []struct{ name, host, want string }{
-		{name: "bare", host: "orders", want: "orders"},
-		{name: "port", host: "orders:15001", want: "orders"},
-		{name: "mesh", host: "Orders.Mesh", want: "orders"},
-		{name: "consul", host: "orders.service.consul", want: "orders"},
-		{name: "consul dc port", host: "orders.service.eu-1.consul:80", want: "orders"},
-		{name: "fqdn", host: "orders.mesh.", want: "orders"},
-		{name: "consul node name", host: "web1.node.consul", want: ""},
-		{name: "empty", host: "", want: ""},
-		{name: "ipv6", host: "[::1]:80", want: "::1"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := route.ServiceName(tc.host); got != tc.want {
-				t.Errorf("ServiceName(%q) = %q, want %q", tc.host, got, tc.want)
 			}
 		})
 	}
@@ -285,9 +263,9 @@ func TestHTTPProxyAbsoluteForm(t *testing.T) {
 }
 
 func TestRoundRobinAndConnectRetry(t *testing.T) {
-	dead := deadAddr
+	dead := meshDeadAddr
 	pair := topo.resolver
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	for _, tc := range []struct {
 		name  string
 		addrs []string
@@ -325,7 +303,7 @@ func TestRoundRobinAndConnectRetry(t *testing.T) {
 }
 
 func TestChunkedBothWays(t *testing.T) {
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	// A body of unknown length goes out chunked.
 	pr, pw := io.Pipe()
 	go func() {
@@ -359,7 +337,7 @@ func TestChunkedBothWays(t *testing.T) {
 }
 
 func TestTrailers(t *testing.T) {
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	resp, err := c.Do(newRequest(t, http.MethodGet, "http://orders/trailers?X-Checksum=abc", nil))
 	if err != nil {
 		t.Fatal(err)
@@ -382,7 +360,7 @@ func TestStreamingIsNotBuffered(t *testing.T) {
 		{name: "full-duplex echo", path: "/echo-stream"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := client(topo.outbound)
+			c := agentClient(topo.outbound)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			var req *http.Request
@@ -436,7 +414,7 @@ func TestStreamingIsNotBuffered(t *testing.T) {
 func TestLargeBodiesStreamWithBoundedMemory(t *testing.T) {
 	const size = 100 << 20
 	const budget = 8 << 20 // allocations allowed for 100 MB through two hops
-	c := client(topo.outbound)
+	c := agentClient(topo.outbound)
 	for _, tc := range []struct {
 		name string
 		req  func() *http.Request
@@ -577,7 +555,7 @@ func TestClientCancelReachesApp(t *testing.T) {
 		name   string
 		client *http.Client
 	}{
-		{name: "http/1.1", client: client(topo.outbound)},
+		{name: "http/1.1", client: agentClient(topo.outbound)},
 		{name: "h2c", client: h2cClient(topo.outbound)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	"go.uber.org/goleak"
 
 	"github.com/meshvm/mesh/agent/chain"
 	"github.com/meshvm/mesh/agent/endpoint"
@@ -32,15 +31,6 @@ const (
 	// deadAddr refuses connections: nothing listens on port 1.
 	deadAddr = "127.0.0.45:1"
 )
-
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// pooled keep-alive connections of the test clients
-		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),
-		goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
-		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
-	)
-}
 
 // serve starts h on host:0 with the agent's server settings.
 func serve(t testing.TB, host string, h http.Handler) string {

@@ -3,7 +3,7 @@
 // upstream address and streams the response back, handling hop-by-hop and
 // forwarding headers. It also renders the mesh's own error responses and
 // builds the agent's HTTP/1.1+h2c servers. Choosing the address is the
-// job of package route.
+// job of package chain.
 package proxy
 
 import (
