@@ -172,8 +172,6 @@ func healthServer(t *testing.T, host, name string) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func itoa(n int) string { return strconv.Itoa(n) }
-
 // httpGet returns the status code of a GET.
 func httpGet(url string) (int, error) {
 	resp, err := http.Get(url)

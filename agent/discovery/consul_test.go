@@ -300,8 +300,8 @@ func TestConsulOutageKeepsLastGood(t *testing.T) {
 	register(t, consul.Client, a)
 	register(t, consul.Client, b)
 	register(t, consul.Client, instance{id: "idle-a", service: "idle", addr: "127.0.0.63", port: 15006, passing: true})
-	rl := startRelay(t, consul.Addr)
-	client, err := consulapi.NewClient(&consulapi.Config{Address: rl.addr})
+	rl := meshtest.StartRelay(t, consul.Addr)
+	client, err := consulapi.NewClient(&consulapi.Config{Address: rl.Addr()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +315,7 @@ func TestConsulOutageKeepsLastGood(t *testing.T) {
 		return nil
 	})
 
-	rl.down()
+	rl.Down()
 	setHealth(t, a, consulapi.HealthCritical)
 	for range 10 {
 		eps, err := resolve(d, "inventory")
@@ -338,7 +338,7 @@ func TestConsulOutageKeepsLastGood(t *testing.T) {
 		t.Errorf("unknown name during the outage: err = %v, want ErrUnknownService", err)
 	}
 
-	rl.up()
+	rl.Up(t)
 	wantAddrs(t, d, "inventory", 3*time.Second, "127.0.0.62:15006")
 }
 
@@ -346,9 +346,9 @@ func TestConsulOutageKeepsLastGood(t *testing.T) {
 // waits for a Consul that is known to fail), and succeed once it is back.
 func TestConsulDownAtStart(t *testing.T) {
 	register(t, consul.Client, instance{id: "boot-a", service: "boot", addr: "127.0.0.65", port: 15006, passing: true})
-	rl := startRelay(t, consul.Addr)
-	rl.down()
-	client, err := consulapi.NewClient(&consulapi.Config{Address: rl.addr})
+	rl := meshtest.StartRelay(t, consul.Addr)
+	rl.Down()
+	client, err := consulapi.NewClient(&consulapi.Config{Address: rl.Addr()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,7 +363,7 @@ func TestConsulDownAtStart(t *testing.T) {
 			t.Errorf("lookup %d with consul down took %v, want a fast failure", i, el)
 		}
 	}
-	rl.up()
+	rl.Up(t)
 	wantAddrs(t, d, "boot", 3*time.Second, "127.0.0.65:15006")
 }
 

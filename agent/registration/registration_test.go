@@ -246,8 +246,8 @@ func TestDeregisterStaysGone(t *testing.T) {
 func TestConsulOutage(t *testing.T) {
 	host := meshtest.LoopbackHost(24)
 	appPort := startApp(t, host)
-	rl := startRelay(t, consul.Addr)
-	client, err := consulapi.NewClient(&consulapi.Config{Address: rl.addr})
+	rl := meshtest.StartRelay(t, consul.Addr)
+	client, err := consulapi.NewClient(&consulapi.Config{Address: rl.Addr()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,23 +258,23 @@ func TestConsulOutage(t *testing.T) {
 	}, resync, testLogger(t))
 
 	// Consul unreachable from the start: Run keeps trying.
-	rl.down()
+	rl.Down()
 	cancel, done, runErr := runRegistrar(t, r)
 	time.Sleep(3 * resync)
 	if r.Registered() {
 		t.Fatal("Registered() true while consul is unreachable from the start")
 	}
-	rl.up()
+	rl.Up(t)
 	meshtest.Eventually(t, resync+2*time.Second, func() error { _, err := agentService(r.ID()); return err })
 
 	// Consul goes away and forgets the registration meanwhile (an agent
 	// restarted without its data): restored once it is reachable again.
-	rl.down()
+	rl.Down()
 	if err := consul.Client.Agent().ServiceDeregister(r.ID()); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(3 * resync)
-	rl.up()
+	rl.Up(t)
 	meshtest.Eventually(t, resync+2*time.Second, func() error { _, err := agentService(r.ID()); return err })
 
 	// Cancelling ctx stops Run without deregistering.

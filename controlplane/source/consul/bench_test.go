@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source/consul"
+	"github.com/meshvm/mesh/meshtest"
 )
 
 // BenchmarkViewAfterChange measures, against the package's real Consul
@@ -40,9 +41,9 @@ func BenchmarkViewAfterChange(b *testing.B) {
 			t0 := time.Now()
 			c.register(b)
 			b.Logf("registered %d instances in %v", services*per, time.Since(t0).Round(time.Millisecond))
-			rl := newConnRelay(b, testConsul.Addr)
+			rl := meshtest.StartRelay(b, testConsul.Addr)
 			t0 = time.Now()
-			r := start(b, rl.addr, consul.Options{})
+			r := start(b, rl.Addr(), consul.Options{})
 			r.await(b, 5*time.Minute, func(m map[string][]model.Instance) error {
 				if len(m) < services {
 					return fmt.Errorf("%d services", len(m))
@@ -96,7 +97,7 @@ func BenchmarkViewAfterChange(b *testing.B) {
 					b.ReportMetric(pct(0.5), "p50-ms")
 					b.ReportMetric(pct(0.99), "p99-ms")
 					b.ReportMetric(first.Seconds(), "first-view-s")
-					b.ReportMetric(float64(rl.peakConns()), "peak-conns")
+					b.ReportMetric(float64(rl.PeakConns()), "peak-conns")
 				})
 			}
 			r.stop()

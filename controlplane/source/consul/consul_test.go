@@ -3,10 +3,7 @@ package consul_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"os"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -186,91 +183,6 @@ func (c catalog) setCheck(t testing.TB, s, i int, status string) {
 	txn(t, api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(s, i, status)}}})
 }
 
-// connRelay is a TCP relay to Consul that counts the connections open
-// through it at once, and can be cut and restored.
-type connRelay struct {
-	addr, target string
-	mu           sync.Mutex
-	l            net.Listener
-	conns        map[net.Conn]bool
-	open, peak   int
-	wg           sync.WaitGroup
-}
-
-func newConnRelay(t testing.TB, target string) *connRelay {
-	t.Helper()
-	r := &connRelay{addr: "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")), target: target, conns: map[net.Conn]bool{}}
-	r.up(t)
-	t.Cleanup(r.down)
-	return r
-}
-
-func (r *connRelay) up(t testing.TB) {
-	t.Helper()
-	l, err := net.Listen("tcp", r.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.mu.Lock()
-	r.l = l
-	r.mu.Unlock()
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", r.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			r.mu.Lock()
-			r.conns[c], r.conns[up] = true, true
-			r.open++
-			r.peak = max(r.peak, r.open)
-			r.mu.Unlock()
-			var pair sync.WaitGroup
-			pair.Add(2)
-			r.wg.Add(3)
-			go func() { defer r.wg.Done(); defer pair.Done(); _, _ = io.Copy(up, c); up.Close() }()
-			go func() { defer r.wg.Done(); defer pair.Done(); _, _ = io.Copy(c, up); c.Close() }()
-			go func() {
-				defer r.wg.Done()
-				pair.Wait()
-				r.mu.Lock()
-				r.open--
-				delete(r.conns, c)
-				delete(r.conns, up)
-				r.mu.Unlock()
-			}()
-		}
-	}()
-}
-
-// down closes the listener and every relayed connection.
-func (r *connRelay) down() {
-	r.mu.Lock()
-	if r.l != nil {
-		r.l.Close()
-		r.l = nil
-	}
-	for c := range r.conns {
-		c.Close()
-	}
-	r.mu.Unlock()
-	r.wg.Wait()
-}
-
-// peakConns is the most connections that were open at once.
-func (r *connRelay) peakConns() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.peak
-}
-
 // TestThousandServices: with 1,000 services (two instances each) in the
 // catalog, the first view has them all; one check going critical reaches
 // a view promptly; the source never holds more than Workers+3 connections
@@ -279,9 +191,9 @@ func (r *connRelay) peakConns() int {
 func TestThousandServices(t *testing.T) {
 	c := catalog{prefix: "k", services: 1000, per: 2, nodes: 10}
 	c.register(t)
-	rl := newConnRelay(t, testConsul.Addr)
+	rl := meshtest.StartRelay(t, testConsul.Addr)
 	t0 := time.Now()
-	r := start(t, rl.addr, consul.Options{})
+	r := start(t, rl.Addr(), consul.Options{})
 	m := r.await(t, 60*time.Second, func(m map[string][]model.Instance) error {
 		if n := len(m); n < c.services {
 			return fmt.Errorf("%d services, want %d", n, c.services)
@@ -310,7 +222,7 @@ func TestThousandServices(t *testing.T) {
 	if in := find(m, c.service(617), c.id(617, 0)); in == nil || in.Check != model.CheckPassing {
 		t.Fatalf("the other instance: %+v, want passing", in)
 	}
-	if p, limit := rl.peakConns(), 8+3; p > limit {
+	if p, limit := rl.PeakConns(), 8+3; p > limit {
 		t.Errorf("%d connections to Consul at once, want at most %d", p, limit)
 	} else {
 		t.Logf("at most %d connections to Consul at once", p)
@@ -532,9 +444,9 @@ func TestChangesReachTheView(t *testing.T) {
 func TestOutageKeepsTheLastView(t *testing.T) {
 	c := catalog{prefix: "out", services: 3, per: 2, nodes: 2}
 	c.register(t)
-	rl := newConnRelay(t, testConsul.Addr)
+	rl := meshtest.StartRelay(t, testConsul.Addr)
 	before := goleak.IgnoreCurrent()
-	r := start(t, rl.addr, consul.Options{})
+	r := start(t, rl.Addr(), consul.Options{})
 	r.await(t, 30*time.Second, func(m map[string][]model.Instance) error {
 		for s := 0; s < c.services; s++ {
 			if len(m[c.service(s)]) != c.per {
@@ -544,7 +456,7 @@ func TestOutageKeepsTheLastView(t *testing.T) {
 		return nil
 	})
 
-	rl.down()
+	rl.Down()
 	meshtest.Eventually(t, 5*time.Second, func() error {
 		if st := r.src.Status(); st.Errors == 0 {
 			return fmt.Errorf("no error reported yet")
@@ -568,7 +480,7 @@ func TestOutageKeepsTheLastView(t *testing.T) {
 		t.Errorf("status has no last error while Consul is unreachable: %+v", st)
 	}
 
-	rl.up(t)
+	rl.Up(t)
 	r.await(t, 10*time.Second, func(m map[string][]model.Instance) error {
 		if in := find(m, c.service(0), c.id(0, 1)); in == nil || in.Check != model.CheckCritical {
 			return fmt.Errorf("%s: %+v, want critical", c.id(0, 1), in)
@@ -585,7 +497,7 @@ func TestOutageKeepsTheLastView(t *testing.T) {
 		t.Errorf("status still reports %q after recovery", st.LastError)
 	}
 	r.stop()
-	rl.down()
+	rl.Down()
 	goleak.VerifyNone(t, before)
 }
 
