@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -281,7 +280,7 @@ func (in *instrumented) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if id := r.Header["X-Request-Id"]; len(id) > 0 {
 		rec.requestID = id[0]
 	} else {
-		rec.requestID = newRequestID()
+		rec.requestID = NewRequestID()
 		r.Header["X-Request-Id"] = []string{rec.requestID}
 	}
 	if t := in.o.tracing; t != nil {
@@ -442,29 +441,4 @@ func protocolVersion(r *http.Request) string {
 		return "1.0"
 	}
 	return "1.1"
-}
-
-// newRequestID returns a random UUID (version 4).
-func newRequestID() string {
-	const hex = "0123456789abcdef"
-	var b [36]byte
-	hi, lo := rand.Uint64(), rand.Uint64()
-	hi = hi&^(0xf<<12) | 4<<12
-	lo = lo&^(0x3<<62) | uint64(2)<<62
-	j := 0
-	for i := 0; i < 32; i++ {
-		if i == 8 || i == 12 || i == 16 || i == 20 {
-			b[j] = '-'
-			j++
-		}
-		var nib uint64
-		if i < 16 {
-			nib = hi >> (60 - 4*uint(i)) & 0xf
-		} else {
-			nib = lo >> (60 - 4*uint(i-16)) & 0xf
-		}
-		b[j] = hex[nib]
-		j++
-	}
-	return string(b[:])
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -183,3 +184,29 @@ func (b *countingBody) Read(p []byte) (int, error) {
 }
 
 func (b *countingBody) Close() error { return b.rc.Close() }
+
+// NewRequestID returns a random UUID (version 4): the X-Request-Id the
+// mesh gives a request that arrives without one.
+func NewRequestID() string {
+	const hex = "0123456789abcdef"
+	var b [36]byte
+	hi, lo := rand.Uint64(), rand.Uint64()
+	hi = hi&^(0xf<<12) | 4<<12         // version 4
+	lo = lo&^(0x3<<62) | uint64(2)<<62 // variant 10
+	j := 0
+	for i := 0; i < 32; i++ {
+		if i == 8 || i == 12 || i == 16 || i == 20 {
+			b[j] = '-'
+			j++
+		}
+		var nib uint64
+		if i < 16 {
+			nib = hi >> (60 - 4*uint(i)) & 0xf
+		} else {
+			nib = lo >> (60 - 4*uint(i-16)) & 0xf
+		}
+		b[j] = hex[nib]
+		j++
+	}
+	return string(b[:])
+}

@@ -1,10 +1,11 @@
 package proxy
 
 import (
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
+
+	"github.com/meshvm/mesh/observability"
 )
 
 // Shared, never-modified header values.
@@ -99,7 +100,7 @@ func requestHeader(r *http.Request, upgrade string) http.Header {
 		}
 	}
 	if len(in["X-Request-Id"]) == 0 {
-		out["X-Request-Id"] = []string{newRequestID()}
+		out["X-Request-Id"] = []string{observability.NewRequestID()}
 	}
 	return out
 }
@@ -114,29 +115,4 @@ func copyResponseHeader(dst, src http.Header) {
 		}
 		dst[k] = vv
 	}
-}
-
-// newRequestID returns a random UUID (version 4) string.
-func newRequestID() string {
-	const hex = "0123456789abcdef"
-	var b [36]byte
-	hi, lo := rand.Uint64(), rand.Uint64()
-	hi = hi&^(0xf<<12) | 4<<12         // version 4
-	lo = lo&^(0x3<<62) | uint64(2)<<62 // variant 10
-	j := 0
-	for i := 0; i < 32; i++ {
-		if i == 8 || i == 12 || i == 16 || i == 20 {
-			b[j] = '-'
-			j++
-		}
-		var nib uint64
-		if i < 16 {
-			nib = hi >> (60 - 4*uint(i)) & 0xf
-		} else {
-			nib = lo >> (60 - 4*uint(i-16)) & 0xf
-		}
-		b[j] = hex[nib]
-		j++
-	}
-	return string(b[:])
 }
