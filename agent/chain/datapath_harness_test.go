@@ -122,25 +122,6 @@ func (m *mapResolver) set(service string, addrs ...string) {
 	m.eps[service] = eps
 }
 
-// startServer starts h on host:0 with the agent's server settings, until
-// stop.
-func startServer(host string, h http.Handler) (addr string, stop func(), err error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return "", nil, fmt.Errorf("listen on %s: %w", host, err)
-	}
-	srv := proxy.NewServer(h, zerolog.Nop())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(l)
-	}()
-	return l.Addr().String(), func() {
-		_ = srv.Close()
-		<-done
-	}, nil
-}
-
 // appHeld and appCancelled report what /hold saw.
 var (
 	appHeld      = make(chan string, 4)

@@ -32,12 +32,12 @@ const (
 	deadAddr = "127.0.0.45:1"
 )
 
-// serve starts h on host:0 with the agent's server settings.
-func serve(t testing.TB, host string, h http.Handler) string {
-	t.Helper()
+// startServer starts h on host:0 with the agent's server settings, until
+// stop.
+func startServer(host string, h http.Handler) (addr string, stop func(), err error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, fmt.Errorf("listen on %s: %w", host, err)
 	}
 	srv := proxy.NewServer(h, zerolog.Nop())
 	done := make(chan struct{})
@@ -45,11 +45,21 @@ func serve(t testing.TB, host string, h http.Handler) string {
 		defer close(done)
 		_ = srv.Serve(l)
 	}()
-	t.Cleanup(func() {
+	return l.Addr().String(), func() {
 		_ = srv.Close()
 		<-done
-	})
-	return l.Addr().String()
+	}, nil
+}
+
+// serve starts h on host:0 with the agent's server settings until t ends.
+func serve(t testing.TB, host string, h http.Handler) string {
+	t.Helper()
+	addr, stop, err := startServer(host, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return addr
 }
 
 // app is a callee's app: it answers with its name, or as its mode says,
