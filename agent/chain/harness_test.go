@@ -174,6 +174,9 @@ type caller struct {
 	st       *chain.State
 	fwd      *proxy.Forwarder
 	local    chain.Local
+
+	mu          sync.Mutex
+	openRefusal []time.Duration // how long the agent took to answer each 503 circuit-open
 }
 
 func startCaller(t testing.TB, tbl *table.Table, local chain.Local) *caller {
@@ -196,7 +199,18 @@ func startCaller(t testing.TB, tbl *table.Table, local chain.Local) *caller {
 		t.Fatal(err)
 	}
 	sw := chain.NewSwitch(h)
-	return &caller{outbound: serve(t, hostA, sw.Outbound()), sw: sw, st: st, fwd: fwd, local: local}
+	c := &caller{sw: sw, st: st, fwd: fwd, local: local}
+	outbound := sw.Outbound()
+	c.outbound = serve(t, hostA, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		outbound.ServeHTTP(w, r)
+		if w.Header().Get("x-mesh-reason") == proxy.ReasonCircuitOpen {
+			c.mu.Lock()
+			c.openRefusal = append(c.openRefusal, time.Since(start))
+			c.mu.Unlock()
+		}
+	}))
+	return c
 }
 
 // push compiles tbl and swaps it in.
