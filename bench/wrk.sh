@@ -58,7 +58,7 @@ YAML
 cat >"$work/obs-on.yaml" <<YAML
 observability:
   access_log: {enabled: true, output: $work/access.log}
-  tracing: {exporter: otlp-grpc, endpoint: 127.0.0.1:14317, sample_ratio: 0.01}
+  tracing: {exporter: otlp-grpc, endpoint: 127.0.0.1:14317, sample_ratio: 0.01, propagators: [${OBS_PROPAGATORS:-w3c}]}
 YAML
 BMIN=$(agent 127.0.0.62 bench-b-min 8080 --app-address 127.0.0.52 --config "$work/obs-min.yaml")
 AMIN=$(agent 127.0.0.61 bench-a-min 9 --config "$work/obs-min.yaml")
@@ -106,7 +106,10 @@ run() { # name conns url [host]
 }
 
 results=()
-for c in 32 1; do
+# OBS_ONLY=1 runs only the observability rows.
+conns_list="32 1"
+[ -n "${OBS_ONLY:-}" ] && conns_list=""
+for c in $conns_list; do
 	results+=("$(run direct "$c" http://127.0.0.52:8080/)")
 	results+=("$(run "nginx 1 hop" "$c" http://127.0.0.53:8081/)")
 	results+=("$(run "nginx 2 hops" "$c" http://127.0.0.53:8082/)")

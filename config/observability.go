@@ -88,7 +88,7 @@ func DefaultObservability() Observability {
 		Tracing: Tracing{
 			Exporter:      "none",
 			SampleRatio:   0.01,
-			Propagators:   []string{"w3c", "b3multi"},
+			Propagators:   []string{"w3c"},
 			QueueSize:     2048,
 			BatchSize:     512,
 			BatchTimeout:  time.Second,

@@ -24,7 +24,7 @@ func TestObservabilityConfig(t *testing.T) {
 			yaml: "log:\n  level: info\n",
 			check: func(t *testing.T, c config.Observability) {
 				if !c.AccessLog.Enabled || c.AccessLog.Output != "stdout" || c.Tracing.Exporter != "none" ||
-					c.Tracing.SampleRatio != 0.01 || len(c.Tracing.Propagators) != 2 {
+					c.Tracing.SampleRatio != 0.01 || len(c.Tracing.Propagators) != 1 {
 					t.Errorf("defaults = %+v", c)
 				}
 			},

@@ -37,6 +37,7 @@ func tracingObs(exporter, endpoint string, ratio float64) config.Observability {
 	c.Tracing.Exporter = exporter
 	c.Tracing.Endpoint = endpoint
 	c.Tracing.SampleRatio = ratio
+	c.Tracing.Propagators = []string{"w3c", "b3multi"} // the apps here read B3 too
 	c.Tracing.BatchTimeout = 50 * time.Millisecond
 	return c
 }
