@@ -1,16 +1,11 @@
 package agent
 
 import (
-	"context"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/mesh/config"
-	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/daemon"
 )
 
 // flagKeys maps `mesh agent` flags onto config keys.
@@ -46,39 +41,8 @@ func NewCommand() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			file, _ := cmd.Flags().GetString("config")
-			load := func() (*config.Config, error) {
-				return config.Load(config.Options{File: file, Flags: cmd.Flags(), FlagKeys: flagKeys, Role: config.RoleAgent})
-			}
-			cfg, err := load()
-			if err != nil {
-				return err
-			}
-			// The logger passes everything; the global level filters, so
-			// a reload can change it.
-			log := observability.NewLogger(cfg.Log, os.Stderr).Level(zerolog.TraceLevel)
-			if level, err := zerolog.ParseLevel(cfg.Log.Level); err == nil {
-				zerolog.SetGlobalLevel(level)
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-			defer stop()
-			a, err := New(*cfg, log)
-			if err != nil {
-				return err
-			}
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
-			go func() {
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-hup:
-						_ = a.ReloadFrom(load)
-					}
-				}
-			}()
-			return a.Run(ctx)
+			return daemon.Run(config.Options{File: file, Flags: cmd.Flags(), FlagKeys: flagKeys, Role: config.RoleAgent},
+				func(cfg config.Config, log zerolog.Logger) (daemon.Process, error) { return New(cfg, log) })
 		},
 	}
 	f := cmd.Flags()

@@ -192,7 +192,7 @@ func (r *registrar) wait() {
 // systemd (RELOADING=1, then READY=1 with a STATUS line) and the metrics
 // how it went. A config that does not load or apply is reported and the
 // running one stays.
-func (a *Agent) ReloadFrom(load func() (*config.Config, error)) error {
+func (a *Agent) ReloadFrom(_ context.Context, load func() (*config.Config, error)) error {
 	_ = sdnotify.Reloading()
 	defer func() { _ = sdnotify.Ready() }()
 	err := func() error {

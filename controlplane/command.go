@@ -1,17 +1,11 @@
 package controlplane
 
 import (
-	"context"
-	"os"
-	"os/signal"
-	"sync"
-	"syscall"
-
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
 	"github.com/meshvm/mesh/config"
-	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/daemon"
 )
 
 // flagKeys maps `mesh control` flags onto config keys.
@@ -45,45 +39,8 @@ func NewCommand() *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			file, _ := cmd.Flags().GetString("config")
-			// A reload reads the same file with the same flags.
-			load := func() (*config.Config, error) {
-				return config.Load(config.Options{File: file, Flags: cmd.Flags(), FlagKeys: flagKeys, Role: config.RoleControl})
-			}
-			cfg, err := load()
-			if err != nil {
-				return err
-			}
-			// The logger passes everything; the global level filters, so
-			// a reload can change it.
-			log := observability.NewLogger(cfg.Log, os.Stderr).Level(zerolog.TraceLevel)
-			if level, err := zerolog.ParseLevel(cfg.Log.Level); err == nil {
-				zerolog.SetGlobalLevel(level)
-			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-			defer stop()
-			c, err := New(*cfg, log, Options{})
-			if err != nil {
-				return err
-			}
-			hup := make(chan os.Signal, 1)
-			signal.Notify(hup, syscall.SIGHUP)
-			defer signal.Stop(hup)
-			var wg sync.WaitGroup
-			defer wg.Wait()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-hup:
-						_ = c.ReloadFrom(ctx, load)
-					}
-				}
-			}()
-			defer stop() // ends the reload loop before wg.Wait when Run fails
-			return c.Run(ctx)
+			return daemon.Run(config.Options{File: file, Flags: cmd.Flags(), FlagKeys: flagKeys, Role: config.RoleControl},
+				func(cfg config.Config, log zerolog.Logger) (daemon.Process, error) { return New(cfg, log, Options{}) })
 		},
 	}
 	f := cmd.Flags()
