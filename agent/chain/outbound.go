@@ -105,13 +105,11 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonCircuitOpen, RetryAfter: wait})
 		return
 	}
-	ctx := r.Context()
+	var deadline time.Time // the route timeout's; zero: none
 	if u.pol.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, u.pol.timeout)
-		defer cancel()
+		deadline = time.Now().Add(u.pol.timeout)
 	}
-	out, aborted := u.exchange(w, r, ctx, set)
+	out, aborted := u.exchange(w, r, deadline, set)
 	switch out {
 	case succeeded:
 		svc.breaker.Report(permit, true)
@@ -130,7 +128,9 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 // either retry (another endpoint, after a jittered backoff, within the
 // budget) or relay the response. aborted means the response broke off
 // after it had started: the caller must abort the client's stream.
-func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.Context, set *endpointSet) (out outcome, aborted bool) {
+// deadline is the route timeout's (zero: none); each try runs under one
+// context, see tryContext.
+func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, deadline time.Time, set *endpointSet) (out outcome, aborted bool) {
 	svc := u.svc
 	body := requestBody{has: r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0}
 	if body.has && u.pol.replay && r.ContentLength <= maxReplay {
@@ -146,10 +146,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 		prev = i
 		addr, hst := set.eps[i].Addr, set.hosts[i]
 		rec.SetUpstream(u.name, addr)
-		tryCtx, cancelTry := ctx, context.CancelFunc(nil)
-		if u.pol.perTry > 0 {
-			tryCtx, cancelTry = context.WithTimeout(ctx, u.pol.perTry)
-		}
+		tryCtx, cancelTry := u.tryContext(r.Context(), deadline)
 		att.Ctx = tryCtx
 		att.Body = body.next()
 		if !svc.limits.Pending.Acquire() {
@@ -176,21 +173,21 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 			}
 			svc.report(hst, outlier.LocalFailure)
 			body.tried(f)
-			if ctx.Err() == nil && retries < u.pol.attempts &&
+			if !expired(deadline) && retries < u.pol.attempts &&
 				u.pol.retryOn.Retriable(retry.Attempt{Failure: f, GRPCStatus: retry.NoGRPCStatus}) &&
 				body.replayable() && u.acquireRetry() {
 				retries++
 				retrying = true
 				rec.AddRetry()
 				svc.m.Retry()
-				if !backoff(ctx, retries) {
+				if !backoff(r.Context(), deadline, retries) {
 					svc.budget.Release()
 					u.writeError(w, r, timeoutOrGone(r))
 					return outcomeOf(r), false
 				}
 				continue
 			}
-			if ctx.Err() != nil && r.Context().Err() == nil {
+			if expired(deadline) && r.Context().Err() == nil {
 				err = timeoutOrGone(r) // the route timeout, whatever the try saw
 			}
 			u.writeError(w, r, err)
@@ -203,7 +200,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 		if retries < u.pol.attempts && (eff >= 400 || gs > 0) {
 			a := retry.Attempt{Status: status, GRPCStatus: gs, RateLimited: rateLimited(resp.Header)}
 			body.tried(retry.NoFailure)
-			if u.pol.retryOn.Retriable(a) && ctx.Err() == nil && body.replayable() && u.acquireRetry() {
+			if u.pol.retryOn.Retriable(a) && !expired(deadline) && body.replayable() && u.acquireRetry() {
 				svc.report(hst, outlier.Classify(eff, false))
 				proxy.Discard(resp)
 				u.endTry(cancelTry, retrying, hst)
@@ -211,7 +208,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 				retrying = true
 				rec.AddRetry()
 				svc.m.Retry()
-				if !backoff(ctx, retries) {
+				if !backoff(r.Context(), deadline, retries) {
 					svc.budget.Release()
 					u.writeError(w, r, timeoutOrGone(r))
 					return outcomeOf(r), false
@@ -243,6 +240,28 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, ctx context.
 		}
 		return succeeded, false
 	}
+}
+
+// tryContext returns the context of one try: ctx (the request's) ending
+// at the earlier of the route deadline (zero: none) and the per-try
+// timeout from now. It is one context per try, none per request, since
+// each context.WithDeadline costs a timer and a few allocations. cancel is
+// nil when there is no deadline.
+func (u *upstream) tryContext(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
+	if u.pol.perTry > 0 {
+		if d := time.Now().Add(u.pol.perTry); deadline.IsZero() || d.Before(deadline) {
+			deadline = d
+		}
+	}
+	if deadline.IsZero() {
+		return ctx, nil
+	}
+	return context.WithDeadline(ctx, deadline)
+}
+
+// expired says whether the route deadline (zero: none) has passed.
+func expired(deadline time.Time) bool {
+	return !deadline.IsZero() && !time.Now().Before(deadline)
 }
 
 // acquireRetry takes a slot of the retry budget for a retry the policy
@@ -315,11 +334,18 @@ func outcomeOf(r *http.Request) outcome {
 }
 
 // backoff waits before retry number n (Envoy's jittered exponential
-// backoff, 25 ms base); false means ctx ended first.
-func backoff(ctx context.Context, n int) bool {
+// backoff, 25 ms base); false means ctx ended or the route deadline (zero:
+// none) passed first, in which case it returns at that moment.
+func backoff(ctx context.Context, deadline time.Time, n int) bool {
 	d := retry.Backoff(n, 0, 0, rand.Uint64())
+	routeEnds := false
+	if !deadline.IsZero() {
+		if left := time.Until(deadline); left <= d {
+			d, routeEnds = left, true
+		}
+	}
 	if d <= 0 {
-		return ctx.Err() == nil
+		return !routeEnds && ctx.Err() == nil
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -327,7 +353,7 @@ func backoff(ctx context.Context, n int) bool {
 	case <-ctx.Done():
 		return false
 	case <-t.C:
-		return true
+		return !routeEnds
 	}
 }
 
