@@ -4,7 +4,9 @@
 package meshtest
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -50,6 +52,22 @@ func ConsulBinary() string {
 // leader. It is meant for TestMain: call Stop when the package's tests end.
 // A missing binary is an error, never a skip.
 func StartConsul() (*Consul, error) {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		var c *Consul
+		c, err = startConsul()
+		if err == nil || !errors.Is(err, errPortTaken) {
+			return c, err
+		}
+		// A port FreePort found was taken by another test process before
+		// Consul bound it: try again with new ports.
+	}
+	return nil, err
+}
+
+var errPortTaken = errors.New("a port was taken before consul bound it")
+
+func startConsul() (*Consul, error) {
 	bin := ConsulBinary()
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("consul binary %s missing (run `make consul`): %w", bin, err)
@@ -91,11 +109,26 @@ func StartConsul() (*Consul, error) {
 		if leader, err := c.Client.Status().Leader(); err == nil && leader != "" {
 			return c, nil
 		}
+		if log, _ := os.ReadFile(filepath.Join(dir, "consul.log")); bytes.Contains(log, []byte("address already in use")) {
+			c.Stop()
+			return nil, fmt.Errorf("%w: %s", errPortTaken, lastLine(log, "address already in use"))
+		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	log, _ := os.ReadFile(filepath.Join(dir, "consul.log"))
 	c.Stop()
 	return nil, fmt.Errorf("consul did not elect a leader in 30s; log:\n%s", log)
+}
+
+// lastLine returns the last line of log that contains s.
+func lastLine(log []byte, s string) string {
+	lines := strings.Split(string(log), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], s) {
+			return strings.TrimSpace(lines[i])
+		}
+	}
+	return ""
 }
 
 // Stop kills the agent and removes its data.
