@@ -20,10 +20,10 @@ import (
 // instance, registered through the transaction API), the time from one
 // write to Consul to the source's first view that shows it:
 //   - check: one instance's check flips critical <-> passing (found from
-//     health/state/any; one service fetched);
+//     the failing-checks watch; one service fetched);
 //   - port: one instance is re-registered on another port with its check
-//     untouched (found by the per-service index sweep: every service's
-//     index read, one service fetched).
+//     untouched (every check read, then found by the per-service index
+//     sweep: every service's index read, one service fetched).
 //
 // It also reports the time to the first full view (first-view-s) and
 // the most connections open to Consul at once (peak-conns).

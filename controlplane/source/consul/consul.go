@@ -1,9 +1,11 @@
 // Package consul is the control plane's Consul source. It holds a small,
 // fixed number of connections to Consul whatever the catalog's size: three
 // blocking queries signal changes (catalog/services for registrations,
-// health/state/any for checks, catalog/nodes for node addresses), and a
-// bounded pool of workers fetches /v1/health/service/<name> for the
-// services those changes name (see state for how they are found). A failed
+// health/state/any filtered to the checks that are not passing for check
+// changes, catalog/nodes for node addresses), and the sync loop reads
+// every check (health/state/any) after a registration change, then fetches
+// /v1/health/service/<name> for the services those changes name with a
+// bounded pool of workers (see state for how they are found). A failed
 // query is retried forever with backoff while the last good view stays in
 // force.
 package consul
@@ -52,6 +54,13 @@ type Options struct {
 	// off the leader at the cost of reads that may lag by a little.
 	Stale bool
 }
+
+// notPassing filters the checks watch to the checks that are not passing.
+// Consul still blocks on the whole checks table (the watch wakes on every
+// check write), but an answer holds only the failing checks, not every
+// check in the catalog (~35 MB of JSON at 100,000 checks). A check going
+// critical or warning appears in it; one going back to passing leaves it.
+const notPassing = `Status != "passing"`
 
 // grace is how long a registration change waits for the checks list
 // before every service is checked instead.
@@ -139,6 +148,7 @@ func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 	go func() {
 		defer wg.Done()
 		watch(ctx, s, "checks", func(q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error) {
+			q.Filter = notPassing
 			return s.client.Health().State(api.HealthAny, q)
 		}, &checks, wake)
 	}()
@@ -159,7 +169,7 @@ func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 			changed = st.applyServices(r, now) || changed
 		}
 		if r, ok := checks.take(); ok {
-			st.applyChecks(r, now)
+			st.applyFailing(r)
 		}
 		if r, ok := nodes.take(); ok {
 			st.applyNodes(r, now)
@@ -169,7 +179,7 @@ func (s *Source) Run(ctx context.Context, out chan<- model.View) error {
 			st.sweep, resyncAt = true, now.Add(s.opts.Resync)
 		}
 		st.prune()
-		work := st.ready() && (len(st.dirty) > 0 || st.sweep || st.needsProbe())
+		work := st.ready() && (len(st.dirty) > 0 || st.sweep || st.needsChecks())
 		ran, at := false, next
 		if work {
 			at = later(next, pace.ready(now))
@@ -253,16 +263,18 @@ func (p *pacer) ready(now time.Time) time.Time {
 // spend takes a token.
 func (p *pacer) spend() { p.tokens-- }
 
-// round does the work st asks for: the checks-index probe, a sweep, then
-// the fetch of every dirty service, Workers at a time. What succeeded is
-// kept even when something failed; the failures stay dirty.
+// round does the work st asks for: the read of every check after a
+// registration change, a sweep, then the fetch of every dirty service,
+// Workers at a time. What succeeded is kept even when something failed;
+// the failures stay dirty.
 func (s *Source) round(ctx context.Context, st *state) (changed bool, err error) {
-	if st.needsProbe() {
-		idx, err := s.checksIndex(ctx)
+	if st.needsChecks() {
+		at := st.catalogIndex
+		checks, idx, err := s.allChecks(ctx)
 		if err != nil {
 			return false, err
 		}
-		st.probe, st.probeAt = idx, time.Now()
+		st.applyChecks(result[api.HealthChecks]{val: checks, index: idx}, at, time.Now())
 		st.explain(time.Now(), grace)
 	}
 	if st.sweep {
@@ -376,15 +388,15 @@ func (s *Source) serviceIndex(ctx context.Context, name string) (uint64, error) 
 	return meta.LastIndex, nil
 }
 
-// checksIndex reads the checks table's index without its data.
-func (s *Source) checksIndex(ctx context.Context) (uint64, error) {
-	q := s.queryOptions(ctx, 0, 0)
-	q.Filter = `CheckID == ""`
-	_, meta, err := s.client.Health().State(api.HealthAny, q)
+// allChecks reads every check, without blocking.
+func (s *Source) allChecks(ctx context.Context) (api.HealthChecks, uint64, error) {
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	checks, meta, err := s.client.Health().State(api.HealthAny, s.queryOptions(qctx, 0, 0))
 	if err != nil {
-		return 0, fmt.Errorf("index of the checks: %w", err)
+		return nil, 0, fmt.Errorf("every check: %w", err)
 	}
-	return meta.LastIndex, nil
+	return checks, meta.LastIndex, nil
 }
 
 func (s *Source) failed(failing *bool, err error) {

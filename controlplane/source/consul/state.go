@@ -11,16 +11,27 @@ import (
 )
 
 // state is what the sync loop knows of the catalog: the three watched
-// lists as last applied, each fetched service's instances with the
-// per-service index of that answer, and the work the differences call
-// for. It does no I/O; the sync loop feeds it answers and runs its work.
+// lists as last applied, every check as last read, each fetched service's
+// instances with the per-service index of that answer, and the work the
+// differences call for. It does no I/O; the sync loop feeds it answers and
+// runs its work.
 //
-// Which service changed is found from the watched lists:
-//   - catalog/services: a service added or removed, or its tag set changed;
-//   - health/state/any: a check added, removed, or with a new status, name
-//     or service tags (a node's own check concerns every service on it);
-//   - catalog/nodes: a node removed or readdressed (instances without an
-//     address of their own take the node's).
+// Which service changed is found from these lists:
+//   - catalog/services (watched): a service added or removed, or its tag
+//     set changed;
+//   - the failing checks (watched: health/state/any filtered to the checks
+//     that are not passing): a check entering the list (gone critical or
+//     warning, or added so), leaving it (passing again, or removed), or in
+//     it with a new status, service or service tags (a node's own check
+//     concerns every service on it). The checks that are not passing
+//     decide every instance's health, so a check change that keeps a check
+//     passing changes no instance and costs one small answer;
+//   - every check (health/state/any, read once per catalog/services
+//     change, not watched: ~35 MB of JSON at 100,000 checks): a check
+//     added or removed with a registration, or whose status, name or
+//     service tags changed since the last read;
+//   - catalog/nodes (watched): a node removed or readdressed (instances
+//     without an address of their own take the node's).
 //
 // A catalog/services wake that none of these explains (an instance
 // added, removed or re-registered with no check change, e.g. a new port)
@@ -34,8 +45,14 @@ type state struct {
 	// services is catalog/services: name -> sorted tag set ("consul" left out).
 	services     map[string][]string
 	catalogIndex uint64
-	checks       map[checkKey]checkInfo
-	checksIndex  uint64
+	// checks is every check as last read; checksAt is the catalog index
+	// that read followed (0: not read yet).
+	checks      map[checkKey]checkInfo
+	checksIndex uint64
+	checksAt    uint64
+	// failing is the failing-checks watch's list.
+	failing      map[checkKey]checkInfo
+	failingIndex uint64
 	nodes        map[string]string // node -> address
 	nodesIndex   uint64
 	baselines    int // how many of the three lists have been applied once
@@ -53,10 +70,6 @@ type state struct {
 	checkWrites map[uint64]write
 	spans       []span
 	pending     []span // lo unused; hi = catalog index, at = when seen
-	// probe is the checks table's index read after the pending wakes at
-	// probeAt (see needsProbe).
-	probe   uint64
-	probeAt time.Time
 }
 
 type checkKey struct{ node, id string }
@@ -84,15 +97,15 @@ type span struct {
 
 func newState() *state {
 	return &state{
-		services: map[string][]string{}, checks: map[checkKey]checkInfo{}, nodes: map[string]string{},
+		services: map[string][]string{}, checks: map[checkKey]checkInfo{}, failing: map[checkKey]checkInfo{}, nodes: map[string]string{},
 		known: map[string]*fetched{}, nodeServices: map[string]map[string]bool{},
 		dirty: map[string]bool{}, checkWrites: map[uint64]write{},
 	}
 }
 
-// ready reports whether all three lists have been applied once: the first
-// fetches start after that, so any change after a list's first answer is
-// seen by a later answer.
+// ready reports whether all three watched lists have been applied once:
+// the first fetches start after that, so any change after a list's first
+// answer is seen by a later answer.
 func (s *state) ready() bool { return s.baselines == 3 }
 
 // complete reports whether every listed service has been fetched.
@@ -147,12 +160,52 @@ func (s *state) applyServices(r result[map[string][]string], now time.Time) (rem
 	return removed
 }
 
-// applyChecks applies a health/state/any answer.
-func (s *state) applyChecks(r result[api.HealthChecks], now time.Time) {
-	first := s.checksIndex == 0
+// applyFailing applies an answer of the failing-checks watch: the checks
+// that are not passing. An answer with the same checks (the watch wakes on
+// every check write, passing ones included) marks nothing.
+func (s *state) applyFailing(r result[api.HealthChecks]) {
+	first := s.failingIndex == 0
 	if first {
 		s.baselines++
 	}
+	next := make(map[checkKey]checkInfo, len(r.val))
+	for _, c := range r.val {
+		if c == nil {
+			continue
+		}
+		k := checkKey{c.Node, c.CheckID}
+		info := checkInfo{service: c.ServiceName, serviceID: c.ServiceID, name: c.Name, status: c.Status, tags: c.ServiceTags, modify: c.ModifyIndex}
+		next[k] = info
+		if first {
+			continue
+		}
+		if old, ok := s.failing[k]; !ok || old.status != info.status || old.service != info.service || old.serviceID != info.serviceID || !slices.Equal(old.tags, info.tags) {
+			s.touch(c.Node, info.service)
+			if ok {
+				s.touch(c.Node, old.service)
+			}
+		}
+	}
+	if !first {
+		for k, old := range s.failing {
+			if _, ok := next[k]; !ok {
+				s.touch(k.node, old.service)
+			}
+		}
+	}
+	s.failing, s.failingIndex = next, r.index
+}
+
+// needsChecks reports whether every check must be read: once at the start,
+// then after each catalog/services change, the index going backwards
+// included (a registration writes its checks; see explain).
+func (s *state) needsChecks() bool { return s.checksAt != s.catalogIndex }
+
+// applyChecks applies a health/state/any answer read after the catalog
+// index at.
+func (s *state) applyChecks(r result[api.HealthChecks], at uint64, now time.Time) {
+	first := s.checksAt == 0
+	defer func() { s.checksAt = at }()
 	next := make(map[checkKey]checkInfo, len(r.val))
 	for _, c := range r.val {
 		if c == nil {
@@ -254,10 +307,10 @@ func (s *state) explain(now time.Time, grace time.Duration) time.Time {
 		if slices.ContainsFunc(s.spans, func(sp span) bool { return sp.lo < p.hi && p.hi <= sp.hi }) {
 			continue
 		}
-		// The checks list has passed the wake's index without a check
-		// written at it, or the checks table had not reached it after the
-		// wake: the write touched no check. Or the list is late: give up.
-		if s.checksIndex >= p.hi || (s.probeAt.After(p.at) && s.probe < p.hi) || now.Sub(p.at) >= grace {
+		// The checks were read after the wake, without a check written at
+		// its index: the write touched no check. Or the read is late
+		// (failing): give up.
+		if s.checksAt >= p.hi || now.Sub(p.at) >= grace {
 			s.sweep = true
 			continue
 		}
@@ -289,18 +342,6 @@ func (s *state) prune() {
 			delete(s.dirty, name)
 		}
 	}
-}
-
-// needsProbe reports whether a pending wake waits for the checks list:
-// the checks table's current index (one query that returns no data) then
-// tells whether the wake's write touched a check at all.
-func (s *state) needsProbe() bool {
-	for _, p := range s.pending {
-		if s.checksIndex < p.hi && !s.probeAt.After(p.at) {
-			return true
-		}
-	}
-	return false
 }
 
 // store records a fetched service and reports whether its instances

@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -9,10 +10,10 @@ import (
 )
 
 // TestExplainCatalogWake: a catalog/services answer whose index moved
-// with the names and tags unchanged is attributed to the service whose
-// check was written at the same index, or to removals; otherwise it makes
-// a sweep, as soon as the checks are known not to have been written at
-// that index, or after grace.
+// with the names and tags unchanged asks for every check to be read, and
+// is attributed to the service whose check was written at the same index,
+// or to removals; otherwise it makes a sweep, as soon as the checks read
+// after it show no write at that index, or after grace.
 func TestExplainCatalogWake(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	svcs := map[string][]string{"a": nil, "b": {"x"}}
@@ -22,8 +23,8 @@ func TestExplainCatalogWake(t *testing.T) {
 	base := api.HealthChecks{chk("n1", "ca", "a", "passing", 5), chk("n1", "cb", "b", "passing", 6)}
 	for _, tc := range []struct {
 		name string
-		// then runs after the baselines (catalog at 10, checks at 10) and
-		// the catalog's wake at 20.
+		// then runs after the baselines (catalog at 10, checks read at
+		// 10) and the catalog's wake at 20.
 		then      func(s *state) time.Time
 		wantDirty []string
 		wantSweep bool
@@ -31,15 +32,15 @@ func TestExplainCatalogWake(t *testing.T) {
 		{
 			name: "check written at the same index names the service",
 			then: func(s *state) time.Time {
-				s.applyChecks(result[api.HealthChecks]{val: api.HealthChecks{chk("n1", "ca", "a", "passing", 20), base[1]}, index: 20}, t0)
+				s.applyChecks(result[api.HealthChecks]{val: api.HealthChecks{chk("n1", "ca", "a", "passing", 20), base[1]}, index: 20}, 20, t0)
 				return t0
 			},
 			wantDirty: []string{"a"},
 		},
 		{
-			name: "checks list past the index without a write at it",
+			name: "checks read after the wake without a write at its index",
 			then: func(s *state) time.Time {
-				s.applyChecks(result[api.HealthChecks]{val: api.HealthChecks{chk("n1", "ca", "a", "passing", 21), base[1]}, index: 21}, t0)
+				s.applyChecks(result[api.HealthChecks]{val: api.HealthChecks{chk("n1", "ca", "a", "passing", 21), base[1]}, index: 21}, 20, t0)
 				return t0
 			},
 			wantSweep: true,
@@ -47,30 +48,24 @@ func TestExplainCatalogWake(t *testing.T) {
 		{
 			name: "checks table behind the index",
 			then: func(s *state) time.Time {
-				s.probe, s.probeAt = 10, t0.Add(time.Millisecond)
+				s.applyChecks(result[api.HealthChecks]{val: base, index: 10}, 20, t0)
 				return t0.Add(time.Millisecond)
 			},
 			wantSweep: true,
 		},
 		{
-			name: "checks table at the index, list not yet: wait",
-			then: func(s *state) time.Time {
-				s.probe, s.probeAt = 20, t0.Add(time.Millisecond)
-				return t0.Add(time.Millisecond)
-			},
+			name: "checks not read yet: wait",
+			then: func(s *state) time.Time { return t0.Add(time.Millisecond) },
 		},
 		{
-			name: "checks list late past grace",
-			then: func(s *state) time.Time {
-				s.probe, s.probeAt = 20, t0.Add(time.Millisecond)
-				return t0.Add(grace)
-			},
+			name:      "checks read late past grace",
+			then:      func(s *state) time.Time { return t0.Add(grace) },
 			wantSweep: true,
 		},
 		{
 			name: "check removed in a span holding the index",
 			then: func(s *state) time.Time {
-				s.applyChecks(result[api.HealthChecks]{val: base[1:], index: 20}, t0)
+				s.applyChecks(result[api.HealthChecks]{val: base[1:], index: 20}, 20, t0)
 				return t0
 			},
 			wantDirty: []string{"a"},
@@ -78,8 +73,7 @@ func TestExplainCatalogWake(t *testing.T) {
 		{
 			name: "status change alone is dirty, the wake still needs its write",
 			then: func(s *state) time.Time {
-				s.applyChecks(result[api.HealthChecks]{val: api.HealthChecks{chk("n1", "ca", "a", "critical", 15), base[1]}, index: 15}, t0)
-				s.probe, s.probeAt = 15, t0.Add(time.Millisecond)
+				s.applyChecks(result[api.HealthChecks]{val: api.HealthChecks{chk("n1", "ca", "a", "critical", 15), base[1]}, index: 15}, 20, t0)
 				return t0.Add(time.Millisecond)
 			},
 			wantDirty: []string{"a"},
@@ -89,12 +83,16 @@ func TestExplainCatalogWake(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newState()
 			s.applyServices(result[map[string][]string]{val: svcs, index: 10}, t0)
-			s.applyChecks(result[api.HealthChecks]{val: base, index: 10}, t0)
+			s.applyFailing(result[api.HealthChecks]{index: 10})
 			s.applyNodes(result[[]*api.Node]{val: []*api.Node{{Node: "n1", Address: "10.0.0.1"}}, index: 10}, t0)
+			if !s.ready() || !s.needsChecks() {
+				t.Fatalf("after the baselines: ready %v, needs checks %v; want both", s.ready(), s.needsChecks())
+			}
+			s.applyChecks(result[api.HealthChecks]{val: base, index: 10}, 10, t0)
 			clear(s.dirty)
 			s.applyServices(result[map[string][]string]{val: svcs, index: 20}, t0)
-			if len(s.dirty) != 0 || len(s.pending) != 1 {
-				t.Fatalf("unchanged names: dirty %v, pending %v; want none, one", s.dirty, s.pending)
+			if len(s.dirty) != 0 || len(s.pending) != 1 || !s.needsChecks() {
+				t.Fatalf("unchanged names: dirty %v, pending %v, needs checks %v; want none, one, true", s.dirty, s.pending, s.needsChecks())
 			}
 			now := tc.then(s)
 			s.explain(now, grace)
@@ -108,6 +106,42 @@ func TestExplainCatalogWake(t *testing.T) {
 			}
 			if wait := !tc.wantSweep && tc.wantDirty == nil; wait != (len(s.pending) == 1) {
 				t.Fatalf("pending %v, want waiting %v", s.pending, wait)
+			}
+		})
+	}
+}
+
+// TestFailingChecks: the failing-checks list marks a service when one of
+// its checks enters the list, leaves it or changes status in it, and
+// nothing when an answer has the same checks at a new index (a passing
+// check written).
+func TestFailingChecks(t *testing.T) {
+	chk := func(id, svc, status string, idx uint64) *api.HealthCheck {
+		return &api.HealthCheck{Node: "n1", CheckID: id, ServiceName: svc, ServiceID: svc + "-1", Status: status, ModifyIndex: idx}
+	}
+	base := api.HealthChecks{chk("ca", "a", "critical", 5)}
+	for _, tc := range []struct {
+		name      string
+		next      api.HealthChecks
+		wantDirty []string
+	}{
+		{name: "same checks, new index", next: base},
+		{name: "same check with new output", next: api.HealthChecks{chk("ca", "a", "critical", 20)}},
+		{name: "check goes critical", next: api.HealthChecks{base[0], chk("cb", "b", "critical", 20)}, wantDirty: []string{"b"}},
+		{name: "check passing again or removed", next: nil, wantDirty: []string{"a"}},
+		{name: "critical to warning", next: api.HealthChecks{chk("ca", "a", "warning", 20)}, wantDirty: []string{"a"}},
+		{name: "moved to another service", next: api.HealthChecks{{Node: "n1", CheckID: "ca", ServiceName: "c", ServiceID: "c-1", Status: "critical", ModifyIndex: 20}}, wantDirty: []string{"a", "c"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newState()
+			s.applyFailing(result[api.HealthChecks]{val: base, index: 10})
+			if len(s.dirty) != 0 {
+				t.Fatalf("baseline marked %v", s.dirty)
+			}
+			s.applyFailing(result[api.HealthChecks]{val: tc.next, index: 20})
+			dirty := slices.Sorted(maps.Keys(s.dirty))
+			if !slices.Equal(dirty, tc.wantDirty) {
+				t.Fatalf("dirty %v, want %v", dirty, tc.wantDirty)
 			}
 		})
 	}
