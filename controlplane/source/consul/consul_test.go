@@ -356,6 +356,28 @@ func TestChangesReachTheView(t *testing.T) {
 			},
 		},
 		{
+			name: "check passing again through the agent",
+			do: func(t *testing.T) {
+				if err := testConsul.Client.Agent().UpdateTTL("ttl-ch-agent-1", "up", api.HealthPassing); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: instance("ch-agent", "ch-agent-1", func(in *model.Instance) error {
+				if in.Check != model.CheckPassing {
+					return fmt.Errorf("check %s, want passing", in.Check)
+				}
+				return nil
+			}),
+		},
+		{
+			name: "passing check output changed",
+			do: func(t *testing.T) {
+				chk := c.check(2, 0, api.HealthPassing)
+				chk.Output = "still fine"
+				txn(t, api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: chk}}})
+			},
+		},
+		{
 			name: "identical re-registration",
 			do:   func(t *testing.T) { txn(t, service(4, 0, func(*api.AgentService) {})) },
 		},
