@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -12,92 +11,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/meshvm/mesh/meshtest"
 )
-
-// notifySocket is a test NOTIFY_SOCKET: it records every sd_notify
-// message the agent sends.
-type notifySocket struct {
-	path string
-	conn *net.UnixConn
-	mu   sync.Mutex
-	msgs []string
-}
-
-func newNotifySocket(t *testing.T) *notifySocket {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := &notifySocket{path: path, conn: conn}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, string(buf[:k]))
-			n.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { conn.Close() })
-	return n
-}
-
-// states returns the variable names of the messages so far, in order
-// (READY, RELOADING, STOPPING, STATUS=...; WATCHDOG is left out).
-func (n *notifySocket) states() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	var out []string
-	for _, m := range n.msgs {
-		for _, line := range strings.Split(m, "\n") {
-			switch {
-			case line == "READY=1", line == "RELOADING=1", line == "STOPPING=1":
-				out = append(out, strings.TrimSuffix(line, "=1"))
-			case strings.HasPrefix(line, "STATUS="):
-				out = append(out, line)
-			}
-		}
-	}
-	return out
-}
-
-func (n *notifySocket) waitFor(t *testing.T, state string, count int) {
-	t.Helper()
-	meshtest.Eventually(t, 15*time.Second, func() error {
-		got := 0
-		for _, s := range n.states() {
-			if s == state {
-				got++
-			}
-		}
-		if got < count {
-			return fmt.Errorf("%d %s messages, want %d; got %v", got, state, count, n.states())
-		}
-		return nil
-	})
-}
-
-func buildMesh(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "mesh")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Dir = meshtest.RepoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 func serviceTags(t *testing.T, service string) []string {
 	t.Helper()
@@ -113,8 +32,8 @@ func serviceTags(t *testing.T, service string) []string {
 // under load, a bad file reported and the running config kept), and
 // STOPPING=1 on SIGTERM, exit 0, deregistered.
 func TestSystemdLifecycle(t *testing.T) {
-	bin := buildMesh(t)
-	notify := newNotifySocket(t)
+	bin := meshtest.BuildMesh(t)
+	notify := meshtest.NewNotifySocket(t)
 	app := startApp(t, "127.0.0.71", "inventory", nil)
 	ports := map[string]int{}
 	for _, l := range []string{"inbound", "outbound", "admin"} {
@@ -145,7 +64,7 @@ agent:
 
 	var logs bytes.Buffer
 	cmd := exec.Command(bin, "agent", "--config", cfgPath)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.path)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.Path)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -162,7 +81,7 @@ agent:
 		}
 	})
 
-	notify.waitFor(t, "READY", 1)
+	notify.WaitFor(t, "READY", 1)
 	if tags := serviceTags(t, "inventory"); !slices.Equal(tags, []string{"v1"}) {
 		t.Fatalf("READY=1 before the registration was in Consul (tags %v)", tags)
 	}
@@ -175,8 +94,8 @@ agent:
 	// service take effect without a restart.
 	writeCfg(base + "  tags: [v2, canary]\npolicies:\n  services:\n    inventory:\n      rate_limit: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 1h}\n")
 	_ = cmd.Process.Signal(syscall.SIGHUP)
-	notify.waitFor(t, "RELOADING", 1)
-	notify.waitFor(t, "READY", 2)
+	notify.WaitFor(t, "RELOADING", 1)
+	notify.WaitFor(t, "READY", 2)
 	meshtest.Eventually(t, 10*time.Second, func() error {
 		if tags := serviceTags(t, "inventory"); !slices.Equal(tags, []string{"v2", "canary"}) {
 			return fmt.Errorf("tags in Consul %v, want [v2 canary]", tags)
@@ -197,12 +116,12 @@ agent:
 	// A bad file: reported, and the running config stays.
 	writeCfg(base + "  tags: [v3]\n  inbound_adr: oops\n")
 	_ = cmd.Process.Signal(syscall.SIGHUP)
-	notify.waitFor(t, "RELOADING", 2)
-	notify.waitFor(t, "READY", 3)
-	if !slices.ContainsFunc(notify.states(), func(s string) bool {
+	notify.WaitFor(t, "RELOADING", 2)
+	notify.WaitFor(t, "READY", 3)
+	if !slices.ContainsFunc(notify.States(), func(s string) bool {
 		return strings.HasPrefix(s, "STATUS=config reload failed") && strings.Contains(s, "agent.inbound_adr")
 	}) {
-		t.Errorf("no STATUS naming the bad field: %v", notify.states())
+		t.Errorf("no STATUS naming the bad field: %v", notify.States())
 	}
 	if tags := serviceTags(t, "inventory"); !slices.Equal(tags, []string{"v2", "canary"}) {
 		t.Errorf("a bad file changed the registration: tags %v", tags)
@@ -228,7 +147,7 @@ agent:
 	case <-time.After(20 * time.Second):
 		t.Fatal("agent did not exit after SIGTERM")
 	}
-	notify.waitFor(t, "STOPPING", 1)
+	notify.WaitFor(t, "STOPPING", 1)
 	if tags := serviceTags(t, "inventory"); tags != nil {
 		t.Errorf("still registered after SIGTERM: %v", tags)
 	}

@@ -3,14 +3,11 @@ package controlplane_test
 import (
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,111 +18,6 @@ import (
 
 	"github.com/meshvm/mesh/meshtest"
 )
-
-// notifySocket is a test NOTIFY_SOCKET: it records every sd_notify
-// message the process sends.
-type notifySocket struct {
-	path string
-	mu   sync.Mutex
-	msgs []string
-}
-
-func newNotifySocket(t *testing.T) *notifySocket {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := &notifySocket{path: path}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, string(buf[:k]))
-			n.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { conn.Close(); <-done })
-	return n
-}
-
-// states returns the messages so far, in order, one entry per assignment:
-// READY, RELOADING, STOPPING, WATCHDOG, STATUS=...
-func (n *notifySocket) states() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	var out []string
-	for _, m := range n.msgs {
-		for _, line := range strings.Split(m, "\n") {
-			switch {
-			case line == "READY=1", line == "RELOADING=1", line == "STOPPING=1", line == "WATCHDOG=1":
-				out = append(out, strings.TrimSuffix(line, "=1"))
-			case strings.HasPrefix(line, "STATUS="):
-				out = append(out, line)
-			}
-		}
-	}
-	return out
-}
-
-func (n *notifySocket) count(state string) int {
-	got := 0
-	for _, s := range n.states() {
-		if s == state {
-			got++
-		}
-	}
-	return got
-}
-
-func (n *notifySocket) waitFor(t *testing.T, state string, count int) {
-	t.Helper()
-	meshtest.Eventually(t, 15*time.Second, func() error {
-		if got := n.count(state); got < count {
-			return fmt.Errorf("%d %s messages, want %d; got %v", got, state, count, n.without("WATCHDOG"))
-		}
-		return nil
-	})
-}
-
-// without returns the states but state.
-func (n *notifySocket) without(state string) []string {
-	return slices.DeleteFunc(n.states(), func(s string) bool { return s == state })
-}
-
-// hasStatus reports whether a STATUS line starts with prefix and contains
-// every one of parts.
-func (n *notifySocket) hasStatus(prefix string, parts ...string) bool {
-	return slices.ContainsFunc(n.states(), func(s string) bool {
-		if !strings.HasPrefix(s, "STATUS="+prefix) {
-			return false
-		}
-		for _, p := range parts {
-			if !strings.Contains(s, p) {
-				return false
-			}
-		}
-		return true
-	})
-}
-
-func buildMesh(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "mesh")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Dir = meshtest.RepoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // routeTimeout returns the route timeout of service's virtual host in an
 // RDS response for mesh_outbound.
@@ -159,8 +51,8 @@ func metricsText(t *testing.T, admin string) string {
 // address change is named as needing a restart, a bad file is reported
 // and changes nothing), and STOPPING=1 on SIGTERM, exit 0.
 func TestSystemdLifecycle(t *testing.T) {
-	bin := buildMesh(t)
-	notify := newNotifySocket(t)
+	bin := meshtest.BuildMesh(t)
+	notify := meshtest.NewNotifySocket(t)
 	register(t, regOf("reloadsvc-1", "reloadsvc", "127.0.0.61", 15006, "z1"), "passing")
 
 	xdsAddr := fmt.Sprintf("127.0.0.1:%d", meshtest.FreePort("127.0.0.1"))
@@ -188,7 +80,7 @@ policies:
 
 	var logs syncBuffer
 	cmd := exec.Command(bin, "control", "--config", cfgPath)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.path, "WATCHDOG_USEC=200000")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.Path, "WATCHDOG_USEC=200000")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -205,14 +97,14 @@ policies:
 		}
 	})
 
-	notify.waitFor(t, "READY", 1)
+	notify.WaitFor(t, "READY", 1)
 	if code, err := httpGet("http://" + adminAddr + "/ready"); err != nil || code != http.StatusOK {
 		t.Fatalf("READY=1 sent while /ready answers %d, %v", code, err)
 	}
-	if !notify.hasStatus("ready: serving") {
-		t.Errorf("no ready STATUS: %v", notify.without("WATCHDOG"))
+	if !notify.HasStatus("ready: serving") {
+		t.Errorf("no ready STATUS: %v", notify.Without("WATCHDOG"))
 	}
-	notify.waitFor(t, "WATCHDOG", 3)
+	notify.WaitFor(t, "WATCHDOG", 3)
 
 	c := dialADS(t, xdsAddr, agentNode("vm-reload", "", 0))
 	c.subscribe(resourcev3.ClusterType, nil)
@@ -226,8 +118,8 @@ policies:
 	// address needs a restart and is kept.
 	writeCfg(fmt.Sprintf("127.0.0.1:%d", meshtest.FreePort("127.0.0.1")), "debug", "7s")
 	_ = cmd.Process.Signal(syscall.SIGHUP)
-	notify.waitFor(t, "RELOADING", 1)
-	notify.waitFor(t, "READY", 2)
+	notify.WaitFor(t, "RELOADING", 1)
+	notify.WaitFor(t, "READY", 2)
 	r = c.recv(5 * time.Second)
 	if r.GetTypeUrl() != resourcev3.RouteType {
 		t.Fatalf("after the policy change got %s first, want only the route configuration", r.GetTypeUrl())
@@ -237,8 +129,8 @@ policies:
 	}
 	c.ack(r, []string{"mesh_outbound"})
 	c.quiet(500 * time.Millisecond) // clusters and listeners did not change: not pushed
-	if !notify.hasStatus("config reloaded; restart needed for", "control.xds_addr") {
-		t.Errorf("no STATUS naming the restart-only xds_addr: %v", notify.without("WATCHDOG"))
+	if !notify.HasStatus("config reloaded; restart needed for", "control.xds_addr") {
+		t.Errorf("no STATUS naming the restart-only xds_addr: %v", notify.Without("WATCHDOG"))
 	}
 	meshtest.Eventually(t, 5*time.Second, func() error {
 		if !strings.Contains(logs.String(), `"level":"debug"`) {
@@ -250,10 +142,10 @@ policies:
 	// A bad file: reported, and the running config stays.
 	writeCfg(xdsAddr, "info", "soon")
 	_ = cmd.Process.Signal(syscall.SIGHUP)
-	notify.waitFor(t, "RELOADING", 2)
-	notify.waitFor(t, "READY", 3)
-	if !notify.hasStatus("config reload failed", "policies.services[reloadsvc].timeout") {
-		t.Errorf("no STATUS naming the bad field: %v", notify.without("WATCHDOG"))
+	notify.WaitFor(t, "RELOADING", 2)
+	notify.WaitFor(t, "READY", 3)
+	if !notify.HasStatus("config reload failed", "policies.services[reloadsvc].timeout") {
+		t.Errorf("no STATUS naming the bad field: %v", notify.Without("WATCHDOG"))
 	}
 	c.quiet(500 * time.Millisecond)
 	metrics := metricsText(t, adminAddr)
@@ -275,8 +167,8 @@ policies:
 	case <-time.After(20 * time.Second):
 		t.Fatal("mesh control did not exit after SIGTERM")
 	}
-	if notify.count("STOPPING") != 1 {
-		t.Errorf("STOPPING=1 sent %d times, want once: %v", notify.count("STOPPING"), notify.without("WATCHDOG"))
+	if notify.Count("STOPPING") != 1 {
+		t.Errorf("STOPPING=1 sent %d times, want once: %v", notify.Count("STOPPING"), notify.Without("WATCHDOG"))
 	}
 	select {
 	case r, ok := <-c.resps:
