@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -23,17 +22,7 @@ import (
 
 var consul *meshtest.Consul
 
-func TestMain(m *testing.M) {
-	var err error
-	consul, err = meshtest.StartConsul()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "agent tests need a real Consul:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	consul.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { meshtest.RunWithConsul(m, &consul) }
 
 // app is a real HTTP app on a loopback "VM" that counts what it served.
 type app struct {

@@ -195,3 +195,18 @@ func WaitHTTP(ctx context.Context, url string) error {
 func LoopbackHost(n int) string {
 	return "127.0.0." + strings.TrimSpace(strconv.Itoa(n))
 }
+
+// RunWithConsul is a TestMain body: it starts a Consul dev agent, stores
+// it in *c, runs the package's tests and exits with their code. A Consul
+// that does not start fails the package (never a skip).
+func RunWithConsul(m *testing.M, c **Consul) {
+	var err error
+	*c, err = StartConsul()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "these tests need a real Consul:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	(*c).Stop()
+	os.Exit(code)
+}

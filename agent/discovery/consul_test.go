@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"reflect"
 	"strconv"
 	"sync/atomic"
@@ -23,17 +22,7 @@ import (
 
 var consul *meshtest.Consul
 
-func TestMain(m *testing.M) {
-	var err error
-	consul, err = meshtest.StartConsul()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start consul:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	consul.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { meshtest.RunWithConsul(m, &consul) }
 
 func testLogger(t testing.TB) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)

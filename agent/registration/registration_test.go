@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -24,17 +23,7 @@ import (
 
 var consul *meshtest.Consul
 
-func TestMain(m *testing.M) {
-	var err error
-	consul, err = meshtest.StartConsul()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start consul:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	consul.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { meshtest.RunWithConsul(m, &consul) }
 
 // startApp serves an app on host: /healthz answers 200, /broken 500.
 func startApp(t *testing.T, host string) int {
