@@ -1,12 +1,10 @@
 package agent_test
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -62,24 +60,7 @@ agent:
 `, consul.Addr, app.port, ports["inbound"], ports["outbound"], ports["admin"], t.TempDir())
 	writeCfg(base + "  tags: [v1]\n")
 
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "agent", "--config", cfgPath)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.Path)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("agent output:\n%s", logs.String())
-		}
-	})
+	proc := meshtest.StartProcess(t, []string{"NOTIFY_SOCKET=" + notify.Path}, bin, "agent", "--config", cfgPath)
 
 	notify.WaitFor(t, "READY", 1)
 	if tags := serviceTags(t, "inventory"); !slices.Equal(tags, []string{"v1"}) {
@@ -93,7 +74,7 @@ agent:
 	// A good change: new tags and a local rate limit for the agent's own
 	// service take effect without a restart.
 	writeCfg(base + "  tags: [v2, canary]\npolicies:\n  services:\n    inventory:\n      rate_limit: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 1h}\n")
-	_ = cmd.Process.Signal(syscall.SIGHUP)
+	proc.Signal(syscall.SIGHUP)
 	notify.WaitFor(t, "RELOADING", 1)
 	notify.WaitFor(t, "READY", 2)
 	meshtest.Eventually(t, 10*time.Second, func() error {
@@ -115,7 +96,7 @@ agent:
 
 	// A bad file: reported, and the running config stays.
 	writeCfg(base + "  tags: [v3]\n  inbound_adr: oops\n")
-	_ = cmd.Process.Signal(syscall.SIGHUP)
+	proc.Signal(syscall.SIGHUP)
 	notify.WaitFor(t, "RELOADING", 2)
 	notify.WaitFor(t, "READY", 3)
 	if !slices.ContainsFunc(notify.States(), func(s string) bool {
@@ -138,14 +119,9 @@ agent:
 		}
 	}
 
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("agent exit: %v, want 0", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("agent did not exit after SIGTERM")
+	proc.Signal(syscall.SIGTERM)
+	if err := proc.Wait(t, 20*time.Second); err != nil {
+		t.Errorf("agent exit: %v, want 0", err)
 	}
 	notify.WaitFor(t, "STOPPING", 1)
 	if tags := serviceTags(t, "inventory"); tags != nil {

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -78,24 +77,7 @@ policies:
 	}
 	writeCfg(xdsAddr, "info", "2s")
 
-	var logs syncBuffer
-	cmd := exec.Command(bin, "control", "--config", cfgPath)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.Path, "WATCHDOG_USEC=200000")
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("mesh control output:\n%s", logs.String())
-		}
-	})
+	proc := meshtest.StartProcess(t, []string{"NOTIFY_SOCKET=" + notify.Path, "WATCHDOG_USEC=200000"}, bin, "control", "--config", cfgPath)
 
 	notify.WaitFor(t, "READY", 1)
 	if code, err := httpGet("http://" + adminAddr + "/ready"); err != nil || code != http.StatusOK {
@@ -117,7 +99,7 @@ policies:
 	// A good change: a new timeout and log level apply live; a new xDS
 	// address needs a restart and is kept.
 	writeCfg(fmt.Sprintf("127.0.0.1:%d", meshtest.FreePort("127.0.0.1")), "debug", "7s")
-	_ = cmd.Process.Signal(syscall.SIGHUP)
+	proc.Signal(syscall.SIGHUP)
 	notify.WaitFor(t, "RELOADING", 1)
 	notify.WaitFor(t, "READY", 2)
 	r = c.recv(5 * time.Second)
@@ -133,7 +115,7 @@ policies:
 		t.Errorf("no STATUS naming the restart-only xds_addr: %v", notify.Without("WATCHDOG"))
 	}
 	meshtest.Eventually(t, 5*time.Second, func() error {
-		if !strings.Contains(logs.String(), `"level":"debug"`) {
+		if !strings.Contains(proc.Output(), `"level":"debug"`) {
 			return fmt.Errorf("no debug log line after log.level: debug was reloaded")
 		}
 		return nil
@@ -141,7 +123,7 @@ policies:
 
 	// A bad file: reported, and the running config stays.
 	writeCfg(xdsAddr, "info", "soon")
-	_ = cmd.Process.Signal(syscall.SIGHUP)
+	proc.Signal(syscall.SIGHUP)
 	notify.WaitFor(t, "RELOADING", 2)
 	notify.WaitFor(t, "READY", 3)
 	if !notify.HasStatus("config reload failed", "policies.services[reloadsvc].timeout") {
@@ -158,14 +140,9 @@ policies:
 		t.Error("process metrics are not the standard process_* names")
 	}
 
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("mesh control exit: %v, want 0", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("mesh control did not exit after SIGTERM")
+	proc.Signal(syscall.SIGTERM)
+	if err := proc.Wait(t, 20*time.Second); err != nil {
+		t.Errorf("mesh control exit: %v, want 0", err)
 	}
 	if notify.Count("STOPPING") != 1 {
 		t.Errorf("STOPPING=1 sent %d times, want once: %v", notify.Count("STOPPING"), notify.Without("WATCHDOG"))
