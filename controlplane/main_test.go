@@ -32,15 +32,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envClientsAddr) != "" {
 		os.Exit(adsClientsMain()) // the ADS clients of BenchmarkEndpointChange
 	}
-	c, err := meshtest.StartConsul()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start consul:", err)
-		os.Exit(1)
-	}
-	testConsul = c
-	code := m.Run()
-	c.Stop()
-	os.Exit(code)
+	meshtest.RunWithConsul(m, &testConsul)
 }
 
 // plane is a running in-process `mesh control`.

@@ -20,17 +20,7 @@ import (
 
 var testConsul *meshtest.Consul
 
-func TestMain(m *testing.M) {
-	c, err := meshtest.StartConsul()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start consul:", err)
-		os.Exit(1)
-	}
-	testConsul = c
-	code := m.Run()
-	c.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { meshtest.RunWithConsul(m, &testConsul) }
 
 // run is a running source and the views it sent.
 type run struct {
