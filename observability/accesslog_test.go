@@ -19,7 +19,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/observability"
@@ -302,7 +301,7 @@ func TestUpgradeThroughInstrument(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fwd := proxy.NewForwarder(proxy.Options{})
+	fwd := newForwarder()
 	defer fwd.CloseIdleConnections()
 	in := serve(t, "127.0.0.44", obs.Instrument(observability.Inbound, "orders", inbound(fwd, app)))
 

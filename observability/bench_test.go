@@ -13,8 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
-	"github.com/meshvm/mesh/agent/endpoint"
-	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/observability"
 )
@@ -128,7 +126,7 @@ func BenchmarkTwoHop(b *testing.B) {
 			continue
 		}
 		b.Run(bc.name, func(b *testing.B) {
-			fwd := proxy.NewForwarder(proxy.Options{})
+			fwd := newForwarder()
 			defer fwd.CloseIdleConnections()
 			wrap := func(dir, svc string, h http.Handler) http.Handler {
 				if bc.cfg == nil {
@@ -147,7 +145,7 @@ func BenchmarkTwoHop(b *testing.B) {
 			}
 			appAddr := serve(b, "127.0.0.39", app)
 			in := serve(b, "127.0.0.39", wrap(observability.Inbound, "orders", inbound(fwd, appAddr)))
-			res := recordingResolver{eps: map[string][]endpoint.Endpoint{"orders": {{Addr: in}}}}
+			res := resolver{"orders": {in}}
 			out := serve(b, "127.0.0.38", wrap(observability.Outbound, "web", outbound(fwd, res)))
 			c := &http.Client{Transport: &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64}}
 			defer c.CloseIdleConnections()

@@ -13,8 +13,6 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
-	"github.com/meshvm/mesh/agent/endpoint"
-	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/observability"
 )
 
@@ -31,7 +29,7 @@ func TestGRPCThroughTwoHops(t *testing.T) {
 	go func() { _ = gs.Serve(ln) }()
 	defer gs.Stop()
 
-	fwd := proxy.NewForwarder(proxy.Options{})
+	fwd := newForwarder()
 	defer fwd.CloseIdleConnections()
 	logA, logB := &syncBuffer{}, &syncBuffer{}
 	obsB, err := observability.NewObserver(defaultObs(), observability.Options{Service: "orders", Registry: observability.NewRegistry(), Stdout: logB})
@@ -43,7 +41,7 @@ func TestGRPCThroughTwoHops(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := serve(t, "127.0.0.40", obsB.Instrument(observability.Inbound, "orders", inbound(fwd, ln.Addr().String())))
-	res := recordingResolver{eps: map[string][]endpoint.Endpoint{"orders": {{Addr: in}}}}
+	res := resolver{"orders": {in}}
 	out := serve(t, "127.0.0.41", obsA.Instrument(observability.Outbound, "web", outbound(fwd, res)))
 
 	cc, err := grpc.NewClient(out, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("orders"))

@@ -15,10 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/rs/zerolog"
 
-	"github.com/meshvm/mesh/agent/endpoint"
-	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/observability"
 )
@@ -96,47 +93,39 @@ func (a *recordingApp) seen() []http.Header {
 	return append([]http.Header(nil), a.headers...)
 }
 
-// recordingResolver resolves from a map and records the chosen upstream in
-// the request's Record, as the agent's router does.
-type recordingResolver struct {
-	eps map[string][]endpoint.Endpoint
-}
+// resolver resolves services from a map and records the chosen upstream
+// in the request's Record, as the agent's router does.
+type resolver map[string][]string
 
-func (m recordingResolver) Resolve(ctx context.Context, service string) ([]endpoint.Endpoint, error) {
-	eps, ok := m.eps[service]
-	if !ok {
-		return nil, endpoint.ErrUnknownService
+func (m resolver) resolve(ctx context.Context, service string) ([]string, bool) {
+	addrs, ok := m[service]
+	if !ok || len(addrs) == 0 {
+		return nil, false
 	}
-	observability.RecordFrom(ctx).SetUpstream(service, eps[0].Addr)
-	return eps, nil
+	observability.RecordFrom(ctx).SetUpstream(service, addrs[0])
+	return addrs, true
 }
 
 // inbound is an agent's inbound listener reduced to its forwarding: every
 // request goes to the app at appAddr, a failure becomes the mesh's own
 // error response.
-func inbound(fwd *proxy.Forwarder, appAddr string) http.Handler {
+func inbound(fwd *forwarder, appAddr string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := fwd.Forward(w, r, appAddr); err != nil {
-			proxy.WriteError(w, r, err)
-		}
+		fwd.Forward(w, r, appAddr)
 	})
 }
 
 // outbound is an agent's outbound listener reduced to its routing: the
 // service named by the Host ("orders", "orders.mesh", any port), its first
 // endpoint from res.
-func outbound(fwd *proxy.Forwarder, res endpoint.Resolver) http.Handler {
+func outbound(fwd *forwarder, res resolver) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host, _, _ := strings.Cut(r.Host, ":")
-		service := strings.TrimSuffix(host, ".mesh")
-		eps, err := res.Resolve(r.Context(), service)
-		if err != nil || len(eps) == 0 {
-			proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonNoRoute, Err: err})
+		addrs, ok := res.resolve(r.Context(), serviceOf(r.Host))
+		if !ok {
+			refuse(w, r, http.StatusServiceUnavailable, "no-route", 0)
 			return
 		}
-		if err := fwd.Forward(w, r, eps[0].Addr); err != nil {
-			proxy.WriteError(w, r, err)
-		}
+		fwd.Forward(relayedReason(w, r), r, addrs[0])
 	})
 }
 
@@ -153,7 +142,7 @@ func serve(t testing.TB, host string, h http.Handler) string {
 	if err != nil {
 		t.Fatalf("listen on %s: %v", host, err)
 	}
-	srv := proxy.NewServer(h, zerolog.Nop())
+	srv := newServer(h)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return ln.Addr().String()
@@ -162,7 +151,7 @@ func serve(t testing.TB, host string, h http.Handler) string {
 func startTwoHop(t *testing.T, cfgA, cfgB config.Observability) *twoHop {
 	t.Helper()
 	th := &twoHop{logA: &syncBuffer{}, logB: &syncBuffer{}, app: &recordingApp{}}
-	fwd := proxy.NewForwarder(proxy.Options{})
+	fwd := newForwarder()
 	t.Cleanup(fwd.CloseIdleConnections)
 
 	appAddr := serve(t, hostB, th.app)
@@ -177,7 +166,7 @@ func startTwoHop(t *testing.T, cfgA, cfgB config.Observability) *twoHop {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/limited" {
 				th.obsB.Metrics().RateLimited(observability.Inbound, "orders")
-				proxy.WriteError(w, r, &proxy.Error{Status: http.StatusTooManyRequests, Reason: "rate-limited", RetryAfter: time.Second})
+				refuse(w, r, http.StatusTooManyRequests, "rate-limited", time.Second)
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -197,13 +186,13 @@ func startTwoHop(t *testing.T, cfgA, cfgB config.Observability) *twoHop {
 			if r.URL.Path == "/breaker" {
 				observability.RecordFrom(r.Context()).SetUpstream("orders", "")
 				th.obsA.Metrics().Upstream("orders").BreakerRejected()
-				proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: "circuit-open"})
+				refuse(w, r, http.StatusServiceUnavailable, "circuit-open", 0)
 				return
 			}
 			next.ServeHTTP(w, r)
 		})
 	}
-	res := recordingResolver{eps: map[string][]endpoint.Endpoint{"orders": {{Addr: inB}}}}
+	res := resolver{"orders": {inB}}
 	th.outbound = serve(t, hostA, th.obsA.Instrument(observability.Outbound, "web",
 		breaker(outbound(fwd, res))))
 	th.adminA = serve(t, hostA, observability.NewAdminMux(regA, func() bool { return true }))

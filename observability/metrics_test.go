@@ -117,7 +117,7 @@ func TestMetricsExactCounts(t *testing.T) {
 }
 
 // TestLabelCardinalityBounded checks that callers cannot create series at
-// will: a garbage x-mesh-reason from an upstream becomes "other", and
+// will: a garbage reason (as relayed from an upstream) becomes "other", and
 // paths and caller addresses never become labels.
 func TestLabelCardinalityBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
@@ -127,8 +127,7 @@ func TestLabelCardinalityBounded(t *testing.T) {
 	}
 	defer obs.Close(context.Background())
 	h := obs.Instrument(observability.Inbound, "orders", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("X-Mesh-Reason", r.URL.Query().Get("reason"))
-		w.WriteHeader(http.StatusBadGateway)
+		refuse(w, r, http.StatusBadGateway, r.URL.Query().Get("reason"), 0)
 	}))
 	addr := serve(t, "127.0.0.33", h)
 	for i, reason := range []string{"Bad Reason!", "x<script>", "upstream-reset", "upstream-reset"} {

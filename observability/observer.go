@@ -315,12 +315,8 @@ func (in *instrumented) finish(rec *Record, r *http.Request) {
 		status = http.StatusOK // net/http sends 200 for a handler that wrote nothing
 	}
 	reason := rec.Reason
-	if reason == "" {
-		if v := rec.w.Header()["X-Mesh-Reason"]; len(v) > 0 {
-			reason = v[0]
-		} else if p != nil {
-			reason = "response-aborted"
-		}
+	if reason == "" && p != nil {
+		reason = "response-aborted"
 	}
 
 	upstream := labelUnknown

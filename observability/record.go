@@ -34,8 +34,8 @@ type Record struct {
 	// Endpoint is the host:port the request was last sent to.
 	Endpoint string
 	// Reason says why the mesh answered the request itself (the
-	// x-mesh-reason value, e.g. "rate-limited"); when left empty, the
-	// response's x-mesh-reason header is used.
+	// x-mesh-reason value, e.g. "rate-limited"), set by the layer that
+	// refused it (the agent's edge) or relayed an upstream's refusal.
 	Reason string
 	// Retries is how many times the request was sent again.
 	Retries int

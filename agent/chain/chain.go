@@ -1,11 +1,13 @@
 // Package chain is the agent's governed data path. Compile turns one
-// routing table (agent/table) into the handlers of the agent's listeners;
-// they apply the callee-side policies (token-bucket rate limit,
-// concurrency limit) before the app, and the caller-side ones (concurrency
-// thresholds, circuit breaker, load balancing, outlier detection, route
-// and per-try timeouts, retries within a budget) before an upstream, around
-// a proxy.Forwarder. Every refusal is a *proxy.Error rendered by
-// proxy.WriteError.
+// routing table (agent/table) into the handlers of the agent's listeners:
+// ordered lists of named steps (steps.go), compiled once per table and
+// upstream service. Inbound, the callee-side policies (token-bucket rate
+// limit, concurrency limit) run before the app; outbound, the caller-side
+// ones (concurrency thresholds, circuit breaker, route timeout, then tries:
+// load balancing, outlier detection, per-try timeouts, retries within a
+// budget) before an upstream, around a proxy.Forwarder. A step refuses a
+// request by returning an error; one edge (render.go) renders it, records
+// the reason for the access log and counts it.
 //
 // The handlers hold no state that must outlive a table: token buckets,
 // breaker windows, outlier state and requests in flight live in a State,
@@ -65,6 +67,9 @@ type Handlers struct {
 	bucket *ratelimit.Bucket // inbound; nil means no rate limit
 	// inLimits counts the inbound refusals (nil: not instrumented).
 	inLimits *observability.LimitMetrics
+
+	steps   Steps
+	inbound path // the inbound steps
 }
 
 // Compile builds the handlers of t. With a static table (xDS) endpoints
@@ -73,6 +78,12 @@ type Handlers struct {
 // state comes from st and is updated in place; state t no longer uses is
 // dropped. A table with an invalid policy is an error and changes nothing.
 func Compile(t *table.Table, res endpoint.Resolver, local Local, fwd *proxy.Forwarder, st *State, log zerolog.Logger) (*Handlers, error) {
+	return CompileSteps(t, res, local, fwd, st, log, DefaultSteps())
+}
+
+// CompileSteps is Compile with other step lists than DefaultSteps (tests
+// that add a step, a role with other steps).
+func CompileSteps(t *table.Table, res endpoint.Resolver, local Local, fwd *proxy.Forwarder, st *State, log zerolog.Logger, steps Steps) (*Handlers, error) {
 	if t.Static {
 		res = t
 	} else if res == nil {
@@ -91,13 +102,8 @@ func Compile(t *table.Table, res endpoint.Resolver, local Local, fwd *proxy.Forw
 	if err != nil {
 		return nil, fmt.Errorf("compile table %s: default policy: %w", t.Version, err)
 	}
-	var rl ratelimit.Config
-	if t.Inbound.RateLimit.MaxTokens > 0 {
-		rl = ratelimit.Config{
-			MaxTokens:     int64(t.Inbound.RateLimit.MaxTokens),
-			TokensPerFill: int64(t.Inbound.RateLimit.TokensPerFill),
-			FillInterval:  t.Inbound.RateLimit.FillInterval,
-		}
+	rl, limited := rateLimitConfig(t.Inbound)
+	if limited {
 		if _, err := ratelimit.New(rl, nil); err != nil {
 			return nil, fmt.Errorf("compile table %s: inbound: %w", t.Version, err)
 		}
@@ -111,6 +117,7 @@ func Compile(t *table.Table, res endpoint.Resolver, local Local, fwd *proxy.Forw
 		res:      res,
 		log:      log.With().Str("component", "chain").Str("table", t.Version).Logger(),
 		services: make(map[string]*upstream, len(t.Services)),
+		steps:    steps,
 	}
 	empty := map[string]*upstream{}
 	h.lazy.Store(&empty)
@@ -154,7 +161,7 @@ func Compile(t *table.Table, res endpoint.Resolver, local Local, fwd *proxy.Forw
 		return nil, fmt.Errorf("compile table %s: %w", t.Version, err)
 	}
 	_, err = st.buckets.Push(func(use registry.Use[string, ratelimit.Config, *ratelimit.Bucket]) error {
-		if rl.MaxTokens == 0 {
+		if !limited {
 			return nil
 		}
 		b, err := use(inboundKey, rl)
@@ -165,6 +172,9 @@ func Compile(t *table.Table, res endpoint.Resolver, local Local, fwd *proxy.Forw
 		return nil, fmt.Errorf("compile table %s: inbound: %w", t.Version, err)
 	}
 	st.inLimit.SetMax(int64(t.Inbound.MaxRequests))
+	if h.inbound, err = h.buildInbound(); err != nil {
+		return nil, fmt.Errorf("compile table %s: inbound: %w", t.Version, err)
+	}
 	select {
 	case st.pushed <- struct{}{}:
 	default:
@@ -223,6 +233,18 @@ func compilePolicy(p config.Policy, local Local) (policy, error) {
 // is built now.
 func (h *Handlers) newUpstream(name string, svc *service, p policy) (*upstream, error) {
 	u := &upstream{name: name, svc: svc, pol: p, h: h}
+	target := &UpstreamTarget{Name: name, Policy: h.table.Policy(name), u: u}
+	steps := make([]Step, 0, len(h.steps.Outbound))
+	for _, b := range h.steps.Outbound {
+		s, err := b.Build(target)
+		if err != nil {
+			return nil, fmt.Errorf("step %s of %s: %w", b.Name, name, err)
+		}
+		if s != nil {
+			steps = append(steps, s)
+		}
+	}
+	u.path = newPath(steps)
 	if h.table.Static {
 		var eps []endpoint.Endpoint
 		if s := h.table.Services[name]; s != nil {
@@ -300,27 +322,73 @@ func (h *Handlers) Inbound(appAddr string) http.Handler {
 	return inboundHandler{h: h, app: appAddr}
 }
 
+// buildInbound compiles the inbound steps.
+func (h *Handlers) buildInbound() (path, error) {
+	target := &InboundTarget{Local: h.local, Inbound: h.table.Inbound, h: h}
+	steps := make([]Step, 0, len(h.steps.Inbound))
+	for _, b := range h.steps.Inbound {
+		s, err := b.Build(target)
+		if err != nil {
+			return path{}, fmt.Errorf("step %s: %w", b.Name, err)
+		}
+		if s != nil {
+			steps = append(steps, s)
+		}
+	}
+	return newPath(steps), nil
+}
+
+// Steps returns the names of the steps of the inbound path and of the
+// outbound path of service (nil when the handlers do not know it yet).
+func (h *Handlers) Steps(service string) (inbound, outbound []string) {
+	inbound = h.inbound.names
+	if u := h.services[service]; u != nil {
+		outbound = u.path.names
+	} else if u := (*h.lazy.Load())[service]; u != nil {
+		outbound = u.path.names
+	}
+	return inbound, outbound
+}
+
+// serveOutbound is the outbound listener's edge: route by Host (or the
+// absolute-form URI) to a service, then run its steps.
 func (h *Handlers) serveOutbound(w http.ResponseWriter, r *http.Request) {
 	host := r.Host // absolute-form: net/http takes it from the URI
 	if r.URL.Host != "" {
 		host = r.URL.Host
 	}
+	x := getExchange(w, r, observability.Outbound, h)
 	name := ServiceName(host)
 	if name == "" {
-		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonNoRoute,
+		render(x, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonNoRoute,
 			Err: fmt.Errorf("no service in host %q", host)})
+		putExchange(x)
 		return
 	}
-	h.serveService(w, r, name)
+	h.serveService(x, name)
 }
 
-func (h *Handlers) serveService(w http.ResponseWriter, r *http.Request, name string) {
-	u, err := h.lookup(r.Context(), name)
+// serveService runs the steps of service (the per-upstream listener's
+// edge, and the outbound one's after routing).
+func (h *Handlers) serveService(x *Exchange, name string) {
+	u, err := h.lookup(x.R.Context(), name)
 	if err != nil {
-		proxy.WriteError(w, r, resolveError(name, err))
+		render(x, resolveError(name, err))
+		putExchange(x)
 		return
 	}
-	u.serve(w, r)
+	x.up = u
+	// The service is known now: refusals below are recorded under it.
+	x.Rec.SetUpstream(u.name, "")
+	run(x, &u.path)
+}
+
+// serveInbound is the inbound listener's edge: the inbound steps, then
+// the app at app.
+func (h *Handlers) serveInbound(w http.ResponseWriter, r *http.Request, app string) {
+	x := getExchange(w, r, observability.Inbound, h)
+	x.app = app
+	run(x, &h.inbound)
 }
 
 type upstreamHandler struct {
@@ -329,7 +397,7 @@ type upstreamHandler struct {
 }
 
 func (u upstreamHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	u.h.serveService(w, r, u.service)
+	u.h.serveService(getExchange(w, r, observability.Outbound, u.h), u.service)
 }
 
 type inboundHandler struct {
@@ -339,30 +407,6 @@ type inboundHandler struct {
 
 func (in inboundHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in.h.serveInbound(w, r, in.app)
-}
-
-// serveInbound applies the callee-side policies: the token bucket first
-// (a refusal costs nothing and never waits), then the concurrency limit.
-func (h *Handlers) serveInbound(w http.ResponseWriter, r *http.Request, app string) {
-	if h.bucket != nil {
-		if ok, wait := h.bucket.Allow(); !ok {
-			h.inLimits.RateLimited()
-			proxy.WriteError(w, r, &proxy.Error{Status: http.StatusTooManyRequests, Reason: proxy.ReasonRateLimited, RetryAfter: wait})
-			return
-		}
-	}
-	lim := h.st.inLimit
-	if !lim.Acquire() {
-		h.inLimits.ConcurrencyLimited()
-		proxy.WriteError(w, r, &proxy.Error{Status: http.StatusServiceUnavailable, Reason: proxy.ReasonOverflow})
-		return
-	}
-	defer lim.Release()
-	observability.RecordFrom(r.Context()).SetUpstream(h.local.Service, app)
-	if err := h.fwd.Forward(w, r, app); err != nil {
-		h.log.Debug().Err(err).Str("app", app).Msg("forward to app failed")
-		proxy.WriteError(w, r, err)
-	}
 }
 
 // resolveError is the mesh's answer when a service's endpoints cannot be
@@ -423,7 +467,8 @@ type upstreamSwitch struct {
 }
 
 func (u upstreamSwitch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	u.s.cur.Load().serveService(w, r, u.service)
+	h := u.s.cur.Load()
+	h.serveService(getExchange(w, r, observability.Outbound, h), u.service)
 }
 
 type inboundSwitch struct {

@@ -118,3 +118,61 @@ func BenchmarkGovernance(b *testing.B) {
 		}
 	})
 }
+
+// okStep ends a path without sending: it picks an endpoint as tries does
+// and reports a success.
+type okStep struct{}
+
+func (okStep) Name() string { return "ok" }
+
+func (okStep) Serve(x *Exchange, _ Next) error {
+	i := x.set.pick(-1)
+	hst := x.set.hosts[i]
+	hst.active.Add(1)
+	hst.active.Add(-1)
+	x.outcome = succeeded
+	return nil
+}
+
+type nopWriter struct{ h http.Header }
+
+func (w nopWriter) Header() http.Header         { return w.h }
+func (w nopWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w nopWriter) WriteHeader(int)             {}
+
+// BenchmarkPath runs the compiled outbound path (routing by Host, then
+// endpoints, max-requests, circuit-breaker, route-timeout) with a final
+// step that does not send, and the inbound path's policies: what the
+// composition of named steps costs per request (no allocation).
+func BenchmarkPath(b *testing.B) {
+	steps := DefaultSteps()
+	steps.Outbound[len(steps.Outbound)-1] = OutboundBuilder{Name: "ok", Build: func(*UpstreamTarget) (Step, error) { return okStep{}, nil }}
+	steps.Inbound = steps.Inbound[:len(steps.Inbound)-1]
+	p := config.DefaultPolicy()
+	p.Timeout = 0 // the deadline's own cost is in BenchmarkGovernance
+	eps := []endpoint.Endpoint{{Addr: "127.0.0.42:1", Zone: "a"}, {Addr: "127.0.0.43:1", Zone: "a"}}
+	tbl := &table.Table{Version: "bench", Static: true, Default: p,
+		Services: map[string]*table.Service{"b": {Name: "b", Policy: p, Endpoints: eps}},
+		Inbound: table.Inbound{
+			RateLimit:   config.RateLimit{MaxTokens: 1 << 40, TokensPerFill: 1 << 19, FillInterval: time.Millisecond},
+			MaxRequests: 1 << 20,
+		}}
+	h, err := CompileSteps(tbl, nil, Local{Service: "a"}, proxy.NewForwarder(proxy.Options{}), NewState(nil), zerolog.Nop(), steps)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := nopWriter{h: http.Header{}}
+	r, _ := http.NewRequest(http.MethodGet, "http://b/x", nil)
+	b.Run("outbound", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			h.serveOutbound(w, r)
+		}
+	})
+	b.Run("inbound", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			h.serveInbound(w, r, "127.0.0.1:1")
+		}
+	})
+}

@@ -246,15 +246,6 @@ func (s *service) update(p config.Policy) error {
 	return nil
 }
 
-func breakerConfig(p config.Policy) breaker.Config {
-	cb := p.CircuitBreaker
-	return breaker.Config{
-		ErrorPercentThreshold:  cb.ErrorPercentThreshold,
-		RequestVolumeThreshold: cb.RequestVolumeThreshold,
-		SleepWindow:            cb.SleepWindow,
-	}
-}
-
 func thresholdsConfig(p config.Policy) breaker.ThresholdsConfig {
 	cb := p.CircuitBreaker
 	return breaker.ThresholdsConfig{

@@ -26,6 +26,8 @@ const (
 	ReasonCircuitOpen = "circuit-open"
 	// ReasonOverflow: a concurrency threshold is reached (503).
 	ReasonOverflow = "overflow"
+	// ReasonProxyError: an error the mesh has no better name for (502).
+	ReasonProxyError = "proxy-error"
 )
 
 // StatusClientClosedRequest is the (non-standard, nginx) status recorded
@@ -77,7 +79,7 @@ const (
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	var pe *Error
 	if !errors.As(err, &pe) {
-		pe = &Error{Status: http.StatusBadGateway, Reason: "proxy-error", Err: err}
+		pe = &Error{Status: http.StatusBadGateway, Reason: ReasonProxyError, Err: err}
 	}
 	h := w.Header()
 	h.Set("X-Mesh-Reason", pe.Reason)

@@ -1,0 +1,38 @@
+package chain
+
+// The order of the agent's request paths. Like CoreDNS's plugin.cfg, this
+// list alone fixes which step runs before which; each step lives in its
+// own file (step_<name>.go) with its config mapping and state. A new
+// policy is one new file plus one line here (and its config schema and
+// control-plane translation).
+//
+// Inbound (the agent's own service, before the app):
+//
+//	rate-limit → concurrency-limit → app
+//
+// Outbound (per upstream service, after routing by Host or the
+// per-upstream listener):
+//
+//	endpoints → max-requests → circuit-breaker → route-timeout → tries
+//
+// tries picks an endpoint (load balancing, outlier ejection), applies
+// max_pending and the per-try timeout, sends, and retries within the
+// budget or relays the response.
+
+// DefaultSteps returns the agent's step lists (a new copy each time).
+func DefaultSteps() Steps {
+	return Steps{
+		Inbound: []InboundBuilder{
+			{Name: "rate-limit", Build: buildRateLimit},
+			{Name: "concurrency-limit", Build: buildInboundLimit},
+			{Name: "app", Build: buildApp},
+		},
+		Outbound: []OutboundBuilder{
+			{Name: "endpoints", Build: buildEndpoints},
+			{Name: "max-requests", Build: buildMaxRequests},
+			{Name: "circuit-breaker", Build: buildBreaker},
+			{Name: "route-timeout", Build: buildRouteTimeout},
+			{Name: "tries", Build: buildTries},
+		},
+	}
+}
