@@ -84,8 +84,10 @@ func TestBurst(t *testing.T) {
 	if len(agent) != len(refused) {
 		t.Errorf("the agent refused %d requests, callers saw %d refusals", len(agent), len(refused))
 	}
-	if worst := percentile(agent, 1); worst > 50*time.Millisecond {
-		t.Errorf("the agent took %v to refuse a request, want at most 50ms", worst)
+	// p99, not the maximum: one refusal descheduled on a loaded machine
+	// measures the machine; a bucket that paces (sleeps) shows in the p99.
+	if p99 := percentile(agent, 0.99); p99 > 50*time.Millisecond {
+		t.Errorf("the agent took %v (p99) to refuse a request, want at most 50ms", p99)
 	}
 	t.Logf("refusals in the agent: p50 %v, max %v; at the callers: p50 %v, p99 %v, max %v",
 		percentile(agent, 0.5), percentile(agent, 1), percentile(refused, 0.5), percentile(refused, 0.99), percentile(refused, 1))
@@ -195,8 +197,10 @@ func TestAvalanche(t *testing.T) {
 	if p99 := percentile(inAgent, 0.99); p99 > 5*time.Millisecond {
 		t.Errorf("circuit-open p99 in the agent %v (p50 %v), want under 5ms", p99, percentile(inAgent, 0.5))
 	}
-	if p99 := percentile(open, 0.99); p99 > 50*time.Millisecond {
-		t.Errorf("circuit-open p99 at the callers %v (p50 %v), want under 50ms", p99, percentile(open, 0.5))
+	// A refusal that queued behind B would take the 300 ms timeout; the
+	// bound is well under it and well over a loaded machine's scheduling.
+	if p99 := percentile(open, 0.99); p99 > 200*time.Millisecond {
+		t.Errorf("circuit-open p99 at the callers %v (p50 %v), want under 200ms (the timeout is 300ms)", p99, percentile(open, 0.5))
 	}
 	t.Logf("circuit-open: %d refusals; in the agent p50 %v, p99 %v; at the callers p50 %v, p99 %v",
 		len(open), percentile(inAgent, 0.5), percentile(inAgent, 0.99), percentile(open, 0.5), percentile(open, 0.99))
