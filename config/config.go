@@ -5,7 +5,11 @@
 // name the file, the line where it is known, and the field path.
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/meshvm/mesh/identity"
+)
 
 // Config is the whole schema. Each role reads the sections it needs.
 type Config struct {
@@ -59,6 +63,12 @@ func Default() Config {
 			XDSAddr:   "0.0.0.0:18000",
 			AdminAddr: "127.0.0.1:19000",
 			Debounce:  100 * time.Millisecond,
+			CA: CA{
+				Dir:         "/var/lib/mesh/ca",
+				TrustDomain: identity.DefaultTrustDomain,
+				Namespace:   identity.DefaultNamespace,
+				CertTTL:     24 * time.Hour,
+			},
 			CMDB: CMDB{
 				Interval:         30 * time.Second,
 				Format:           "generic",

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/meshvm/mesh/identity"
 )
 
 // Control configures `mesh control`, the xDS server and its sources.
@@ -15,6 +17,26 @@ type Control struct {
 	// Debounce coalesces source updates before a snapshot is rebuilt.
 	Debounce time.Duration `mapstructure:"debounce" yaml:"debounce"`
 	CMDB     CMDB          `mapstructure:"cmdb" yaml:"cmdb"`
+	// CA is the certificate authority issuing workload identities.
+	CA CA `mapstructure:"ca" yaml:"ca"`
+}
+
+// CA configures mesh control's certificate authority (controlplane/ca).
+type CA struct {
+	// Dir holds the CA's material, generated at first use; control planes
+	// of one mesh share its files.
+	Dir string `mapstructure:"dir" yaml:"dir"`
+	// TrustDomain and Namespace name identities:
+	// spiffe://<trust_domain>/ns/<namespace>/svc/<service>.
+	TrustDomain string `mapstructure:"trust_domain" yaml:"trust_domain"`
+	Namespace   string `mapstructure:"namespace" yaml:"namespace"`
+	// CertTTL is the lifetime of issued workload certificates.
+	CertTTL time.Duration `mapstructure:"cert_ttl" yaml:"cert_ttl"`
+	// CertFile and KeyFile, both or neither, are an operator's CA (a root,
+	// or an intermediate followed by its chain) used instead of a root
+	// generated in Dir.
+	CertFile string `mapstructure:"cert_file" yaml:"cert_file,omitempty"`
+	KeyFile  string `mapstructure:"key_file" yaml:"key_file,omitempty"`
 }
 
 // CMDB configures the machine-metadata poller. An empty URL disables it.
@@ -70,6 +92,7 @@ type CMDBFields struct {
 }
 
 func (c *Control) validate(v *validator) {
+	c.CA.validate(v)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)
@@ -108,4 +131,17 @@ var headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 func (v *validator) dottedPath(path, s string) {
 	v.check(path, s == "" || !slices.Contains(strings.Split(s, "."), ""),
 		"%q is not a dotted path (empty segment)", s)
+}
+
+func (c *CA) validate(v *validator) {
+	v.check("control.ca.dir", c.Dir != "", "is required (e.g. /var/lib/mesh/ca)")
+	if _, err := identity.NewID(c.TrustDomain, c.Namespace, "x"); err != nil {
+		path := "control.ca.trust_domain"
+		if strings.HasPrefix(err.Error(), "namespace") {
+			path = "control.ca.namespace"
+		}
+		v.add(path, "%v", err)
+	}
+	v.check("control.ca.cert_ttl", c.CertTTL >= time.Minute, "must be at least 1m (e.g. 24h), got %v", c.CertTTL)
+	v.check("control.ca.key_file", (c.CertFile == "") == (c.KeyFile == ""), "cert_file and key_file go together")
 }

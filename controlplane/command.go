@@ -54,5 +54,6 @@ func NewCommand() *cobra.Command {
 	f.Duration("debounce", 0, "coalesce source changes for this long before pushing (default 100ms)")
 	f.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	f.String("log-format", "json", "log format: json or text")
+	cmd.AddCommand(newTokenCommand(), newCACommand())
 	return cmd
 }
