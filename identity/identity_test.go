@@ -49,7 +49,7 @@ func TestID(t *testing.T) {
 	}
 }
 
-func mustID(t *testing.T, svc string) identity.ID {
+func mustID(t testing.TB, svc string) identity.ID {
 	t.Helper()
 	id, err := identity.NewID("mesh.local", "default", svc)
 	if err != nil {
