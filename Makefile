@@ -11,7 +11,7 @@ PKGS     := ./...
 TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 10s
 
-.PHONY: all build consul jaeger test test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
+.PHONY: all build consul jaeger pebble test test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
 
 all: build
 
@@ -32,9 +32,18 @@ $(JAEGER): tools/jaeger/go.mod tools/jaeger/go.sum
 	cd tools/jaeger && $(GO) build -o ../../$(JAEGER) github.com/jaegertracing/jaeger/cmd/jaeger
 	@touch $(JAEGER)
 
+# A real ACME server (Pebble v2.10.3, and its DNS) for the edge's
+# automatic-certificate tests. Its own module.
+PEBBLE := bin/pebble
+pebble: $(PEBBLE)
+$(PEBBLE): tools/pebble/go.mod tools/pebble/go.sum
+	cd tools/pebble && $(GO) build -o ../../bin/pebble-challtestsrv github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv \
+		&& $(GO) build -o ../../$(PEBBLE) github.com/letsencrypt/pebble/v2/cmd/pebble
+	@touch $(PEBBLE)
+
 # Every test, against real parts (Consul, HTTP and gRPC servers), then a
 # short fuzzing pass over each parser.
-test: build $(CONSUL) $(JAEGER) lint
+test: build $(CONSUL) $(JAEGER) $(PEBBLE) lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) fuzz
 	$(MAKE) test-packaging-fast

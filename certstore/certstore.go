@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/acme"
+	"golang.org/x/crypto/acme/autocert"
 )
 
 // Pair is one certificate (PEM chain, leaf first) and its key.
@@ -31,6 +33,9 @@ type Store struct {
 	pairs []Pair
 	log   zerolog.Logger
 	cur   atomic.Pointer[index]
+
+	acme      *autocert.Manager // nil: no ACME
+	acmeHosts []string
 }
 
 type index struct {
@@ -54,6 +59,10 @@ func New(pairs []Pair, log zerolog.Logger) *Store {
 // the file; the certificates in use (if any) stay.
 func (s *Store) Load() error {
 	if len(s.pairs) == 0 {
+		if s.acme != nil {
+			s.cur.Store(&index{exact: map[string]*tls.Certificate{}, wildcard: map[string]*tls.Certificate{}})
+			return nil
+		}
 		return errors.New("certstore: no certificates configured")
 	}
 	idx := &index{exact: map[string]*tls.Certificate{}, wildcard: map[string]*tls.Certificate{}}
@@ -172,6 +181,9 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) error {
 // GetCertificate picks the certificate for a handshake's SNI: an exact
 // name, then a wildcard for its parent domain, then the first pair.
 func (s *Store) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if c, ok, err := s.acmeCertificate(hello); ok {
+		return c, err
+	}
 	idx := s.cur.Load()
 	if idx == nil {
 		return nil, errors.New("certstore: no certificates loaded")
@@ -184,6 +196,9 @@ func (s *Store) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, er
 		if c := idx.wildcard[name[i+1:]]; c != nil {
 			return c, nil
 		}
+	}
+	if idx.def == nil {
+		return nil, fmt.Errorf("certstore: no certificate for %q", hello.ServerName)
 	}
 	return idx.def, nil
 }
@@ -216,7 +231,8 @@ func mapValues(m map[string]*tls.Certificate) []*tls.Certificate {
 
 // ServerConfig is a TLS 1.2+ server config with modern defaults (AEAD
 // cipher suites only for TLS 1.2, X25519 and P-256), ALPN h2 and
-// http/1.1, and certificates from the store.
+// http/1.1 (and acme-tls/1 for TLS-ALPN-01), and certificates from the
+// store.
 func (s *Store) ServerConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -226,7 +242,7 @@ func (s *Store) ServerConfig() *tls.Config {
 			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 		},
 		CurvePreferences: []tls.CurveID{tls.X25519MLKEM768, tls.X25519, tls.CurveP256},
-		NextProtos:       []string{"h2", "http/1.1"},
+		NextProtos:       []string{"h2", "http/1.1", acme.ALPNProto},
 		GetCertificate:   s.GetCertificate,
 	}
 }
