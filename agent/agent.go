@@ -25,11 +25,11 @@ import (
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/agent/table"
-	"github.com/meshvm/mesh/agent/xdsconf"
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/sdnotify"
+	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/xdsclient"
 )
 
@@ -150,7 +150,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err == nil {
 			m := a.obs.Metrics()
 			a.xds, err = xdsclient.New(xdsclient.Options{
-				Servers: c.ControlPlane, Node: node, Apply: a.applyXDS, Listeners: xdsconf.Listeners,
+				Servers: c.ControlPlane, Node: node, Apply: a.applyXDS, Listeners: wire.AgentListeners(),
 				Initial: a.cached, Log: a.base.With().Str("component", "xds").Logger(),
 				OnConnection: func(server string, up bool) {
 					if up {

@@ -16,6 +16,7 @@ import (
 	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/agent/xdsconf"
 	"github.com/meshvm/mesh/buildinfo"
+	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/xdsclient"
 )
 
@@ -26,15 +27,15 @@ func (a *Agent) nodeID() string {
 }
 
 // xdsNode is the Node the agent sends: its id, locality, and the metadata
-// `mesh control` reads (controlplane/README.md).
+// `mesh control` reads (package wire).
 func (a *Agent) xdsNode() (*corev3.Node, error) {
 	c := a.config().Agent
 	md, err := structpb.NewStruct(map[string]any{
-		"service":       c.Service,
-		"app_port":      strconv.Itoa(c.AppPort),
-		"app_address":   c.AppAddress,
-		"inbound_addr":  a.Addr("inbound"),
-		"outbound_addr": a.Addr("outbound"),
+		wire.NodeService:      c.Service,
+		wire.NodeAppPort:      strconv.Itoa(c.AppPort),
+		wire.NodeAppAddress:   c.AppAddress,
+		wire.NodeInboundAddr:  a.Addr("inbound"),
+		wire.NodeOutboundAddr: a.Addr("outbound"),
 	})
 	if err != nil {
 		return nil, err
@@ -44,7 +45,7 @@ func (a *Agent) xdsNode() (*corev3.Node, error) {
 		Cluster:       c.Service,
 		Metadata:      md,
 		Locality:      &corev3.Locality{Region: c.Locality.Region, Zone: c.Locality.Zone},
-		UserAgentName: "mesh-agent",
+		UserAgentName: wire.AgentUserAgent,
 		UserAgentVersionType: &corev3.Node_UserAgentVersion{
 			UserAgentVersion: buildinfo.Version,
 		},

@@ -102,7 +102,7 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 	c.cmdb = newCMDBSlot(log.With().Str("component", "cmdb").Logger(), poller)
 	inputs := []input{{src: registry, required: true}, {src: c.cmdb}}
 	c.sources = []source.Source{registry, c.cmdb}
-	c.xds = xds.New(log.With().Str("component", "xds").Logger(), c.reg, cfg.Policies.Default)
+	c.xds = xds.New(log.With().Str("component", "xds").Logger(), c.reg)
 	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, settingsOf(cfg),
 		opts.FirstWait, c.xds, newMetrics(c.reg, c.sources))
 	return c, nil

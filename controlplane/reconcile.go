@@ -89,19 +89,17 @@ func (r *reconciler) reconfigure(ctx context.Context, s settings) error {
 }
 
 // apply installs s and rebuilds from views (when they can build a model)
-// even if the merged model is unchanged: the xDS server's default policy
-// may have changed. On failure the previous settings are put back and
-// nothing was pushed.
+// even if the merged model is unchanged: the configured policies of nodes
+// whose service the model does not know may have changed. On failure the
+// previous settings are put back and nothing was pushed.
 func (r *reconciler) apply(ctx context.Context, s settings, views []*model.View, canBuild bool) error {
 	prev := settings{debounce: r.debounce, merge: r.opts}
 	r.debounce, r.opts = s.debounce, s.merge
-	r.xds.SetDefaults(s.merge.Policies.Default)
 	if !canBuild {
 		return nil
 	}
 	if err := r.build(ctx, views, true); err != nil {
 		r.debounce, r.opts = prev.debounce, prev.merge
-		r.xds.SetDefaults(prev.merge.Policies.Default)
 		return err
 	}
 	return nil
@@ -216,7 +214,7 @@ func (r *reconciler) build(ctx context.Context, views []*model.View, force bool)
 	if prev := r.current.Load(); !force && prev != nil && prev.Equal(&m) {
 		return nil
 	}
-	mesh, err := r.translator.Translate(&m)
+	mesh, err := r.translator.Translate(&m, r.opts.Policies)
 	if err == nil {
 		err = r.xds.Update(ctx, mesh)
 	}

@@ -35,7 +35,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshvm/mesh/agent/endpoint"
-	"github.com/meshvm/mesh/agent/registration"
+	"github.com/meshvm/mesh/wire"
 )
 
 // Defaults for the Options.
@@ -440,8 +440,8 @@ func Endpoints(entries []*consulapi.ServiceEntry) []endpoint.Endpoint {
 		eps = append(eps, endpoint.Endpoint{
 			Addr:   net.JoinHostPort(host, strconv.Itoa(e.Service.Port)),
 			Node:   node,
-			Region: e.Service.Meta[registration.MetaRegion],
-			Zone:   e.Service.Meta[registration.MetaZone],
+			Region: e.Service.Meta[wire.MetaRegion],
+			Zone:   e.Service.Meta[wire.MetaZone],
 			Weight: weight,
 			Meta:   e.Service.Meta,
 		})

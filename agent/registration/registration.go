@@ -9,8 +9,9 @@
 //   - Address/Port: the agent's inbound listener, not the app, so callers
 //     always go through the callee's agent;
 //   - a health check on the app itself (HTTP GET on its health path, or TCP);
-//   - meta: the user's meta plus the keys below, which discovery and the
-//     control plane read back.
+//   - meta: the user's meta plus the wire contract's keys (wire.MetaAppPort,
+//     wire.MetaVersion, ...), which discovery and the control plane read
+//     back.
 package registration
 
 import (
@@ -32,16 +33,7 @@ import (
 
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
-)
-
-// Service meta keys the agent writes on every registration.
-const (
-	MetaAppPort     = "app_port"     // the app's own port (Port is the agent's inbound port)
-	MetaVersion     = "mesh_version" // buildinfo.Version of the registering agent
-	MetaNode        = "mesh_node"    // the VM name (Spec.Node)
-	MetaZone        = "mesh_zone"    // Locality.Zone, when set
-	MetaRegion      = "mesh_region"  // Locality.Region, when set
-	MetaHealthCheck = "mesh_health"  // "http" or "tcp": how the app is checked
+	"github.com/meshvm/mesh/wire"
 )
 
 // Defaults used when the Spec or New leave a duration at zero.
@@ -97,16 +89,16 @@ func (s Spec) Registration() *consulapi.AgentServiceRegistration {
 	id := s.ID()
 	meta := make(map[string]string, len(s.Meta)+6)
 	maps.Copy(meta, s.Meta)
-	meta[MetaAppPort] = strconv.Itoa(s.AppPort)
-	meta[MetaVersion] = buildinfo.Version
+	meta[wire.MetaAppPort] = strconv.Itoa(s.AppPort)
+	meta[wire.MetaVersion] = buildinfo.Version
 	if s.Node != "" {
-		meta[MetaNode] = s.Node
+		meta[wire.MetaNode] = s.Node
 	}
 	if s.Locality.Zone != "" {
-		meta[MetaZone] = s.Locality.Zone
+		meta[wire.MetaZone] = s.Locality.Zone
 	}
 	if s.Locality.Region != "" {
-		meta[MetaRegion] = s.Locality.Region
+		meta[wire.MetaRegion] = s.Locality.Region
 	}
 
 	interval := s.HealthInterval
@@ -121,12 +113,12 @@ func (s Spec) Registration() *consulapi.AgentServiceRegistration {
 		Timeout:  timeout.String(),
 	}
 	if s.AppHealth != "" {
-		meta[MetaHealthCheck] = "http"
+		meta[wire.MetaHealthCheck] = wire.HealthCheckHTTP
 		check.Name = "app HTTP " + s.AppHealth
 		check.HTTP = "http://" + app + s.AppHealth
 		check.Method = http.MethodGet
 	} else {
-		meta[MetaHealthCheck] = "tcp"
+		meta[wire.MetaHealthCheck] = wire.HealthCheckTCP
 		check.Name = "app TCP"
 		check.TCP = app
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/meshtest"
+	"github.com/meshvm/mesh/wire"
 )
 
 var consul *meshtest.Consul
@@ -126,13 +127,13 @@ func TestRegisterHealth(t *testing.T) {
 				t.Errorf("tags = %v, want [v1 canary]", svc.Tags)
 			}
 			wantMeta := map[string]string{
-				"owner":         "team-a",
-				MetaAppPort:     strconv.Itoa(tc.appPort),
-				MetaVersion:     buildinfo.Version,
-				MetaNode:        spec.Node,
-				MetaZone:        "eu-west-1a",
-				MetaRegion:      "eu-west",
-				MetaHealthCheck: map[bool]string{true: "http", false: "tcp"}[tc.health != ""],
+				"owner":              "team-a",
+				wire.MetaAppPort:     strconv.Itoa(tc.appPort),
+				wire.MetaVersion:     buildinfo.Version,
+				wire.MetaNode:        spec.Node,
+				wire.MetaZone:        "eu-west-1a",
+				wire.MetaRegion:      "eu-west",
+				wire.MetaHealthCheck: map[bool]string{true: "http", false: "tcp"}[tc.health != ""],
 			}
 			for k, v := range wantMeta {
 				if svc.Meta[k] != v {
@@ -319,7 +320,7 @@ func TestReplacesStaleRegistrationOnly(t *testing.T) {
 	}
 	err := consul.Client.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
 		ID: spec.ID(), Name: "cart", Address: host, Port: 15999, Tags: []string{"v1"},
-		Meta: map[string]string{MetaVersion: "old"},
+		Meta: map[string]string{wire.MetaVersion: "old"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -339,7 +340,7 @@ func TestReplacesStaleRegistrationOnly(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(svcs) != 1 || svcs[0].ServicePort != 15006 || !slices.Equal(svcs[0].ServiceTags, []string{"v2"}) || svcs[0].ServiceMeta[MetaVersion] != buildinfo.Version {
+		if len(svcs) != 1 || svcs[0].ServicePort != 15006 || !slices.Equal(svcs[0].ServiceTags, []string{"v2"}) || svcs[0].ServiceMeta[wire.MetaVersion] != buildinfo.Version {
 			return fmt.Errorf("catalog holds %+v, want port 15006, tags [v2], current version", svcs)
 		}
 		modifyIndex = svcs[0].ModifyIndex

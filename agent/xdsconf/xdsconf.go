@@ -4,18 +4,19 @@
 // cannot honour is an error naming it, which the xDS client sends back as
 // the NACK's detail while the last good table keeps serving.
 //
-// What the agent reads (docs/xds.md):
-//   - the outbound RouteConfiguration (OutboundRoute): one virtual host per
+// What the agent reads (names and keys from the wire contract, package
+// wire; controlplane/README.md describes the resources):
+//   - the outbound RouteConfiguration (wire.OutboundRoute): one virtual host per
 //     service; the route's cluster names the service, its timeout and
 //     retry_policy become the service's timeout and retries;
 //   - one EDS Cluster per service: connect_timeout, lb_policy (or
 //     load_balancing_policy), zone-aware routing, circuit_breakers
 //     thresholds and retry budget, outlier_detection, and the
-//     "mesh.governance" filter metadata for the error-percentage breaker;
+//     wire.GovernanceNamespace filter metadata for the error-percentage breaker;
 //   - the ClusterLoadAssignment of each: endpoints with HEALTHY, DEGRADED or
 //     UNKNOWN health are routable, others are not; locality gives the zone;
-//   - the inbound Listener (InboundListener): its
-//     envoy.filters.http.local_ratelimit token bucket.
+//   - the inbound Listener (wire.InboundListener): its
+//     wire.LocalRateLimitFilter token bucket.
 package xdsconf
 
 import (
@@ -38,23 +39,9 @@ import (
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/xdsclient"
 )
-
-// Resource names the agent subscribes to; they match what `mesh control`
-// serves (controlplane/translate).
-const (
-	OutboundListener = "mesh_outbound"
-	OutboundRoute    = "mesh_outbound"
-	InboundListener  = "mesh_inbound"
-	LocalAppCluster  = "local_app"
-	GovernanceKey    = "mesh.governance"
-	EndpointKey      = "mesh"
-	localRateLimit   = "envoy.filters.http.local_ratelimit"
-)
-
-// Listeners are the listener names an agent subscribes to.
-var Listeners = []string{OutboundListener, InboundListener}
 
 // Translate builds the table from a complete resource set.
 func Translate(r xdsclient.Resources) (*table.Table, error) {
@@ -65,7 +52,7 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		Static:   true,
 	}
 	for name, c := range r.Clusters {
-		if name == LocalAppCluster {
+		if name == wire.LocalAppCluster {
 			continue
 		}
 		p, err := clusterPolicy(c)
@@ -78,26 +65,26 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		}
 		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps}
 	}
-	if rc := r.Routes[OutboundRoute]; rc != nil {
+	if rc := r.Routes[wire.OutboundRoute]; rc != nil {
 		for _, vh := range rc.GetVirtualHosts() {
 			if err := applyVirtualHost(t, vh); err != nil {
-				return nil, fmt.Errorf("route %q virtual host %q: %w", OutboundRoute, vh.GetName(), err)
+				return nil, fmt.Errorf("route %q virtual host %q: %w", wire.OutboundRoute, vh.GetName(), err)
 			}
 		}
 	}
-	if l := r.Listeners[InboundListener]; l != nil {
+	if l := r.Listeners[wire.InboundListener]; l != nil {
 		for _, hcm := range xdsclient.HTTPConnectionManagers(l) {
 			for _, f := range hcm.GetHttpFilters() {
-				if f.GetName() != localRateLimit && !f.GetTypedConfig().MessageIs(&localratelimitv3.LocalRateLimit{}) {
+				if f.GetName() != wire.LocalRateLimitFilter && !f.GetTypedConfig().MessageIs(&localratelimitv3.LocalRateLimit{}) {
 					continue
 				}
 				rl := &localratelimitv3.LocalRateLimit{}
 				if err := f.GetTypedConfig().UnmarshalTo(rl); err != nil {
-					return nil, fmt.Errorf("listener %q filter %s: %w", InboundListener, f.GetName(), err)
+					return nil, fmt.Errorf("listener %q filter %s: %w", wire.InboundListener, f.GetName(), err)
 				}
 				tb := rl.GetTokenBucket()
 				if tb == nil {
-					return nil, fmt.Errorf("listener %q filter %s: no token_bucket", InboundListener, f.GetName())
+					return nil, fmt.Errorf("listener %q filter %s: no token_bucket", wire.InboundListener, f.GetName())
 				}
 				t.Inbound.RateLimit = config.RateLimit{
 					MaxTokens:     int(tb.GetMaxTokens()),
@@ -164,22 +151,22 @@ func clusterPolicy(c *clusterv3.Cluster) (config.Policy, error) {
 			MaxEjectionPercent:        int(uintOr(od.GetMaxEjectionPercent(), 10)),
 		}
 	}
-	if md := c.GetMetadata().GetFilterMetadata()[GovernanceKey]; md != nil {
+	if md := c.GetMetadata().GetFilterMetadata()[wire.GovernanceNamespace]; md != nil {
 		f := md.GetFields()
-		p.CircuitBreaker.ErrorPercentThreshold = int(f["error_percent_threshold"].GetNumberValue())
-		p.CircuitBreaker.RequestVolumeThreshold = int(f["request_volume_threshold"].GetNumberValue())
-		if s := f["sleep_window"].GetStringValue(); s != "" {
+		p.CircuitBreaker.ErrorPercentThreshold = int(f[wire.GovErrorPercentThreshold].GetNumberValue())
+		p.CircuitBreaker.RequestVolumeThreshold = int(f[wire.GovRequestVolumeThreshold].GetNumberValue())
+		if s := f[wire.GovSleepWindow].GetStringValue(); s != "" {
 			d, err := time.ParseDuration(s)
 			if err != nil {
-				return p, fmt.Errorf("metadata %s.sleep_window %q: %w", GovernanceKey, s, err)
+				return p, fmt.Errorf("metadata %s.sleep_window %q: %w", wire.GovernanceNamespace, s, err)
 			}
 			p.CircuitBreaker.SleepWindow = d
 		}
 		if p.CircuitBreaker.ErrorPercentThreshold < 0 || p.CircuitBreaker.ErrorPercentThreshold > 100 {
-			return p, fmt.Errorf("metadata %s.error_percent_threshold %d is not between 0 and 100", GovernanceKey, p.CircuitBreaker.ErrorPercentThreshold)
+			return p, fmt.Errorf("metadata %s.error_percent_threshold %d is not between 0 and 100", wire.GovernanceNamespace, p.CircuitBreaker.ErrorPercentThreshold)
 		}
 		if p.CircuitBreaker.ErrorPercentThreshold > 0 && p.CircuitBreaker.SleepWindow <= 0 {
-			return p, fmt.Errorf("metadata %s: sleep_window must be positive when error_percent_threshold is set", GovernanceKey)
+			return p, fmt.Errorf("metadata %s: sleep_window must be positive when error_percent_threshold is set", wire.GovernanceNamespace)
 		}
 	}
 	return p, nil
@@ -262,14 +249,14 @@ func endpoints(cla *endpointv3.ClusterLoadAssignment) ([]endpoint.Endpoint, erro
 				Zone:   loc.GetZone(),
 				Weight: lb.GetLoadBalancingWeight().GetValue(),
 			}
-			if md := lb.GetMetadata().GetFilterMetadata()[EndpointKey]; md != nil {
+			if md := lb.GetMetadata().GetFilterMetadata()[wire.EndpointNamespace]; md != nil {
 				ep.Meta = map[string]string{}
 				for k, v := range md.GetFields() {
 					if sv := v.GetStringValue(); sv != "" {
 						ep.Meta[k] = sv
 					}
 				}
-				ep.Node = ep.Meta["node"]
+				ep.Node = ep.Meta[wire.EndpointNode]
 			}
 			out = append(out, ep)
 		}

@@ -8,53 +8,19 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/xdsconf"
 	"github.com/meshvm/mesh/config"
-	"github.com/meshvm/mesh/controlplane/model"
-	"github.com/meshvm/mesh/controlplane/translate"
+	"github.com/meshvm/mesh/wire"
+	"github.com/meshvm/mesh/wire/wiretest"
 	"github.com/meshvm/mesh/xdsclient"
 )
 
-// resourcesFor runs the control plane's own translation for one agent
-// node, so these tests check the contract between the two roles: what
-// `mesh control` writes is what `mesh agent` reads.
-func resourcesFor(t *testing.T, m *model.Model, node model.Node) xdsclient.Resources {
-	t.Helper()
-	mesh, err := translate.Translate(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := mesh.ForNode(node, config.DefaultPolicy())
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := xdsclient.Resources{
-		Listeners: map[string]*listenerv3.Listener{}, Routes: map[string]*routev3.RouteConfiguration{},
-		Clusters: map[string]*clusterv3.Cluster{}, Endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
-		Versions: map[string]string{},
-	}
-	for n, r := range res.Listeners {
-		out.Listeners[n] = r.(*listenerv3.Listener)
-	}
-	for n, r := range res.Routes {
-		out.Routes[n] = r.(*routev3.RouteConfiguration)
-	}
-	for n, r := range res.Clusters {
-		out.Clusters[n] = r.(*clusterv3.Cluster)
-	}
-	for n, r := range res.Endpoints {
-		out.Endpoints[n] = r.(*endpointv3.ClusterLoadAssignment)
-	}
-	return out
-}
-
+// The agent reads back every policy knob the control plane writes into
+// Envoy fields, from the golden resources of the wire contract.
 func TestPoliciesSurviveTheRoundTripThroughEnvoyFields(t *testing.T) {
 	orders := config.DefaultPolicy()
 	orders.Timeout = 3 * time.Second
@@ -69,18 +35,10 @@ func TestPoliciesSurviveTheRoundTripThroughEnvoyFields(t *testing.T) {
 	pay.CircuitBreaker.ErrorPercentThreshold = 0
 	pay.RateLimit = config.RateLimit{MaxTokens: 200, TokensPerFill: 200, FillInterval: time.Second}
 
-	m := &model.Model{Services: []model.Service{
-		{Name: "orders", Policy: orders, Endpoints: []model.Endpoint{
-			{ID: "o1", Node: "vm1", Address: "10.0.0.1", Port: 15006, Locality: model.Locality{Region: "eu", Zone: "a"}, Health: model.Healthy, Metadata: model.Metadata{Env: "prod"}},
-			{ID: "o2", Node: "vm2", Address: "10.0.0.2", Port: 15006, Locality: model.Locality{Region: "eu", Zone: "b"}, Health: model.Healthy},
-			{ID: "o3", Node: "vm3", Address: "10.0.0.3", Port: 15006, Locality: model.Locality{Region: "eu", Zone: "b"}, Health: model.Draining},
-			{ID: "o4", Node: "vm4", Address: "10.0.0.4", Port: 15006, Health: model.Unhealthy},
-		}},
-		{Name: "pay", Policy: pay, Endpoints: []model.Endpoint{
-			{ID: "p1", Node: "vm5", Address: "10.0.0.5", Port: 15006, AppPort: 8080, Health: model.Healthy},
-		}},
-	}}
-	res := resourcesFor(t, m, model.Node{ID: "vm5", Service: "pay", AppPort: 8080})
+	// wire/testdata/agent-tuned.golden.json is what `mesh control` sends
+	// an agent fronting pay when the policies are the ones above
+	// (controlplane/translate's golden test writes it from them).
+	res := wiretest.Load(t, wiretest.AgentTuned)
 	tab, err := xdsconf.Translate(res)
 	if err != nil {
 		t.Fatal(err)
@@ -134,9 +92,6 @@ func TestPoliciesSurviveTheRoundTripThroughEnvoyFields(t *testing.T) {
 }
 
 func TestUnusableResourcesAreRejectedWithTheirName(t *testing.T) {
-	m := &model.Model{Services: []model.Service{{Name: "orders", Policy: config.DefaultPolicy(), Endpoints: []model.Endpoint{
-		{ID: "o1", Node: "vm1", Address: "10.0.0.1", Port: 15006, Health: model.Healthy},
-	}}}}
 	for _, tc := range []struct {
 		name   string
 		mutate func(r *xdsclient.Resources)
@@ -147,7 +102,7 @@ func TestUnusableResourcesAreRejectedWithTheirName(t *testing.T) {
 			r.Clusters["orders"].ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 		}, `cluster "orders": discovery type STATIC is not supported`},
 		{"bad sleep window", func(r *xdsclient.Resources) {
-			r.Clusters["orders"].Metadata.FilterMetadata[xdsconf.GovernanceKey].Fields["sleep_window"] = structpb.NewStringValue("soon")
+			r.Clusters["orders"].Metadata.FilterMetadata[wire.GovernanceNamespace].Fields["sleep_window"] = structpb.NewStringValue("soon")
 		}, `sleep_window "soon"`},
 		{"pipe endpoint", func(r *xdsclient.Resources) {
 			r.Endpoints["orders"].Endpoints[0].LbEndpoints[0].GetEndpoint().Address = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/tmp/x"}}}
@@ -156,12 +111,14 @@ func TestUnusableResourcesAreRejectedWithTheirName(t *testing.T) {
 			r.Endpoints["orders"].Endpoints[0].LbEndpoints[0].GetEndpoint().GetAddress().GetSocketAddress().Address = "orders.example.com"
 		}, `"orders.example.com" is not an IP address`},
 		{"redirect route", func(r *xdsclient.Resources) {
-			r.Routes[xdsconf.OutboundRoute].VirtualHosts[0].Routes[0].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
+			r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[0].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
 		}, `only route actions are supported`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := resourcesFor(t, m, model.Node{ID: "vm9"})
-			res = deepCopy(res)
+			res := wiretest.Load(t, wiretest.AgentClientOnly)
+			if _, err := xdsconf.Translate(res); err != nil {
+				t.Fatalf("the golden resources do not translate: %v", err)
+			}
 			tc.mutate(&res)
 			_, err := xdsconf.Translate(res)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -171,16 +128,43 @@ func TestUnusableResourcesAreRejectedWithTheirName(t *testing.T) {
 	}
 }
 
-func deepCopy(r xdsclient.Resources) xdsclient.Resources {
-	out := r.Clone()
-	for k, v := range out.Clusters {
-		out.Clusters[k] = proto.Clone(v).(*clusterv3.Cluster)
+// What an agent fronting payments gets for the realistic model
+// (wire/testdata/agent-payments.golden.json): every service, only its
+// routable endpoints, the callee-side rate limit of payments.
+func TestRealisticAgentView(t *testing.T) {
+	tab, err := xdsconf.Translate(wiretest.Load(t, wiretest.AgentPayments))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k, v := range out.Endpoints {
-		out.Endpoints[k] = proto.Clone(v).(*endpointv3.ClusterLoadAssignment)
+	for _, tc := range []struct {
+		service   string
+		lb        string
+		endpoints int
+	}{
+		{"orders", "round_robin", 2},     // passing and warning
+		{"payments", "least_request", 1}, // one critical
+		{"search", "random", 1},          // one draining
+	} {
+		t.Run(tc.service, func(t *testing.T) {
+			s := tab.Services[tc.service]
+			if s == nil {
+				t.Fatalf("no %s in the table", tc.service)
+			}
+			if got := s.Policy.LoadBalancer.Policy; got != tc.lb {
+				t.Errorf("load balancer %q, want %q", got, tc.lb)
+			}
+			if len(s.Endpoints) != tc.endpoints {
+				t.Errorf("%d routable endpoints, want %d: %+v", len(s.Endpoints), tc.endpoints, s.Endpoints)
+			}
+		})
 	}
-	for k, v := range out.Routes {
-		out.Routes[k] = proto.Clone(v).(*routev3.RouteConfiguration)
+	if got := tab.Policy("payments"); got.Timeout != 2*time.Second || got.CircuitBreaker.ErrorPercentThreshold != 25 || got.Retries.Attempts != 1 {
+		t.Errorf("payments policy %+v", got)
 	}
-	return out
+	if want := (config.RateLimit{MaxTokens: 200, TokensPerFill: 100, FillInterval: time.Second}); tab.Inbound.RateLimit != want {
+		t.Errorf("inbound rate limit %+v, want %+v", tab.Inbound.RateLimit, want)
+	}
+	if _, ok := tab.Services[wire.LocalAppCluster]; ok {
+		t.Error("the local app cluster became a service")
+	}
 }

@@ -8,14 +8,7 @@ import (
 	"strings"
 
 	"github.com/meshvm/mesh/config"
-)
-
-// Registry meta keys an agent sets on its registration.
-const (
-	MetaAppPort     = "app_port"
-	MetaMeshVersion = "mesh_version"
-	MetaZone        = "mesh_zone"
-	MetaRegion      = "mesh_region"
+	"github.com/meshvm/mesh/wire"
 )
 
 // MergeOptions are the parts of the control plane's config the merge needs.
@@ -87,12 +80,12 @@ func endpoints(in []Instance, hosts map[netip.Addr]*Host, draining map[string]bo
 			Health:  Healthy,
 			Weight:  max(inst.Weight, 1),
 			Locality: Locality{
-				Region: inst.Meta[MetaRegion],
-				Zone:   inst.Meta[MetaZone],
+				Region: inst.Meta[wire.MetaRegion],
+				Zone:   inst.Meta[wire.MetaZone],
 			},
 			Metadata: Metadata{Tags: inst.Tags, Meta: inst.Meta},
 		}
-		if p, err := strconv.Atoi(inst.Meta[MetaAppPort]); err == nil && p > 0 && p <= 65535 {
+		if p, err := strconv.Atoi(inst.Meta[wire.MetaAppPort]); err == nil && p > 0 && p <= 65535 {
 			ep.AppPort = p
 		}
 		if ip, err := netip.ParseAddr(inst.Address); err == nil {

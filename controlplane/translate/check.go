@@ -11,7 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/meshvm/mesh/controlplane/model"
+	"github.com/meshvm/mesh/wire"
 )
 
 type validator interface{ Validate() error }
@@ -58,7 +58,7 @@ func (m *Mesh) validate(done map[proto.Message]bool) (map[proto.Message]bool, er
 		Clusters:  m.Clusters,
 		Endpoints: m.Endpoints,
 		Listeners: m.APIListeners,
-		Routes:    merged(m.APIRoutes, Set{OutboundRoute: m.Outbound}),
+		Routes:    merged(m.APIRoutes, Set{wire.OutboundRoute: m.Outbound}),
 	}
 	now := make(map[proto.Message]bool, 4*len(m.Clusters)+1)
 	for _, s := range []Set{r.Clusters, r.Endpoints, r.Listeners, r.Routes} {
@@ -87,24 +87,6 @@ func (m *Mesh) validate(done map[proto.Message]bool) (map[proto.Message]bool, er
 		return nil, err
 	}
 	return now, nil
-}
-
-// ValidateNode checks a node's own resources (see Own) and that their
-// references resolve within the node's own and shared resources. The
-// shared resources are checked once per model by Mesh.Validate.
-func (m *Mesh) ValidateNode(n model.Node, own Resources) error {
-	for _, s := range []Set{own.Clusters, own.Endpoints, own.Listeners, own.Routes} {
-		if err := validateSet(s); err != nil {
-			return err
-		}
-	}
-	sh := m.Shared(n)
-	all := lookup{
-		Clusters:  union{own.Clusters, sh.Clusters},
-		Endpoints: union{own.Endpoints, sh.Endpoints},
-		Routes:    union{own.Routes, sh.Routes},
-	}
-	return consistent(own, all)
 }
 
 // union looks a name up in several sets without merging them.
@@ -189,7 +171,7 @@ func listenerHCMs(l *listenerv3.Listener) ([]*hcmv3.HttpConnectionManager, error
 	}
 	for _, fc := range l.GetFilterChains() {
 		for _, f := range fc.GetFilters() {
-			if f.GetName() != "envoy.filters.network.http_connection_manager" {
+			if f.GetName() != wire.HTTPConnectionManager {
 				continue
 			}
 			h := &hcmv3.HttpConnectionManager{}

@@ -32,31 +32,7 @@ import (
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/model"
-)
-
-// Resource names. Service names cannot contain '_', so these never clash
-// with a service's cluster, listener or route configuration.
-const (
-	// OutboundListener is the agent's listener for its app's calls.
-	OutboundListener = "mesh_outbound"
-	// OutboundRoute is the route configuration of OutboundListener: one
-	// virtual host per service.
-	OutboundRoute = "mesh_outbound"
-	// InboundListener is the agent's listener for calls to its app.
-	InboundListener = "mesh_inbound"
-	// LocalAppCluster is the node's own app behind its agent.
-	LocalAppCluster = "local_app"
-
-	// GovernanceKey is the Cluster filter_metadata key holding the policy
-	// knobs Envoy has no field for (the hystrix-style error breaker).
-	GovernanceKey = "mesh.governance"
-	// EndpointKey is the LbEndpoint filter_metadata key holding the
-	// endpoint's registry and CMDB metadata.
-	EndpointKey = "mesh"
-
-	// Default agent listeners when the node metadata does not say.
-	DefaultInboundAddr  = "0.0.0.0:15006"
-	DefaultOutboundAddr = "127.0.0.1:15001"
+	"github.com/meshvm/mesh/wire"
 )
 
 // Set is resources of one type by name.
@@ -77,6 +53,11 @@ type Mesh struct {
 	APIRoutes    Set
 	// Policies of the model's services, for node-specific resources.
 	policies map[string]config.Policy
+	// configured are the configured policies, for a node whose service
+	// the model does not know yet.
+	configured config.Policies
+	// memo holds the own resources built for nodes (see Node).
+	memo *memo
 	// appPorts maps a service to the app_port its instances register, by
 	// node name, for nodes whose metadata omits app_port.
 	appPorts map[string]map[string]int
@@ -88,9 +69,11 @@ type Resources struct {
 }
 
 // Translate builds and validates the node-independent resources of a
-// model, from scratch.
-func Translate(m *model.Model) (*Mesh, error) {
-	return NewTranslator().Translate(m)
+// model, from scratch. p are the configured policies: the model's
+// services carry theirs, and a node fronting a service the model does
+// not know yet gets p.For(service).
+func Translate(m *model.Model, p config.Policies) (*Mesh, error) {
+	return NewTranslator().Translate(m, p)
 }
 
 // Translator translates successive models, reusing the resources of every
@@ -101,6 +84,7 @@ type Translator struct {
 	prev      map[string]*entry
 	outbound  *routev3.RouteConfiguration
 	validated map[proto.Message]bool
+	memo      *memo
 }
 
 type entry struct {
@@ -114,13 +98,14 @@ type entry struct {
 
 // NewTranslator returns a translator with no memory.
 func NewTranslator() *Translator {
-	return &Translator{prev: map[string]*entry{}, validated: map[proto.Message]bool{}}
+	return &Translator{prev: map[string]*entry{}, validated: map[proto.Message]bool{}, memo: newMemo(nil)}
 }
 
 // Translate builds the model's shared resources and validates the new
-// ones (go-control-plane's Validate and reference consistency). On error
-// the translator's memory is unchanged.
-func (t *Translator) Translate(m *model.Model) (*Mesh, error) {
+// ones (go-control-plane's Validate and reference consistency); Mesh.Node
+// gives each node's complete output. On error the translator's memory is
+// unchanged.
+func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error) {
 	n := len(m.Services)
 	out := &Mesh{
 		Clusters:     make(Set, n),
@@ -128,6 +113,8 @@ func (t *Translator) Translate(m *model.Model) (*Mesh, error) {
 		APIListeners: make(Set, n),
 		APIRoutes:    make(Set, n),
 		policies:     make(map[string]config.Policy, n),
+		configured:   p,
+		memo:         newMemo(t.memo),
 		appPorts:     make(map[string]map[string]int, n),
 	}
 	next := make(map[string]*entry, n)
@@ -162,7 +149,7 @@ func (t *Translator) Translate(m *model.Model) (*Mesh, error) {
 		out.Outbound = t.outbound
 	} else {
 		out.Outbound = &routev3.RouteConfiguration{
-			Name:             OutboundRoute,
+			Name:             wire.OutboundRoute,
 			ValidateClusters: wrapperspb.Bool(false),
 			VirtualHosts:     vhosts,
 		}
@@ -171,7 +158,7 @@ func (t *Translator) Translate(m *model.Model) (*Mesh, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.prev, t.outbound, t.validated = next, out.Outbound, validated
+	t.prev, t.outbound, t.validated, t.memo = next, out.Outbound, validated, out.memo
 	return out, nil
 }
 
@@ -202,106 +189,6 @@ func (t *Translator) entry(s *model.Service) (*entry, error) {
 		e.cla = LoadAssignment(s)
 	}
 	return e, nil
-}
-
-// OwnInputs is what a node's own resources (see Own) are built from:
-// equal inputs give equal resources, so a server can keep a node's own
-// resources across models while its inputs stay equal.
-type OwnInputs struct {
-	Node model.Node
-	// AppPort is the node's app port: its metadata's, else the app_port
-	// of its own registration; 0 if unknown.
-	AppPort int
-	// Policy is the policy of the node's service (defaults if the model
-	// does not know it).
-	Policy config.Policy
-}
-
-// Equal reports whether a and b build the same resources.
-func (a OwnInputs) Equal(b OwnInputs) bool {
-	return a.Node == b.Node && a.AppPort == b.AppPort && reflect.DeepEqual(a.Policy, b.Policy)
-}
-
-// OwnInputs returns what the node's own resources depend on in m.
-func (m *Mesh) OwnInputs(n model.Node, defaults config.Policy) OwnInputs {
-	in := OwnInputs{Node: n, AppPort: n.AppPort}
-	if n.Proxyless || n.Service == "" {
-		return in
-	}
-	if in.AppPort == 0 {
-		in.AppPort = m.appPorts[n.Service][n.ID]
-	}
-	if in.AppPort == 0 {
-		return in
-	}
-	p, ok := m.policies[n.Service]
-	if !ok {
-		p = defaults
-	}
-	in.Policy = p
-	return in
-}
-
-// Own returns the resources that belong to one node alone. A proxyless
-// node has none: it gets the API listeners and routes. An agent gets its
-// outbound listener and, when it fronts a service whose app port is known
-// (node metadata, else the app_port its Consul registration on that node
-// carries), its inbound listener and local app cluster.
-func (m *Mesh) Own(n model.Node, defaults config.Policy) (Resources, error) {
-	return OwnResources(m.OwnInputs(n, defaults))
-}
-
-// OwnResources builds a node's own resources from their inputs.
-func OwnResources(in OwnInputs) (Resources, error) {
-	n := in.Node
-	r := Resources{Clusters: Set{}, Endpoints: Set{}, Listeners: Set{}, Routes: Set{}}
-	if n.Proxyless {
-		return r, nil
-	}
-	out, err := outboundListener(cmpOr(n.OutboundAddr, DefaultOutboundAddr))
-	if err != nil {
-		return Resources{}, err
-	}
-	r.Listeners[OutboundListener] = out
-	if n.Service == "" || in.AppPort == 0 {
-		return r, nil
-	}
-	local, err := localAppCluster(cmpOr(n.AppAddress, "127.0.0.1"), in.AppPort, in.Policy)
-	if err != nil {
-		return Resources{}, err
-	}
-	inbound, err := inboundListener(cmpOr(n.InboundAddr, DefaultInboundAddr), in.Policy)
-	if err != nil {
-		return Resources{}, err
-	}
-	r.Listeners[InboundListener] = inbound
-	r.Clusters[LocalAppCluster] = local
-	return r, nil
-}
-
-// Shared returns the mesh resources a node gets besides its own: every
-// cluster and load assignment, and the API listeners and routes for a
-// proxyless node or the outbound route configuration for an agent.
-func (m *Mesh) Shared(n model.Node) Resources {
-	if n.Proxyless {
-		return Resources{Clusters: m.Clusters, Endpoints: m.Endpoints, Listeners: m.APIListeners, Routes: m.APIRoutes}
-	}
-	return Resources{Clusters: m.Clusters, Endpoints: m.Endpoints, Listeners: Set{}, Routes: Set{OutboundRoute: m.Outbound}}
-}
-
-// ForNode returns all of a node's resources (shared and own) in fresh maps.
-func (m *Mesh) ForNode(n model.Node, defaults config.Policy) (Resources, error) {
-	own, err := m.Own(n, defaults)
-	if err != nil {
-		return Resources{}, err
-	}
-	sh := m.Shared(n)
-	return Resources{
-		Clusters:  merged(sh.Clusters, own.Clusters),
-		Endpoints: merged(sh.Endpoints, own.Endpoints),
-		Listeners: merged(sh.Listeners, own.Listeners),
-		Routes:    merged(sh.Routes, own.Routes),
-	}, nil
 }
 
 func cmpOr(a, b string) string {
@@ -346,8 +233,8 @@ func Cluster(s *model.Service) (*clusterv3.Cluster, error) {
 			return nil, err
 		}
 		c.LoadBalancingPolicy = &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{
-			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.random", TypedConfig: rnd}},
-			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.round_robin", TypedConfig: rr}},
+			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: wire.LBRandom, TypedConfig: rnd}},
+			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: wire.LBRoundRobin, TypedConfig: rr}},
 		}}
 	}
 	if p.LoadBalancer.LocalityAware {
@@ -365,7 +252,7 @@ func Cluster(s *model.Service) (*clusterv3.Cluster, error) {
 	}
 	c.OutlierDetection = outlier(p.OutlierDetection)
 	if md := governance(p.CircuitBreaker); md != nil {
-		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{GovernanceKey: md}}
+		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{wire.GovernanceNamespace: md}}
 	}
 	return c, nil
 }
@@ -426,7 +313,7 @@ func enforcing(n int) uint32 {
 	return 0
 }
 
-// governance is the GovernanceKey metadata: the error-percentage breaker
+// governance is the wire.GovernanceNamespace metadata: the error-percentage breaker
 // Envoy lacks. sleep_window is a duration string as protobuf JSON writes
 // durations ("5s").
 func governance(cb config.CircuitBreaker) *structpb.Struct {
@@ -434,9 +321,9 @@ func governance(cb config.CircuitBreaker) *structpb.Struct {
 		return nil
 	}
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		"error_percent_threshold":  structpb.NewNumberValue(float64(cb.ErrorPercentThreshold)),
-		"request_volume_threshold": structpb.NewNumberValue(float64(cb.RequestVolumeThreshold)),
-		"sleep_window":             structpb.NewStringValue(durationString(cb.SleepWindow.Seconds())),
+		wire.GovErrorPercentThreshold:  structpb.NewNumberValue(float64(cb.ErrorPercentThreshold)),
+		wire.GovRequestVolumeThreshold: structpb.NewNumberValue(float64(cb.RequestVolumeThreshold)),
+		wire.GovSleepWindow:            structpb.NewStringValue(durationString(cb.SleepWindow.Seconds())),
 	}}
 }
 
@@ -477,7 +364,7 @@ func LoadAssignment(s *model.Service) *endpointv3.ClusterLoadAssignment {
 			}},
 			HealthStatus:        healthStatus(ep.Health),
 			LoadBalancingWeight: wrapperspb.UInt32(w),
-			Metadata:            &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{EndpointKey: endpointMetadata(ep)}},
+			Metadata:            &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{wire.EndpointNamespace: endpointMetadata(ep)}},
 		})
 	}
 	if cur != nil {
@@ -497,7 +384,7 @@ func healthStatus(h model.Health) corev3.HealthStatus {
 }
 
 func endpointMetadata(ep *model.Endpoint) *structpb.Struct {
-	f := map[string]*structpb.Value{"id": structpb.NewStringValue(ep.ID)}
+	f := map[string]*structpb.Value{wire.EndpointID: structpb.NewStringValue(ep.ID)}
 	str := func(k, v string) {
 		if v != "" {
 			f[k] = structpb.NewStringValue(v)
@@ -522,17 +409,17 @@ func endpointMetadata(ep *model.Endpoint) *structpb.Struct {
 		}
 	}
 	md := &ep.Metadata
-	str("node", ep.Node)
-	str("hostname", md.Hostname)
-	str("env", md.Env)
-	str("owner", md.Owner)
-	str("role", md.Role)
-	str("tenant", md.Tenant)
-	str("status", md.Status)
-	list("tags", md.Tags)
-	list("host_tags", md.HostTags)
-	dict("meta", md.Meta)
-	dict("labels", md.Labels)
+	str(wire.EndpointNode, ep.Node)
+	str(wire.EndpointHostname, md.Hostname)
+	str(wire.EndpointEnv, md.Env)
+	str(wire.EndpointOwner, md.Owner)
+	str(wire.EndpointRole, md.Role)
+	str(wire.EndpointTenant, md.Tenant)
+	str(wire.EndpointStatus, md.Status)
+	list(wire.EndpointTags, md.Tags)
+	list(wire.EndpointHostTags, md.HostTags)
+	dict(wire.EndpointMeta, md.Meta)
+	dict(wire.EndpointLabels, md.Labels)
 	return &structpb.Struct{Fields: f}
 }
 
@@ -600,7 +487,7 @@ func retryPolicy(r config.Retries, api bool) *routev3.RetryPolicy {
 	if !api {
 		prev, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{})
 		rp.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{{
-			Name:       "envoy.retry_host_predicates.previous_hosts",
+			Name:       wire.PreviousHostsPredicate,
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: prev},
 		}}
 		rp.HostSelectionRetryMaxAttempts = 3
@@ -613,7 +500,7 @@ func routerFilter() (*hcmv3.HttpFilter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &hcmv3.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
+	return &hcmv3.HttpFilter{Name: wire.RouterFilter, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
 }
 
 // APIListener is the listener a gRPC proxyless client resolves for
@@ -642,11 +529,11 @@ func outboundListener(addr string) (*listenerv3.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	return httpListener(OutboundListener, addr, &hcmv3.HttpConnectionManager{
+	return httpListener(wire.OutboundListener, addr, &hcmv3.HttpConnectionManager{
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		StatPrefix: "outbound",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
-			ConfigSource: adsSource(), RouteConfigName: OutboundRoute,
+			ConfigSource: adsSource(), RouteConfigName: wire.OutboundRoute,
 		}},
 		HttpFilters: []*hcmv3.HttpFilter{router},
 	})
@@ -665,14 +552,14 @@ func inboundListener(addr string, p config.Policy) (*listenerv3.Listener, error)
 			FilterEnabled:  fullPercent("inbound_rate_limit_enabled"),
 			FilterEnforced: fullPercent("inbound_rate_limit_enforced"),
 			ResponseHeadersToAdd: []*corev3.HeaderValueOption{{
-				Header: &corev3.HeaderValue{Key: "x-mesh-reason", Value: "rate-limited"},
+				Header: &corev3.HeaderValue{Key: wire.ReasonHeader, Value: wire.ReasonRateLimited},
 			}},
 		})
 		if err != nil {
 			return nil, err
 		}
 		filters = append(filters, &hcmv3.HttpFilter{
-			Name:       "envoy.filters.http.local_ratelimit",
+			Name:       wire.LocalRateLimitFilter,
 			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg},
 		})
 	}
@@ -681,18 +568,18 @@ func inboundListener(addr string, p config.Policy) (*listenerv3.Listener, error)
 		return nil, err
 	}
 	filters = append(filters, router)
-	return httpListener(InboundListener, addr, &hcmv3.HttpConnectionManager{
+	return httpListener(wire.InboundListener, addr, &hcmv3.HttpConnectionManager{
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		StatPrefix: "inbound",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
-			Name: InboundListener,
+			Name: wire.InboundListener,
 			VirtualHosts: []*routev3.VirtualHost{{
-				Name:    LocalAppCluster,
+				Name:    wire.LocalAppCluster,
 				Domains: []string{"*"},
 				Routes: []*routev3.Route{{
 					Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 					Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-						ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: LocalAppCluster},
+						ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: wire.LocalAppCluster},
 						// The caller's agent bounds the request; the inbound
 						// side does not cut it shorter.
 						Timeout: durationpb.New(0),
@@ -725,7 +612,7 @@ func httpListener(name, addr string, hcm *hcmv3.HttpConnectionManager) (*listene
 		Address: address,
 		FilterChains: []*listenerv3.FilterChain{{
 			Filters: []*listenerv3.Filter{{
-				Name:       "envoy.filters.network.http_connection_manager",
+				Name:       wire.HTTPConnectionManager,
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: cfg},
 			}},
 		}},
@@ -734,11 +621,11 @@ func httpListener(name, addr string, hcm *hcmv3.HttpConnectionManager) (*listene
 
 func localAppCluster(host string, port int, p config.Policy) (*clusterv3.Cluster, error) {
 	return &clusterv3.Cluster{
-		Name:                 LocalAppCluster,
+		Name:                 wire.LocalAppCluster,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(p.ConnectTimeout),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: LocalAppCluster,
+			ClusterName: wire.LocalAppCluster,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{

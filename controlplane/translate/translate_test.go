@@ -2,10 +2,8 @@ package translate_test
 
 import (
 	"bytes"
-	"encoding/json"
 	"flag"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -20,6 +18,8 @@ import (
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/translate"
+	"github.com/meshvm/mesh/wire"
+	"github.com/meshvm/mesh/wire/wiretest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -63,6 +63,37 @@ func realistic() model.Model {
 	return model.Merge([]model.View{consul, cmdb}, model.MergeOptions{DrainingStatuses: []string{"offline", "failed", "decommissioning"}, Policies: pol})
 }
 
+// tuned is a model whose policies set every knob to a value that is not a
+// default (of mesh or of Envoy): orders (least_request, locality aware,
+// every breaker, retry and outlier knob) and pay (random, no error breaker,
+// a rate limit), with draining and unhealthy endpoints.
+func tuned() model.Model {
+	orders := config.DefaultPolicy()
+	orders.Timeout = 3 * time.Second
+	orders.ConnectTimeout = 250 * time.Millisecond
+	orders.Retries = config.Retries{Attempts: 3, PerTryTimeout: time.Second, RetryOn: []string{"5xx", "connect-failure"}, BudgetPercent: 25, MinRetryConcurrency: 5}
+	orders.CircuitBreaker = config.CircuitBreaker{MaxConnections: 100, MaxPendingRequests: 50, MaxRequests: 200, ErrorPercentThreshold: 40, RequestVolumeThreshold: 10, SleepWindow: 1500 * time.Millisecond}
+	orders.OutlierDetection = config.OutlierDetection{Consecutive5xx: 3, ConsecutiveGatewayFailure: 2, Interval: 5 * time.Second, BaseEjectionTime: 20 * time.Second, MaxEjectionPercent: 34}
+	orders.LoadBalancer = config.LoadBalancer{Policy: "least_request", LocalityAware: true}
+
+	pay := config.DefaultPolicy()
+	pay.LoadBalancer = config.LoadBalancer{Policy: "random"}
+	pay.CircuitBreaker.ErrorPercentThreshold = 0
+	pay.RateLimit = config.RateLimit{MaxTokens: 200, TokensPerFill: 200, FillInterval: time.Second}
+
+	return model.Model{Services: []model.Service{
+		{Name: "orders", Policy: orders, Endpoints: []model.Endpoint{
+			{ID: "o1", Node: "vm1", Address: "10.0.0.1", Port: 15006, Locality: model.Locality{Region: "eu", Zone: "a"}, Health: model.Healthy, Metadata: model.Metadata{Env: "prod"}},
+			{ID: "o2", Node: "vm2", Address: "10.0.0.2", Port: 15006, Locality: model.Locality{Region: "eu", Zone: "b"}, Health: model.Healthy},
+			{ID: "o3", Node: "vm3", Address: "10.0.0.3", Port: 15006, Locality: model.Locality{Region: "eu", Zone: "b"}, Health: model.Draining},
+			{ID: "o4", Node: "vm4", Address: "10.0.0.4", Port: 15006, Health: model.Unhealthy},
+		}},
+		{Name: "pay", Policy: pay, Endpoints: []model.Endpoint{
+			{ID: "p1", Node: "vm5", Address: "10.0.0.5", Port: 15006, AppPort: 8080, Health: model.Healthy},
+		}},
+	}}
+}
+
 func hostAt(ip, name, zone, status string) model.Host {
 	h := model.Host{Hostname: name, Region: "eu-west", Zone: zone, Env: "prod", Owner: "team-shop", Status: status,
 		Role: "app", Tenant: "shop", Tags: []string{"pci"}, Labels: map[string]string{"rack": "r1"}}
@@ -70,43 +101,50 @@ func hostAt(ip, name, zone, status string) model.Host {
 	return h
 }
 
-// TestGolden translates the realistic model for an agent fronting
-// payments, an agent with no service, and a gRPC proxyless client, and
-// compares every resource (as protobuf JSON) with testdata/*.golden.json.
-func TestGolden(t *testing.T) {
-	m := realistic()
-	mesh, err := translate.Translate(&m)
+func policies() config.Policies { return config.Policies{Default: config.DefaultPolicy()} }
+
+// nodeResources is a node's complete output in fresh maps.
+func nodeResources(t *testing.T, mesh *translate.Mesh, n model.Node) translate.Resources {
+	t.Helper()
+	out, err := mesh.Node(n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := mesh.Validate(); err != nil {
-		t.Fatalf("shared resources invalid: %v", err)
-	}
+	return out.Resources()
+}
+
+// TestGolden translates the realistic model for an agent fronting
+// payments, an agent with no service, and a gRPC proxyless client, and the
+// tuned model for an agent fronting pay, and
+// compares each node's whole output (every resource, as protobuf JSON)
+// with the golden files of the wire contract (wire/testdata), which the
+// agent's tests read as what a control plane sends.
+func TestGolden(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		node model.Node
+		name  string
+		model func() model.Model
+		node  model.Node
 	}{
-		{name: "agent-payments", node: model.Node{ID: "vm-3", Service: "payments", AppPort: 9090}},
-		{name: "agent-client-only", node: model.Node{ID: "vm-9"}},
-		{name: "grpc-proxyless", node: model.Node{ID: "grpc-1", Proxyless: true}},
+		{name: wiretest.AgentPayments, model: realistic, node: model.Node{ID: "vm-3", Service: "payments", AppPort: 9090}},
+		{name: wiretest.AgentClientOnly, model: realistic, node: model.Node{ID: "vm-9"}},
+		{name: wiretest.GRPCProxyless, model: realistic, node: model.Node{ID: "grpc-1", Proxyless: true}},
+		{name: wiretest.AgentTuned, model: tuned, node: model.Node{ID: "vm5", Service: "pay", AppPort: 8080}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			own, err := mesh.Own(tc.node, config.DefaultPolicy())
+			m := tc.model()
+			mesh, err := translate.Translate(&m, policies())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := mesh.ValidateNode(tc.node, own); err != nil {
-				t.Fatalf("node resources invalid: %v", err)
+			if err := mesh.Validate(); err != nil {
+				t.Fatalf("shared resources invalid: %v", err)
 			}
-			all, err := mesh.ForNode(tc.node, config.DefaultPolicy())
-			if err != nil {
-				t.Fatal(err)
-			}
+			all := nodeResources(t, mesh, tc.node)
 			if err := translate.Validate(all); err != nil {
 				t.Fatalf("node view invalid: %v", err)
 			}
 			got := dump(t, all)
-			path := filepath.Join("testdata", tc.name+".golden.json")
+			path := wiretest.Path(tc.name)
 			if *update {
 				if err := os.WriteFile(path, got, 0o644); err != nil {
 					t.Fatal(err)
@@ -125,34 +163,17 @@ func TestGolden(t *testing.T) {
 
 func dump(t *testing.T, r translate.Resources) []byte {
 	t.Helper()
-	out := map[string]map[string]json.RawMessage{}
-	for kind, set := range map[string]translate.Set{"clusters": r.Clusters, "endpoints": r.Endpoints, "listeners": r.Listeners, "routes": r.Routes} {
-		out[kind] = map[string]json.RawMessage{}
-		for name, m := range set {
-			b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var v any
-			if err := json.Unmarshal(b, &v); err != nil {
-				t.Fatal(err)
-			}
-			// Re-encode for a stable layout (protojson randomises spaces).
-			b, _ = json.Marshal(v)
-			out[kind][name] = b
-		}
-	}
-	b, err := json.MarshalIndent(out, "", "  ")
+	b, err := wiretest.Encode(wiretest.Resources{Clusters: r.Clusters, Endpoints: r.Endpoints, Listeners: r.Listeners, Routes: r.Routes})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return append(b, '\n')
+	return b
 }
 
 // TestTranslate checks the fields a user relies on, case by case.
 func TestTranslate(t *testing.T) {
 	m := realistic()
-	mesh, err := translate.Translate(&m)
+	mesh, err := translate.Translate(&m, policies())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +216,7 @@ func TestTranslate(t *testing.T) {
 			return th.GetMaxRequests().GetValue() == 100 && th.GetRetryBudget().GetBudgetPercent().GetValue() == 20
 		}},
 		{"error breaker in mesh.governance metadata", func() bool {
-			f := cluster("payments").GetMetadata().GetFilterMetadata()[translate.GovernanceKey].GetFields()
+			f := cluster("payments").GetMetadata().GetFilterMetadata()[wire.GovernanceNamespace].GetFields()
 			return f["error_percent_threshold"].GetNumberValue() == 25 && f["sleep_window"].GetStringValue() == "5s" && f["request_volume_threshold"].GetNumberValue() == 20
 		}},
 		{"outlier detection enforces consecutive failures", func() bool {
@@ -240,10 +261,10 @@ func TestTranslate(t *testing.T) {
 	}
 }
 
-// TestOwn checks a node's own resources by node kind.
-func TestOwn(t *testing.T) {
+// TestNode checks what each kind of node gets.
+func TestNode(t *testing.T) {
 	m := realistic()
-	mesh, err := translate.Translate(&m)
+	mesh, err := translate.Translate(&m, policies())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,12 +282,13 @@ func TestOwn(t *testing.T) {
 		{name: "unknown app port: no inbound", node: model.Node{ID: "vm-77", Service: "orders"},
 			listeners: []string{"mesh_outbound"}},
 		{name: "client-only agent", node: model.Node{ID: "vm-9"}, listeners: []string{"mesh_outbound"}},
-		{name: "proxyless has nothing of its own", node: model.Node{ID: "g", Proxyless: true}},
+		{name: "proxyless gets the API listeners", node: model.Node{ID: "g", Proxyless: true},
+			listeners: []string{"orders", "payments", "search"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			own, err := mesh.Own(tc.node, config.DefaultPolicy())
-			if err != nil {
-				t.Fatal(err)
+			own := nodeResources(t, mesh, tc.node)
+			if err := translate.Validate(own); err != nil {
+				t.Error(err)
 			}
 			var names []string
 			for n := range own.Listeners {
@@ -276,17 +298,14 @@ func TestOwn(t *testing.T) {
 			if strings.Join(names, ",") != strings.Join(tc.listeners, ",") {
 				t.Errorf("listeners %v, want %v", names, tc.listeners)
 			}
-			if _, ok := own.Clusters[translate.LocalAppCluster]; ok != tc.localCluster {
+			if _, ok := own.Clusters[wire.LocalAppCluster]; ok != tc.localCluster {
 				t.Errorf("local app cluster present = %v, want %v", ok, tc.localCluster)
 			}
-			if in, ok := own.Listeners[translate.InboundListener]; ok {
+			if in, ok := own.Listeners[wire.InboundListener]; ok {
 				b, _ := protojson.Marshal(in)
 				if got := strings.Contains(string(b), "envoy.filters.http.local_ratelimit"); got != tc.wantRateLimit {
 					t.Errorf("local rate limit filter present = %v, want %v", got, tc.wantRateLimit)
 				}
-			}
-			if err := mesh.ValidateNode(tc.node, own); err != nil {
-				t.Error(err)
 			}
 		})
 	}
@@ -308,7 +327,7 @@ func TestTranslatorIncremental(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := translate.NewTranslator()
 			m1 := realistic()
-			first, err := tr.Translate(&m1)
+			first, err := tr.Translate(&m1, policies())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -318,17 +337,17 @@ func TestTranslatorIncremental(t *testing.T) {
 				m2.Services[i].Endpoints = append([]model.Endpoint(nil), m2.Services[i].Endpoints...)
 			}
 			tc.change(&m2)
-			inc, err := tr.Translate(&m2)
+			inc, err := tr.Translate(&m2, policies())
 			if err != nil {
 				t.Fatal(err)
 			}
-			fresh, err := translate.Translate(&m2)
+			fresh, err := translate.Translate(&m2, policies())
 			if err != nil {
 				t.Fatal(err)
 			}
 			node := model.Node{ID: "x", Service: "payments", AppPort: 1}
-			a, _ := inc.ForNode(node, config.DefaultPolicy())
-			b, _ := fresh.ForNode(node, config.DefaultPolicy())
+			a := nodeResources(t, inc, node)
+			b := nodeResources(t, fresh, node)
 			if !bytes.Equal(dump(t, a), dump(t, b)) {
 				t.Fatal("incremental translation differs from a fresh one")
 			}
@@ -338,5 +357,71 @@ func TestTranslatorIncremental(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNodeOwnResourcesCarryOver: a node whose inputs do not change gets the
+// very same own resources from the next model's Mesh; a policy change of
+// its service rebuilds them; a service the model does not know yet takes
+// its configured policy.
+func TestNodeOwnResourcesCarryOver(t *testing.T) {
+	tr := translate.NewTranslator()
+	node := model.Node{ID: "vm-3", Service: "payments", AppPort: 9090}
+	m1 := realistic()
+	mesh1, err := tr.Translate(&m1, policies())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1, err := mesh1.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2 := realistic()
+	m2.Services[0].Endpoints = m2.Services[0].Endpoints[:1] // orders loses an endpoint
+	mesh2, err := tr.Translate(&m2, policies())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := mesh2.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n2.SameOwn(n1) || n2.Listeners.Own[wire.InboundListener] != n1.Listeners.Own[wire.InboundListener] {
+		t.Error("an unchanged node's own resources were rebuilt")
+	}
+	m3 := realistic()
+	m3.Services[1].Policy.RateLimit.MaxTokens = 7
+	mesh3, err := tr.Translate(&m3, policies())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n3, err := mesh3.Node(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n3.SameOwn(n2) {
+		t.Error("a rate limit change kept the old inbound listener")
+	}
+	if b, _ := protojson.Marshal(n3.Listeners.Own[wire.InboundListener]); !strings.Contains(string(b), `"maxTokens":7`) {
+		t.Errorf("inbound listener does not carry the new rate limit: %s", b)
+	}
+
+	p := policies()
+	fresh := config.DefaultPolicy()
+	fresh.RateLimit = config.RateLimit{MaxTokens: 3, TokensPerFill: 3, FillInterval: time.Second}
+	p.Services = map[string]config.Policy{"fresh": fresh}
+	mesh4, err := translate.Translate(&m1, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n4, err := mesh4.Node(model.Node{ID: "vm-50", Service: "fresh", AppPort: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := protojson.Marshal(n4.Listeners.Own[wire.InboundListener]); !strings.Contains(string(b), `"maxTokens":3`) {
+		t.Errorf("a service unknown to the model does not get its configured policy: %s", b)
+	}
+	if n4.Listeners.Shared != "" || n4.Routes.Shared != translate.SharedOutboundRoutes || n4.Clusters.Shared != translate.SharedClusters {
+		t.Errorf("agent layers %+v", n4.Layers())
 	}
 }

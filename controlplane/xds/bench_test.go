@@ -36,7 +36,7 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 		b.Run(fmt.Sprintf("%dx10/nodes=%d", size.services, size.nodes), func(b *testing.B) {
 			view := catalog(size.services, 10)
 			opts := model.MergeOptions{Policies: config.Policies{Default: config.DefaultPolicy()}}
-			srv := xds.New(zerolog.Nop(), nil, config.DefaultPolicy())
+			srv := xds.New(zerolog.Nop(), nil)
 			for n := 0; n < size.nodes; n++ {
 				srv.AddNode(model.Node{ID: fmt.Sprintf("agent-%d", n), Service: fmt.Sprintf("svc-%05d", n), AppPort: 8080})
 			}
@@ -46,7 +46,7 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 				// Every build changes one endpoint, as a health change does.
 				view.Instances[i%len(view.Instances)].Check = []model.Check{model.CheckPassing, model.CheckCritical}[i%2]
 				m := model.Merge([]model.View{view}, opts)
-				mesh, err := tr.Translate(&m)
+				mesh, err := tr.Translate(&m, opts.Policies)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -73,9 +73,9 @@ func BenchmarkFirstBuild(b *testing.B) {
 			ctx := context.Background()
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				srv := xds.New(zerolog.Nop(), nil, config.DefaultPolicy())
+				srv := xds.New(zerolog.Nop(), nil)
 				m := model.Merge([]model.View{view}, opts)
-				mesh, err := translate.Translate(&m)
+				mesh, err := translate.Translate(&m, opts.Policies)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -10,34 +10,26 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshvm/mesh/controlplane/model"
-)
-
-// Node metadata keys a client may set (docs/xds.md).
-const (
-	MetaService      = "service"
-	MetaAppPort      = "app_port"
-	MetaAppAddress   = "app_address"
-	MetaInboundAddr  = "inbound_addr"
-	MetaOutboundAddr = "outbound_addr"
-	MetaProxyless    = "proxyless"
+	"github.com/meshvm/mesh/wire"
 )
 
 // NodeFromProto reads a node's identity from the xDS Node message: its id,
-// locality, and the metadata keys above. A client whose user agent is
-// gRPC is proxyless unless its metadata says otherwise.
+// locality, and the node metadata keys of the wire contract
+// (wire.NodeService, ...). A client whose user agent is gRPC is proxyless
+// unless its metadata says otherwise.
 func NodeFromProto(n *corev3.Node) model.Node {
 	f := n.GetMetadata().GetFields()
 	str := func(k string) string { return strings.TrimSpace(f[k].GetStringValue()) }
 	out := model.Node{
 		ID:           n.GetId(),
-		Service:      str(MetaService),
-		AppAddress:   str(MetaAppAddress),
-		InboundAddr:  str(MetaInboundAddr),
-		OutboundAddr: str(MetaOutboundAddr),
+		Service:      str(wire.NodeService),
+		AppAddress:   str(wire.NodeAppAddress),
+		InboundAddr:  str(wire.NodeInboundAddr),
+		OutboundAddr: str(wire.NodeOutboundAddr),
 		Locality:     model.Locality{Region: n.GetLocality().GetRegion(), Zone: n.GetLocality().GetZone()},
-		Proxyless:    strings.HasPrefix(strings.ToLower(n.GetUserAgentName()), "grpc"),
+		Proxyless:    strings.HasPrefix(strings.ToLower(n.GetUserAgentName()), wire.GRPCUserAgentPrefix),
 	}
-	switch v := f[MetaAppPort].GetKind().(type) {
+	switch v := f[wire.NodeAppPort].GetKind().(type) {
 	case *structpb.Value_NumberValue:
 		out.AppPort = int(v.NumberValue)
 	case *structpb.Value_StringValue:
@@ -46,7 +38,7 @@ func NodeFromProto(n *corev3.Node) model.Node {
 	if out.AppPort < 0 || out.AppPort > 65535 {
 		out.AppPort = 0
 	}
-	switch v := f[MetaProxyless].GetKind().(type) {
+	switch v := f[wire.NodeProxyless].GetKind().(type) {
 	case *structpb.Value_BoolValue:
 		out.Proxyless = v.BoolValue
 	case *structpb.Value_StringValue:

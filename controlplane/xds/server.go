@@ -29,7 +29,6 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 
-	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/translate"
 )
@@ -37,9 +36,8 @@ import (
 // Server holds the snapshots of the connected nodes and answers their
 // xDS streams. Update it with each new translation.
 type Server struct {
-	log      zerolog.Logger
-	metrics  *metrics
-	defaults config.Policy
+	log     zerolog.Logger
+	metrics *metrics
 	// cache serves clusters, listeners and routes from per-node
 	// snapshots. Load assignments are the same for every node and come
 	// from one shared collection, so a change sends only the changed
@@ -56,7 +54,7 @@ type Server struct {
 	// phases of one push never interleave with another.
 	mu     sync.Mutex
 	mesh   *translate.Mesh
-	shared shared
+	shared map[translate.SharedSet]*Set
 	hasher *Hasher
 	nodes  map[string]*nodeState
 
@@ -64,22 +62,16 @@ type Server struct {
 	streams map[streamKey]*streamState
 }
 
-type shared struct {
-	clusters, endpoints, apiListeners, apiRoutes, outbound *Set
-}
-
 type nodeState struct {
 	node    model.Node
 	streams int
 	snap    *Snapshot
-	// own are the node's own resources and what they were built from,
-	// reused while the node, its service's policy and app port stay.
-	own       ownSets
-	ownInputs translate.OwnInputs
-	ownMesh   bool
+	// out is the node's last translation and own its own resources per
+	// type (Kinds order), hashed; kept while translate hands out the same
+	// own resources (Node.SameOwn).
+	out *translate.Node
+	own [4]*Set
 }
-
-type ownSets struct{ clusters, listeners *Set }
 
 type streamKey struct {
 	delta bool
@@ -94,16 +86,14 @@ type streamState struct {
 
 type sent struct{ nonce, version string }
 
-// New returns a server with no snapshots. defaults is the policy of a
-// node's own service when the model does not know the service yet.
-func New(log zerolog.Logger, reg prometheus.Registerer, defaults config.Policy) *Server {
+// New returns a server with no snapshots.
+func New(log zerolog.Logger, reg prometheus.Registerer) *Server {
 	s := &Server{
-		log:      log,
-		metrics:  newMetrics(reg),
-		defaults: defaults,
-		hasher:   NewHasher(),
-		nodes:    map[string]*nodeState{},
-		streams:  map[streamKey]*streamState{},
+		log:     log,
+		metrics: newMetrics(reg),
+		hasher:  NewHasher(),
+		nodes:   map[string]*nodeState{},
+		streams: map[streamKey]*streamState{},
 	}
 	// ads=false: the ADS flag's only other effect is to hold any named
 	// request that does not name every resource of its type, which a gRPC
@@ -152,33 +142,27 @@ func (s *Server) Ready() bool {
 	return s.mesh != nil
 }
 
-// Update sets every connected node's snapshot from a new translation
-// (which translate has validated). Each node's own resources are validated
-// here; a node whose resources are invalid keeps its previous snapshot.
-// The change goes out type by type for all nodes (CDS, EDS, LDS, RDS);
-// types whose version did not change are not touched, so an unchanged view
-// pushes nothing and a health change pushes one load assignment.
+// Update sets every connected node's snapshot from a new translation:
+// translate gives each node's complete, validated output (Mesh.Node); the
+// server only versions it and sets it. A node whose translation fails
+// keeps its previous snapshot. The change goes out type by type for all
+// nodes (CDS, EDS, LDS, RDS); types whose version did not change are not
+// touched, so an unchanged view pushes nothing and a health change pushes
+// one load assignment.
 func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 	start := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hasher.Rotate()
-	var sh shared
-	for _, p := range []struct {
-		dst **Set
-		src translate.Set
-	}{
-		{&sh.clusters, mesh.Clusters}, {&sh.endpoints, mesh.Endpoints},
-		{&sh.apiListeners, mesh.APIListeners}, {&sh.apiRoutes, mesh.APIRoutes},
-		{&sh.outbound, translate.Set{translate.OutboundRoute: mesh.Outbound}},
-	} {
-		set, err := s.hasher.NewSet(p.src)
+	sh := map[translate.SharedSet]*Set{}
+	for name, src := range mesh.SharedSets() {
+		set, err := s.hasher.NewSet(src)
 		if err != nil {
-			return err
+			return fmt.Errorf("version shared %s: %w", name, err)
 		}
-		*p.dst = set
+		sh[name] = set
 	}
-	prevEndpoints := s.shared.endpoints
+	prevEndpoints := s.shared[translate.SharedEndpoints]
 	s.mesh, s.shared = mesh, sh
 	next := make(map[string]*Snapshot, len(s.nodes))
 	for id, st := range s.nodes {
@@ -191,7 +175,7 @@ func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 	}
 	for i := range Kinds {
 		if Kinds[i] == resourcev3.EndpointType {
-			if err := s.setEndpoints(prevEndpoints, sh.endpoints); err != nil {
+			if err := s.setEndpoints(prevEndpoints, sh[translate.SharedEndpoints]); err != nil {
 				return err
 			}
 		}
@@ -237,34 +221,34 @@ func (s *Server) setEndpoints(prev, next *Set) error {
 	return nil
 }
 
-// nodeSnapshot builds a node's snapshot from the current mesh, reusing its
-// own resources when what they are built from did not change. s.mu is
-// held.
+// nodeSnapshot builds a node's snapshot from its translation in the
+// current mesh, versioning its own resources again only when translate
+// built new ones. s.mu is held.
 func (s *Server) nodeSnapshot(id string, st *nodeState) (*Snapshot, error) {
-	in := s.mesh.OwnInputs(st.node, s.defaults)
-	if !st.ownMesh || !in.Equal(st.ownInputs) {
-		own, err := s.mesh.Own(st.node, s.defaults)
-		if err != nil {
-			return nil, fmt.Errorf("translate node %s: %w", id, err)
-		}
-		if err := s.mesh.ValidateNode(st.node, own); err != nil {
-			return nil, fmt.Errorf("validate node %s: %w", id, err)
-		}
-		clusters, err := s.hasher.NewSet(own.Clusters)
-		if err != nil {
-			return nil, err
-		}
-		listeners, err := s.hasher.NewSet(own.Listeners)
-		if err != nil {
-			return nil, err
-		}
-		st.own, st.ownInputs, st.ownMesh = ownSets{clusters: clusters, listeners: listeners}, in, true
+	out, err := s.mesh.Node(st.node)
+	if err != nil {
+		return nil, fmt.Errorf("translate node %s: %w", id, err)
 	}
-	sh := s.shared
-	if st.node.Proxyless {
-		return NewSnapshot(NewLayer(sh.clusters, nil), NewLayer(sh.endpoints, nil), NewLayer(sh.apiListeners, nil), NewLayer(sh.apiRoutes, nil)), nil
+	layers := out.Layers()
+	if !out.SameOwn(st.out) {
+		var own [4]*Set
+		for i, l := range layers {
+			if own[i], err = s.hasher.NewSet(l.Own); err != nil {
+				return nil, fmt.Errorf("version node %s: %w", id, err)
+			}
+		}
+		st.own = own
 	}
-	return NewSnapshot(NewLayer(sh.clusters, st.own.clusters), NewLayer(sh.endpoints, nil), NewLayer(st.own.listeners, nil), NewLayer(sh.outbound, nil)), nil
+	st.out = out
+	var snap [4]*Layer
+	for i, l := range layers {
+		if sh := s.shared[l.Shared]; sh != nil {
+			snap[i] = NewLayer(sh, st.own[i])
+		} else {
+			snap[i] = NewLayer(st.own[i], nil)
+		}
+	}
+	return NewSnapshot(snap[0], snap[1], snap[2], snap[3]), nil
 }
 
 // setNode builds a node's snapshot from the current mesh and pushes it.
