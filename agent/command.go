@@ -6,6 +6,7 @@ import (
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/daemon"
+	"github.com/meshvm/mesh/wire"
 )
 
 // flagKeys maps `mesh agent` flags onto config keys.
@@ -50,8 +51,8 @@ func NewCommand() *cobra.Command {
 	f.Int("app-port", 0, "port the app listens on (required)")
 	f.String("app-address", "127.0.0.1", "address the app listens on")
 	f.String("app-health", "", "HTTP path of the app's health check (default: a TCP check)")
-	f.String("inbound-addr", "0.0.0.0:15006", "listener for traffic to the app")
-	f.String("outbound-addr", "127.0.0.1:15001", "listener for the app's calls to other services")
+	f.String("inbound-addr", wire.DefaultInboundAddr, "listener for traffic to the app")
+	f.String("outbound-addr", wire.DefaultOutboundAddr, "listener for the app's calls to other services")
 	f.String("admin-addr", "127.0.0.1:15000", "admin listener: /ready, /metrics, /config_dump, /debug/pprof/")
 	f.String("advertise-addr", "", "IP other agents reach this one on (default: the inbound host)")
 	f.StringSlice("control-plane", nil, "xDS servers, host:port[,host:port]")

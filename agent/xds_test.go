@@ -7,93 +7,102 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
-	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/meshvm/mesh/config"
-	"github.com/meshvm/mesh/controlplane"
-	"github.com/meshvm/mesh/controlplane/model"
-	consulsource "github.com/meshvm/mesh/controlplane/source/consul"
-	"github.com/meshvm/mesh/controlplane/translate"
 	"github.com/meshvm/mesh/meshtest"
+	"github.com/meshvm/mesh/wire/wiretest"
+	"github.com/meshvm/mesh/xdsclient"
 )
 
-// control is a real `mesh control`, in-process, that can be stopped and
-// started again on the same address.
+// control is a real `mesh control` process (the binary, so no agent test
+// imports the control plane) that can be stopped and started again on
+// the same addresses.
 type control struct {
-	t       *testing.T
-	cfg     config.Config
-	cancel  context.CancelFunc
-	done    chan error
-	running bool
+	t                  *testing.T
+	bin, cfgPath       string
+	xdsAddr, adminAddr string
+	proc               *meshtest.Process
 }
 
-func newControl(t *testing.T, edit func(*config.Config)) *control {
+// controlOptions are the parts of the control plane's config a test sets.
+type controlOptions struct {
+	// bin is the mesh binary; empty builds it.
+	bin     string
+	cmdbURL string
+}
+
+func newControl(t *testing.T, opts controlOptions) *control {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Consul.Addr = consul.Addr
-	cfg.Control.XDSAddr = "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1"))
-	cfg.Control.AdminAddr = "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1"))
-	cfg.Control.Debounce = 20 * time.Millisecond
-	if edit != nil {
-		edit(&cfg)
+	c := &control{
+		t:         t,
+		bin:       opts.bin,
+		cfgPath:   filepath.Join(t.TempDir(), "mesh.yaml"),
+		xdsAddr:   "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")),
+		adminAddr: "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")),
 	}
-	if err := cfg.Validate(config.RoleControl); err != nil {
+	cfg := fmt.Sprintf("log:\n  level: warn\nconsul:\n  addr: %s\ncontrol:\n  xds_addr: %s\n  admin_addr: %s\n  debounce: 20ms\n",
+		consul.Addr, c.xdsAddr, c.adminAddr)
+	if c.bin == "" {
+		c.bin = meshtest.BuildMesh(t)
+	}
+	if opts.cmdbURL != "" {
+		cfg += fmt.Sprintf("  cmdb:\n    url: %s\n    interval: 500ms\n", opts.cmdbURL)
+	}
+	if err := os.WriteFile(c.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := &control{t: t, cfg: cfg}
 	c.start()
 	t.Cleanup(c.stop)
 	return c
 }
 
+// start runs the control plane and waits until it serves its first model.
 func (c *control) start() {
 	c.t.Helper()
-	cp, err := controlplane.New(c.cfg, zerolog.New(zerolog.NewTestWriter(c.t)).Level(zerolog.WarnLevel), controlplane.Options{
-		Consul:    consulsource.Options{Wait: 5 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
-		FirstWait: 2 * time.Second,
-	})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel, c.done, c.running = cancel, make(chan error, 1), true
-	go func() { c.done <- cp.Run(ctx) }()
-	meshtest.Eventually(c.t, 15*time.Second, func() error {
-		if !cp.Ready() {
-			return fmt.Errorf("control plane on %s not ready", c.cfg.Control.XDSAddr)
+	c.proc = meshtest.StartProcess(c.t, nil, c.bin, "control", "--config", c.cfgPath)
+	client := &http.Client{Timeout: time.Second}
+	meshtest.Eventually(c.t, 20*time.Second, func() error {
+		resp, err := client.Get("http://" + c.adminAddr + "/ready")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("control plane on %s: /ready %d", c.xdsAddr, resp.StatusCode)
 		}
 		return nil
 	})
 }
 
+// stop sends SIGTERM and waits for a clean exit.
 func (c *control) stop() {
-	if !c.running {
+	if c.proc == nil {
 		return
 	}
-	c.running = false
-	c.cancel()
-	select {
-	case err := <-c.done:
-		if err != nil {
-			c.t.Errorf("control plane: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		c.t.Error("control plane did not stop")
+	p := c.proc
+	c.proc = nil
+	p.Signal(syscall.SIGTERM)
+	if err := p.Wait(c.t, 20*time.Second); err != nil {
+		c.t.Errorf("control plane exited with %v\n%s", err, p.Output())
 	}
 }
 
@@ -218,13 +227,13 @@ func withControlPlane(addrs ...string) func(*config.Config) {
 // The promises of product.md for a control-plane outage: agents keep
 // routing, start from their disk cache, and catch up when it is back.
 func TestControlPlaneOutage(t *testing.T) {
-	cp := newControl(t, nil)
+	cp := newControl(t, controlOptions{})
 	b1 := startApp(t, "127.0.0.51", "orders-1", nil)
-	startAgent(t, "127.0.0.51", "orders", b1, withControlPlane(cp.cfg.Control.XDSAddr))
+	startAgent(t, "127.0.0.51", "orders", b1, withControlPlane(cp.xdsAddr))
 	caller := startApp(t, "127.0.0.50", "web", nil)
 	cache := t.TempDir()
 	mutateA := func(c *config.Config) {
-		c.Agent.ControlPlane = []string{cp.cfg.Control.XDSAddr}
+		c.Agent.ControlPlane = []string{cp.xdsAddr}
 		c.Agent.CacheDir = cache
 	}
 	a := startAgent(t, "127.0.0.50", "web", caller, mutateA)
@@ -267,20 +276,21 @@ func TestControlPlaneOutage(t *testing.T) {
 }
 
 func TestFailoverBetweenControlPlanes(t *testing.T) {
-	cp1, cp2 := newControl(t, nil), newControl(t, nil)
+	cp1 := newControl(t, controlOptions{})
+	cp2 := newControl(t, controlOptions{bin: cp1.bin})
 	b := startApp(t, "127.0.0.56", "pay-1", nil)
 	startAgent(t, "127.0.0.56", "pay", b, nil)
 	caller := startApp(t, "127.0.0.55", "web", nil)
-	a := startAgent(t, "127.0.0.55", "web", caller, withControlPlane(cp1.cfg.Control.XDSAddr, cp2.cfg.Control.XDSAddr))
+	a := startAgent(t, "127.0.0.55", "web", caller, withControlPlane(cp1.xdsAddr, cp2.xdsAddr))
 	waitEndpoints(t, a, "pay", 1)
-	if d := configDump(t, a); d.XDS.Server != cp1.cfg.Control.XDSAddr {
+	if d := configDump(t, a); d.XDS.Server != cp1.xdsAddr {
 		t.Fatalf("connected to %s, want the first control plane", d.XDS.Server)
 	}
 	l := startLoad("http://"+a.Addr("outbound")+"/", "pay")
 	cp1.stop()
 	meshtest.Eventually(t, 10*time.Second, func() error {
-		if d := configDump(t, a); d.XDS.Server != cp2.cfg.Control.XDSAddr || !d.XDS.Connected {
-			return fmt.Errorf("xds state %+v, want connected to %s", d.XDS, cp2.cfg.Control.XDSAddr)
+		if d := configDump(t, a); d.XDS.Server != cp2.xdsAddr || !d.XDS.Connected {
+			return fmt.Errorf("xds state %+v, want connected to %s", d.XDS, cp2.xdsAddr)
 		}
 		return nil
 	})
@@ -310,10 +320,7 @@ func TestZoneAwareRoutingFromCMDB(t *testing.T) {
 	}
 	go cmdb.Serve(ln)
 	t.Cleanup(func() { cmdb.Close() })
-	cp := newControl(t, func(c *config.Config) {
-		c.Control.CMDB.URL = "http://" + ln.Addr().String() + "/hosts"
-		c.Control.CMDB.Interval = 500 * time.Millisecond
-	})
+	cp := newControl(t, controlOptions{cmdbURL: "http://" + ln.Addr().String() + "/hosts"})
 
 	a1 := startApp(t, "127.0.0.61", "zone-a", nil)
 	b1 := startApp(t, "127.0.0.62", "zone-b", nil)
@@ -321,7 +328,7 @@ func TestZoneAwareRoutingFromCMDB(t *testing.T) {
 	startAgent(t, "127.0.0.62", "search", b1, nil)
 	caller := startApp(t, "127.0.0.60", "web", nil)
 	a := startAgent(t, "127.0.0.60", "web", caller, func(c *config.Config) {
-		c.Agent.ControlPlane = []string{cp.cfg.Control.XDSAddr}
+		c.Agent.ControlPlane = []string{cp.xdsAddr}
 		c.Agent.Locality = config.Locality{Region: "eu", Zone: "eu-a"}
 	})
 	meshtest.Eventually(t, 20*time.Second, func() error {
@@ -386,27 +393,38 @@ func TestBadXDSIsNackedAndTrafficFlows(t *testing.T) {
 
 	caller := startApp(t, "127.0.0.65", "web", nil)
 	nodeID := fmt.Sprintf("web-vm-127-0-0-65-%d", caller.port)
-	mdl := &model.Model{Services: []model.Service{{Name: "cart", Policy: config.DefaultPolicy(), Endpoints: []model.Endpoint{
-		{ID: "c1", Node: "vm-127-0-0-66", Address: "127.0.0.66", Port: 0, Health: model.Healthy},
-	}}}}
-	setSnapshot := func(version string, mutate func(map[resource.Type][]types.Resource)) {
+	// The resources start as what `mesh control` sends an agent that
+	// fronts no service (the golden resources of the wire contract), with
+	// orders sent to B's agent: its inbound address, known once B runs.
+	bAgent := agentInbound(t, "cart")
+	host, portStr, _ := net.SplitHostPort(bAgent)
+	port, _ := strconv.Atoi(portStr)
+	setSnapshot := func(version string, mutate func(*xdsclient.Resources)) {
 		t.Helper()
-		mesh, err := translate.Translate(mdl)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := mesh.ForNode(model.Node{ID: nodeID, Service: "web", AppPort: caller.port}, config.DefaultPolicy())
-		if err != nil {
-			t.Fatal(err)
+		res := wiretest.Load(t, wiretest.AgentClientOnly)
+		res.Endpoints["orders"].Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{
+				Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+				}},
+			}}},
+			HealthStatus: corev3.HealthStatus_HEALTHY,
+		}}}}
+		if mutate != nil {
+			mutate(&res)
 		}
 		byType := map[resource.Type][]types.Resource{}
-		for typ, set := range map[resource.Type]translate.Set{resource.ClusterType: res.Clusters, resource.EndpointType: res.Endpoints, resource.ListenerType: res.Listeners, resource.RouteType: res.Routes} {
-			for _, m := range set {
-				byType[typ] = append(byType[typ], proto.Clone(m))
-			}
+		for _, c := range res.Clusters {
+			byType[resource.ClusterType] = append(byType[resource.ClusterType], c)
 		}
-		if mutate != nil {
-			mutate(byType)
+		for _, e := range res.Endpoints {
+			byType[resource.EndpointType] = append(byType[resource.EndpointType], e)
+		}
+		for _, l := range res.Listeners {
+			byType[resource.ListenerType] = append(byType[resource.ListenerType], l)
+		}
+		for _, r := range res.Routes {
+			byType[resource.RouteType] = append(byType[resource.RouteType], r)
 		}
 		snap, err := cache.NewSnapshot(version, byType)
 		if err != nil {
@@ -416,28 +434,17 @@ func TestBadXDSIsNackedAndTrafficFlows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The endpoint is B's agent inbound listener, known once B runs.
-	bAgent := agentInbound(t, "cart")
-	host, portStr, _ := net.SplitHostPort(bAgent)
-	port, _ := strconv.Atoi(portStr)
-	mdl.Services[0].Endpoints[0].Address, mdl.Services[0].Endpoints[0].Port = host, port
 	setSnapshot("v1", nil)
 
 	a := startAgent(t, "127.0.0.65", "web", caller, withControlPlane(xl.Addr().String()))
-	waitEndpoints(t, a, "cart", 1)
-	l := startLoad("http://"+a.Addr("outbound")+"/", "cart")
-	setSnapshot("v2", func(byType map[resource.Type][]types.Resource) {
-		for _, r := range byType[resource.ClusterType] {
-			if c := r.(*clusterv3.Cluster); c.Name == "cart" {
-				c.LbPolicy = clusterv3.Cluster_RING_HASH
-			}
-		}
-	})
+	waitEndpoints(t, a, "orders", 1)
+	l := startLoad("http://"+a.Addr("outbound")+"/", "orders")
+	setSnapshot("v2", func(r *xdsclient.Resources) { r.Clusters["orders"].LbPolicy = clusterv3.Cluster_RING_HASH })
 	meshtest.Eventually(t, 10*time.Second, func() error {
 		nackMu.Lock()
 		defer nackMu.Unlock()
 		for _, n := range nacks {
-			if strings.Contains(n, `cluster "cart": lb_policy RING_HASH is not supported`) {
+			if strings.Contains(n, `cluster "orders": lb_policy RING_HASH is not supported`) {
 				return nil
 			}
 		}
@@ -482,8 +489,8 @@ func TestRollingRestartLosesNoRequest(t *testing.T) {
 			svc := "stock-" + tc.name
 			var withCP func(*config.Config)
 			if tc.cp {
-				cp := newControl(t, nil)
-				withCP = withControlPlane(cp.cfg.Control.XDSAddr)
+				cp := newControl(t, controlOptions{})
+				withCP = withControlPlane(cp.xdsAddr)
 			}
 			b1 := startApp(t, ip(1), svc+"-1", nil)
 			b2 := startApp(t, ip(2), svc+"-2", nil)

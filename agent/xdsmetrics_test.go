@@ -13,18 +13,18 @@ import (
 // per type with their time, and the endpoints it routes to; when the
 // control plane goes away, that it is no longer connected.
 func TestXDSClientMetrics(t *testing.T) {
-	cp := newControl(t, nil)
+	cp := newControl(t, controlOptions{})
 	b := startApp(t, "127.0.0.88", "xm-orders-1", nil)
 	startAgent(t, "127.0.0.88", "xm-orders", b, nil)
 	waitPassing(t, "xm-orders", 1)
 	caller := startApp(t, "127.0.0.87", "xm-web", nil)
 	other := "127.0.0.1:1" // a second control plane the agent never reaches first
-	a := startAgent(t, "127.0.0.87", "xm-web", caller, withControlPlane(cp.cfg.Control.XDSAddr, other))
+	a := startAgent(t, "127.0.0.87", "xm-web", caller, withControlPlane(cp.xdsAddr, other))
 	waitEndpoints(t, a, "xm-orders", 1)
 
 	m := scrapeAgent(t, a.Addr("admin"))
 	if got, want := seriesOf(m, "mesh_xds_client_connected"), map[string]float64{
-		lbl("control_plane", cp.cfg.Control.XDSAddr): 1, lbl("control_plane", other): 0,
+		lbl("control_plane", cp.xdsAddr): 1, lbl("control_plane", other): 0,
 	}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("mesh_xds_client_connected = %v, want %v", got, want)
 	}
@@ -47,7 +47,7 @@ func TestXDSClientMetrics(t *testing.T) {
 
 	cp.stop()
 	meshtest.Eventually(t, 10*time.Second, func() error {
-		if v := seriesOf(scrapeAgent(t, a.Addr("admin")), "mesh_xds_client_connected")[lbl("control_plane", cp.cfg.Control.XDSAddr)]; v != 0 {
+		if v := seriesOf(scrapeAgent(t, a.Addr("admin")), "mesh_xds_client_connected")[lbl("control_plane", cp.xdsAddr)]; v != 0 {
 			return fmt.Errorf("still connected to the stopped control plane: %v", v)
 		}
 		return nil

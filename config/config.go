@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshvm/mesh/identity"
+	"github.com/meshvm/mesh/wire"
 )
 
 // Config is the whole schema. Each role reads the sections it needs.
@@ -46,8 +47,8 @@ func Default() Config {
 		Consul: Consul{Addr: "127.0.0.1:8500"},
 		Agent: Agent{
 			AppAddress:      "127.0.0.1",
-			InboundAddr:     "0.0.0.0:15006",
-			OutboundAddr:    "127.0.0.1:15001",
+			InboundAddr:     wire.DefaultInboundAddr,
+			OutboundAddr:    wire.DefaultOutboundAddr,
 			AdminAddr:       "127.0.0.1:15000",
 			CacheDir:        "/var/lib/mesh",
 			DrainPeriod:     5 * time.Second,

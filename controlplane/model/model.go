@@ -152,7 +152,7 @@ func (m *Model) Counts() (services, endpoints int) {
 }
 
 // Node is an xDS client as the control plane sees it: its id and what its
-// node metadata says (see docs/xds.md).
+// node metadata says (keys: package wire).
 type Node struct {
 	ID string `json:"id"`
 	// Service is the service the node's agent fronts; empty for a pure

@@ -1,7 +1,12 @@
 // Package translate turns the control plane's model into Envoy v3 xDS
-// resources. It is pure: no I/O, no clock, no randomness, so equal models
-// give byte-equal resources and the translation is table- and
-// golden-tested. docs/xds.md describes the resources and their names.
+// resources: model + policies + node → that node's complete, validated
+// resources. Translate builds the resources every node shares once per
+// model; Mesh.Node gives one node its whole output (the shared sets it
+// gets plus its own resources), so a server only versions and sets it. It
+// is pure: no I/O, no clock, no randomness, so equal inputs give
+// byte-equal resources, and it is table- and golden-tested (the golden
+// files are the wire contract's, in wire/testdata). Names and keys come
+// from package wire; controlplane/README.md describes the resources.
 package translate
 
 import (

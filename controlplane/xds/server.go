@@ -4,7 +4,9 @@
 // snapshot per connected node, pushes a change type by type (CDS, EDS,
 // LDS, RDS) so a client never gets a resource it cannot place, derives
 // versions from content so an unchanged view pushes nothing, and does not
-// resend a rejected (NACKed) version.
+// resend a rejected (NACKed) version. It translates nothing:
+// controlplane/translate gives each node's complete output (Mesh.Node),
+// which this package versions and sets.
 package xds
 
 import (
