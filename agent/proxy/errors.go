@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshvm/mesh/wire"
 )
 
 // Reasons the mesh gives, in the x-mesh-reason header and the access log,
@@ -20,8 +22,9 @@ const (
 	ReasonUpgradeFailure    = "upgrade-failure"
 	// ReasonConnectNotSupported refuses CONNECT tunnels (HTTPS_PROXY).
 	ReasonConnectNotSupported = "connect-not-supported"
-	// ReasonRateLimited: the callee's token bucket is empty (429).
-	ReasonRateLimited = "rate-limited"
+	// ReasonRateLimited: the callee's token bucket is empty (429). The
+	// control plane asks Envoy for the same value (package wire).
+	ReasonRateLimited = wire.ReasonRateLimited
 	// ReasonCircuitOpen: the upstream service's breaker is open (503).
 	ReasonCircuitOpen = "circuit-open"
 	// ReasonOverflow: a concurrency threshold is reached (503).
