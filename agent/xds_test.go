@@ -71,14 +71,21 @@ func newControl(t *testing.T, opts controlOptions) *control {
 		t.Fatal(err)
 	}
 	c.start()
-	t.Cleanup(c.stop)
 	return c
 }
 
 // start runs the control plane and waits until it serves its first model.
 func (c *control) start() {
 	c.t.Helper()
-	c.proc = meshtest.StartProcess(c.t, nil, c.bin, "control", "--config", c.cfgPath)
+	p := meshtest.StartProcess(c.t, nil, c.bin, "control", "--config", c.cfgPath)
+	c.proc = p
+	// Registered after StartProcess's own clean-up (which kills), so it
+	// runs first: a control plane still running at the end stops cleanly.
+	c.t.Cleanup(func() {
+		if c.proc == p {
+			c.stop()
+		}
+	})
 	client := &http.Client{Timeout: time.Second}
 	meshtest.Eventually(c.t, 20*time.Second, func() error {
 		resp, err := client.Get("http://" + c.adminAddr + "/ready")
