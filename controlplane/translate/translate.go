@@ -43,14 +43,15 @@ import (
 // Set is resources of one type by name.
 type Set map[string]proto.Message
 
-// Mesh is the part of every node's resources that does not depend on the
-// node: built once per model and shared by all snapshots.
+// Mesh is one model's translation: the resources that do not depend on
+// the node, built once per model and shared by all nodes (SharedSets),
+// and what Node needs to give each node the rest.
 type Mesh struct {
 	// Clusters has one EDS cluster per service.
 	Clusters Set
 	// Endpoints has one ClusterLoadAssignment per service.
 	Endpoints Set
-	// Outbound is the OutboundRoute configuration.
+	// Outbound is the wire.OutboundRoute configuration.
 	Outbound *routev3.RouteConfiguration
 	// APIListeners and APIRoutes serve gRPC proxyless clients: a listener
 	// and a route configuration named after each service.
