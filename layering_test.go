@@ -13,9 +13,10 @@ const module = "github.com/meshvm/mesh"
 // composers may import roles: the binary and the tools around it.
 var composers = map[string]bool{module: true, module + "/demo": true, module + "/bench/upstream": true}
 
-// role is the role a package belongs to ("agent", "controlplane"), or "".
+// role is the role a package belongs to ("agent", "controlplane",
+// "gateway"), or "" for a leaf.
 func role(pkg string) string {
-	for _, r := range []string{"agent", "controlplane"} {
+	for _, r := range []string{"agent", "controlplane", "gateway"} {
 		if pkg == module+"/"+r || strings.HasPrefix(pkg, module+"/"+r+"/") {
 			return r
 		}
