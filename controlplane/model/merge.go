@@ -14,6 +14,7 @@ import (
 const (
 	MetaAppPort     = "app_port"
 	MetaMeshVersion = "mesh_version"
+	MetaNode        = "mesh_node" // the agent's VM name
 	MetaZone        = "mesh_zone"
 	MetaRegion      = "mesh_region"
 )

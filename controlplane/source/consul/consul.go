@@ -436,7 +436,9 @@ func Instances(entries []*api.ServiceEntry) []model.Instance {
 			Tags:    e.Service.Tags,
 			Meta:    e.Service.Meta,
 		}
-		if e.Node != nil {
+		// The agent's own VM name: agents may register through a Consul
+		// agent that is not on their VM, whose node name is not theirs.
+		if in.Node = e.Service.Meta[model.MetaNode]; in.Node == "" && e.Node != nil {
 			in.Node = e.Node.Node
 		}
 		switch e.Checks.AggregatedStatus() {
