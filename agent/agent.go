@@ -349,8 +349,10 @@ func (a *Agent) endpointCounts(yield func(service string, healthy int)) {
 	}
 }
 
-// configDump is what the agent knows now: its registration, listeners,
-// and the endpoints of every service it has been asked for.
+// configDump is what the agent knows now: its readiness, registration,
+// listeners, the config in force (secrets redacted), and the endpoints of
+// every service it has been asked for. observability.WriteJSON writes it
+// in the config's language (snake_case keys, durations as "3s").
 func (a *Agent) configDump() map[string]any {
 	listeners := map[string]string{}
 	a.addrs.Range(func(k, v any) bool { listeners[k.(string)] = v.(string); return true })
@@ -364,6 +366,8 @@ func (a *Agent) configDump() map[string]any {
 	dump := map[string]any{
 		"version":      buildinfo.Version,
 		"ready":        a.Ready(),
+		"node":         a.nodeName,
+		"config":       cfg,
 		"draining":     a.draining.Load(),
 		"listeners":    listeners,
 		"registration": reg,

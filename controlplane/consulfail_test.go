@@ -1,6 +1,10 @@
 package controlplane_test
 
 import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,7 +13,29 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshvm/mesh/meshtest"
+	"github.com/meshvm/mesh/observability"
 )
+
+func getBody(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func getReadiness(t *testing.T, admin string) observability.Readiness {
+	t.Helper()
+	body := getBody(t, "http://"+admin+"/ready?format=json")
+	var rd observability.Readiness
+	if err := json.Unmarshal([]byte(body), &rd); err != nil {
+		t.Fatalf("/ready?format=json: %v: %s", err, body)
+	}
+	return rd
+}
 
 // TestConsulFailureKeepsLastGoodView: with Consul unreachable the control
 // plane reports the error and pushes nothing (above all not "no
@@ -40,6 +66,24 @@ func TestConsulFailureKeepsLastGoodView(t *testing.T) {
 	resp, err := httpGet("http://" + p.adminAddr + "/ready")
 	if err != nil || resp != 200 {
 		t.Errorf("/ready = %d, %v while serving the last good view; want 200", resp, err)
+	}
+	// /ready says why it stays ready, and what fails meanwhile.
+	rd := getReadiness(t, p.adminAddr)
+	if !rd.Ready || len(rd.Conditions) != 2 || rd.Conditions[0].Name != "xds" || !rd.Conditions[0].OK ||
+		rd.Conditions[1].Name != "source consul" || rd.Conditions[1].OK ||
+		!strings.Contains(rd.Conditions[1].Detail, "failing, serving its last good view") {
+		t.Errorf("/ready?format=json with consul down = %+v", rd)
+	}
+	// /config_dump speaks the config's language: policies' durations as
+	// written in YAML, snake_case keys.
+	body := getBody(t, "http://"+p.adminAddr+"/config_dump")
+	for _, want := range []string{`"sleep_window": "5s"`, `"timeout": "15s"`, `"circuit_breaker": {`, `"last_success": "`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("config_dump lacks %s", want)
+		}
+	}
+	if strings.Contains(body, "SleepWindow") || strings.Contains(body, "5000000000") {
+		t.Errorf("config_dump writes Go's names or nanoseconds:\n%s", body)
 	}
 
 	rl.Up(t)
