@@ -364,10 +364,11 @@ func (a *Agent) configDump() map[string]any {
 	}
 	t := a.handlers.Current().Table()
 	dump := map[string]any{
-		"version":      buildinfo.Version,
-		"ready":        a.Ready(),
-		"node":         a.nodeName,
-		"config":       cfg,
+		"version": buildinfo.Version,
+		"ready":   a.Ready(),
+		"node":    a.nodeName,
+		"config": map[string]any{"log": cfg.Log, "consul": cfg.Consul, "agent": cfg.Agent,
+			"policies": cfg.Policies, "observability": cfg.Observability},
 		"draining":     a.draining.Load(),
 		"listeners":    listeners,
 		"registration": reg,

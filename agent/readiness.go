@@ -191,7 +191,7 @@ func (c *appCheck) check(ctx context.Context, timeout time.Duration) {
 		log.Info().Str("check", next.detail).Msg("app reachable again")
 	case !next.ok && (prev == nil || prev.ok):
 		log.Warn().Str("check", next.detail).
-			Msg("app not reachable; the agent stays ready, consul's health check takes the instance out of its callers' choice")
+			Msg("app not reachable; /ready reports it but stays ready: consul's health check keeps callers away")
 	}
 }
 

@@ -73,7 +73,7 @@ func condition(rd observability.Readiness, name string) observability.Condition 
 }
 
 const (
-	msgAppDown  = "app not reachable; the agent stays ready, consul's health check takes the instance out of its callers' choice"
+	msgAppDown  = "app not reachable; /ready reports it but stays ready: consul's health check keeps callers away"
 	msgAppBack  = "app reachable again"
 	msgLastGood = "consul query failing, keeping the last good answer"
 )

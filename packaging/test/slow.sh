@@ -17,7 +17,8 @@
 #      mesh-agent@demo.service, started by systemd, run the real binary in
 #      the units' sandbox (user mesh, no capabilities, no_new_privs,
 #      seccomp); the control plane serves /metrics, the agent registers in
-#      Consul and is ready; `systemctl stop` deregisters, drains and exits 0.
+#      Consul and is ready; its warn line is at priority 4 (journalctl -p
+#      warning); `systemctl stop` deregisters, drains and exits 0.
 #      Then the Type=notify contract of both units: active after start,
 #      reload keeps the process, the watchdog is fed, stop ends it cleanly
 #      (MESH_TEST_SDNOTIFY=0 leaves it out, saving the 32s watchdog wait);
