@@ -52,6 +52,17 @@ func (l *logBuffer) contains(s string) bool {
 	return strings.Contains(l.b.String(), s)
 }
 
+// waitAdmin waits until ra's admin listener is bound.
+func waitAdmin(t *testing.T, ra *runningAgent) {
+	t.Helper()
+	meshtest.Eventually(t, 15*time.Second, func() error {
+		if ra.Addr("admin") == "" {
+			return &readyErr{"admin listener not bound yet"}
+		}
+		return nil
+	})
+}
+
 func readiness(t *testing.T, admin string) (int, observability.Readiness, string) {
 	t.Helper()
 	resp, body := get(t, "http://"+admin+"/ready?format=json", "")
@@ -90,6 +101,7 @@ func TestReadyReportsAnUnreachableApp(t *testing.T) {
 		c.Agent.AppHealth = "" // TCP check
 		c.Agent.HealthInterval = 200 * time.Millisecond
 	}, zerolog.New(logs))
+	waitAdmin(t, ra)
 	meshtest.Eventually(t, 15*time.Second, func() error {
 		if code, rd, text := readiness(t, ra.Addr("admin")); code != http.StatusOK || !rd.Ready {
 			return &readyErr{text}
@@ -156,6 +168,7 @@ func TestReadyWithoutConsul(t *testing.T) {
 	ra := launchAgent(t, ip, "lonely", b.port, func(c *config.Config) {
 		c.Consul.Addr = deadConsul
 	}, zerolog.New(logs))
+	waitAdmin(t, ra)
 	meshtest.Eventually(t, 15*time.Second, func() error {
 		_, rd, text := readiness(t, ra.Addr("admin"))
 		if c := condition(rd, "consul_registration"); !strings.Contains(c.Detail, "connection refused") {

@@ -159,8 +159,9 @@ type Registrar struct {
 	log    zerolog.Logger
 
 	registered atomic.Bool
-	// wrote is set by the first successful write to Consul; inherited
-	// when r took over an entry another registrar wrote (Replaces).
+	// wrote is set once a write may have reached Consul (it succeeded, or
+	// failed after it was sent); inherited when r took over an entry
+	// another registrar may have written (Replaces).
 	wrote     atomic.Bool
 	inherited bool
 	// lastErr is the last failed Consul call, nil after a success.
@@ -347,6 +348,9 @@ func (r *Registrar) register(ctx context.Context) error {
 	}
 	opts := consulapi.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
 	if err := r.client.Agent().ServiceRegisterOpts(r.reg, opts); err != nil {
+		if !neverSent(err) {
+			r.wrote.Store(true) // cut off after sending: Consul may hold it
+		}
 		return fmt.Errorf("register %s: %w", r.reg.ID, err)
 	}
 	r.setRegistered(true)
@@ -376,6 +380,19 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	}
 	r.log.Info().Msg("deregistered from consul")
 	return nil
+}
+
+// neverSent reports whether a failed registration certainly wrote
+// nothing: the connection to Consul was never made, or Consul answered
+// with an error.
+func neverSent(err error) bool {
+	if se, ok := errors.AsType[consulapi.StatusError](err); ok {
+		return se.Code != 0
+	}
+	if op, ok := errors.AsType[*net.OpError](err); ok {
+		return op.Op == "dial"
+	}
+	return false
 }
 
 // jitter returns d ± 20%.
