@@ -400,9 +400,14 @@ func (s *Source) allChecks(ctx context.Context) (api.HealthChecks, uint64, error
 }
 
 func (s *Source) failed(failing *bool, err error) {
+	hadView := !s.status.Status().LastSuccess.IsZero()
 	s.status.Failed(err)
-	if !*failing && !errors.Is(err, context.Canceled) {
+	switch {
+	case *failing || errors.Is(err, context.Canceled):
+	case hadView:
 		s.log.Warn().Err(err).Msg("consul query failed, keeping the last good view and retrying")
+	default:
+		s.log.Warn().Err(err).Msg("consul query failed before the first view; retrying")
 	}
 	*failing = true
 }
