@@ -58,7 +58,9 @@ func (a *Agent) listenerNames() []string {
 
 func (a *Agent) registrationCondition() observability.Condition {
 	c := observability.Condition{Name: "consul_registration", Required: true}
-	if a.reg == nil {
+	// Run sets a.reg and a.xds before it stores listening: read them only
+	// after it.
+	if !a.listening.Load() || a.reg == nil {
 		c.Detail = "not started"
 		return c
 	}
@@ -88,7 +90,7 @@ func (a *Agent) controlPlaneCondition() observability.Condition {
 		return c
 	}
 	t := a.handlers.Current().Table()
-	if a.xds == nil {
+	if !a.listening.Load() || a.xds == nil {
 		c.Detail = "not started"
 		return c
 	}
