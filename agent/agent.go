@@ -62,6 +62,8 @@ type Agent struct {
 	// log, spans) and holds the governance and infrastructure metrics.
 	obs *observability.Observer
 
+	app *appCheck // probes the app for /ready
+
 	// set by Run
 	reg         *registrar
 	advertise   string
@@ -109,6 +111,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mesh", Name: "config_reloads_total",
 			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays)."}, []string{"result"}),
 	}
+	a.app = newAppCheck(a)
 	a.registry.MustRegister(a.reloads)
 	m.EndpointsFrom(a.endpointCounts)
 	t, cached := a.initialTable()
@@ -191,6 +194,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.reg = newRegistrar(bg, a, a.registrationSpec(a.config()))
 	goRun("systemd watchdog", func() error { return sdnotify.Watchdog(bg) })
 	goRun("readiness", func() error { return a.notifyReady(bg) })
+	goRun("app check", func() error { return a.app.run(bg) })
 	goRun("governance", func() error { return a.state.Run(bg) })
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
@@ -314,11 +318,6 @@ func closeAll(lns []listener) {
 	}
 }
 
-// Ready reports whether every listener is up and the app is registered.
-func (a *Agent) Ready() bool {
-	return a.listening.Load() && !a.draining.Load() && a.reg != nil && a.reg.registered()
-}
-
 // Addr returns the bound address of a listener ("inbound", "outbound",
 // "admin", "upstream NAME"), or "" before Run bound it.
 func (a *Agent) Addr(name string) string {
@@ -328,7 +327,7 @@ func (a *Agent) Addr(name string) string {
 }
 
 func (a *Agent) adminHandler() http.Handler {
-	mux := observability.NewAdminMux(a.registry, a.Ready)
+	mux := observability.NewAdminMux(a.registry, a.Readiness)
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		observability.WriteJSON(w, a.configDump())
 	})
@@ -350,8 +349,10 @@ func (a *Agent) endpointCounts(yield func(service string, healthy int)) {
 	}
 }
 
-// configDump is what the agent knows now: its registration, listeners,
-// and the endpoints of every service it has been asked for.
+// configDump is what the agent knows now: its readiness, registration,
+// listeners, the config in force (secrets redacted), and the endpoints of
+// every service it has been asked for. observability.WriteJSON writes it
+// in the config's language (snake_case keys, durations as "3s").
 func (a *Agent) configDump() map[string]any {
 	listeners := map[string]string{}
 	a.addrs.Range(func(k, v any) bool { listeners[k.(string)] = v.(string); return true })
@@ -363,8 +364,11 @@ func (a *Agent) configDump() map[string]any {
 	}
 	t := a.handlers.Current().Table()
 	dump := map[string]any{
-		"version":      buildinfo.Version,
-		"ready":        a.Ready(),
+		"version": buildinfo.Version,
+		"ready":   a.Ready(),
+		"node":    a.nodeName,
+		"config": map[string]any{"log": cfg.Log, "consul": cfg.Consul, "agent": cfg.Agent,
+			"policies": cfg.Policies, "observability": cfg.Observability},
 		"draining":     a.draining.Load(),
 		"listeners":    listeners,
 		"registration": reg,

@@ -72,11 +72,25 @@ type runningAgent struct {
 // startAgent runs an in-process agent for service on ip, in front of app.
 func startAgent(t *testing.T, ip, service string, a *app, mutate func(*config.Config)) *runningAgent {
 	t.Helper()
+	ra := launchAgent(t, ip, service, a.port, mutate, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))
+	meshtest.Eventually(t, 15*time.Second, func() error {
+		if !ra.Ready() {
+			return fmt.Errorf("agent %s on %s not ready", service, ip)
+		}
+		return nil
+	})
+	return ra
+}
+
+// launchAgent runs an in-process agent for service on ip, in front of an
+// app on appPort, logging to log; it does not wait for it to be ready.
+func launchAgent(t *testing.T, ip, service string, appPort int, mutate func(*config.Config), log zerolog.Logger) *runningAgent {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Consul.Addr = consul.Addr
 	cfg.Agent.Service = service
 	cfg.Agent.AppAddress = ip
-	cfg.Agent.AppPort = a.port
+	cfg.Agent.AppPort = appPort
 	cfg.Agent.AppHealth = "/health"
 	cfg.Agent.HealthInterval = time.Second
 	cfg.Agent.InboundAddr = ip + ":0"
@@ -92,7 +106,7 @@ func startAgent(t *testing.T, ip, service string, a *app, mutate func(*config.Co
 	if err := cfg.Validate(config.RoleAgent); err != nil {
 		t.Fatal(err)
 	}
-	ag, err := agent.New(cfg, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))
+	ag, err := agent.New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,12 +114,6 @@ func startAgent(t *testing.T, ip, service string, a *app, mutate func(*config.Co
 	ra := &runningAgent{Agent: ag, cancel: cancel, done: make(chan error, 1)}
 	go func() { ra.done <- ag.Run(ctx) }()
 	t.Cleanup(func() { ra.stop(t) })
-	meshtest.Eventually(t, 15*time.Second, func() error {
-		if !ag.Ready() {
-			return fmt.Errorf("agent %s on %s not ready", service, ip)
-		}
-		return nil
-	})
 	return ra
 }
 
@@ -211,13 +219,34 @@ func TestCallThroughTwoAgents(t *testing.T) {
 	var dump struct {
 		Ready        bool
 		Registration struct{ ID string }
-		Services     map[string][]struct{ Addr string }
+		Services     map[string][]struct{ Addr, Node string }
 	}
 	if err := json.Unmarshal([]byte(body), &dump); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("config_dump: %d %v %s", resp.StatusCode, err, body)
 	}
 	if !dump.Ready || dump.Registration.ID == "" || len(dump.Services["orders"]) != 2 {
 		t.Errorf("config_dump misses what the agent knows: %s", body)
+	}
+	// Endpoints carry the VMs' names, not the name of the Consul agent
+	// they registered through.
+	nodes := map[string]bool{}
+	for _, ep := range dump.Services["orders"] {
+		nodes[ep.Node] = true
+	}
+	if !nodes["vm-127-0-0-22"] || !nodes["vm-127-0-0-23"] {
+		t.Errorf("config_dump endpoints name nodes %v, want vm-127-0-0-22 and vm-127-0-0-23", nodes)
+	}
+	// It speaks the YAML's language: snake_case keys, durations as written.
+	for _, want := range []string{`"sleep_window": "5s"`, `"default_policy": {`, `"drain_period": "300ms"`,
+		`"health_interval": "1s"`, `"app_port": `} {
+		if !strings.Contains(body, want) {
+			t.Errorf("config_dump lacks %s", want)
+		}
+	}
+	for _, bad := range []string{`"SleepWindow"`, `"Addr"`, `5000000000`, `"DefaultPolicy"`} {
+		if strings.Contains(body, bad) {
+			t.Errorf("config_dump has Go's %s, not the config's language", bad)
+		}
 	}
 	if resp, _ := get(t, "http://"+a.Addr("admin")+"/ready", ""); resp.StatusCode != 200 {
 		t.Errorf("/ready = %d", resp.StatusCode)

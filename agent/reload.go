@@ -143,6 +143,9 @@ func newRegistrar(ctx context.Context, a *Agent, spec registration.Spec) *regist
 func (r *registrar) startLocked(spec registration.Spec) {
 	ctx, cancel := context.WithCancel(r.parent)
 	reg := registration.New(r.a.consul, spec, r.a.config().Agent.ResyncInterval, r.a.base).WithMetrics(r.a.obs.Metrics())
+	if r.current != nil {
+		reg.Replaces(r.current)
+	}
 	done := make(chan error, 1)
 	go func() { done <- reg.Run(ctx) }()
 	r.spec, r.current, r.cancel, r.done = spec, reg, cancel, done
@@ -164,6 +167,13 @@ func (r *registrar) registered() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.current.Registered()
+}
+
+// err is the registration's last failed Consul call, nil after a success.
+func (r *registrar) err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current.Err()
 }
 
 func (r *registrar) id() string {

@@ -116,12 +116,12 @@ func (c *control) stop() {
 // dump is the part of an agent's /config_dump these tests read.
 type dump struct {
 	Source   string
-	Services map[string][]struct{ Addr, Zone string }
+	Services map[string][]struct{ Addr, Zone, Node string }
 	XDS      struct {
 		Server    string
 		Connected bool
 		Nacks     uint64
-		LastNack  string
+		LastNack  string `json:"last_nack"`
 	}
 }
 
@@ -245,6 +245,11 @@ func TestControlPlaneOutage(t *testing.T) {
 	}
 	a := startAgent(t, "127.0.0.50", "web", caller, mutateA)
 	waitEndpoints(t, a, "orders", 1)
+	// The endpoint carries its VM's name, not the Consul agent's it
+	// registered through.
+	if d := configDump(t, a); d.Services["orders"][0].Node != "vm-127-0-0-51" {
+		t.Errorf("xDS endpoint node = %q, want vm-127-0-0-51", d.Services["orders"][0].Node)
+	}
 
 	l := startLoad("http://"+a.Addr("outbound")+"/", "orders")
 	time.Sleep(300 * time.Millisecond)

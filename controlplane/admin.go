@@ -2,9 +2,11 @@ package controlplane
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"sort"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -12,18 +14,13 @@ import (
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/controlplane/xds"
+	"github.com/meshvm/mesh/observability"
 )
 
 // adminHandler serves /ready, /metrics, /config_dump and /debug/pprof/.
 func (c *Control) adminHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !c.Ready() {
-			http.Error(w, "waiting for the first view of every required source", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
+	mux.HandleFunc("GET /ready", observability.ReadyHandler(c.Readiness))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.reg, promhttp.HandlerOpts{Registry: c.reg}))
 	mux.HandleFunc("GET /config_dump", c.configDump)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -32,6 +29,57 @@ func (c *Control) adminHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
+}
+
+// Readiness is what /ready answers: ready once the first model is served
+// over xDS (which waits for the first view of Consul). Each source's
+// state is reported too; a source failing later does not make the control
+// plane unready, since its last good view keeps being served.
+func (c *Control) Readiness() observability.Readiness {
+	conds := []observability.Condition{c.xdsCondition()}
+	for i, s := range c.sources {
+		if !active(s) {
+			continue
+		}
+		conds = append(conds, sourceCondition(s, i == 0))
+	}
+	return observability.NewReadiness(conds...)
+}
+
+func (c *Control) xdsCondition() observability.Condition {
+	cond := observability.Condition{Name: "xds", Required: true}
+	m := c.Model()
+	if !c.Ready() || m == nil {
+		cond.Detail = "listening; waiting for the first view of " + c.sources[0].Name()
+		return cond
+	}
+	services, _ := m.Counts()
+	cond.OK = true
+	cond.Detail = fmt.Sprintf("serving %d services to %d nodes", services, len(c.xds.Nodes()))
+	return cond
+}
+
+// sourceCondition is a source's state: synced (it has read its origin),
+// failing (its last good view stays in force), or waiting for its first
+// read; required is whether the first model waited for it.
+func sourceCondition(s source.Source, required bool) observability.Condition {
+	st := s.Status()
+	cond := observability.Condition{Name: "source " + s.Name(), OK: !st.LastSuccess.IsZero() && st.LastError == ""}
+	switch {
+	case cond.OK:
+		cond.Detail = "synced, last read " + st.LastSuccess.UTC().Format(time.RFC3339)
+	case st.LastSuccess.IsZero() && st.LastError == "":
+		cond.Detail = "waiting for its first read"
+	case st.LastSuccess.IsZero():
+		cond.Detail = "failing before its first read: " + st.LastError
+	default:
+		cond.Detail = fmt.Sprintf("failing, serving its last good view (read %s): %s",
+			st.LastSuccess.UTC().Format(time.RFC3339), st.LastError)
+	}
+	if required {
+		cond.Detail += " (the first model waits for it)"
+	}
+	return cond
 }
 
 // dump is /config_dump without ?node: the model, the sources and the
@@ -51,9 +99,6 @@ type nodeDump struct {
 }
 
 func (c *Control) configDump(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
 	id := r.URL.Query().Get("node")
 	if id == "" {
 		d := dump{Ready: c.Ready(), Sources: map[string]source.Status{}, Nodes: c.xds.Nodes(), Model: c.Model()}
@@ -63,9 +108,13 @@ func (c *Control) configDump(w http.ResponseWriter, r *http.Request) {
 			}
 			d.Sources[s.Name()] = s.Status()
 		}
-		_ = enc.Encode(d)
+		// In the config's language: policies' durations as "3s".
+		observability.WriteJSON(w, d)
 		return
 	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
 	info, res, ok := c.xds.NodeResources(id)
 	if !ok {
 		w.WriteHeader(http.StatusNotFound)

@@ -64,6 +64,24 @@ func (b *syncBuffer) String() string {
 // consulAddr (the test Consul by default) until the test ends.
 func startPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *plane {
 	t.Helper()
+	p := launchPlane(t, consulAddr, edit)
+	meshtest.Eventually(t, 15*time.Second, func() error {
+		resp, err := http.Get("http://" + p.adminAddr + "/ready")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/ready: %s", resp.Status)
+		}
+		return nil
+	})
+	return p
+}
+
+// launchPlane is startPlane without waiting for /ready.
+func launchPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *plane {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Consul.Addr = consulAddr
 	if consulAddr == "" {
@@ -101,19 +119,7 @@ func startPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *pla
 			t.Errorf("control plane did not stop in 10s")
 		}
 	})
-	p := &plane{Control: c, xdsAddr: cfg.Control.XDSAddr, adminAddr: cfg.Control.AdminAddr, logs: logs}
-	meshtest.Eventually(t, 15*time.Second, func() error {
-		resp, err := http.Get("http://" + p.adminAddr + "/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/ready: %s", resp.Status)
-		}
-		return nil
-	})
-	return p
+	return &plane{Control: c, xdsAddr: cfg.Control.XDSAddr, adminAddr: cfg.Control.AdminAddr, logs: logs}
 }
 
 // register adds a service instance to Consul through its agent API, with

@@ -66,7 +66,7 @@ func newAccessLog(c config.AccessLog, stdout io.Writer, writeErrors prometheus.C
 	}
 	var out io.Writer = w
 	if c.Format == "text" {
-		out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000", NoColor: !isTerminal(c.Output)}
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000", NoColor: !colorFor(c.Output)}
 	}
 	a := &accessLog{log: zerolog.New(out), out: w}
 	if err := a.set(c.Fields, c.SampleRatio); err != nil {
@@ -107,18 +107,20 @@ func indexOf(list []string, s string) int {
 	return -1
 }
 
-func isTerminal(output string) bool {
-	var f *os.File
+// colorFor reports whether text lines to output may be coloured: only on
+// a terminal, and not when NO_COLOR is set.
+func colorFor(output string) bool {
+	if LogEnvFromOS().NoColor {
+		return false
+	}
 	switch output {
 	case "stdout":
-		f = os.Stdout
+		return isTerminal(os.Stdout)
 	case "stderr":
-		f = os.Stderr
+		return isTerminal(os.Stderr)
 	default:
 		return false
 	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 func (a *accessLog) sampled() bool {

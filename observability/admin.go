@@ -2,6 +2,7 @@ package observability
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
 
@@ -19,18 +20,14 @@ func NewRegistry() *prometheus.Registry {
 }
 
 // NewAdminMux returns the admin endpoints every role serves: /metrics from
-// reg (OpenMetrics, with trace exemplars, to scrapers that ask for it), /debug/pprof/, and /ready answering 200 only while ready() is true.
-// Roles add their own handlers (e.g. /config_dump) to the returned mux.
-func NewAdminMux(reg *prometheus.Registry, ready func() bool) *http.ServeMux {
+// reg (OpenMetrics, with trace exemplars, to scrapers that ask for it),
+// /debug/pprof/, and /ready (ReadyHandler: 200 only while ready() says so,
+// with every condition in the body). Roles add their own handlers (e.g.
+// /config_dump) to the returned mux.
+func NewAdminMux(reg *prometheus.Registry, ready func() Readiness) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, EnableOpenMetrics: true}))
-	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
+	mux.HandleFunc("GET /ready", ReadyHandler(ready))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -39,10 +36,18 @@ func NewAdminMux(reg *prometheus.Registry, ready func() bool) *http.ServeMux {
 	return mux
 }
 
-// WriteJSON writes v as indented JSON, for admin endpoints.
+// WriteJSON writes v as indented JSON in the config's language (Plain:
+// snake_case keys, durations as "3s"), for admin endpoints.
 func WriteJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	writeIndented(w, Plain(v))
+}
+
+func writeIndented(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		_, _ = fmt.Fprintf(w, "\n{\"error\": %q}\n", err.Error())
+	}
 }

@@ -174,7 +174,7 @@ func startTwoHop(t *testing.T, cfgA, cfgB config.Observability) *twoHop {
 	}
 	inB := serve(t, hostB, th.obsB.Instrument(observability.Inbound, "orders",
 		limiter(inbound(fwd, appAddr))))
-	th.adminB = serve(t, hostB, observability.NewAdminMux(regB, func() bool { return true }))
+	th.adminB = serve(t, hostB, observability.NewAdminMux(regB, observability.AlwaysReady))
 
 	regA := observability.NewRegistry()
 	th.obsA, err = observability.NewObserver(cfgA, observability.Options{Service: "web", Registry: regA, Stdout: th.logA})
@@ -195,7 +195,7 @@ func startTwoHop(t *testing.T, cfgA, cfgB config.Observability) *twoHop {
 	res := resolver{"orders": {inB}}
 	th.outbound = serve(t, hostA, th.obsA.Instrument(observability.Outbound, "web",
 		breaker(outbound(fwd, res))))
-	th.adminA = serve(t, hostA, observability.NewAdminMux(regA, func() bool { return true }))
+	th.adminA = serve(t, hostA, observability.NewAdminMux(regA, observability.AlwaysReady))
 
 	var ctxA, ctxB context.Context
 	ctxA, th.cancelA = context.WithCancel(context.Background())

@@ -137,7 +137,7 @@ func TestLabelCardinalityBounded(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	admin := serve(t, "127.0.0.33", observability.NewAdminMux(reg, func() bool { return true }))
+	admin := serve(t, "127.0.0.33", observability.NewAdminMux(reg, observability.AlwaysReady))
 	equalSeries(t, "mesh_requests_total", series(scrape(t, admin), "mesh_requests_total"), map[string]float64{
 		reqLabels("5xx", "inbound", "orders", "other", "orders"):          2,
 		reqLabels("5xx", "inbound", "orders", "upstream-reset", "orders"): 2,
@@ -219,7 +219,7 @@ func TestGovernanceAndInfraMetrics(t *testing.T) {
 	m.ConsulRegistered(true)
 	m.ConsulRegistrationFailed()
 
-	admin := serve(t, "127.0.0.34", observability.NewAdminMux(reg, func() bool { return true }))
+	admin := serve(t, "127.0.0.34", observability.NewAdminMux(reg, observability.AlwaysReady))
 	mfs := scrape(t, admin)
 	up := labels("upstream_service", "orders")
 	cluster := labels("type", "cluster")
@@ -261,7 +261,7 @@ func TestGovernanceAndInfraMetrics(t *testing.T) {
 // counters carry on from the first one's.
 func TestObserverRebuiltOnReload(t *testing.T) {
 	reg := observability.NewRegistry()
-	admin := serve(t, "127.0.0.43", observability.NewAdminMux(reg, func() bool { return true }))
+	admin := serve(t, "127.0.0.43", observability.NewAdminMux(reg, observability.AlwaysReady))
 	for i := 1; i <= 2; i++ {
 		c := defaultObs()
 		c.Tracing.Exporter = "otlp-http" // its metrics are registered too

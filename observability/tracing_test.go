@@ -284,7 +284,7 @@ func TestDeadCollectorDoesNotSlowRequests(t *testing.T) {
 			}
 			t.Logf("%d requests in %s, slowest %s", n, total, slowest)
 
-			admin := serve(t, "127.0.0.37", observability.NewAdminMux(reg, func() bool { return true }))
+			admin := serve(t, "127.0.0.37", observability.NewAdminMux(reg, observability.AlwaysReady))
 			mfs := scrape(t, admin)
 			dropped := series(mfs, "mesh_tracing_spans_dropped_total")[""]
 			if dropped < n-16-3*8 {

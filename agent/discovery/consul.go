@@ -336,10 +336,13 @@ func (c *Consul) blockingLoop(ctx context.Context, what string, st *state, fetch
 			if ctx.Err() != nil {
 				return
 			}
-			if !failing {
-				c.log.Warn().Err(err).Str("watch", what).Msg("consul query failing, keeping the last good answer")
-			} else {
+			switch {
+			case failing:
 				c.log.Debug().Err(err).Str("watch", what).Dur("backoff", backoff).Msg("consul query still failing")
+			case st.ok.Load():
+				c.log.Warn().Err(err).Str("watch", what).Msg("consul query failing, keeping the last good answer")
+			default:
+				c.log.Warn().Err(err).Str("watch", what).Msg("consul query failing before its first answer; nothing to route by yet, retrying")
 			}
 			failing = true
 			st.failing.Store(true)
@@ -416,8 +419,9 @@ func (c *Consul) watchService(ctx context.Context, w *watch) {
 
 // Endpoints turns Consul health entries into endpoints, sorted by address
 // then node. The address is the service's (the callee agent's inbound
-// listener), or its node's when the service has none; zone and region come
-// from the meta the agent registers (mesh_zone, mesh_region); the weight is
+// listener), or its node's when the service has none; the node, zone and
+// region come from the meta the agent registers (mesh_node, else the Consul
+// node's name; mesh_zone, mesh_region); the weight is
 // the service's passing weight. It never returns nil.
 func Endpoints(entries []*consulapi.ServiceEntry) []endpoint.Endpoint {
 	eps := make([]endpoint.Endpoint, 0, len(entries))
@@ -426,9 +430,14 @@ func Endpoints(entries []*consulapi.ServiceEntry) []endpoint.Endpoint {
 			continue
 		}
 		host := e.Service.Address
-		var node string
+		// The VM's name is what its agent registered (mesh_node): many
+		// agents register through one Consul agent, whose node name is
+		// not theirs.
+		node := e.Service.Meta[wire.MetaNode]
 		if e.Node != nil {
-			node = e.Node.Node
+			if node == "" {
+				node = e.Node.Node
+			}
 			if host == "" {
 				host = e.Node.Address
 			}

@@ -151,7 +151,14 @@ type Registrar struct {
 	log    zerolog.Logger
 
 	registered atomic.Bool
-	metrics    Metrics
+	// wrote is set once a write may have reached Consul (it succeeded, or
+	// failed after it was sent); inherited when r took over an entry
+	// another registrar may have written (Replaces).
+	wrote     atomic.Bool
+	inherited bool
+	// lastErr is the last failed Consul call, nil after a success.
+	lastErr atomic.Pointer[error]
+	metrics Metrics
 
 	// mu serialises Consul writes: a registration in flight finishes (or
 	// is cancelled) before Deregister removes it, so it cannot resurrect.
@@ -214,6 +221,26 @@ func (r *Registrar) setRegistered(ok bool) bool {
 // ID is the Consul service ID.
 func (r *Registrar) ID() string { return r.reg.ID }
 
+// Replaces tells r that it takes over prev's entry (a reload re-registers
+// under the same ID): Deregister then removes it even if r itself never
+// managed to write. Call it before Run, once prev has stopped; it returns r.
+func (r *Registrar) Replaces(prev *Registrar) *Registrar {
+	r.inherited = prev.everWrote()
+	return r
+}
+
+// everWrote reports whether r, or a registrar it replaces, ever wrote its
+// entry to Consul.
+func (r *Registrar) everWrote() bool { return r.inherited || r.wrote.Load() }
+
+// Err is the last failed Consul call of Run, nil once one succeeds again.
+func (r *Registrar) Err() error {
+	if p := r.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // Registered reports whether the registration is known to be in Consul:
 // true from the first successful registration, false once a resync finds
 // it missing or after Deregister. While Consul cannot be reached it keeps
@@ -250,6 +277,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 				return nil
 			}
 			r.metrics.ConsulRegistrationFailed()
+			r.lastErr.Store(&err)
 			if !failing {
 				r.log.Warn().Err(err).Msg("consul registration failing, retrying")
 			} else {
@@ -262,6 +290,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 			if failing {
 				r.log.Info().Msg("consul registration recovered")
 			}
+			r.lastErr.Store(nil)
 			failing = false
 			backoff = minBackoff
 		}
@@ -311,9 +340,13 @@ func (r *Registrar) register(ctx context.Context) error {
 	}
 	opts := consulapi.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
 	if err := r.client.Agent().ServiceRegisterOpts(r.reg, opts); err != nil {
+		if !neverSent(err) {
+			r.wrote.Store(true) // cut off after sending: Consul may hold it
+		}
 		return fmt.Errorf("register %s: %w", r.reg.ID, err)
 	}
 	r.setRegistered(true)
+	r.wrote.Store(true)
 	r.log.Info().Str("address", r.reg.Address).Int("port", r.reg.Port).Msg("registered in consul")
 	return nil
 }
@@ -321,12 +354,17 @@ func (r *Registrar) register(ctx context.Context) error {
 // Deregister removes the registration and stops Run from restoring it,
 // whether or not Run's context is still alive. It is meant to be called
 // first on shutdown, before draining. Deregistering a service Consul does
-// not hold is not an error.
+// not hold is not an error; a registration that was never written (Consul
+// was unreachable all along) is not deregistered at all.
 func (r *Registrar) Deregister(ctx context.Context) error {
 	r.cancelStop()
 	r.mu.Lock() // wait for a registration in flight
 	defer r.mu.Unlock()
 	r.setRegistered(false)
+	if !r.everWrote() {
+		r.log.Info().Msg("never registered in consul; nothing to deregister")
+		return nil
+	}
 	err := r.client.Agent().ServiceDeregisterOpts(r.reg.ID, (&consulapi.QueryOptions{}).WithContext(ctx))
 	var se consulapi.StatusError
 	if err != nil && !(errors.As(err, &se) && se.Code == http.StatusNotFound) {
@@ -334,6 +372,19 @@ func (r *Registrar) Deregister(ctx context.Context) error {
 	}
 	r.log.Info().Msg("deregistered from consul")
 	return nil
+}
+
+// neverSent reports whether a failed registration certainly wrote
+// nothing: the connection to Consul was never made, or Consul answered
+// with an error.
+func neverSent(err error) bool {
+	if se, ok := errors.AsType[consulapi.StatusError](err); ok {
+		return se.Code != 0
+	}
+	if op, ok := errors.AsType[*net.OpError](err); ok {
+		return op.Op == "dial"
+	}
+	return false
 }
 
 // jitter returns d ± 20%.

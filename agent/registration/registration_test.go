@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -356,5 +357,31 @@ func TestReplacesStaleRegistrationOnly(t *testing.T) {
 	}
 	if n := writes.Load(); n != 1 {
 		t.Errorf("registered %d times over 5 resyncs of a correct registration, want 1", n)
+	}
+}
+
+// A registrar that never reached Consul does not try to deregister on
+// stop (no error, no call), and says why its registration fails.
+func TestNeverRegisteredIsNotDeregistered(t *testing.T) {
+	host := meshtest.LoopbackHost(25)
+	dead := net.JoinHostPort(host, strconv.Itoa(meshtest.FreePort(host)))
+	client, err := consulapi.NewClient(&consulapi.Config{Address: dead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := New(client, Spec{Service: "nowhere", Node: "vm-never", AdvertiseAddr: host, InboundPort: 15006,
+		AppAddress: host, AppPort: 1}, 100*time.Millisecond, testLogger(t))
+	runRegistrar(t, r)
+	meshtest.Eventually(t, 5*time.Second, func() error {
+		if r.Err() == nil {
+			return errors.New("no registration failure yet")
+		}
+		return nil
+	})
+	if !strings.Contains(r.Err().Error(), "connection refused") {
+		t.Errorf("Err() = %v, want the refused connection", r.Err())
+	}
+	if err := r.Deregister(context.Background()); err != nil {
+		t.Errorf("Deregister of a registration Consul never saw: %v, want nil without a call", err)
 	}
 }

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Fast packaging checks (seconds), run by `make test`: systemd-analyze verify
-# on the units, the stop timeout against the agent's drain and shutdown
+# on the units, log priorities through a real journald (journal.sh), the stop timeout against the agent's drain and shutdown
 # defaults, the shipped configs through `mesh config validate`, shellcheck on
 # the scripts, ansible-lint, and the Ansible role's templates rendered for the
 # example inventory, validated, idempotent, and refusing a bad value.
@@ -40,6 +40,9 @@ rm "$root/usr/bin/mesh"
 if systemd-analyze verify --root="$root" mesh-control.service >/dev/null 2>&1; then
 	fail "systemd-analyze verify passes without /usr/bin/mesh"
 fi
+
+# Log levels reach a real journald as priorities (journal.sh).
+sh "$here/journal.sh" "$mesh"
 
 # The unit must outlive the agent's drain: TimeoutStopSec above
 # drain_period + shutdown_timeout of the shipped example.

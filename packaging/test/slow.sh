@@ -17,7 +17,8 @@
 #      mesh-agent@demo.service, started by systemd, run the real binary in
 #      the units' sandbox (user mesh, no capabilities, no_new_privs,
 #      seccomp); the control plane serves /metrics, the agent registers in
-#      Consul and is ready; `systemctl stop` deregisters, drains and exits 0.
+#      Consul and is ready; its warn line is at priority 4 (journalctl -p
+#      warning); `systemctl stop` deregisters, drains and exits 0.
 #      Then the Type=notify contract of both units: active after start,
 #      reload keeps the process, the watchdog is fed, stop ends it cleanly
 #      (MESH_TEST_SDNOTIFY=0 leaves it out, saving the 32s watchdog wait);
@@ -290,6 +291,24 @@ catalog() {
 }
 catalog | grep -q '"ServiceID": *"demo-' || fail "mesh-agent@demo is not in Consul's catalog: $(catalog)"
 ok "booted: mesh-agent@demo runs as mesh in the sandbox, registered in Consul, /ready 200"
+
+# Log levels reach journald: the demo's app does not listen, so the agent
+# warns once ("app not reachable", priority 4) and stays ready; info lines
+# stay out of `journalctl -p warning`; the JSON is intact in MESSAGE.
+warn=
+for _ in $(seq 50); do
+	warn=$(in_boot journalctl -u mesh-agent@demo.service -p warning -o cat --no-pager)
+	case "$warn" in *'"message":"app not reachable'*) break ;; esac
+	sleep 0.2
+done
+case "$warn" in *'"level":"warn"'*'"message":"app not reachable'*) ;; *)
+	in_boot journalctl -u mesh-agent@demo.service -o verbose --no-pager | tail -n 40
+	fail "journalctl -p warning -u mesh-agent@demo lacks the agent's warn line: $warn" ;;
+esac
+case "$warn" in *'"level":"info"'*) fail "info lines at warning priority: $warn" ;; esac
+in_boot journalctl -u mesh-agent@demo.service -p info..info -o cat --no-pager | grep -q '"message":"listening"' ||
+	fail "mesh-agent@demo: info lines are not at priority 6"
+ok "journald: warn lines at PRIORITY=4 (journalctl -p warning), info at 6, JSON kept"
 
 # The Type=notify contract: both roles send READY=1, RELOADING=1,
 # STOPPING=1 and watchdog pings (MESH_TEST_SDNOTIFY=0 skips this).

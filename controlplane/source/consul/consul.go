@@ -26,6 +26,7 @@ import (
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source"
+	"github.com/meshvm/mesh/wire"
 )
 
 // Name is the source's name in logs and metrics.
@@ -400,9 +401,14 @@ func (s *Source) allChecks(ctx context.Context) (api.HealthChecks, uint64, error
 }
 
 func (s *Source) failed(failing *bool, err error) {
+	hadView := !s.status.Status().LastSuccess.IsZero()
 	s.status.Failed(err)
-	if !*failing && !errors.Is(err, context.Canceled) {
+	switch {
+	case *failing || errors.Is(err, context.Canceled):
+	case hadView:
 		s.log.Warn().Err(err).Msg("consul query failed, keeping the last good view and retrying")
+	default:
+		s.log.Warn().Err(err).Msg("consul query failed before the first view; retrying")
 	}
 	*failing = true
 }
@@ -436,7 +442,9 @@ func Instances(entries []*api.ServiceEntry) []model.Instance {
 			Tags:    e.Service.Tags,
 			Meta:    e.Service.Meta,
 		}
-		if e.Node != nil {
+		// The agent's own VM name: agents may register through a Consul
+		// agent that is not on their VM, whose node name is not theirs.
+		if in.Node = e.Service.Meta[wire.MetaNode]; in.Node == "" && e.Node != nil {
 			in.Node = e.Node.Node
 		}
 		switch e.Checks.AggregatedStatus() {
