@@ -64,8 +64,13 @@ bench-go:
 bench-wrk: build
 	bench/wrk.sh
 
+# Built and run as bin/demo, not with `go run` (which exits 1 when its
+# program is interrupted): Ctrl-C stops everything and exits 0.
+# DEMO_FLAGS, e.g. DEMO_FLAGS='-duration 60s -every 200ms'.
+DEMO_FLAGS ?=
 demo: build $(CONSUL)
-	$(GO) run ./demo
+	$(GO) build -o bin/demo ./demo
+	bin/demo $(DEMO_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
