@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/meshvm/mesh/meshtest"
 )
@@ -92,18 +95,25 @@ type runningDemo struct {
 }
 
 // startDemo runs the demo in a new network namespace with its loopback
-// up, without Jaeger (bin/jaeger is not in dir).
+// up, without Jaeger (bin/jaeger is not in dir). The process in the
+// namespace is this test binary (TestMain brings lo up and execs the
+// demo), so the demo keeps the process id a signal goes to.
 func startDemo(t *testing.T, dir string) *runningDemo {
 	t.Helper()
-	unshare := []string{"unshare", "--net"}
-	if os.Geteuid() != 0 {
-		unshare = append(unshare, "--map-root-user")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
 	}
-	// unshare and sh exec: the demo keeps the process id a signal goes to
-	args := append(unshare, "sh", "-c", `ip link set lo up && exec "$@"`, "sh", "./demo", "-every", "100ms")
-	d := &runningDemo{cmd: exec.Command(args[0], args[1:]...), done: make(chan error, 1), line: make(chan struct{}, 1)}
+	d := &runningDemo{cmd: exec.Command(self, "-every", "100ms"), done: make(chan error, 1), line: make(chan struct{}, 1)}
 	d.cmd.Dir = dir
-	d.cmd.Env = append(withoutMake(os.Environ()), "MESH_JAEGER_BIN="+filepath.Join(dir, "bin", "jaeger"), "MESH_DEMO_OTLP=")
+	d.cmd.Env = append(withoutMake(os.Environ()), execDemoEnv+"="+filepath.Join(dir, "demo"),
+		"MESH_JAEGER_BIN="+filepath.Join(dir, "bin", "jaeger"), "MESH_DEMO_OTLP=")
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	if os.Geteuid() != 0 { // a user namespace where this user is root
+		d.cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		d.cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Geteuid(), Size: 1}}
+		d.cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}}
+	}
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -174,6 +184,47 @@ func (d *runningDemo) wait(t *testing.T, timeout time.Duration) error {
 		t.Fatalf("demo still running %s after Ctrl-C:\n%s", timeout, d.output())
 		return nil
 	}
+}
+
+// execDemoEnv, set, makes this test binary bring up lo and exec the demo
+// it names with its own arguments.
+const execDemoEnv = "MESH_DEMO_TEST_EXEC"
+
+func TestMain(m *testing.M) {
+	if demo := os.Getenv(execDemoEnv); demo != "" {
+		if err := loopbackUp(); err != nil {
+			fmt.Fprintln(os.Stderr, "bring up lo in the demo's network namespace:", err)
+			os.Exit(2)
+		}
+		err := syscall.Exec(demo, append([]string{demo}, os.Args[1:]...), os.Environ())
+		fmt.Fprintln(os.Stderr, "exec the demo:", err)
+		os.Exit(2)
+	}
+	os.Exit(m.Run())
+}
+
+// loopbackUp sets lo up (a new network namespace has it down), as
+// `ip link set lo up` would, without needing iproute2.
+func loopbackUp() error {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	var ifr [40]byte // struct ifreq: name, then flags (a short)
+	copy(ifr[:], "lo")
+	ioctl := func(req uintptr) error {
+		if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(&ifr[0]))); e != 0 {
+			return e
+		}
+		return nil
+	}
+	if err := ioctl(syscall.SIOCGIFFLAGS); err != nil {
+		return err
+	}
+	flags := binary.NativeEndian.Uint16(ifr[16:]) | syscall.IFF_UP
+	binary.NativeEndian.PutUint16(ifr[16:], flags)
+	return ioctl(syscall.SIOCSIFFLAGS)
 }
 
 // withoutMake drops a parent make's variables (jobserver descriptors this
