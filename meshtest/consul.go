@@ -170,7 +170,12 @@ func startConsulOnce(bin string, portList []int, extra []string, rec *consulStar
 			return fail(fmt.Errorf("%w (%s): %s", errPortTaken, c.portsString(), line))
 		}
 		if c.hasLeader() {
-			return c, nil
+			select {
+			case <-c.exited: // someone else answered on the HTTP port
+				continue
+			default:
+				return c, nil
+			}
 		}
 	}
 	return fail(fmt.Errorf("consul did not elect a leader in %s; last lines of its log:\n%s", consulLeaderWait, tail(c.Log(), consulLogTailSize)))

@@ -21,6 +21,7 @@ func TestConsulThatExitsIsReportedAtOnce(t *testing.T) {
 		t.Fatal("consul started with an invalid datacenter name")
 	}
 	took := time.Since(start)
+	t.Logf("after %s: %v", took, err)
 	if errors.Is(err, errPortTaken) || len(rec.errs) != 1 {
 		t.Errorf("taken for a port clash (%d attempts): %v", len(rec.errs), err)
 	}
@@ -79,6 +80,7 @@ func TestConsulPortClashStartsAgain(t *testing.T) {
 				t.Fatalf("no start after a clash: %v", err)
 			}
 			defer c.Stop()
+			t.Logf("started on the second set after: %v", rec.errs[0])
 			if len(rec.errs) != 1 || !errors.Is(rec.errs[0], errPortTaken) || !strings.Contains(rec.errs[0].Error(), tc.want) {
 				t.Fatalf("attempts before the start: %v; want one port clash saying %q", rec.errs, tc.want)
 			}
