@@ -133,6 +133,10 @@ func run(ctx context.Context, every time.Duration) error {
 		}
 	}
 
+	if tr.query != "" {
+		tr.ui = jaegerHasUI(tr.query)
+	}
+
 	vms := []*vm{
 		{name: "vm-web-1", ip: "127.0.0.11", service: "web"},
 		{name: "vm-orders-1", ip: "127.0.0.12", service: "orders"},
@@ -196,6 +200,7 @@ func run(ctx context.Context, every time.Duration) error {
 type traces struct {
 	otlp   string           // OTLP/gRPC host:port; "" for no tracing
 	query  string           // Jaeger query API base URL, when known
+	ui     bool             // Jaeger serves its UI at query
 	jaeger *meshtest.Jaeger // started by the demo, or nil
 }
 
@@ -241,7 +246,10 @@ func observed(vms []*vm, tr traces) {
 		return
 	}
 	t := body.Data[0]
-	fmt.Printf("  a trace from Jaeger: %s/trace/%s  (API: %s/api/traces/%s)\n", tr.query, t.TraceID, tr.query, t.TraceID)
+	if tr.ui {
+		fmt.Printf("  a trace in the Jaeger UI: %s/trace/%s\n", tr.query, t.TraceID)
+	}
+	fmt.Printf("  a trace from Jaeger's API: %s/api/traces/%s\n", tr.query, t.TraceID)
 	for _, sp := range t.Spans {
 		parent := sp.Parent()
 		if parent == "" {
@@ -250,6 +258,14 @@ func observed(vms []*vm, tr traces) {
 		fmt.Printf("    span %s  %-6s %-5s %-7v status %v  parent %s\n", sp.SpanID, t.Service(sp), sp.OperationName,
 			sp.Tag("span.kind"), sp.Tag("http.response.status_code"), parent)
 	}
+}
+
+// jaegerHasUI reports whether the Jaeger at query serves its UI. A
+// Jaeger built from the Go module (make jaeger) has none: its page is a
+// placeholder saying so.
+func jaegerHasUI(query string) bool {
+	b, err := fetch(query + "/")
+	return err == nil && strings.Contains(string(b), "<html") && !strings.Contains(string(b), "not compiled with the UI assets")
 }
 
 func fetch(url string) ([]byte, error) {
@@ -506,7 +522,11 @@ func whereToLook(vms []*vm, dir string, tr traces) {
 	fmt.Printf("  access logs:        tail -f %s/access-*.log   (one JSON line per request and hop)\n", dir)
 	switch {
 	case tr.query != "":
-		fmt.Printf("  traces, Jaeger UI:  %s/search?service=web  (open in a browser)\n", tr.query)
+		if tr.ui {
+			fmt.Printf("  traces, Jaeger UI:  %s/search?service=web  (open in a browser)\n", tr.query)
+		} else {
+			fmt.Printf("  traces, Jaeger UI:  none at %s: this Jaeger was built without the UI's assets (see README)\n", tr.query)
+		}
 		fmt.Printf("  traces, API:        curl -s '%s/api/traces?service=web&limit=5' | jq  (OTLP in on %s)\n", tr.query, tr.otlp)
 	case tr.otlp != "":
 		fmt.Printf("  traces:             sent over OTLP/gRPC to %s (MESH_DEMO_OTLP)\n", tr.otlp)
