@@ -10,6 +10,7 @@ JAEGER   := bin/jaeger
 PKGS     := ./...
 TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
+FUZZMINIMIZE ?= 2000x
 
 .PHONY: all build consul jaeger pebble test test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
 
@@ -51,13 +52,15 @@ test: build $(CONSUL) $(JAEGER) $(PEBBLE) lint
 # Every fuzz target (any `func Fuzz...` in a _test.go file, found anew each
 # run), for a fixed number of executions so the work does not depend on the
 # machine's load: about a minute in all on 2 cores, once the instrumented
-# test binaries are in the build cache. FUZZTIME=30s for a longer soak.
+# test binaries are in the build cache. Minimising each new interesting
+# input is bounded by a count too (by default it is 60 s, each time).
+# FUZZTIME=5m for a longer soak.
 fuzz:
 	@set -e; grep -rHoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' --exclude-dir=tools --exclude-dir=.cache --exclude-dir=dist . \
 	| sed -E 's|^(.*)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]+)$$|\1 \2|' | sort -u \
 	| while read -r pkg target; do \
 		echo "fuzz $$pkg $$target ($(FUZZTIME))"; \
-		$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg; \
 	done
 
 bench: bench-go bench-wrk
