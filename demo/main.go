@@ -45,14 +45,23 @@ func main() {
 	duration := flag.Duration("duration", 0, "stop after this long (default: run until Ctrl-C)")
 	rate := flag.Duration("every", 400*time.Millisecond, "time between demo requests")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Ctrl-C (or SIGTERM) is the normal way to end the demo: it stops what
+	// the demo started and exits 0, whatever the demo was doing. A second
+	// Ctrl-C while it cleans up kills it.
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() { <-sigCtx.Done(); stop() }()
+	ctx := sigCtx
 	if *duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
-	if err := run(ctx, *rate); err != nil {
+	err := run(ctx, *rate)
+	switch {
+	case err != nil && sigCtx.Err() != nil:
+		fmt.Println("==> stopped before the demo was up: everything it started is stopped")
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -124,6 +133,10 @@ func run(ctx context.Context, every time.Duration) error {
 		}
 	}
 
+	if tr.query != "" {
+		tr.ui = jaegerHasUI(tr.query)
+	}
+
 	vms := []*vm{
 		{name: "vm-web-1", ip: "127.0.0.11", service: "web"},
 		{name: "vm-orders-1", ip: "127.0.0.12", service: "orders"},
@@ -187,6 +200,7 @@ func run(ctx context.Context, every time.Duration) error {
 type traces struct {
 	otlp   string           // OTLP/gRPC host:port; "" for no tracing
 	query  string           // Jaeger query API base URL, when known
+	ui     bool             // Jaeger serves its UI at query
 	jaeger *meshtest.Jaeger // started by the demo, or nil
 }
 
@@ -232,7 +246,10 @@ func observed(vms []*vm, tr traces) {
 		return
 	}
 	t := body.Data[0]
-	fmt.Printf("  a trace from Jaeger: %s/api/traces/%s\n", tr.query, t.TraceID)
+	if tr.ui {
+		fmt.Printf("  a trace in the Jaeger UI: %s/trace/%s\n", tr.query, t.TraceID)
+	}
+	fmt.Printf("  a trace from Jaeger's API: %s/api/traces/%s\n", tr.query, t.TraceID)
 	for _, sp := range t.Spans {
 		parent := sp.Parent()
 		if parent == "" {
@@ -241,6 +258,14 @@ func observed(vms []*vm, tr traces) {
 		fmt.Printf("    span %s  %-6s %-5s %-7v status %v  parent %s\n", sp.SpanID, t.Service(sp), sp.OperationName,
 			sp.Tag("span.kind"), sp.Tag("http.response.status_code"), parent)
 	}
+}
+
+// jaegerHasUI reports whether the Jaeger at query serves its UI. A
+// Jaeger built from the Go module (make jaeger) has none: its page is a
+// placeholder saying so.
+func jaegerHasUI(query string) bool {
+	b, err := fetch(query + "/")
+	return err == nil && strings.Contains(string(b), "<html") && !strings.Contains(string(b), "not compiled with the UI assets")
 }
 
 func fetch(url string) ([]byte, error) {
@@ -264,13 +289,14 @@ type demo struct {
 }
 
 type result struct {
-	status   int
-	reason   string
-	instance string
-	addr     string
-	reqID    string
-	took     time.Duration
-	err      error
+	status     int
+	reason     string
+	retryAfter string
+	instance   string
+	addr       string
+	reqID      string
+	took       time.Duration
+	err        error
 }
 
 func (d *demo) call(client *http.Client) result {
@@ -352,6 +378,7 @@ func (d *demo) burst(total, conns int) {
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 					r.status, r.reason = resp.StatusCode, resp.Header.Get("x-mesh-reason")
+					r.retryAfter = resp.Header.Get("Retry-After")
 				}
 				results <- r
 			}
@@ -362,6 +389,7 @@ func (d *demo) burst(total, conns int) {
 	close(results)
 	counts := map[string]int{}
 	var refused []time.Duration
+	var first429 *result
 	for r := range results {
 		switch {
 		case r.err != nil:
@@ -369,6 +397,9 @@ func (d *demo) burst(total, conns int) {
 		case r.status == http.StatusTooManyRequests:
 			counts["429 rate-limited"]++
 			refused = append(refused, r.took)
+			if first429 == nil {
+				first429 = &r
+			}
 		default:
 			counts[fmt.Sprintf("%d %s", r.status, r.reason)]++
 		}
@@ -382,6 +413,10 @@ func (d *demo) burst(total, conns int) {
 	for _, o := range d.orders {
 		fmt.Printf("    orders app %-12s served %d (its bucket allows at most 20 + %d fills x 10 = %d in %s)\n",
 			o.name, o.served.Load(), fills, 20+10*fills, elapsed.Round(time.Millisecond))
+	}
+	if first429 != nil {
+		fmt.Printf("    a refused request, as the caller sees it: %d %s, Retry-After: %s, x-mesh-reason: %s\n",
+			first429.status, http.StatusText(first429.status), orNone(first429.retryAfter), orNone(first429.reason))
 	}
 	if len(refused) > 0 {
 		sort.Slice(refused, func(i, j int) bool { return refused[i] < refused[j] })
@@ -487,7 +522,12 @@ func whereToLook(vms []*vm, dir string, tr traces) {
 	fmt.Printf("  access logs:        tail -f %s/access-*.log   (one JSON line per request and hop)\n", dir)
 	switch {
 	case tr.query != "":
-		fmt.Printf("  traces (Jaeger):    %s/api/traces?service=web&limit=5  (OTLP in on %s)\n", tr.query, tr.otlp)
+		if tr.ui {
+			fmt.Printf("  traces, Jaeger UI:  %s/search?service=web  (open in a browser)\n", tr.query)
+		} else {
+			fmt.Printf("  traces, Jaeger UI:  none at %s: this Jaeger was built without the UI's assets (see README)\n", tr.query)
+		}
+		fmt.Printf("  traces, API:        curl -s '%s/api/traces?service=web&limit=5' | jq  (OTLP in on %s)\n", tr.query, tr.otlp)
 	case tr.otlp != "":
 		fmt.Printf("  traces:             sent over OTLP/gRPC to %s (MESH_DEMO_OTLP)\n", tr.otlp)
 	default:
@@ -642,6 +682,13 @@ func short(id string) string {
 		return id[:8]
 	}
 	return id
+}
+
+func orNone(v string) string {
+	if v == "" {
+		return "(none)"
+	}
+	return v
 }
 
 func ifSet(prefix, v string) string {

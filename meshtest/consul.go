@@ -4,11 +4,10 @@
 package meshtest
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -32,6 +31,11 @@ type Consul struct {
 	dir    string
 	ports  map[string]int
 	logf   *os.File
+	// exited is closed when the process has exited, with exitErr and
+	// exitedAt set.
+	exited   chan struct{}
+	exitErr  error
+	exitedAt time.Time
 }
 
 // RepoRoot is the module root (where go.mod is).
@@ -50,114 +54,183 @@ func ConsulBinary() string {
 
 // StartConsul starts a dev agent on free 127.0.0.1 ports and waits for a
 // leader. It is meant for TestMain: call Stop when the package's tests end.
-// A missing binary is an error, never a skip.
+// A missing binary is an error, never a skip. A port clash (a port taken
+// before Consul bound it) starts again on new ports, up to 3 times; a
+// Consul that exits is reported at once, with the end of its log.
 func StartConsul() (*Consul, error) {
-	var err error
-	for attempt := 0; attempt < 3; attempt++ {
-		var c *Consul
-		c, err = startConsul()
-		if err == nil || !errors.Is(err, errPortTaken) {
-			return c, err
-		}
-		// A port FreePort found was taken by another test process before
-		// Consul bound it: try again with new ports.
-	}
-	return nil, err
+	return startConsul(ConsulBinary(), func() []int { return FreePorts("127.0.0.1", len(consulPorts)) }, nil)
 }
 
-var errPortTaken = errors.New("a port was taken before consul bound it")
+// consulPorts are the ports a dev agent binds, each given explicitly: dev
+// mode would otherwise take fixed ones (8500, 8502, 8503, 8600, ...) and
+// clash with any other Consul on the machine.
+var consulPorts = []string{"http", "grpc", "grpc_tls", "dns", "serf_lan", "serf_wan", "server"}
 
-func startConsul() (*Consul, error) {
-	bin := ConsulBinary()
+const (
+	consulAttempts    = 3
+	consulLeaderWait  = 30 * time.Second
+	consulLogTailSize = 20
+)
+
+// errPortTaken is a start that failed on a port clash.
+var errPortTaken = errors.New("consul could not bind its ports")
+
+// consulStart is what a start attempt records, for the helper's tests.
+type consulStart struct {
+	errs     []error   // of the failed attempts, in order
+	exitedAt time.Time // when the last attempt's process exited, if it did
+}
+
+// startConsul tries up to consulAttempts port sets from pick (each a
+// value per consulPorts), with extra arguments for Consul.
+func startConsul(bin string, pick func() []int, extra []string) (*Consul, error) {
+	c, _, err := startConsulRecorded(bin, pick, extra)
+	return c, err
+}
+
+func startConsulRecorded(bin string, pick func() []int, extra []string) (*Consul, *consulStart, error) {
 	if _, err := os.Stat(bin); err != nil {
-		return nil, fmt.Errorf("consul binary %s missing (run `make consul`): %w", bin, err)
+		return nil, nil, fmt.Errorf("consul binary %s missing (run `make consul`): %w", bin, err)
+	}
+	rec := &consulStart{}
+	for attempt := 1; ; attempt++ {
+		ports := pick()
+		c, err := startConsulOnce(bin, ports, extra, rec)
+		if err == nil {
+			return c, rec, nil
+		}
+		rec.errs = append(rec.errs, err)
+		if !errors.Is(err, errPortTaken) || attempt == consulAttempts {
+			if attempt > 1 {
+				err = fmt.Errorf("attempt %d of %d: %w", attempt, consulAttempts, err)
+			}
+			return nil, rec, err
+		}
+	}
+}
+
+func startConsulOnce(bin string, portList []int, extra []string, rec *consulStart) (*Consul, error) {
+	if len(portList) != len(consulPorts) {
+		return nil, fmt.Errorf("start consul: %d ports for %d listeners", len(portList), len(consulPorts))
 	}
 	dir, err := os.MkdirTemp("", "mesh-consul-")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("start consul: %w", err)
 	}
-	c := &Consul{dir: dir, ports: map[string]int{}}
-	for _, p := range []string{"http", "grpc", "dns", "serf-lan", "serf-wan", "server"} {
-		c.ports[p] = FreePort("127.0.0.1")
+	c := &Consul{dir: dir, ports: map[string]int{}, exited: make(chan struct{})}
+	for i, name := range consulPorts {
+		c.ports[name] = portList[i]
 	}
 	c.logf, err = os.Create(filepath.Join(dir, "consul.log"))
 	if err != nil {
-		return nil, err
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start consul: %w", err)
 	}
-	c.cmd = exec.Command(bin, "agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
+	args := []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-data-dir", filepath.Join(dir, "data"), "-node", "meshtest",
 		"-http-port", strconv.Itoa(c.ports["http"]), "-grpc-port", strconv.Itoa(c.ports["grpc"]),
-		"-dns-port", strconv.Itoa(c.ports["dns"]), "-serf-lan-port", strconv.Itoa(c.ports["serf-lan"]),
-		"-serf-wan-port", strconv.Itoa(c.ports["serf-wan"]), "-server-port", strconv.Itoa(c.ports["server"]),
+		"-dns-port", strconv.Itoa(c.ports["dns"]), "-serf-lan-port", strconv.Itoa(c.ports["serf_lan"]),
+		"-serf-wan-port", strconv.Itoa(c.ports["serf_wan"]), "-server-port", strconv.Itoa(c.ports["server"]),
 		"-hcl", `check_update_interval = "0s"`,
-		// dev mode would also take the fixed gRPC TLS port 8503 and clash
-		// with any other Consul on the machine
-		"-hcl", fmt.Sprintf(`ports { grpc_tls = %d }`, FreePort("127.0.0.1")))
+		"-hcl", fmt.Sprintf(`ports { grpc_tls = %d }`, c.ports["grpc_tls"])}
+	c.cmd = exec.Command(bin, append(args, extra...)...)
 	c.cmd.Stdout, c.cmd.Stderr = c.logf, c.logf
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
+		c.logf.Close()
+		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start consul: %w", err)
 	}
+	go func() { c.exitErr = c.cmd.Wait(); c.exitedAt = time.Now(); close(c.exited) }()
 	c.Addr = fmt.Sprintf("127.0.0.1:%d", c.ports["http"])
 	c.Client, err = consul.NewClient(&consul.Config{Address: c.Addr})
 	if err != nil {
 		c.Stop()
+		return nil, fmt.Errorf("consul client for %s: %w", c.Addr, err)
+	}
+	fail := func(err error) (*Consul, error) {
+		c.Stop()
 		return nil, err
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(consulLeaderWait)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for time.Now().Before(deadline) {
-		if leader, err := c.Client.Status().Leader(); err == nil && leader != "" {
-			return c, nil
+		select {
+		case <-c.exited:
+			rec.exitedAt = c.exitedAt
+			log := c.Log()
+			if line, ok := portClash(log); ok {
+				return fail(fmt.Errorf("%w (%s): %s", errPortTaken, c.portsString(), line))
+			}
+			return fail(fmt.Errorf("consul exited at start (%v); last lines of its log:\n%s", c.exitErr, tail(log, consulLogTailSize)))
+		case <-tick.C:
 		}
-		if log, _ := os.ReadFile(filepath.Join(dir, "consul.log")); bytes.Contains(log, []byte("address already in use")) {
-			c.Stop()
-			return nil, fmt.Errorf("%w: %s", errPortTaken, lastLine(log, "address already in use"))
+		if line, ok := portClash(c.Log()); ok { // logged, not exited (yet)
+			return fail(fmt.Errorf("%w (%s): %s", errPortTaken, c.portsString(), line))
 		}
-		time.Sleep(100 * time.Millisecond)
+		if c.hasLeader() {
+			select {
+			case <-c.exited: // someone else answered on the HTTP port
+				continue
+			default:
+				return c, nil
+			}
+		}
 	}
-	log, _ := os.ReadFile(filepath.Join(dir, "consul.log"))
-	c.Stop()
-	return nil, fmt.Errorf("consul did not elect a leader in 30s; log:\n%s", log)
+	return fail(fmt.Errorf("consul did not elect a leader in %s; last lines of its log:\n%s", consulLeaderWait, tail(c.Log(), consulLogTailSize)))
 }
 
-// lastLine returns the last line of log that contains s.
-func lastLine(log []byte, s string) string {
-	lines := strings.Split(string(log), "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		if strings.Contains(lines[i], s) {
-			return strings.TrimSpace(lines[i])
-		}
+// hasLeader asks the HTTP API whether a leader was elected.
+func (c *Consul) hasLeader() bool {
+	client := http.Client{Timeout: time.Second}
+	resp, err := client.Get("http://" + c.Addr + "/v1/status/leader")
+	if err != nil {
+		return false
 	}
-	return ""
+	defer resp.Body.Close()
+	var leader string
+	return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&leader) == nil && leader != ""
+}
+
+// Log is what Consul printed so far.
+func (c *Consul) Log() string {
+	b, _ := os.ReadFile(filepath.Join(c.dir, "consul.log"))
+	return string(b)
+}
+
+func (c *Consul) portsString() string {
+	parts := make([]string, 0, len(consulPorts))
+	for _, name := range consulPorts {
+		parts = append(parts, fmt.Sprintf("%s %d", name, c.ports[name]))
+	}
+	return "ports " + strings.Join(parts, ", ")
+}
+
+// tail is the last n lines of log.
+func tail(log string, n int) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // Stop kills the agent and removes its data.
 func (c *Consul) Stop() {
 	if c.cmd != nil && c.cmd.Process != nil {
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = c.cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-c.exited:
 		case <-time.After(5 * time.Second):
 			_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
-			<-done
+			<-c.exited
 		}
 	}
 	if c.logf != nil {
 		c.logf.Close()
 	}
 	os.RemoveAll(c.dir)
-}
-
-// FreePort returns a TCP port free on host at the time of the call.
-func FreePort(host string) int {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		panic(fmt.Sprintf("find a free port on %s: %v", host, err))
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // Eventually polls cond every 20ms until it returns nil or timeout passes,

@@ -3,6 +3,7 @@ package meshtest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -84,28 +85,45 @@ exporters:
 
 // StartJaeger starts Jaeger and waits until its query API and OTLP
 // receivers answer. It is meant for TestMain: call Stop when the package's
-// tests end. A missing binary is an error, never a skip.
+// tests end. A missing binary is an error, never a skip. A port clash
+// starts again on new ports, up to 3 times; a Jaeger that exits is
+// reported at once, with the end of its log.
 func StartJaeger() (*Jaeger, error) {
 	bin := JaegerBinary()
 	if _, err := os.Stat(bin); err != nil {
 		return nil, fmt.Errorf("jaeger binary %s missing (run `make jaeger`): %w", bin, err)
 	}
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		j, err := startJaeger(bin, FreePorts("127.0.0.1", 4))
+		if err == nil {
+			return j, nil
+		}
+		if !errors.Is(err, errJaegerPortTaken) || attempt == attempts {
+			return nil, err
+		}
+	}
+}
+
+var errJaegerPortTaken = errors.New("jaeger could not bind its ports")
+
+func startJaeger(bin string, ports []int) (*Jaeger, error) {
 	dir, err := os.MkdirTemp("", "mesh-jaeger-")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("start jaeger: %w", err)
 	}
-	port := func() string { return fmt.Sprintf("127.0.0.1:%d", FreePort("127.0.0.1")) }
-	j := &Jaeger{dir: dir, OTLPGRPC: port(), OTLPHTTP: port(), exited: make(chan struct{})}
-	queryHTTP, queryGRPC := port(), port()
+	addr := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", ports[i]) }
+	j := &Jaeger{dir: dir, OTLPGRPC: addr(0), OTLPHTTP: addr(1), exited: make(chan struct{})}
+	queryHTTP, queryGRPC := addr(2), addr(3)
 	j.QueryURL = "http://" + queryHTTP
 	cfgPath := filepath.Join(dir, "jaeger.yaml")
 	if err := os.WriteFile(cfgPath, fmt.Appendf(nil, jaegerConfig, queryHTTP, queryGRPC, j.OTLPGRPC, j.OTLPHTTP), 0o600); err != nil {
 		os.RemoveAll(dir)
-		return nil, err
+		return nil, fmt.Errorf("start jaeger: %w", err)
 	}
 	if j.logf, err = os.Create(filepath.Join(dir, "jaeger.log")); err != nil {
 		os.RemoveAll(dir)
-		return nil, err
+		return nil, fmt.Errorf("start jaeger: %w", err)
 	}
 	j.cmd = exec.Command(bin, "--config", cfgPath)
 	j.cmd.Env = append(os.Environ(), "JAEGER_LISTEN_HOST=127.0.0.1")
@@ -123,17 +141,19 @@ func StartJaeger() (*Jaeger, error) {
 		case <-j.exited:
 			log := j.Log()
 			j.Stop()
-			return nil, fmt.Errorf("jaeger exited at start; log:\n%s", log)
-		default:
+			if line, ok := portClash(log); ok {
+				return nil, fmt.Errorf("%w (%s %s %s %s): %s", errJaegerPortTaken, j.OTLPGRPC, j.OTLPHTTP, queryHTTP, queryGRPC, line)
+			}
+			return nil, fmt.Errorf("jaeger exited at start; last lines of its log:\n%s", tail(log, 20))
+		case <-time.After(100 * time.Millisecond):
 		}
 		if j.ready() {
 			return j, nil
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	log := j.Log()
 	j.Stop()
-	return nil, fmt.Errorf("jaeger not ready in 60s; log:\n%s", log)
+	return nil, fmt.Errorf("jaeger not ready in 60s; last lines of its log:\n%s", tail(log, 20))
 }
 
 // ready reports whether the query API answers and both OTLP ports accept.

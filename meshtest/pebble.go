@@ -57,9 +57,10 @@ func StartPebble(t testing.TB) *Pebble {
 	}
 	dir := t.TempDir()
 	caPool, certFile, keyFile := pebbleListenerCert(t, dir)
-	dns := freeUDPPort(t)
-	p := &Pebble{HTTPPort: FreePort("127.0.0.1"), TLSPort: FreePort("127.0.0.1")}
-	listen, mgmt := FreePort("127.0.0.1"), FreePort("127.0.0.1")
+	ports := FreePorts("127.0.0.1", 6) // distinct, TCP and UDP free (the DNS is UDP)
+	dns := ports[0]
+	p := &Pebble{HTTPPort: ports[1], TLSPort: ports[2]}
+	listen, mgmt, dnsMgmt := ports[3], ports[4], ports[5]
 	p.Directory = fmt.Sprintf("https://127.0.0.1:%d/dir", listen)
 	p.mgmt = fmt.Sprintf("https://127.0.0.1:%d", mgmt)
 	cfg := map[string]any{"pebble": map[string]any{
@@ -81,6 +82,7 @@ func StartPebble(t testing.TB) *Pebble {
 	if err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan string, 2) // the name of a process that exited
 	start := func(env []string, name string, args ...string) *exec.Cmd {
 		cmd := exec.Command(PebbleBinary(name), args...)
 		cmd.Env = append(os.Environ(), env...)
@@ -88,12 +90,18 @@ func StartPebble(t testing.TB) *Pebble {
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start %s: %v", name, err)
 		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		done := make(chan struct{})
+		go func() {
+			err := cmd.Wait()
+			exited <- fmt.Sprintf("%s (%v)", name, err)
+			close(done)
+		}()
+		t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
 		return cmd
 	}
 	dnsAddr := "127.0.0.1:" + strconv.Itoa(dns)
 	start(nil, "pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dnsserver", dnsAddr,
-		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "", "-management", "127.0.0.1:"+strconv.Itoa(FreePort("127.0.0.1")))
+		"-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", "", "-management", "127.0.0.1:"+strconv.Itoa(dnsMgmt))
 	// No random sleeps in validation, no nonce rejections: tests about
 	// challenges, not about client retries.
 	start([]string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"}, "pebble", "-config", cfgFile, "-dnsserver", dnsAddr)
@@ -108,10 +116,13 @@ func StartPebble(t testing.TB) *Pebble {
 			}
 		}
 		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(logf.Name())
-			t.Fatalf("pebble not ready at %s: %v\n%s", p.Directory, err, tail(log, 20))
+			t.Fatalf("pebble not ready at %s: %v; last lines of its log:\n%s", p.Directory, err, tail(p.Log(), 20))
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case which := <-exited: // at once, not after the deadline
+			t.Fatalf("%s exited at start; last lines of the log:\n%s", which, tail(p.Log(), 20))
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	return p
 }
@@ -166,27 +177,4 @@ func pebbleListenerCert(t testing.TB, dir string) (*x509.CertPool, string, strin
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	return pool, certFile, keyFile
-}
-
-func freeUDPPort(t testing.TB) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
-func tail(b []byte, lines int) string {
-	n := 0
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] == '\n' {
-			n++
-			if n > lines {
-				return string(b[i+1:])
-			}
-		}
-	}
-	return string(b)
 }
