@@ -312,13 +312,20 @@ func cmpOr(a, b string) string {
 }
 
 // Domains are the Host / :authority values that reach a service through
-// the outbound listener, with and without a port.
+// the outbound listener, with and without a port; a Kubernetes service's
+// name (orders.shop) also gets its cluster DNS names (orders.shop.svc,
+// orders.shop.svc.cluster.local).
 func Domains(service string) []string {
-	return []string{
+	d := []string{
 		service, service + ":*",
 		service + ".mesh", service + ".mesh:*",
 		service + ".service.consul", service + ".service.consul:*",
 	}
+	if strings.Contains(service, ".") {
+		// A Kubernetes service (orders.shop): its cluster DNS names too.
+		d = append(d, service+".svc", service+".svc:*", service+".svc.cluster.local", service+".svc.cluster.local:*")
+	}
+	return d
 }
 
 // Cluster is a service's EDS cluster carrying its caller-side policy.
@@ -523,6 +530,9 @@ func endpointMetadata(ep *model.Endpoint) *structpb.Struct {
 	}
 	md := &ep.Metadata
 	str("node", ep.Node)
+	str("source", ep.Source)
+	str("namespace", ep.Namespace)
+	str("identity", ep.Identity)
 	str("hostname", md.Hostname)
 	str("env", md.Env)
 	str("owner", md.Owner)
