@@ -295,15 +295,15 @@ func (k *Kube) wait(p *kubeProc, timeout time.Duration, ready func() bool) error
 			if bytes.Contains(log, []byte("address already in use")) {
 				return fmt.Errorf("%w: %s", errPortTaken, lastLine(log, "address already in use"))
 			}
-			return fmt.Errorf("exited before it was ready; log:\n%s", tail(log, 4000))
+			return fmt.Errorf("exited before it was ready; log:\n%s", lastBytes(log, 4000))
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 	log, _ := os.ReadFile(p.logf.Name())
-	return fmt.Errorf("not ready in %s; log:\n%s", timeout, tail(log, 4000))
+	return fmt.Errorf("not ready in %s; log:\n%s", timeout, lastBytes(log, 4000))
 }
 
-func tail(b []byte, n int) []byte {
+func lastBytes(b []byte, n int) []byte {
 	if len(b) > n {
 		return b[len(b)-n:]
 	}
