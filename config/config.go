@@ -87,6 +87,7 @@ func Default() Config {
 					Labels:   "labels",
 				},
 			},
+			Kubernetes: Kubernetes{Namespaces: []string{}, Nodes: true},
 		},
 		Policies: Policies{
 			Default:  DefaultPolicy(),

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/url"
 	"regexp"
 	"slices"
@@ -19,6 +20,9 @@ type Control struct {
 	CMDB     CMDB          `mapstructure:"cmdb" yaml:"cmdb"`
 	// CA is the certificate authority issuing workload identities.
 	CA CA `mapstructure:"ca" yaml:"ca"`
+	// Kubernetes is the Kubernetes source and the export of VM services
+	// into Kubernetes.
+	Kubernetes Kubernetes `mapstructure:"kubernetes" yaml:"kubernetes"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -38,6 +42,37 @@ type CA struct {
 	CertFile string `mapstructure:"cert_file" yaml:"cert_file,omitempty"`
 	KeyFile  string `mapstructure:"key_file" yaml:"key_file,omitempty"`
 }
+
+// Kubernetes configures the Kubernetes source: Services and EndpointSlices
+// read through shared informers, and optionally the mesh's Consul services
+// written back as selector-less Services in ExportNamespace.
+type Kubernetes struct {
+	// Enabled turns the source on; a Kubeconfig (--kubeconfig) turns it on
+	// too.
+	Enabled bool `mapstructure:"enabled" yaml:"enabled"`
+	// Kubeconfig is a kubeconfig file; empty means the in-cluster config
+	// (the pod's service account), else $KUBECONFIG.
+	Kubeconfig string `mapstructure:"kubeconfig" yaml:"kubeconfig,omitempty"`
+	// Namespaces to watch; empty means all.
+	Namespaces []string `mapstructure:"namespaces" yaml:"namespaces"`
+	// LabelSelector selects the Services read (Kubernetes syntax, e.g.
+	// "mesh.meshvm.io/expose=true,tier!=batch"); empty means all.
+	LabelSelector string `mapstructure:"label_selector" yaml:"label_selector,omitempty"`
+	// DefaultNamespace's services are also reachable by their bare name
+	// (orders as well as orders.shop), and merge with Consul services of
+	// that name.
+	DefaultNamespace string `mapstructure:"default_namespace" yaml:"default_namespace,omitempty"`
+	// ExportNamespace receives a selector-less Service and EndpointSlices
+	// for each mesh service from Consul; empty disables the export.
+	ExportNamespace string `mapstructure:"export_namespace" yaml:"export_namespace,omitempty"`
+	// Nodes reads Node labels (topology.kubernetes.io/region and zone) for
+	// the locality EndpointSlices do not carry (the region). It needs
+	// list and watch on nodes.
+	Nodes bool `mapstructure:"nodes" yaml:"nodes"`
+}
+
+// On reports whether the Kubernetes source runs.
+func (k Kubernetes) On() bool { return k.Enabled || k.Kubeconfig != "" }
 
 // CMDB configures the machine-metadata poller. An empty URL disables it.
 type CMDB struct {
@@ -121,7 +156,23 @@ func (c *Control) validate(v *validator) {
 	} {
 		v.dottedPath("control.cmdb.fields."+p.key, p.path)
 	}
+	k := c.Kubernetes
+	for i, ns := range k.Namespaces {
+		v.check(fmt.Sprintf("control.kubernetes.namespaces[%d]", i), namespaceRE.MatchString(ns),
+			"%q is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)", ns)
+	}
+	for _, f := range []struct{ key, ns string }{
+		{"default_namespace", k.DefaultNamespace}, {"export_namespace", k.ExportNamespace},
+	} {
+		v.check("control.kubernetes."+f.key, f.ns == "" || namespaceRE.MatchString(f.ns),
+			"%q is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)", f.ns)
+	}
+	v.check("control.kubernetes.label_selector", !strings.ContainsAny(k.LabelSelector, "\n\r"),
+		"%q must be one line", k.LabelSelector)
 }
+
+// namespaceRE matches a Kubernetes namespace name (an RFC 1123 label).
+var namespaceRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 // headerNameRE matches an HTTP field name (RFC 9110 token).
 var headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -18,6 +18,7 @@ var flagKeys = map[string]string{
 	"cmdb-format":     "control.cmdb.format",
 	"cmdb-token-file": "control.cmdb.token_file",
 	"debounce":        "control.debounce",
+	"kubeconfig":      "control.kubernetes.kubeconfig",
 	"log-level":       "log.level",
 	"log-format":      "log.format",
 }
@@ -34,8 +35,8 @@ func NewCommand() *cobra.Command {
 			"SIGHUP (systemctl reload) re-reads the config file with the same flags and\n" +
 			"applies policies, control.debounce, log.level and the control.cmdb settings\n" +
 			"without dropping an xDS stream; control.xds_addr, control.admin_addr, the\n" +
-			"consul section and log.format need a restart. A file that does not load\n" +
-			"is reported and the running config stays.",
+			"consul section, control.kubernetes and log.format need a restart. A file\n" +
+			"that does not load is reported and the running config stays.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			file, _ := cmd.Flags().GetString("config")
@@ -51,6 +52,7 @@ func NewCommand() *cobra.Command {
 	f.Duration("cmdb-interval", 0, "CMDB poll interval (default 30s)")
 	f.String("cmdb-format", "generic", "CMDB format: generic or netbox")
 	f.String("cmdb-token-file", "", "file holding the CMDB API token (or set MESH_CMDB_TOKEN)")
+	f.String("kubeconfig", "", "kubeconfig file; turns the Kubernetes source on (control.kubernetes: in a pod, set enabled instead)")
 	f.Duration("debounce", 0, "coalesce source changes for this long before pushing (default 100ms)")
 	f.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	f.String("log-format", "json", "log format: json or text")

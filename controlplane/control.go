@@ -23,10 +23,12 @@ import (
 
 	"github.com/meshvm/mesh/cmdb"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/controlplane/kubeexport"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/controlplane/source/cmdbsource"
 	"github.com/meshvm/mesh/controlplane/source/consul"
+	"github.com/meshvm/mesh/controlplane/source/kubernetes"
 	"github.com/meshvm/mesh/controlplane/xds"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/sdnotify"
@@ -46,6 +48,10 @@ type Options struct {
 	// Registry, when set, replaces the Consul source (benchmarks with
 	// synthetic catalogs, embedding with another registry).
 	Registry source.Source
+	// Kubernetes tunes the Kubernetes source, KubeExport the export of
+	// VM services into Kubernetes.
+	Kubernetes kubernetes.Options
+	KubeExport kubeexport.Options
 }
 
 // Control is one control-plane process.
@@ -58,6 +64,8 @@ type Control struct {
 	rec     *reconciler
 	cmdb    *cmdbSlot
 	sources []source.Source
+	// export writes VM services into Kubernetes; nil when disabled.
+	export *kubeexport.Exporter
 
 	// reloadMu serialises reloads; cfg (read with config()) is the
 	// config in force.
@@ -102,9 +110,27 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 	c.cmdb = newCMDBSlot(log.With().Str("component", "cmdb").Logger(), poller)
 	inputs := []input{{src: registry, required: true}, {src: c.cmdb}}
 	c.sources = []source.Source{registry, c.cmdb}
+	if k := cfg.Control.Kubernetes; k.On() {
+		client, err := kubernetes.NewClient(k)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes: %w", err)
+		}
+		ks, err := kubernetes.New(k, client, log.With().Str("component", "kubernetes").Logger(), opts.Kubernetes)
+		if err != nil {
+			return nil, err
+		}
+		inputs = append(inputs, input{src: ks})
+		c.sources = append(c.sources, ks)
+		if k.ExportNamespace != "" {
+			c.export = kubeexport.New(client, k.ExportNamespace, log.With().Str("component", "kubeexport").Logger(), c.reg, opts.KubeExport)
+		}
+	}
 	c.xds = xds.New(log.With().Str("component", "xds").Logger(), c.reg)
 	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, settingsOf(cfg),
 		opts.FirstWait, c.xds, newMetrics(c.reg, c.sources))
+	if c.export != nil {
+		c.rec.served = c.export.Update
+	}
 	return c, nil
 }
 
@@ -205,6 +231,15 @@ func (c *Control) Run(ctx context.Context) error {
 		defer wg.Done()
 		c.notifyReady(ctx)
 	}()
+	if c.export != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.export.Run(ctx); err != nil {
+				c.log.Error().Err(err).Msg("kubernetes export stopped")
+			}
+		}()
+	}
 	c.log.Info().Str("xds_addr", xl.Addr().String()).Str("admin_addr", al.Addr().String()).Msg("control plane serving")
 	_ = sdnotify.Status("listening; waiting for the first view of " + c.sources[0].Name())
 

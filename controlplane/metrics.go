@@ -14,6 +14,7 @@ type metrics struct {
 	buildTime  prometheus.Histogram
 	buildFails prometheus.Counter
 	reloads    *prometheus.CounterVec
+	conflicts  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, sources []source.Source) *metrics {
@@ -35,6 +36,10 @@ func newMetrics(reg prometheus.Registerer, sources []source.Source) *metrics {
 			Namespace: "mesh", Subsystem: "control", Name: "snapshot_build_failures_total",
 			Help: "Model changes whose translation or validation failed (the previous snapshots kept serving).",
 		}),
+		conflicts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "mesh", Subsystem: "control", Name: "endpoint_conflicts",
+			Help: "Endpoints left out of the model because another endpoint of the same service has the same address:port (e.g. one in Consul and Kubernetes).",
+		}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "mesh", Name: "config_reloads_total",
 			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays).",
@@ -43,7 +48,7 @@ func newMetrics(reg prometheus.Registerer, sources []source.Source) *metrics {
 	// Both results exist from the start, so increase() sees the first error.
 	m.reloads.WithLabelValues("ok")
 	m.reloads.WithLabelValues("error")
-	reg.MustRegister(m.services, m.endpoints, m.buildTime, m.buildFails, m.reloads, sourceCollector(sources))
+	reg.MustRegister(m.services, m.endpoints, m.buildTime, m.buildFails, m.reloads, m.conflicts, sourceCollector(sources))
 	return m
 }
 

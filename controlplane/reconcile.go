@@ -41,6 +41,12 @@ type reconciler struct {
 	done   chan struct{}
 
 	current atomic.Pointer[model.Model]
+	// served, when set, is handed each new model once it is served (the
+	// Kubernetes export).
+	served func(*model.Model)
+	// conflicts are the last model's, reported when they change; used by
+	// the Run goroutine only.
+	conflicts map[model.Conflict]bool
 }
 
 // settings are the reconciler's knobs a reload can change.
@@ -211,6 +217,7 @@ func (r *reconciler) build(ctx context.Context, views []*model.View, force bool)
 		}
 	}
 	m := model.Merge(vs, r.opts)
+	r.reportConflicts(m.Conflicts)
 	if prev := r.current.Load(); !force && prev != nil && prev.Equal(&m) {
 		return nil
 	}
@@ -223,6 +230,9 @@ func (r *reconciler) build(ctx context.Context, views []*model.View, force bool)
 		return err
 	}
 	r.current.Store(&m)
+	if r.served != nil {
+		r.served(&m)
+	}
 	services, _ := m.Counts()
 	r.metrics.services.Set(float64(services))
 	counts := map[model.Health]int{model.Healthy: 0, model.Unhealthy: 0, model.Draining: 0}
@@ -238,4 +248,19 @@ func (r *reconciler) build(ctx context.Context, views []*model.View, force bool)
 	r.metrics.buildTime.Observe(took.Seconds())
 	r.log.Debug().Int("services", services).Dur("took", took).Msg("snapshots updated")
 	return nil
+}
+
+// reportConflicts logs each conflict (two instances of a service on one
+// address:port) the first time it is seen, and sets the gauge.
+func (r *reconciler) reportConflicts(cs []model.Conflict) {
+	now := make(map[model.Conflict]bool, len(cs))
+	for _, c := range cs {
+		now[c] = true
+		if !r.conflicts[c] {
+			r.log.Warn().Str("service", c.Service).Str("address", c.Address).Str("kept", c.Kept).Str("dropped", c.Dropped).
+				Msg("two endpoints of a service share an address; one is kept")
+		}
+	}
+	r.conflicts = now
+	r.metrics.conflicts.Set(float64(len(cs)))
 }

@@ -31,6 +31,7 @@ func restartOnly(old, next config.Config) []string {
 	diff("consul.token", old.Consul.Token, next.Consul.Token)
 	diff("consul.datacenter", old.Consul.Datacenter, next.Consul.Datacenter)
 	diff("log.format", old.Log.Format, next.Log.Format)
+	diff("control.kubernetes", old.Control.Kubernetes, next.Control.Kubernetes)
 	return out
 }
 
@@ -39,6 +40,7 @@ func keepRestartOnly(old, next config.Config) config.Config {
 	next.Control.XDSAddr, next.Control.AdminAddr = old.Control.XDSAddr, old.Control.AdminAddr
 	next.Consul = old.Consul
 	next.Log.Format = old.Log.Format
+	next.Control.Kubernetes = old.Control.Kubernetes
 	return next
 }
 

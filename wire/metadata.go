@@ -37,4 +37,10 @@ const (
 	EndpointStatus   = "status"
 	EndpointHostTags = "host_tags"
 	EndpointLabels   = "labels"
+	// EndpointSource names the source an endpoint came from (consul,
+	// kubernetes); EndpointNamespaceName its namespace; EndpointIdentity
+	// its workload identity (ns/<namespace>/svc/<service>).
+	EndpointSource        = "source"
+	EndpointNamespaceName = "namespace"
+	EndpointIdentity      = "identity"
 )

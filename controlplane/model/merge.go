@@ -24,8 +24,10 @@ type MergeOptions struct {
 // registry's mesh_region/mesh_zone meta), metadata, and Draining for a
 // draining status. A critical check makes an endpoint Unhealthy whatever
 // the CMDB says. Two instances of a service on one address:port are one
-// endpoint (the healthier, then the lower ID), since xDS clients reject
-// duplicate addresses. Merge does not modify views.
+// endpoint, since xDS clients reject duplicate addresses: the healthier,
+// then the registry's (Consul, whose instance has a mesh agent and checks)
+// over another source's, then the lower ID; the other is listed in
+// Model.Conflicts. Merge does not modify views.
 func Merge(views []View, opts MergeOptions) Model {
 	hosts := map[netip.Addr]*Host{}
 	var instances []Instance
@@ -54,19 +56,25 @@ func Merge(views []View, opts MergeOptions) Model {
 		}
 		name := instances[i].Service
 		if name != "" && name != "consul" {
+			eps, conflicts := endpoints(instances[i:j], hosts, draining)
 			m.Services = append(m.Services, Service{
 				Name:      name,
 				Policy:    opts.Policies.For(name),
-				Endpoints: endpoints(instances[i:j], hosts, draining),
+				Endpoints: eps,
 			})
+			m.Conflicts = append(m.Conflicts, conflicts...)
 		}
 		i = j
 	}
+	slices.SortFunc(m.Conflicts, func(a, b Conflict) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Address, b.Address), cmp.Compare(a.Dropped, b.Dropped))
+	})
 	return m
 }
 
-func endpoints(in []Instance, hosts map[netip.Addr]*Host, draining map[string]bool) []Endpoint {
+func endpoints(in []Instance, hosts map[netip.Addr]*Host, draining map[string]bool) ([]Endpoint, []Conflict) {
 	out := make([]Endpoint, 0, len(in))
+	var conflicts []Conflict
 	byAddr := make(map[string]int, len(in))
 	for _, inst := range in {
 		if inst.Address == "" || inst.Port <= 0 || inst.Port > 65535 {
@@ -83,7 +91,19 @@ func endpoints(in []Instance, hosts map[netip.Addr]*Host, draining map[string]bo
 				Region: inst.Meta[wire.MetaRegion],
 				Zone:   inst.Meta[wire.MetaZone],
 			},
-			Metadata: Metadata{Tags: inst.Tags, Meta: inst.Meta},
+			Metadata:  Metadata{Tags: inst.Tags, Meta: inst.Meta},
+			Source:    inst.Source,
+			Namespace: inst.Namespace,
+			Identity:  inst.Identity,
+		}
+		if inst.Locality.Region != "" {
+			ep.Locality.Region = inst.Locality.Region
+		}
+		if inst.Locality.Zone != "" {
+			ep.Locality.Zone = inst.Locality.Zone
+		}
+		if inst.Draining {
+			ep.Health = Draining
 		}
 		if p, err := strconv.Atoi(inst.Meta[wire.MetaAppPort]); err == nil && p > 0 && p <= 65535 {
 			ep.AppPort = p
@@ -112,7 +132,15 @@ func endpoints(in []Instance, hosts map[netip.Addr]*Host, draining map[string]bo
 			key = netip.AddrPortFrom(ip.Unmap(), uint16(ep.Port)).String()
 		}
 		if k, dup := byAddr[key]; dup {
-			if rank(ep.Health) < rank(out[k].Health) {
+			kept, dropped := &out[k], &ep
+			if preferred(&ep, kept) {
+				kept, dropped = &ep, kept
+			}
+			conflicts = append(conflicts, Conflict{
+				Service: in[0].Service, Address: key,
+				Kept: sourceName(kept.Source) + "/" + kept.ID, Dropped: sourceName(dropped.Source) + "/" + dropped.ID,
+			})
+			if kept == &ep {
 				out[k] = ep
 			}
 			continue
@@ -120,7 +148,25 @@ func endpoints(in []Instance, hosts map[netip.Addr]*Host, draining map[string]bo
 		byAddr[key] = len(out)
 		out = append(out, ep)
 	}
-	return out
+	return out, conflicts
+}
+
+// preferred reports whether a, met after b (a higher ID), replaces b on
+// their shared address: it is healthier, or as healthy and from the
+// registry while b is not.
+func preferred(a, b *Endpoint) bool {
+	if ra, rb := rank(a.Health), rank(b.Health); ra != rb {
+		return ra < rb
+	}
+	return a.Source == "" && b.Source != ""
+}
+
+// sourceName names an instance's source in a Conflict.
+func sourceName(s string) string {
+	if s == "" {
+		return "consul"
+	}
+	return s
 }
 
 func rank(h Health) int {

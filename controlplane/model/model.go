@@ -50,6 +50,31 @@ type Instance struct {
 	Weight uint32            `json:"weight,omitempty"`
 	Tags   []string          `json:"tags,omitempty"`
 	Meta   map[string]string `json:"meta,omitempty"`
+	// Source names the source of an instance not from the registry
+	// (Consul): SourceKubernetes. Empty means the registry.
+	Source string `json:"source,omitempty"`
+	// Namespace is a Kubernetes instance's namespace.
+	Namespace string `json:"namespace,omitempty"`
+	// Identity is the workload's SPIFFE ID path (see Identity), when the
+	// source names one.
+	Identity string `json:"identity,omitempty"`
+	// Draining says the source reports the instance as shutting down but
+	// still serving (a terminating Kubernetes endpoint).
+	Draining bool `json:"draining,omitempty"`
+	// Locality places the instance when the source knows it (Kubernetes
+	// zone and region); it wins over the mesh_region/mesh_zone meta, a
+	// CMDB host wins over it.
+	Locality Locality `json:"locality,omitzero"`
+}
+
+// SourceKubernetes is Instance.Source for instances read from Kubernetes.
+const SourceKubernetes = "kubernetes"
+
+// Identity is the SPIFFE ID path of a service's workloads,
+// "ns/<namespace>/svc/<service>", as in spiffe://<trust-domain>/ns/shop/svc/orders.
+// The service is the workload's own name (orders), not the mesh name.
+func Identity(namespace, service string) string {
+	return "ns/" + namespace + "/svc/" + service
 }
 
 // Host is one machine's metadata from the CMDB. Hosts join instances by IP.
@@ -94,6 +119,10 @@ type Endpoint struct {
 	// unknown.
 	AppPort  int      `json:"app_port,omitempty"`
 	Metadata Metadata `json:"metadata"`
+	// Source, Namespace and Identity are the instance's (see Instance).
+	Source    string `json:"source,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	Identity  string `json:"identity,omitempty"`
 }
 
 // Metadata is what an endpoint carries besides its address: registry tags
@@ -124,6 +153,22 @@ type Service struct {
 // name and endpoints by ID, so equal inputs give equal models.
 type Model struct {
 	Services []Service `json:"services"`
+	// Conflicts are the endpoints dropped because another endpoint of the
+	// same service has the same address and port, sorted by service and
+	// address. Equal ignores them: they change nothing that is served.
+	Conflicts []Conflict `json:"conflicts,omitempty"`
+}
+
+// Conflict is two instances of one service on one address:port: xDS
+// clients reject duplicate addresses, so one is kept.
+type Conflict struct {
+	Service string `json:"service"`
+	// Address is ip:port.
+	Address string `json:"address"`
+	// Kept and Dropped name the instances as source/id (source "consul"
+	// for the registry).
+	Kept    string `json:"kept"`
+	Dropped string `json:"dropped"`
 }
 
 // Service returns the named service, or nil.
@@ -178,6 +223,7 @@ type Node struct {
 func (e *Endpoint) Equal(o *Endpoint) bool {
 	return e.ID == o.ID && e.Node == o.Node && e.Address == o.Address && e.Port == o.Port &&
 		e.Locality == o.Locality && e.Health == o.Health && e.Weight == o.Weight && e.AppPort == o.AppPort &&
+		e.Source == o.Source && e.Namespace == o.Namespace && e.Identity == o.Identity &&
 		e.Metadata.Equal(&o.Metadata)
 }
 

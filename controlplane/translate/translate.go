@@ -205,13 +205,20 @@ func cmpOr(a, b string) string {
 }
 
 // Domains are the Host / :authority values that reach a service through
-// the outbound listener, with and without a port.
+// the outbound listener, with and without a port; a Kubernetes service's
+// name (orders.shop) also gets its cluster DNS names (orders.shop.svc,
+// orders.shop.svc.cluster.local).
 func Domains(service string) []string {
-	return []string{
+	d := []string{
 		service, service + ":*",
 		service + ".mesh", service + ".mesh:*",
 		service + ".service.consul", service + ".service.consul:*",
 	}
+	if strings.Contains(service, ".") {
+		// A Kubernetes service (orders.shop): its cluster DNS names too.
+		d = append(d, service+".svc", service+".svc:*", service+".svc.cluster.local", service+".svc.cluster.local:*")
+	}
+	return d
 }
 
 // Cluster is a service's EDS cluster carrying its caller-side policy.
@@ -416,6 +423,9 @@ func endpointMetadata(ep *model.Endpoint) *structpb.Struct {
 	}
 	md := &ep.Metadata
 	str(wire.EndpointNode, ep.Node)
+	str(wire.EndpointSource, ep.Source)
+	str(wire.EndpointNamespaceName, ep.Namespace)
+	str(wire.EndpointIdentity, ep.Identity)
 	str(wire.EndpointHostname, md.Hostname)
 	str(wire.EndpointEnv, md.Env)
 	str(wire.EndpointOwner, md.Owner)
