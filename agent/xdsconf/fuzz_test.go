@@ -36,6 +36,7 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/meshvm/mesh/agent/xdsconf"
+	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/xdsclient"
 )
 
@@ -43,10 +44,10 @@ import (
 // resources of any of the four types the agent subscribes to: what a
 // control plane sends, mutated byte by byte. Seeds: the resources `mesh
 // control` writes for the golden models (testdata/fuzz/FuzzTranslate/golden-*,
-// written by -update-seeds from controlplane/translate's golden files) and
+// written by -update-seeds from wire/testdata) and
 // the cases below, each a branch of Translate.
 
-var updateSeeds = flag.Bool("update-seeds", false, "rewrite testdata/fuzz/FuzzTranslate/golden-* from controlplane/translate/testdata")
+var updateSeeds = flag.Bool("update-seeds", false, "rewrite testdata/fuzz/FuzzTranslate/golden-* from wire/testdata")
 
 // FuzzTranslate checks, for any resource set the xDS client would accept
 // (each resource decodes, validates and has a name), that Translate
@@ -84,7 +85,7 @@ func FuzzTranslate(f *testing.F) {
 			t.Error("an xDS table must carry its endpoints")
 		}
 		for name, s := range tab.Services {
-			if s.Name != name || name == xdsconf.LocalAppCluster {
+			if s.Name != name || name == wire.LocalAppCluster {
 				t.Errorf("service %q under the name %q", s.Name, name)
 			}
 			for i, ep := range s.Endpoints {
@@ -233,7 +234,7 @@ func handSeeds() [][]byte {
 				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{
 					Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: a, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 15006}}},
 				}}},
-				Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{xdsconf.EndpointKey: {Fields: map[string]*structpb.Value{"node": structpb.NewStringValue("vm-" + a)}}}},
+				Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{wire.EndpointNamespace: {Fields: map[string]*structpb.Value{"node": structpb.NewStringValue("vm-" + a)}}}},
 			})
 		}
 		return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
@@ -241,7 +242,7 @@ func handSeeds() [][]byte {
 		}}}
 	}
 	route := func(cluster string, retry *routev3.RetryPolicy) *routev3.RouteConfiguration {
-		return &routev3.RouteConfiguration{Name: xdsconf.OutboundRoute, VirtualHosts: []*routev3.VirtualHost{{
+		return &routev3.RouteConfiguration{Name: wire.OutboundRoute, VirtualHosts: []*routev3.VirtualHost{{
 			Name: cluster, Domains: []string{cluster},
 			Routes: []*routev3.Route{{
 				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
@@ -253,7 +254,7 @@ func handSeeds() [][]byte {
 		}}}
 	}
 	governance := func(sleep string) *corev3.Metadata {
-		return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{xdsconf.GovernanceKey: {Fields: map[string]*structpb.Value{
+		return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{wire.GovernanceNamespace: {Fields: map[string]*structpb.Value{
 			"error_percent_threshold": structpb.NewNumberValue(50), "request_volume_threshold": structpb.NewNumberValue(10),
 			"sleep_window": structpb.NewStringValue(sleep),
 		}}}}
@@ -286,7 +287,7 @@ func handSeeds() [][]byte {
 			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 		})),
 		encodeResponse("5", eds("orders", nil), cla("orders", corev3.HealthStatus_HEALTHY, "orders.example.com")),
-		encodeResponse("6", eds("orders", nil), &routev3.RouteConfiguration{Name: xdsconf.OutboundRoute, VirtualHosts: []*routev3.VirtualHost{{
+		encodeResponse("6", eds("orders", nil), &routev3.RouteConfiguration{Name: wire.OutboundRoute, VirtualHosts: []*routev3.VirtualHost{{
 			Name: "orders", Domains: []string{"orders"}, Routes: []*routev3.Route{{
 				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 				Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}},
@@ -332,7 +333,7 @@ func TestUpdateGoldenSeeds(t *testing.T) {
 	if !*updateSeeds {
 		return
 	}
-	goldens, err := filepath.Glob(filepath.Join("..", "..", "controlplane", "translate", "testdata", "*.golden.json"))
+	goldens, err := filepath.Glob(filepath.Join("..", "..", "wire", "testdata", "*.golden.json"))
 	if err != nil || len(goldens) == 0 {
 		t.Fatalf("no golden files: %v", err)
 	}
