@@ -41,6 +41,7 @@ type Response struct {
 
 // ParseRequest parses a request head from ReadHead.
 func ParseRequest(head []byte, req *Request) error {
+	*req = Request{}
 	s := string(head) // one allocation: every header value is a substring
 	line, rest, _ := strings.Cut(s, "\r\n")
 	sp1 := strings.IndexByte(line, ' ')
@@ -212,6 +213,7 @@ func parseDecimal(s string) (int64, bool) {
 // ParseResponse parses a response head from ReadHead, for a request with
 // method (a HEAD response has no body).
 func ParseResponse(head []byte, method string, resp *Response) error {
+	*resp = Response{}
 	s := string(head)
 	line, rest, _ := strings.Cut(s, "\r\n")
 	// HTTP/1.x SP 3DIGIT SP [reason]

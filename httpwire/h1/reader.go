@@ -21,6 +21,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 )
 
@@ -137,7 +138,9 @@ func (r *Reader) fill() error {
 	n, err := r.src.Read(r.buf[r.w:])
 	r.w += n
 	if err != nil {
-		r.err = err
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			r.err = err // a timeout is not the end of the connection
+		}
 		if n > 0 {
 			return nil
 		}
@@ -155,6 +158,10 @@ func (r *Reader) Fill() error {
 	r.r, r.w = 0, 0
 	return r.fill()
 }
+
+// FillMore reads from the connection once more, keeping what is
+// buffered.
+func (r *Reader) FillMore() error { return r.fill() }
 
 // Preload puts b in front of what the connection delivers (a byte read
 // while the connection was idle).
@@ -321,7 +328,7 @@ func (r *Reader) read(p []byte) (int, error) {
 	}
 	if len(p) >= BufferSize {
 		n, err := r.src.Read(p)
-		if err != nil {
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			r.err = err
 		}
 		return n, err
