@@ -177,7 +177,7 @@ func (c *serverConn) serveRequest(n uint64) bool {
 		kind = h1.Chunked
 		// Everything of the body that has arrived is checked before any
 		// of it is forwarded: a bad chunk in it means nothing is.
-		if _, err := h1.ScanChunked(c.rd.Bytes()); err != nil {
+		if err := c.scanChunked(); err != nil {
 			c.refuse(err)
 			return false
 		}
@@ -220,6 +220,35 @@ func (c *serverConn) serveRequest(n uint64) bool {
 	}
 	return c.finishBody(hr)
 }
+
+// scanChunked checks the framing of what has arrived of a chunked
+// request body. When the client sent more than the buffer holds in one
+// go, what follows at once (up to maxPrefetch) is read and checked too,
+// so that a burst with bad framing is refused before any of it is
+// forwarded.
+func (c *serverConn) scanChunked() error {
+	complete, err := h1.ScanChunked(c.rd.Bytes())
+	if err != nil || complete || !c.rd.Full() {
+		return err
+	}
+	defer c.c.SetReadDeadline(time.Time{})
+	for !complete && c.rd.Full() && c.rd.Buffered() < maxPrefetch {
+		_ = c.c.SetReadDeadline(time.Now().Add(prefetchWait))
+		if err := c.rd.FillGrow(maxPrefetch); err != nil {
+			return nil // nothing more at once: stream the rest
+		}
+		if complete, err = h1.ScanChunked(c.rd.Bytes()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Bounds of the look-ahead at a chunked request body.
+const (
+	maxPrefetch  = 64 << 10
+	prefetchWait = 5 * time.Millisecond
+)
 
 // runHandler runs the handler; true if it aborted the response (panic).
 func (c *serverConn) runHandler(req *http.Request) (aborted bool) {
@@ -656,7 +685,7 @@ func (w *response) commit(final bool) {
 	}
 	noBody := w.noBodyStatus()
 	w.noBody = noBody
-	if hasToken(h["Connection"], "close") || w.c.s.closing.Load() || w.req.Close {
+	if hasToken(h["Connection"], "close") || w.c.s.closing.Load() || w.req.Close || w.c.body.b.Broken() {
 		w.closeAfter = true
 	}
 	switch {

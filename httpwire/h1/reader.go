@@ -159,6 +159,24 @@ func (r *Reader) Fill() error {
 	return r.fill()
 }
 
+// Full reports whether the last read filled the buffer: more may be
+// waiting on the connection.
+func (r *Reader) Full() bool { return r.buf != nil && r.w == len(r.buf) }
+
+// FillGrow reads more, growing the buffer up to max bytes first when it
+// is full.
+func (r *Reader) FillGrow(max int) error {
+	if r.w == len(r.buf) {
+		if r.r > 0 {
+			n := copy(r.buf, r.buf[r.r:r.w])
+			r.r, r.w = 0, n
+		} else {
+			r.grow(max)
+		}
+	}
+	return r.fill()
+}
+
 // FillMore reads from the connection once more, keeping what is
 // buffered.
 func (r *Reader) FillMore() error { return r.fill() }
