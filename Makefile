@@ -11,7 +11,7 @@ PKGS     := ./...
 TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 10s
 
-.PHONY: all build consul jaeger pebble test test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
+.PHONY: all build consul jaeger pebble test test-unit fuzz bench bench-go bench-wrk bench-cpu demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
 
 all: build
 
@@ -55,7 +55,7 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done
 
-bench: bench-go bench-wrk
+bench: bench-go bench-wrk bench-cpu
 
 bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
@@ -63,6 +63,10 @@ bench-go:
 # wrk against direct, mesh one and two hops, nginx one and two hops.
 bench-wrk: build
 	bench/wrk.sh
+
+# CPU per request per hop of the mesh vs nginx, latency added, memory per connection.
+bench-cpu: build
+	bench/cpu.sh
 
 demo: build $(CONSUL)
 	$(GO) run ./demo
