@@ -14,7 +14,7 @@ TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: all build consul jaeger pebble kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
+.PHONY: all build consul jaeger pebble kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
 
 all: build
 
@@ -88,7 +88,7 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg; \
 	done
 
-bench: bench-go bench-wrk
+bench: bench-go bench-wrk bench-cpu
 
 bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
@@ -96,6 +96,10 @@ bench-go:
 # wrk against direct, mesh one and two hops, nginx one and two hops.
 bench-wrk: build
 	bench/wrk.sh
+
+# CPU per request per hop of the mesh vs nginx, latency added, memory per connection.
+bench-cpu: build
+	bench/cpu.sh
 
 # Built and run as bin/demo, not with `go run` (which exits 1 when its
 # program is interrupted): Ctrl-C stops everything and exits 0.

@@ -130,7 +130,14 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 type listener struct {
 	name string
 	ln   net.Listener
-	srv  *http.Server
+	srv  server
+}
+
+// server is what serves a listener: proxy.Server or, for admin, net/http's.
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+	Close() error
 }
 
 // Run binds every listener, registers the app and serves until ctx is
@@ -286,7 +293,7 @@ func (a *Agent) bind() ([]listener, error) {
 			return nil, fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
 		}
 		a.addrs.Store(s.name, ln.Addr().String())
-		srv := proxy.NewServer(s.h, log)
+		var srv server = proxy.NewServer(s.h, log)
 		if s.name == "admin" {
 			srv = &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
 		}

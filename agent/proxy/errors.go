@@ -31,6 +31,12 @@ const (
 	ReasonOverflow = "overflow"
 	// ReasonProxyError: an error the mesh has no better name for (502).
 	ReasonProxyError = "proxy-error"
+	// ReasonBadRequest: the request's framing is malformed (400; the
+	// connection is closed).
+	ReasonBadRequest = "bad-request"
+	// ReasonProtocolError: the upstream's response broke HTTP/1.1
+	// framing (502).
+	ReasonProtocolError = "upstream-protocol-error"
 )
 
 // StatusClientClosedRequest is the (non-standard, nginx) status recorded

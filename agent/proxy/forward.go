@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/meshvm/mesh/httpwire/h1"
 )
 
 // Options tune a Forwarder. The zero value is usable.
@@ -42,7 +44,7 @@ type Options struct {
 // knowledge. It is safe for concurrent use.
 type Forwarder struct {
 	log zerolog.Logger
-	h1  *http.Transport
+	h1  *h1Client
 	h2c *http.Transport
 	// Copy buffers: small responses (the common case) hold a small buffer
 	// while in flight, so thousands of concurrent requests stay cheap;
@@ -96,12 +98,11 @@ func NewForwarder(o Options) *Forwarder {
 			},
 		}
 	}
-	var p1, p2 http.Protocols
-	p1.SetHTTP1(true)
+	var p2 http.Protocols
 	p2.SetUnencryptedHTTP2(true)
 	return &Forwarder{
 		log:       o.Log.With().Str("component", "proxy").Logger(),
-		h1:        newTransport(&p1),
+		h1:        newH1Client(dial, o.MaxIdlePerHost, o.IdleConnTimeout),
 		h2c:       newTransport(&p2),
 		smallBufs: sync.Pool{New: func() any { b := make([]byte, smallBody); return &b }},
 		largeBufs: sync.Pool{New: func() any { b := make([]byte, largeBody); return &b }},
@@ -110,7 +111,7 @@ func NewForwarder(o Options) *Forwarder {
 
 // CloseIdleConnections closes pooled connections that carry no request.
 func (f *Forwarder) CloseIdleConnections() {
-	f.h1.CloseIdleConnections()
+	f.h1.closeIdle()
 	f.h2c.CloseIdleConnections()
 }
 
@@ -188,9 +189,7 @@ func (f *Forwarder) Send(w http.ResponseWriter, r *http.Request, addr string, a 
 		}
 	}
 	upgrade := ""
-	tr := f.h2c
 	if r.ProtoMajor < 2 {
-		tr = f.h1
 		upgrade = upgradeType(r.Header)
 	}
 
@@ -205,12 +204,20 @@ func (f *Forwarder) Send(w http.ResponseWriter, r *http.Request, addr string, a 
 	} else {
 		out.Body = noCloseBody{body}
 	}
-	if r.ProtoMajor == 1 && out.Body != nil && upgrade == "" {
-		// Let a streaming request body and a streaming response interleave.
-		_ = http.NewResponseController(w).EnableFullDuplex()
+	if r.ProtoMajor < 2 {
+		// HTTP/1.x: our own client. (The agent's HTTP/1.1 server reads
+		// request bodies while the response is written.)
+		var b io.Reader
+		if out.Body != nil {
+			b = out.Body
+		}
+		resp, err := f.h1.roundTrip(ctx, out, b)
+		if err != nil {
+			return nil, classify(ctx, err)
+		}
+		return resp, nil
 	}
-
-	resp, err := tr.RoundTrip(out)
+	resp, err := f.h2c.RoundTrip(out)
 	if err != nil {
 		return nil, classify(ctx, err)
 	}
@@ -255,15 +262,22 @@ func (f *Forwarder) Relay(w http.ResponseWriter, r *http.Request, resp *http.Res
 	if len(resp.Trailer) > 0 {
 		announceTrailers(h, resp.Trailer)
 	}
+	if resp.ContentLength < 0 && r.ProtoMajor == 1 && resp.ProtoMajor == 1 && r.ProtoMinor == 1 {
+		h["Transfer-Encoding"] = valChunked // a stream stays a stream (see Server)
+	}
 	w.WriteHeader(resp.StatusCode)
 
-	// Stream the body. Responses of unknown length (chunked, SSE, gRPC,
-	// HTTP/2 without content-length) are flushed after every read so that
-	// each event reaches the client at once.
-	rc := http.NewResponseController(w)
-	flush := resp.ContentLength < 0
-	if flush {
-		_ = rc.Flush() // headers now: the first event may take a while
+	// Stream the body as it arrives, whatever its framing: after a read
+	// that leaves the body unfinished and nothing more already received,
+	// what was written is flushed, so a slow response (a drip, SSE, a
+	// progress stream, gRPC) reaches the client at once while a small one
+	// goes out in one write when the handler returns.
+	fl := flusherOf(w)
+	buffered, _ := resp.Body.(interface{ Buffered() int })
+	if fl != nil && resp.ContentLength != 0 {
+		if buffered != nil && buffered.Buffered() == 0 || buffered == nil && resp.ContentLength < 0 {
+			fl.Flush() // headers now: the first bytes may take a while
+		}
 	}
 	pool := &f.largeBufs
 	if resp.ContentLength >= 0 && resp.ContentLength <= smallBody {
@@ -280,8 +294,8 @@ func (f *Forwarder) Relay(w http.ResponseWriter, r *http.Request, resp *http.Res
 				f.log.Debug().Err(werr).Str("upstream", addr).Msg("client write failed")
 				return nil
 			}
-			if flush {
-				_ = rc.Flush()
+			if rerr == nil && fl != nil && (buffered == nil || buffered.Buffered() == 0) {
+				fl.Flush()
 			}
 		}
 		if rerr == io.EOF {
@@ -311,7 +325,16 @@ func announceTrailers(h http.Header, tr http.Header) {
 // classify turns a RoundTrip failure into the mesh's answer.
 func classify(ctx context.Context, err error) *Error {
 	var ce *connectError
+	var be *bodyError
+	var pe *protocolError
 	switch {
+	case errors.As(err, &be):
+		if h1.IsFraming(be.err) {
+			return &Error{Status: http.StatusBadRequest, Reason: ReasonBadRequest, Err: err}
+		}
+		return &Error{Status: StatusClientClosedRequest, Reason: ReasonClientCancelled, Err: err}
+	case errors.As(err, &pe):
+		return &Error{Status: http.StatusBadGateway, Reason: ReasonProtocolError, Err: err}
 	case errors.As(err, &ce):
 		if ctx.Err() == context.DeadlineExceeded {
 			return &Error{Status: http.StatusGatewayTimeout, Reason: ReasonTimeout, Err: err}
@@ -327,4 +350,19 @@ func classify(ctx context.Context, err error) *Error {
 	default:
 		return &Error{Status: http.StatusBadGateway, Reason: ReasonReset, Err: err}
 	}
+}
+
+// flusherOf finds the http.Flusher of w or of a writer it wraps.
+func flusherOf(w http.ResponseWriter) http.Flusher {
+	for range 8 {
+		if fl, ok := w.(http.Flusher); ok {
+			return fl
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return nil
+		}
+		w = u.Unwrap()
+	}
+	return nil
 }

@@ -14,6 +14,7 @@ var (
 	valUpgrade  = []string{"Upgrade"}
 	valHTTP     = []string{"http"}
 	valHTTPS    = []string{"https"}
+	valChunked  = []string{"chunked"}
 )
 
 // isHopByHop reports whether the canonical header key k is a hop-by-hop
