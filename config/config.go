@@ -42,6 +42,7 @@ func Default() Config {
 		Consul: Consul{Addr: "127.0.0.1:8500"},
 		Agent: Agent{
 			AppAddress:      "127.0.0.1",
+			AppProtocol:     AppProtocolAuto,
 			InboundAddr:     "0.0.0.0:15006",
 			OutboundAddr:    "127.0.0.1:15001",
 			AdminAddr:       "127.0.0.1:15000",
@@ -50,6 +51,7 @@ func Default() Config {
 			ShutdownTimeout: 30 * time.Second,
 			HealthInterval:  5 * time.Second,
 			ResyncInterval:  5 * time.Second,
+			TCPIdleTimeout:  time.Hour,
 			Tags:            []string{},
 			Meta:            map[string]string{},
 			Upstreams:       []Upstream{},

@@ -149,6 +149,7 @@ func (u *upstream) exchange(w http.ResponseWriter, r *http.Request, deadline tim
 		tryCtx, cancelTry := u.tryContext(r.Context(), deadline)
 		att.Ctx = tryCtx
 		att.Body = body.next()
+		att.Protocol = set.eps[i].Protocol
 		if !svc.limits.Pending.Acquire() {
 			u.endTry(cancelTry, retrying, nil)
 			svc.limited.ConcurrencyLimited()

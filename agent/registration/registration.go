@@ -14,6 +14,7 @@
 package registration
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -73,6 +74,9 @@ type Spec struct {
 	AppPort        int
 	AppHealth      string
 	HealthInterval time.Duration
+	// AppProtocol is what the app speaks (config.AppProtocol*), registered
+	// as config.MetaAppProtocol; empty registers "auto".
+	AppProtocol string
 
 	Tags []string
 	Meta map[string]string
@@ -99,6 +103,7 @@ func (s Spec) Registration() *consulapi.AgentServiceRegistration {
 	maps.Copy(meta, s.Meta)
 	meta[MetaAppPort] = strconv.Itoa(s.AppPort)
 	meta[MetaVersion] = buildinfo.Version
+	meta[config.MetaAppProtocol] = cmp.Or(s.AppProtocol, config.AppProtocolAuto)
 	if s.Node != "" {
 		meta[MetaNode] = s.Node
 	}
