@@ -7,11 +7,12 @@ COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X github.com/meshvm/mesh/buildinfo.Version=$(VERSION) -X github.com/meshvm/mesh/buildinfo.Commit=$(COMMIT)
 CONSUL   := bin/consul
 JAEGER   := bin/jaeger
+H2SPEC   := bin/h2spec
 PKGS     := ./...
 TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 10s
 
-.PHONY: all build consul jaeger test test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
+.PHONY: all build consul jaeger h2spec test test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
 
 all: build
 
@@ -32,9 +33,16 @@ $(JAEGER): tools/jaeger/go.mod tools/jaeger/go.sum
 	cd tools/jaeger && $(GO) build -o ../../$(JAEGER) github.com/jaegertracing/jaeger/cmd/jaeger
 	@touch $(JAEGER)
 
+# h2spec (v2.2.1), HTTP/2 conformance, for the agent's h2c listeners. Its
+# own module, like Consul's.
+h2spec: $(H2SPEC)
+$(H2SPEC): tools/h2spec/go.mod tools/h2spec/go.sum
+	cd tools/h2spec && $(GO) build -o ../../$(H2SPEC) github.com/summerwind/h2spec/cmd/h2spec
+	@touch $(H2SPEC)
+
 # Every test, against real parts (Consul, HTTP and gRPC servers), then a
 # short fuzzing pass over each parser.
-test: build $(CONSUL) $(JAEGER) lint
+test: build $(CONSUL) $(JAEGER) $(H2SPEC) lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) fuzz
 	$(MAKE) test-packaging-fast
