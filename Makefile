@@ -12,7 +12,7 @@ PKGS     := ./...
 TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 10s
 
-.PHONY: all build consul jaeger h2spec test test-unit fuzz bench bench-go bench-wrk demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
+.PHONY: all build consul jaeger h2spec test test-unit fuzz bench bench-go bench-wrk bench-redis demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
 
 all: build
 
@@ -54,7 +54,7 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done
 
-bench: bench-go bench-wrk
+bench: bench-go bench-wrk bench-redis
 
 bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
@@ -62,6 +62,10 @@ bench-go:
 # wrk against direct, mesh one and two hops, nginx one and two hops.
 bench-wrk: build
 	bench/wrk.sh
+
+# redis-benchmark direct vs through two agents (raw TCP relay).
+bench-redis: build
+	bench/redis.sh
 
 demo: build $(CONSUL)
 	$(GO) run ./demo
