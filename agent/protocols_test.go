@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"io"
@@ -65,10 +66,23 @@ type protoMesh struct {
 
 // startProtoMesh starts the four apps, their agents (auto for go-httpbin
 // and the h2c app, grpc, tcp) and a caller agent with a tcp upstream
-// listener to each service.
-func startProtoMesh(t *testing.T) *protoMesh {
+// listener to each service; with xds, every agent takes its config from a
+// real control plane, otherwise from Consul.
+func startProtoMesh(t *testing.T, xds bool) *protoMesh {
 	t.Helper()
 	m := &protoMesh{h2Served: new(atomic.Int64)}
+	var cp []string
+	if xds {
+		cp = []string{newControl(t, nil).cfg.Control.XDSAddr}
+	}
+	withCP := func(edit func(*config.Config)) func(*config.Config) {
+		return func(c *config.Config) {
+			c.Agent.ControlPlane = cp
+			if edit != nil {
+				edit(c)
+			}
+		}
+	}
 	web := serveApp(t, protoWeb, true, false, httpbin.New().Handler())
 	h2 := serveApp(t, protoH2, false, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m.h2Served.Add(1)
@@ -89,17 +103,17 @@ func startProtoMesh(t *testing.T) *protoMesh {
 	tcpCheck := func(proto string) func(*config.Config) {
 		return func(c *config.Config) { c.Agent.AppHealth = ""; c.Agent.AppProtocol = proto }
 	}
-	m.web = startAgent(t, protoWeb, "web", web, func(c *config.Config) { c.Agent.AppHealth = "/status/200" })
-	m.h2 = startAgent(t, protoH2, "h2app", h2, tcpCheck(config.AppProtocolAuto))
-	m.grpc = startAgent(t, protoGRPC, "grpcsvc", &app{port: gl.Addr().(*net.TCPAddr).Port}, tcpCheck(config.AppProtocolGRPC))
-	m.rd = startAgent(t, protoRedis, "redis", &app{port: rp}, tcpCheck(config.AppProtocolTCP))
+	m.web = startAgent(t, protoWeb, "web", web, withCP(func(c *config.Config) { c.Agent.AppHealth = "/status/200" }))
+	m.h2 = startAgent(t, protoH2, "h2app", h2, withCP(tcpCheck(config.AppProtocolAuto)))
+	m.grpc = startAgent(t, protoGRPC, "grpcsvc", &app{port: gl.Addr().(*net.TCPAddr).Port}, withCP(tcpCheck(config.AppProtocolGRPC)))
+	m.rd = startAgent(t, protoRedis, "redis", &app{port: rp}, withCP(tcpCheck(config.AppProtocolTCP)))
 	caller := startApp(t, protoCaller, "caller", nil)
-	m.a = startAgent(t, protoCaller, "caller", caller, func(c *config.Config) {
+	m.a = startAgent(t, protoCaller, "caller", caller, withCP(func(c *config.Config) {
 		for _, s := range []string{"web", "h2app", "grpcsvc", "redis"} {
 			c.Agent.Upstreams = append(c.Agent.Upstreams, config.Upstream{Service: s, Protocol: config.UpstreamTCP,
 				Listen: net.JoinHostPort(protoCaller, strconv.Itoa(meshtest.FreePort(protoCaller)))})
 		}
-	})
+	}))
 	for svc, want := range map[string]string{"web": "http1", "h2app": "http2", "grpcsvc": "grpc", "redis": "tcp"} {
 		meshtest.Eventually(t, 20*time.Second, func() error {
 			entries, _, err := consul.Client.Health().Service(svc, "", true, nil)
@@ -111,20 +125,45 @@ func startProtoMesh(t *testing.T) *protoMesh {
 			}
 			return nil
 		})
+		if !xds {
+			continue // Consul-direct: the caller's agent reads the meta when the app first calls
+		}
+		// The caller's agent knows it from the Cluster.
+		meshtest.Eventually(t, 20*time.Second, func() error {
+			var d struct {
+				Source   string
+				Services map[string][]struct{ Protocol string }
+			}
+			_, body := get(t, "http://"+m.a.Addr("admin")+"/config_dump", "")
+			if err := json.Unmarshal([]byte(body), &d); err != nil {
+				return err
+			}
+			if eps := d.Services[svc]; len(eps) != 1 || eps[0].Protocol != want || d.Source != "xds" {
+				return fmt.Errorf("caller's config_dump (source %s): %s endpoints %+v, want one speaking %s", d.Source, svc, eps, want)
+			}
+			return nil
+		})
 	}
 	return m
 }
 
-func h2cClient() *http.Client {
+// h2cClient and h1Client speak only h2c (prior knowledge) or HTTP/1.1;
+// their idle connections are closed when the test ends, so that the TCP
+// relays they crossed need not wait for them at shutdown.
+func h2cClient(t *testing.T) *http.Client {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	return &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 10 * time.Second}
+	tr := &http.Transport{Protocols: &p}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
-func h1Client() *http.Client {
+func h1Client(t *testing.T) *http.Client {
 	var p http.Protocols
 	p.SetHTTP1(true)
-	return &http.Client{Transport: &http.Transport{Protocols: &p}, Timeout: 10 * time.Second}
+	tr := &http.Transport{Protocols: &p}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
 // grpcTo is a gRPC client of the interop service at addr, with authority
@@ -212,7 +251,12 @@ func interopCalls(t *testing.T, c testgrpc.TestServiceClient) {
 // server, Redis), through the caller's agent and the callee's: what can
 // be carried arrives, what cannot is refused with a clear answer.
 func TestEveryDownstreamToEveryAppProtocol(t *testing.T) {
-	m := startProtoMesh(t)
+	t.Run("consul-direct", func(t *testing.T) { testEveryProtocolPair(t, false) })
+	t.Run("xds", func(t *testing.T) { testEveryProtocolPair(t, true) })
+}
+
+func testEveryProtocolPair(t *testing.T, xds bool) {
+	m := startProtoMesh(t, xds)
 	out := "http://" + m.a.Addr("outbound")
 	upstream := func(svc string) string { return m.a.Addr("upstream " + svc) }
 
@@ -235,7 +279,7 @@ func TestEveryDownstreamToEveryAppProtocol(t *testing.T) {
 	for _, dc := range []struct {
 		name string
 		c    *http.Client
-	}{{"h1", h1Client()}, {"h2c", h2cClient()}} {
+	}{{"h1", h1Client(t)}, {"h2c", h2cClient(t)}} {
 		t.Run(dc.name+" to http1 app", httpCase(dc.c, "web", "/get", 200, `"url"`, ""))
 		t.Run(dc.name+" to http2 app", httpCase(dc.c, "h2app", "/x", 200, "HTTP/2.0 /x", ""))
 		// A plain request reaches the gRPC server, which answers it itself.
@@ -243,6 +287,19 @@ func TestEveryDownstreamToEveryAppProtocol(t *testing.T) {
 		t.Run(dc.name+" to tcp app", httpCase(dc.c, "redis", "/", http.StatusBadGateway, "raw TCP", "protocol-mismatch"))
 	}
 
+	// Straight to the callee's inbound (a caller without an agent): the
+	// callee's agent converts, from what it probed.
+	t.Run("h2c to http1 app's inbound", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+m.web.Addr("inbound")+"/get", nil)
+		resp, err := h2cClient(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Errorf("h2c to the inbound of an HTTP/1.1 app: %s %d %q", resp.Proto, resp.StatusCode, resp.Header.Get("X-Mesh-Reason"))
+		}
+	})
 	t.Run("grpc to http1 app", func(t *testing.T) {
 		_, err := grpcTo(t, m.a.Addr("outbound"), "web").EmptyCall(context.Background(), &testgrpc.Empty{})
 		if s := status.Convert(err); s.Code() != codes.Unavailable || !strings.Contains(s.Message(), "HTTP/1.1 only") {
@@ -278,7 +335,7 @@ func TestEveryDownstreamToEveryAppProtocol(t *testing.T) {
 		}
 	})
 	t.Run("tcp to http2 app", func(t *testing.T) {
-		resp, err := h2cClient().Get("http://" + upstream("h2app") + "/y")
+		resp, err := h2cClient(t).Get("http://" + upstream("h2app") + "/y")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -352,15 +409,25 @@ func h2specFailures(t *testing.T, addr string) (failed []string, total int) {
 	return failed, total
 }
 
-// The agent's h2c listeners (outbound; inbound in front of an HTTP/1.1
-// app) fail no more h2spec cases than Go's own h2c server does in the
-// same run. The machine is shared: a listener that fails more is run
+// The agent's h2c listeners (an HTTP upstream listener routing to
+// go-httpbin through the callee's agent; the inbound in front of an
+// HTTP/1.1 app) fail no more h2spec cases than Go's own h2c server does in
+// the same run. The machine is shared: a listener that fails more is run
 // again, with the baseline, once.
+//
+// The outbound listener is not in the list: h2spec's :authority is its
+// host:port, which names no service, so every request is refused (503
+// no-route) before its body is read, and whether h2spec's malformed-body
+// cases (8.1.2.6) see the response or the stream error is a race.
 func TestH2specAgainstAgentListeners(t *testing.T) {
-	m := startProtoMesh(t)
+	m := startProtoMesh(t, false)
+	const callerIP = "127.0.0.106"
+	caller := startAgent(t, callerIP, "h2spec-caller", startApp(t, callerIP, "h2spec-caller", nil), func(c *config.Config) {
+		c.Agent.Upstreams = []config.Upstream{{Service: "web", Listen: net.JoinHostPort(callerIP, strconv.Itoa(meshtest.FreePort(callerIP)))}}
+	})
 	base := serveApp(t, protoCaller, true, true, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }))
 	for _, l := range []struct{ name, addr string }{
-		{"outbound", m.a.Addr("outbound")},
+		{"upstream listener to an HTTP/1.1 app", caller.Addr("upstream web")},
 		{"inbound to an HTTP/1.1 app", m.web.Addr("inbound")},
 	} {
 		t.Run(l.name, func(t *testing.T) {

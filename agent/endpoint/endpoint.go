@@ -70,6 +70,9 @@ func (p Protocol) String() string {
 	return "auto"
 }
 
+// MarshalText writes the registered name (config_dump).
+func (p Protocol) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
+
 // SpeaksH2 reports whether the app takes HTTP/2 (h2c).
 func (p Protocol) SpeaksH2() bool { return p == HTTP2 || p == GRPC }
 

@@ -33,6 +33,10 @@ import (
 // this long (Envoy's tcp_proxy default).
 const DefaultIdleTimeout = time.Hour
 
+// resolveTimeout bounds the wait for a service's endpoints when a
+// connection arrives before discovery answered.
+const resolveTimeout = 5 * time.Second
+
 // maxConnectAttempts bounds the endpoints tried for one connection: a
 // connect failure is safe to retry, nothing has been sent yet.
 const maxConnectAttempts = 3
@@ -311,7 +315,10 @@ func (r *Relay) handle(c *conn) {
 // it sets c.up and returns the endpoint's address, or sets c's reason.
 func (r *Relay) connect(c *conn) string {
 	ctx := r.ctx
-	set, err := r.endpoints(ctx)
+	// The first lookup of a service may wait for discovery's answer.
+	rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	set, err := r.endpoints(rctx)
+	cancel()
 	if err != nil {
 		if errors.Is(err, endpoint.ErrUnknownService) {
 			c.setReason(ReasonNoRoute)
