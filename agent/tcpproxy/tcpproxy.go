@@ -185,17 +185,34 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
 	defer r.stop()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	// Connections quiet for shutdownIdle are closed as they become so, as
+	// an HTTP server closes idle keep-alive connections: a pooled client
+	// connection would otherwise hold the agent for the whole timeout.
+	// The copy loops judge quietness; an expired read deadline, set on
+	// every tick, wakes them to look.
+	tick := time.NewTicker(shutdownIdle / 4)
+	defer tick.Stop()
+wait:
+	for {
+		r.pokeConns(time.Now())
+		select {
+		case <-done:
+			return nil
+		case <-tick.C:
+		case <-ctx.Done():
+			break wait
+		}
 	}
+	// The deadline: cut every connection, including those still
+	// connecting (their dial is cancelled; a relay that starts anyway
+	// finds its client closed).
+	r.stop()
 	r.connsMu.Lock()
 	for c := range r.conns {
-		c.reason.CompareAndSwap(nil, &reasonShutdown)
+		c.setReason(ReasonShutdown)
 		c.client.Close()
-		if c.up != nil {
-			c.up.Close()
+		if up := c.upConn(); up != nil {
+			up.Close()
 		}
 	}
 	r.connsMu.Unlock()
@@ -203,14 +220,21 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-var reasonShutdown = ReasonShutdown
+// shutdownIdle is how long a connection must have been quiet to be closed
+// at once by Shutdown.
+const shutdownIdle = time.Second
 
-// Close closes the listeners and every connection at once.
-func (r *Relay) Close() error {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	_ = r.Shutdown(ctx)
-	return nil
+// pokeConns sets the read deadline of every relayed connection's two
+// sockets to t.
+func (r *Relay) pokeConns(t time.Time) {
+	r.connsMu.Lock()
+	defer r.connsMu.Unlock()
+	for c := range r.conns {
+		if up := c.upConn(); up != nil {
+			_ = c.client.SetReadDeadline(t)
+			_ = up.SetReadDeadline(t)
+		}
+	}
 }
 
 // endpoints returns the set to pick from, rebuilt only when the source's
@@ -270,7 +294,7 @@ func samePolicy(a, b config.Policy) bool {
 // conn is one relayed connection.
 type conn struct {
 	client net.Conn
-	up     net.Conn
+	up     net.Conn // set by connect before last is first stored
 	start  time.Time
 	// last activity either way (unix nanos), for the idle timeout.
 	last   atomic.Int64
@@ -280,6 +304,15 @@ type conn struct {
 }
 
 func (c *conn) setReason(s string) { c.reason.CompareAndSwap(nil, &s) }
+
+// upConn is the upstream connection once the relay started (last is set
+// after up, so a reader that saw last sees up), else nil.
+func (c *conn) upConn() net.Conn {
+	if c.last.Load() == 0 {
+		return nil
+	}
+	return c.up
+}
 
 // handle connects c to an endpoint and relays until both directions end.
 func (r *Relay) handle(c *conn) {
@@ -387,7 +420,11 @@ const copyChunk = 1 << 20
 func (r *Relay) copy(c *conn, dst, src net.Conn, count *atomic.Int64, toUpstream bool) {
 	idle := r.o.IdleTimeout
 	for {
-		_ = src.SetReadDeadline(time.Now().Add(idle))
+		step := idle
+		if r.closing.Load() {
+			step = shutdownIdle
+		}
+		_ = src.SetReadDeadline(time.Now().Add(step))
 		n, err := io.CopyN(dst, src, copyChunk)
 		if n > 0 {
 			count.Add(n)
@@ -406,11 +443,19 @@ func (r *Relay) copy(c *conn, dst, src net.Conn, count *atomic.Int64, toUpstream
 			return
 		}
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && !r.closing.Load() {
-			if n > 0 || time.Since(time.Unix(0, c.last.Load())) < idle {
-				continue // the other way is busy, or bytes moved just now
+		if errors.As(err, &ne) && ne.Timeout() {
+			if n > 0 {
+				continue // bytes moved in this chunk
 			}
-			c.setReason(ReasonIdleTimeout)
+			quiet := time.Since(time.Unix(0, c.last.Load()))
+			switch {
+			case r.closing.Load() && quiet >= shutdownIdle:
+				c.setReason(ReasonShutdown)
+			case r.closing.Load(), quiet < idle:
+				continue // the other way is busy, or bytes moved just now
+			default:
+				c.setReason(ReasonIdleTimeout)
+			}
 		}
 		c.client.Close()
 		c.up.Close()

@@ -253,7 +253,41 @@ func TestRelayRefusals(t *testing.T) {
 	})
 }
 
-// Shutdown waits for open connections, then cuts them at its deadline.
+// Shutdown closes quiet connections at once, as an HTTP server closes
+// idle keep-alive connections, and cuts busy ones at its deadline.
+func TestRelayShutdownClosesQuietConnections(t *testing.T) {
+	rd := meshtest.StartRedis(t, "127.0.0.49")
+	eps := []endpoint.Endpoint{{Addr: rd.Addr}}
+	r, err := tcpproxy.New(tcpproxy.Options{Service: "redis",
+		Endpoints: func(context.Context) ([]endpoint.Endpoint, config.Policy, error) { return eps, policy(), nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.49:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = r.Serve(ln) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := meshtest.RedisDo(c, bufio.NewReader(c), "PING"); err != nil || got != "+PONG" {
+		t.Fatalf("PING: %q %v", got, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := r.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("shutdown took %v for a quiet connection", d)
+	}
+}
+
+// Shutdown waits for busy connections, then cuts them at its deadline.
 func TestRelayShutdownCutsAtDeadline(t *testing.T) {
 	rd := meshtest.StartRedis(t, "127.0.0.48")
 	eps := []endpoint.Endpoint{{Addr: rd.Addr}}
@@ -275,13 +309,29 @@ func TestRelayShutdownCutsAtDeadline(t *testing.T) {
 	if got, err := meshtest.RedisDo(c, bufio.NewReader(c), "PING"); err != nil || got != "+PONG" {
 		t.Fatalf("PING: %q %v", got, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Keep the connection busy: a PING every 100 ms.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		br := bufio.NewReader(c)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if _, err := meshtest.RedisDo(c, br, "PING"); err != nil {
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
 	start := time.Now()
 	if err := r.Shutdown(ctx); err == nil {
 		t.Error("shutdown with an open connection returned nil, want the deadline's error")
 	}
-	if d := time.Since(start); d < 250*time.Millisecond {
+	if d := time.Since(start); d < 1400*time.Millisecond {
 		t.Errorf("shutdown returned after %v, before its deadline", d)
 	}
 	if _, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
