@@ -462,3 +462,11 @@ func (r *Relay) copy(c *conn, dst, src net.Conn, count *atomic.Int64, toUpstream
 		return
 	}
 }
+
+// Close closes the listeners and every connection at once.
+func (r *Relay) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = r.Shutdown(ctx)
+	return nil
+}
