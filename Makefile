@@ -9,12 +9,13 @@ CONSUL   := bin/consul
 JAEGER   := bin/jaeger
 KUBE_APISERVER := bin/kube-apiserver
 ETCD     := bin/etcd
+H2SPEC   := bin/h2spec
 PKGS     := ./...
 TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: all build consul jaeger pebble kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
+.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
 
 all: build
 
@@ -60,9 +61,16 @@ $(ETCD): tools/etcd/go.mod tools/etcd/go.sum
 	cd tools/etcd && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o ../../$(ETCD) go.etcd.io/etcd/server/v3
 	@touch $(ETCD)
 
+# h2spec (v2.2.1), HTTP/2 conformance, for the agent's h2c listeners. Its
+# own module, like Consul's.
+h2spec: $(H2SPEC)
+$(H2SPEC): tools/h2spec/go.mod tools/h2spec/go.sum
+	cd tools/h2spec && $(GO) build -o ../../$(H2SPEC) github.com/summerwind/h2spec/cmd/h2spec
+	@touch $(H2SPEC)
+
 # Every test, against real parts (Consul, HTTP and gRPC servers), then a
 # short fuzzing pass over each parser.
-test: build $(CONSUL) $(JAEGER) $(PEBBLE) lint
+test: build $(CONSUL) $(JAEGER) $(PEBBLE) $(H2SPEC) lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) fuzz
 	$(MAKE) test-packaging-fast
@@ -88,7 +96,7 @@ fuzz:
 		$(GO) test -run='^$$' -fuzz="^$$target$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=$(FUZZMINIMIZE) $$pkg; \
 	done
 
-bench: bench-go bench-wrk bench-cpu
+bench: bench-go bench-wrk bench-cpu bench-redis
 
 bench-go:
 	$(GO) test -run='^$$' -bench=. -benchmem $(PKGS)
@@ -96,6 +104,10 @@ bench-go:
 # wrk against direct, mesh one and two hops, nginx one and two hops.
 bench-wrk: build
 	bench/wrk.sh
+
+# redis-benchmark direct vs through two agents (raw TCP relay).
+bench-redis: build
+	bench/redis.sh
 
 # CPU per request per hop of the mesh vs nginx, latency added, memory per connection.
 bench-cpu: build

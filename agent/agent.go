@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/agent/table"
+	"github.com/meshvm/mesh/agent/tcpproxy"
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/observability"
@@ -71,6 +71,12 @@ type Agent struct {
 	listening   atomic.Bool
 	draining    atomic.Bool
 	addrs       sync.Map // listener name -> bound address
+
+	probed atomic.Uint32 // endpoint.Protocol found by probeApp (app_protocol auto)
+
+	tcpOnce sync.Once // the TCP relays' metrics, registered by the first relay
+	tcpM    *tcpproxy.Metrics
+	tcpErr  error
 }
 
 // New builds an agent from a validated config; it starts nothing.
@@ -126,14 +132,16 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 	return a, nil
 }
 
-// listener is one bound socket and what serves it.
+// listener is one bound socket and what serves it: an HTTP server, or a
+// TCP relay (tcp upstreams, the inbound side of a tcp app).
 type listener struct {
 	name string
 	ln   net.Listener
 	srv  server
 }
 
-// server is what serves a listener: proxy.Server or, for admin, net/http's.
+// server is what serves a listener: proxy.Server, *tcpproxy.Relay or, for
+// admin, net/http's.
 type server interface {
 	Serve(net.Listener) error
 	Shutdown(context.Context) error
@@ -198,7 +206,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	goRun("discovery", func() error { return a.resolver.Run(bg) })
+	a.setupAppProtocol()
 	a.reg = newRegistrar(bg, a, a.registrationSpec(a.config()))
+	if c.AppProtocol != config.AppProtocolTCP {
+		goRun("app protocol probe", func() error { return a.probeApp(bg) })
+	}
 	goRun("systemd watchdog", func() error { return sdnotify.Watchdog(bg) })
 	goRun("readiness", func() error { return a.notifyReady(bg) })
 	goRun("app check", func() error { return a.app.run(bg) })
@@ -272,18 +284,37 @@ func (a *Agent) bind() ([]listener, error) {
 	type spec struct {
 		name, addr string
 		h          http.Handler
+		tcp        *tcpproxy.Relay // instead of h
 	}
 	log := a.base
 	svc := c.Service
 	in, out := observability.Inbound, observability.Outbound
-	specs := []spec{
-		{"inbound", c.InboundAddr, a.obs.Instrument(in, svc, a.handlers.Inbound(net.JoinHostPort(c.AppAddress, strconv.Itoa(c.AppPort))))},
-		{"outbound", c.OutboundAddr, a.obs.Instrument(out, svc, a.handlers.Outbound())},
+	app := appAddr(c)
+	inbound := spec{name: "inbound", addr: c.InboundAddr}
+	if c.AppProtocol == config.AppProtocolTCP {
+		r, err := a.inboundRelay(app)
+		if err != nil {
+			return nil, err
+		}
+		inbound.tcp = r
+	} else {
+		inbound.h = a.obs.Instrument(in, svc, a.handlers.Inbound(app))
 	}
+	specs := []spec{inbound, {name: "outbound", addr: c.OutboundAddr, h: a.obs.Instrument(out, svc, a.handlers.Outbound())}}
 	for _, u := range c.Upstreams {
-		specs = append(specs, spec{"upstream " + u.Service, u.Listen, a.obs.Instrument(out, svc, a.handlers.Upstream(u.Service))})
+		sp := spec{name: "upstream " + u.Service, addr: u.Listen}
+		if u.IsTCP() {
+			r, err := a.upstreamRelay(u.Service)
+			if err != nil {
+				return nil, err
+			}
+			sp.tcp = r
+		} else {
+			sp.h = a.obs.Instrument(out, svc, a.handlers.Upstream(u.Service))
+		}
+		specs = append(specs, sp)
 	}
-	specs = append(specs, spec{"admin", c.AdminAddr, a.adminHandler()})
+	specs = append(specs, spec{name: "admin", addr: c.AdminAddr, h: a.adminHandler()})
 
 	var lns []listener
 	for _, s := range specs {
@@ -293,9 +324,14 @@ func (a *Agent) bind() ([]listener, error) {
 			return nil, fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
 		}
 		a.addrs.Store(s.name, ln.Addr().String())
-		var srv server = proxy.NewServer(s.h, log)
-		if s.name == "admin" {
+		var srv server
+		switch {
+		case s.tcp != nil:
+			srv = s.tcp
+		case s.name == "admin":
 			srv = &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
+		default:
+			srv = proxy.NewServer(s.h, log)
 		}
 		lns = append(lns, listener{name: s.name, ln: ln, srv: srv})
 	}

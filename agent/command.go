@@ -15,6 +15,7 @@ var flagKeys = map[string]string{
 	"app-port":       "agent.app_port",
 	"app-address":    "agent.app_address",
 	"app-health":     "agent.app_health",
+	"app-protocol":   "agent.app_protocol",
 	"inbound-addr":   "agent.inbound_addr",
 	"outbound-addr":  "agent.outbound_addr",
 	"admin-addr":     "agent.admin_addr",
@@ -51,6 +52,7 @@ func NewCommand() *cobra.Command {
 	f.Int("app-port", 0, "port the app listens on (required)")
 	f.String("app-address", "127.0.0.1", "address the app listens on")
 	f.String("app-health", "", "HTTP path of the app's health check (default: a TCP check)")
+	f.String("app-protocol", "auto", "what the app speaks: http1, http2 (h2c), grpc, tcp, or auto (h2c probe, else HTTP/1.1)")
 	f.String("inbound-addr", wire.DefaultInboundAddr, "listener for traffic to the app")
 	f.String("outbound-addr", wire.DefaultOutboundAddr, "listener for the app's calls to other services")
 	f.String("admin-addr", "127.0.0.1:15000", "admin listener: /ready, /metrics, /config_dump, /debug/pprof/")
@@ -58,7 +60,7 @@ func NewCommand() *cobra.Command {
 	f.StringSlice("control-plane", nil, "xDS servers, host:port[,host:port]")
 	f.String("consul-addr", "127.0.0.1:8500", "Consul agent HTTP address (CONSUL_HTTP_ADDR)")
 	f.String("node", "", "node name (default: the hostname)")
-	f.StringArray("upstream", nil, "per-upstream local listener SERVICE=HOST:PORT (repeatable)")
+	f.StringArray("upstream", nil, "per-upstream local listener SERVICE=HOST:PORT[,tcp] (repeatable; tcp: a raw TCP relay)")
 	f.StringArray("tag", nil, "Consul tag for the registration (repeatable)")
 	f.String("cache-dir", "/var/lib/mesh", "directory for state kept across restarts")
 	f.Duration("drain-period", 0, "time to keep serving after deregistering on SIGTERM (default 5s)")

@@ -31,6 +31,8 @@ func restartOnly(old, next config.Config) []string {
 	diff("agent.service", o.Service, n.Service)
 	diff("agent.app_port", o.AppPort, n.AppPort)
 	diff("agent.app_address", o.AppAddress, n.AppAddress)
+	diff("agent.app_protocol", o.AppProtocol, n.AppProtocol)
+	diff("agent.tcp_idle_timeout", o.TCPIdleTimeout, n.TCPIdleTimeout)
 	diff("agent.inbound_addr", o.InboundAddr, n.InboundAddr)
 	diff("agent.outbound_addr", o.OutboundAddr, n.OutboundAddr)
 	diff("agent.admin_addr", o.AdminAddr, n.AdminAddr)
@@ -48,7 +50,8 @@ func restartOnly(old, next config.Config) []string {
 func keepRestartOnly(old, next config.Config) config.Config {
 	o := old.Agent
 	n := &next.Agent
-	n.Service, n.AppPort, n.AppAddress = o.Service, o.AppPort, o.AppAddress
+	n.Service, n.AppPort, n.AppAddress, n.AppProtocol = o.Service, o.AppPort, o.AppAddress, o.AppProtocol
+	n.TCPIdleTimeout = o.TCPIdleTimeout
 	n.InboundAddr, n.OutboundAddr, n.AdminAddr, n.AdvertiseAddr = o.InboundAddr, o.OutboundAddr, o.AdminAddr, o.AdvertiseAddr
 	n.Node, n.Upstreams, n.ControlPlane, n.CacheDir, n.Locality = o.Node, o.Upstreams, o.ControlPlane, o.CacheDir, o.Locality
 	next.Consul = old.Consul
@@ -112,6 +115,7 @@ func (a *Agent) registrationSpec(c config.Config) registration.Spec {
 		AppAddress:     ac.AppAddress,
 		AppPort:        ac.AppPort,
 		AppHealth:      ac.AppHealth,
+		AppProtocol:    a.registeredProtocol(ac),
 		HealthInterval: ac.HealthInterval,
 		Tags:           slices.Clone(ac.Tags),
 		Meta:           ac.Meta,

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/meshvm/mesh/wire"
 )
 
 // Agent configures `mesh agent`, the per-app sidecar.
@@ -18,6 +20,12 @@ type Agent struct {
 	AppHealth string `mapstructure:"app_health" yaml:"app_health"`
 	// HealthInterval is how often Consul checks the app.
 	HealthInterval time.Duration `mapstructure:"health_interval" yaml:"health_interval"`
+	// AppProtocol is what the app speaks: http1, http2 (h2c), grpc, tcp,
+	// or auto (probe h2c with prior knowledge, else HTTP/1.1). It is
+	// registered in Consul meta (MetaAppProtocol) so callers' agents send
+	// what the app understands; with tcp the inbound listener relays raw
+	// TCP.
+	AppProtocol string `mapstructure:"app_protocol" yaml:"app_protocol"`
 
 	InboundAddr  string `mapstructure:"inbound_addr" yaml:"inbound_addr"`
 	OutboundAddr string `mapstructure:"outbound_addr" yaml:"outbound_addr"`
@@ -49,17 +57,48 @@ type Agent struct {
 	DrainPeriod time.Duration `mapstructure:"drain_period" yaml:"drain_period"`
 	// ShutdownTimeout bounds how long in-flight requests may take to finish.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout" yaml:"shutdown_timeout"`
+	// TCPIdleTimeout closes a relayed TCP connection (tcp upstreams, the
+	// inbound side of a tcp app) that carried no byte either way this long
+	// (default 1h).
+	TCPIdleTimeout time.Duration `mapstructure:"tcp_idle_timeout" yaml:"tcp_idle_timeout"`
 	// ResyncInterval is how often the agent checks that Consul still holds
 	// its registration.
 	ResyncInterval time.Duration `mapstructure:"resync_interval" yaml:"resync_interval"`
 }
 
 // Upstream is one per-upstream local listener. On the command line and in
-// YAML it may also be written as "service=host:port".
+// YAML it may also be written as "service=host:port[,protocol]".
 type Upstream struct {
 	Service string `mapstructure:"service" yaml:"service"`
 	Listen  string `mapstructure:"listen" yaml:"listen"`
+	// Protocol is "http" (the default: HTTP/1.1 and h2c, governed per
+	// request) or "tcp" (a raw TCP relay, balanced per connection).
+	Protocol string `mapstructure:"protocol" yaml:"protocol,omitempty"`
 }
+
+// App protocols (agent.app_protocol, and the MetaAppProtocol value).
+const (
+	AppProtocolAuto  = "auto"
+	AppProtocolHTTP1 = "http1"
+	AppProtocolHTTP2 = "http2"
+	AppProtocolGRPC  = "grpc"
+	AppProtocolTCP   = "tcp"
+)
+
+// Upstream listener protocols (agent.upstreams[].protocol).
+const (
+	UpstreamHTTP = "http"
+	UpstreamTCP  = "tcp"
+)
+
+// MetaAppProtocol is the Consul service meta key under which an agent
+// registers its app's protocol (agent.app_protocol); callers' agents and
+// the control plane read it (the control plane sets the Cluster's
+// protocol options from it).
+const MetaAppProtocol = wire.MetaAppProtocol
+
+// IsTCP reports whether u is a raw TCP listener.
+func (u Upstream) IsTCP() bool { return u.Protocol == UpstreamTCP }
 
 // Locality places a VM in a region and zone.
 type Locality struct {
@@ -67,13 +106,17 @@ type Locality struct {
 	Zone   string `mapstructure:"zone" yaml:"zone,omitempty"`
 }
 
-// ParseUpstream parses "service=host:port".
+// ParseUpstream parses "service=host:port[,protocol]".
 func ParseUpstream(s string) (Upstream, error) {
 	name, addr, ok := strings.Cut(s, "=")
 	if !ok || name == "" || addr == "" {
-		return Upstream{}, fmt.Errorf("%q is not SERVICE=HOST:PORT", s)
+		return Upstream{}, fmt.Errorf("%q is not SERVICE=HOST:PORT[,PROTOCOL]", s)
 	}
-	return Upstream{Service: strings.TrimSpace(name), Listen: strings.TrimSpace(addr)}, nil
+	u := Upstream{Service: strings.TrimSpace(name), Listen: strings.TrimSpace(addr)}
+	if listen, proto, ok := strings.Cut(u.Listen, ","); ok {
+		u.Listen, u.Protocol = strings.TrimSpace(listen), strings.TrimSpace(proto)
+	}
+	return u, nil
 }
 
 func (a *Agent) validate(v *validator, requireService bool) {
@@ -89,6 +132,13 @@ func (a *Agent) validate(v *validator, requireService bool) {
 		v.check("agent.app_health", strings.HasPrefix(a.AppHealth, "/"), "must be an HTTP path starting with /, got %q", a.AppHealth)
 	}
 	v.positive("agent.health_interval", a.HealthInterval)
+	switch a.AppProtocol {
+	case "", AppProtocolAuto, AppProtocolHTTP1, AppProtocolHTTP2, AppProtocolGRPC:
+	case AppProtocolTCP:
+		v.check("agent.app_health", a.AppHealth == "", "must be empty for app_protocol tcp (the app is checked by TCP connect), got %q", a.AppHealth)
+	default:
+		v.add("agent.app_protocol", "must be one of auto, http1, http2, grpc, tcp, got %q", a.AppProtocol)
+	}
 	v.hostPort("agent.inbound_addr", a.InboundAddr)
 	v.hostPort("agent.outbound_addr", a.OutboundAddr)
 	v.hostPort("agent.admin_addr", a.AdminAddr)
@@ -106,6 +156,8 @@ func (a *Agent) validate(v *validator, requireService bool) {
 	for i, u := range a.Upstreams {
 		path := fmt.Sprintf("agent.upstreams[%d]", i)
 		v.serviceName(path+".service", u.Service)
+		v.check(path+".protocol", u.Protocol == "" || u.Protocol == UpstreamHTTP || u.Protocol == UpstreamTCP,
+			"must be http or tcp, got %q", u.Protocol)
 		if v.hostPort(path+".listen", u.Listen) {
 			if other, dup := seen[u.Listen]; dup {
 				v.add(path+".listen", "%s is already used by %s", u.Listen, other)
@@ -116,4 +168,5 @@ func (a *Agent) validate(v *validator, requireService bool) {
 	v.nonNegative("agent.drain_period", a.DrainPeriod)
 	v.positive("agent.shutdown_timeout", a.ShutdownTimeout)
 	v.positive("agent.resync_interval", a.ResyncInterval)
+	v.nonNegative("agent.tcp_idle_timeout", a.TCPIdleTimeout)
 }

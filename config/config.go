@@ -47,6 +47,7 @@ func Default() Config {
 		Consul: Consul{Addr: "127.0.0.1:8500"},
 		Agent: Agent{
 			AppAddress:      "127.0.0.1",
+			AppProtocol:     AppProtocolAuto,
 			InboundAddr:     wire.DefaultInboundAddr,
 			OutboundAddr:    wire.DefaultOutboundAddr,
 			AdminAddr:       "127.0.0.1:15000",
@@ -55,6 +56,7 @@ func Default() Config {
 			ShutdownTimeout: 30 * time.Second,
 			HealthInterval:  5 * time.Second,
 			ResyncInterval:  5 * time.Second,
+			TCPIdleTimeout:  time.Hour,
 			Tags:            []string{},
 			Meta:            map[string]string{},
 			Upstreams:       []Upstream{},

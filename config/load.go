@@ -122,7 +122,7 @@ func upstreamHook(from, to reflect.Type, data any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"service": u.Service, "listen": u.Listen}, nil
+	return map[string]any{"service": u.Service, "listen": u.Listen, "protocol": u.Protocol}, nil
 }
 
 // mergeServicePolicies decodes each policies.services entry on top of the

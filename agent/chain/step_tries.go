@@ -60,6 +60,7 @@ func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) 
 		tryCtx, cancelTry := u.tryContext(r.Context(), deadline)
 		att.Ctx = tryCtx
 		att.Body = body.next()
+		att.Protocol = set.eps[i].Protocol
 		if !svc.limits.Pending.Acquire() {
 			u.endTry(cancelTry, retrying, nil)
 			return abandoned, false, Refuse(http.StatusServiceUnavailable, proxy.ReasonOverflow, svc.limited.ConcurrencyLimited)

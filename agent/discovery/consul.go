@@ -36,6 +36,7 @@ import (
 
 	"github.com/meshvm/mesh/agent/endpoint"
 	"github.com/meshvm/mesh/wire"
+	"github.com/meshvm/mesh/config"
 )
 
 // Defaults for the Options.
@@ -453,6 +454,8 @@ func Endpoints(entries []*consulapi.ServiceEntry) []endpoint.Endpoint {
 			Zone:   e.Service.Meta[wire.MetaZone],
 			Weight: weight,
 			Meta:   e.Service.Meta,
+			// The callee's agent registers what its app speaks.
+			Protocol: endpoint.ParseProtocol(e.Service.Meta[config.MetaAppProtocol]),
 		})
 	}
 	slices.SortFunc(eps, func(a, b endpoint.Endpoint) int {

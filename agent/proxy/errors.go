@@ -54,13 +54,20 @@ type Error struct {
 	Err error
 	// RetryAfter, if positive, is sent as a Retry-After header.
 	RetryAfter time.Duration
+	// Message, if set, tells the client more than the reason (in the body,
+	// or grpc-message); it must not leak internals.
+	Message string
 }
 
 func (e *Error) Error() string {
-	if e.Err != nil {
-		return e.Reason + ": " + e.Err.Error()
+	msg := e.Reason
+	if e.Message != "" {
+		msg += ": " + e.Message
 	}
-	return e.Reason
+	if e.Err != nil {
+		return msg + ": " + e.Err.Error()
+	}
+	return msg
 }
 
 func (e *Error) Unwrap() error { return e.Err }
@@ -109,11 +116,11 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 		h.Del("Content-Length")
 		h.Set("Content-Type", "application/grpc")
 		h.Set("Grpc-Status", strconv.Itoa(code))
-		h.Set("Grpc-Message", grpcMessage("mesh: "+pe.Reason))
+		h.Set("Grpc-Message", grpcMessage(pe.clientMessage()))
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	body := "mesh: " + pe.Reason + "\n"
+	body := pe.clientMessage() + "\n"
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
@@ -121,6 +128,14 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Method != http.MethodHead {
 		_, _ = w.Write([]byte(body))
 	}
+}
+
+// clientMessage is what the client is told: "mesh: REASON[: MESSAGE]".
+func (e *Error) clientMessage() string {
+	if e.Message != "" {
+		return "mesh: " + e.Reason + ": " + e.Message
+	}
+	return "mesh: " + e.Reason
 }
 
 // isGRPC reports whether r is a gRPC call (content-type application/grpc,

@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshvm/mesh/httpwire/h1"
+	"github.com/meshvm/mesh/agent/endpoint"
 )
 
 // Options tune a Forwarder. The zero value is usable.
@@ -51,6 +52,8 @@ type Forwarder struct {
 	// large and streamed bodies get a large one to move more bytes per
 	// system call.
 	smallBufs, largeBufs sync.Pool
+	// apps: what the agent's own app speaks, by address (SetAppProtocol).
+	apps sync.Map
 }
 
 // connectError marks a failure to dial the upstream: the request never
@@ -158,6 +161,9 @@ type Attempt struct {
 	// Body, if set, replaces r.Body for this try: a retry replays the
 	// body the first try consumed. r.ContentLength still applies.
 	Body io.Reader
+	// Protocol is what the target's app speaks (the endpoint's registered
+	// app protocol); Unknown sends r in its own protocol.
+	Protocol endpoint.Protocol
 }
 
 // ErrAborted is what Relay returns when the upstream's response broke off
@@ -180,6 +186,7 @@ func (f *Forwarder) Send(w http.ResponseWriter, r *http.Request, addr string, a 
 	}
 	ctx := r.Context()
 	var body io.Reader = r.Body
+	var proto endpoint.Protocol
 	if a != nil {
 		if a.Ctx != nil {
 			ctx = a.Ctx
@@ -187,10 +194,17 @@ func (f *Forwarder) Send(w http.ResponseWriter, r *http.Request, addr string, a 
 		if a.Body != nil {
 			body = a.Body
 		}
+		proto = a.Protocol
+	} else {
+		proto = f.AppProtocol(addr)
 	}
 	upgrade := ""
 	if r.ProtoMajor < 2 {
 		upgrade = upgradeType(r.Header)
+	}
+	useH2, perr := f.transport(r, proto, upgrade)
+	if perr != nil {
+		return nil, perr
 	}
 
 	out := r.WithContext(ctx) // shallow copy; every shared field is replaced below
@@ -204,7 +218,7 @@ func (f *Forwarder) Send(w http.ResponseWriter, r *http.Request, addr string, a 
 	} else {
 		out.Body = noCloseBody{body}
 	}
-	if r.ProtoMajor < 2 {
+	if !useH2 {
 		// HTTP/1.x: our own client. (The agent's HTTP/1.1 server reads
 		// request bodies while the response is written.)
 		var b io.Reader

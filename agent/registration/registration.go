@@ -15,6 +15,7 @@
 package registration
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -65,6 +66,9 @@ type Spec struct {
 	AppPort        int
 	AppHealth      string
 	HealthInterval time.Duration
+	// AppProtocol is what the app speaks (config.AppProtocol*), registered
+	// as config.MetaAppProtocol; empty registers "auto".
+	AppProtocol string
 
 	Tags []string
 	Meta map[string]string
@@ -91,6 +95,7 @@ func (s Spec) Registration() *consulapi.AgentServiceRegistration {
 	maps.Copy(meta, s.Meta)
 	meta[wire.MetaAppPort] = strconv.Itoa(s.AppPort)
 	meta[wire.MetaVersion] = buildinfo.Version
+	meta[config.MetaAppProtocol] = cmp.Or(s.AppProtocol, config.AppProtocolAuto)
 	if s.Node != "" {
 		meta[wire.MetaNode] = s.Node
 	}

@@ -12,7 +12,10 @@
 //   - one EDS Cluster per service: connect_timeout, lb_policy (or
 //     load_balancing_policy), zone-aware routing, circuit_breakers
 //     thresholds and retry budget, outlier_detection, and the
-//     wire.GovernanceNamespace filter metadata for the error-percentage breaker;
+//     wire.GovernanceNamespace filter metadata for the error-percentage breaker,
+//     and the app protocol: typed_extension_protocol_options
+//     (HttpProtocolOptions: explicit HTTP/1.1 or HTTP/2, or the
+//     downstream's) refined by the "mesh.protocol" metadata (grpc, tcp);
 //   - the ClusterLoadAssignment of each: endpoints with HEALTHY, DEGRADED or
 //     UNKNOWN health are routable, others are not; locality gives the zone;
 //   - the inbound Listener (wire.InboundListener): its
@@ -62,6 +65,13 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		eps, err := endpoints(r.Endpoints[edsName(c)])
 		if err != nil {
 			return nil, fmt.Errorf("endpoints of cluster %q: %w", name, err)
+		}
+		proto, err := clusterProtocol(c)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", name, err)
+		}
+		for i := range eps {
+			eps[i].Protocol = proto
 		}
 		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps}
 	}

@@ -173,7 +173,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 func (t *Translator) entry(s *model.Service) (*entry, error) {
 	prev := t.prev[s.Name]
 	e := &entry{svc: *s}
-	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy)
+	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy) && serviceProtocol(&prev.svc) == serviceProtocol(s)
 	if samePolicy {
 		e.cluster, e.vhost, e.apiRoute, e.apiListener = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener
 	} else {
@@ -266,6 +266,9 @@ func Cluster(s *model.Service) (*clusterv3.Cluster, error) {
 	c.OutlierDetection = outlier(p.OutlierDetection)
 	if md := governance(p.CircuitBreaker); md != nil {
 		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{wire.GovernanceNamespace: md}}
+	}
+	if err := setProtocol(c, serviceProtocol(s)); err != nil {
+		return nil, fmt.Errorf("cluster %s: protocol options: %w", s.Name, err)
 	}
 	return c, nil
 }
