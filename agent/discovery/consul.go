@@ -35,8 +35,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshvm/mesh/agent/endpoint"
-	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/wire"
 )
 
 // Defaults for the Options.

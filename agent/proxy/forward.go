@@ -18,8 +18,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/meshvm/mesh/httpwire/h1"
 	"github.com/meshvm/mesh/agent/endpoint"
+	"github.com/meshvm/mesh/httpwire/h1"
 )
 
 // Options tune a Forwarder. The zero value is usable.
