@@ -2,7 +2,11 @@
 # `make demo` runs a live local mesh; `make test` runs every test.
 
 GO       ?= go
-VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# One version for `mesh version` and the packages (packaging/version.sh:
+# 1.2.3 on a tag, 1.2.3+git<N>.<sha> after it); `make package VERSION=...`
+# sets both.
+VERSION  ?= $(shell packaging/version.sh)
+VERSION  := $(VERSION)
 COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X github.com/meshvm/mesh/buildinfo.Version=$(VERSION) -X github.com/meshvm/mesh/buildinfo.Commit=$(COMMIT)
 CONSUL   := bin/consul
@@ -15,7 +19,7 @@ TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade
+.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
 
 all: build
 
@@ -126,10 +130,10 @@ lint:
 	$(GO) vet $(PKGS)
 
 # .deb and .rpm into dist/ with nfpm (a Go tool in tools/nfpm, kept out of
-# the main module's graph). The package version comes from git
-# (packaging/version.sh); set PKG_MAINTAINER for a release.
+# the main module's graph), plus dist/mesh.deb and dist/mesh.rpm pointing at
+# them (what packaging/ansible/inventory.example.ini installs). The package
+# version is VERSION, the binary's; set PKG_MAINTAINER for a release.
 NFPM           := bin/nfpm
-PKG_VERSION    ?= $(shell packaging/version.sh)
 PKG_MAINTAINER ?= mesh maintainers <maintainers@meshvm.invalid>
 PKG_ARCH       ?= $(shell $(GO) env GOARCH)
 
@@ -139,12 +143,13 @@ $(NFPM): tools/nfpm/go.mod tools/nfpm/go.sum
 
 package: build $(NFPM)
 	@mkdir -p dist
-	rm -f dist/mesh_*.deb dist/mesh-*.rpm
-	packaging/changelog.sh '$(PKG_VERSION)' '$(PKG_MAINTAINER)' | gzip -9n > dist/changelog.Debian.gz
+	rm -f dist/mesh_*.deb dist/mesh-*.rpm dist/mesh.deb dist/mesh.rpm
+	packaging/changelog.sh '$(VERSION)' '$(PKG_MAINTAINER)' | gzip -9n > dist/changelog.Debian.gz
 	for fmt in deb rpm; do \
-		MESH_PKG_VERSION='$(PKG_VERSION)' MESH_MAINTAINER='$(PKG_MAINTAINER)' GOARCH='$(PKG_ARCH)' \
+		MESH_PKG_VERSION='$(VERSION)' MESH_MAINTAINER='$(PKG_MAINTAINER)' GOARCH='$(PKG_ARCH)' \
 			$(NFPM) package -f packaging/nfpm.yaml -p $$fmt -t dist/ || exit 1; \
 	done
+	cd dist && ln -s mesh_*.deb mesh.deb && ln -s mesh-*.rpm mesh.rpm
 
 # Seconds: systemd-analyze verify on the units, the shipped configs through
 # `mesh config validate`, shellcheck, ansible-lint, the Ansible role's
@@ -170,6 +175,15 @@ test-packaging: package $(CONSUL)
 # no request.
 test-packaging-upgrade: package $(CONSUL)
 	GO='$(GO)' packaging/test/upgrade.sh
+
+# Only the rolling step of test-packaging (as root, ~2-3 minutes): the
+# Ansible role upgrading three booted roots host by host, stopped by an
+# injected failure on the second; handlers restarting or reloading by
+# `mesh config diff`. Builds its older package itself.
+test-packaging-rolling: package $(CONSUL)
+	@set -e; mkdir -p .cache/packaging; export GO='$(GO)'; old=$$(mktemp -d $(CURDIR)/.cache/packaging/old.XXXXXX); trap 'rm -rf "$$old"' EXIT; \
+		. packaging/test/lib.sh; deb=$$(echo dist/mesh_*.deb); \
+		GO='$(GO)' packaging/test/rolling.sh "$$deb" "$$(old_deb "$$deb" 0.0.0~oldtest "$$old")"
 
 clean:
 	rm -rf bin dist

@@ -29,6 +29,12 @@ func main() {
 	root.AddCommand(agent.NewCommand(), config.NewCommand(), buildinfo.NewCommand())
 	root.AddCommand(controlplane.NewCommand())
 	if err := root.Execute(); err != nil {
+		// A command that says what it found by its exit status alone
+		// (`mesh config diff`) has printed what it had to.
+		var status interface{ ExitCode() int }
+		if errors.As(err, &status) {
+			os.Exit(status.ExitCode())
+		}
 		fmt.Fprintln(os.Stderr, "mesh:", err)
 		os.Exit(exitCode(err))
 	}

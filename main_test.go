@@ -101,3 +101,62 @@ func TestBadConfigAndFlagsExit2(t *testing.T) {
 		}
 	})
 }
+
+// `mesh config diff OLD NEW`: one line per changed setting and an exit
+// status an Ansible handler picks reload or restart by.
+func TestConfigDiffExitCodes(t *testing.T) {
+	bin := meshBinary(t)
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const agent = "agent:\n  service: orders\n  app_port: 8080\n  tags: [v1]\n"
+	old := write("old.yaml", agent)
+	same := write("same.yaml", "# reformatted\n"+agent+"  drain_period: 5s\n")
+	tags := write("tags.yaml", strings.Replace(agent, "[v1]", "[v2]", 1))
+	port := write("port.yaml", strings.NewReplacer("8080", "8081", "[v1]", "[v2]").Replace(agent))
+	bad := write("bad.yaml", agent+"  inbound_adr: 0.0.0.0:1\n")
+	control := write("control.yaml", "control: {xds_addr: \"0.0.0.0:18000\"}\npolicies: {default: {timeout: 10s}}\n")
+	policy := write("policy.yaml", "control: {xds_addr: \"0.0.0.0:18000\"}\npolicies: {default: {timeout: 3s}}\n")
+
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		code     int
+		stdout   string
+		inStderr string
+	}{
+		{"no effective change", []string{old, same}, 0, "", ""},
+		{"reload", []string{old, tags}, 3, "agent.tags: [v1] -> [v2] (reload)\n", ""},
+		{"restart", []string{old, port}, 4, "agent.app_port: 8080 -> 8081 (restart)\nagent.tags: [v1] -> [v2] (reload)\n", ""},
+		{"control plane policy, role given", []string{"--role", "control", control, policy}, 3,
+			"policies.default.timeout: 10s -> 3s (reload)\n", ""},
+		{"invalid new file", []string{old, bad}, 2, "", "agent.inbound_adr"},
+		{"missing old file", []string{filepath.Join(dir, "nope.yaml"), old}, 2, "", "nope.yaml"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(bin, append([]string{"config", "diff"}, tc.args...)...)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != tc.code || stdout.String() != tc.stdout || !strings.Contains(stderr.String(), tc.inStderr) {
+				t.Errorf("exit %d, stdout %q, stderr %q; want exit %d, stdout %q, stderr with %q",
+					code, stdout.String(), stderr.String(), tc.code, tc.stdout, tc.inStderr)
+			}
+			if tc.code != 2 && stderr.Len() > 0 {
+				t.Errorf("stderr not empty: %q", stderr.String())
+			}
+		})
+	}
+}

@@ -17,47 +17,6 @@ import (
 	"github.com/meshvm/mesh/sdnotify"
 )
 
-// restartOnly lists the settings a running agent cannot change: its
-// sockets, its identity and where it gets its config. A reload that
-// changes one keeps the running value and says a restart is needed.
-func restartOnly(old, next config.Config) []string {
-	o, n := old.Agent, next.Agent
-	var out []string
-	diff := func(path string, a, b any) {
-		if !reflect.DeepEqual(a, b) {
-			out = append(out, path)
-		}
-	}
-	diff("agent.service", o.Service, n.Service)
-	diff("agent.app_port", o.AppPort, n.AppPort)
-	diff("agent.app_address", o.AppAddress, n.AppAddress)
-	diff("agent.app_protocol", o.AppProtocol, n.AppProtocol)
-	diff("agent.tcp_idle_timeout", o.TCPIdleTimeout, n.TCPIdleTimeout)
-	diff("agent.inbound_addr", o.InboundAddr, n.InboundAddr)
-	diff("agent.outbound_addr", o.OutboundAddr, n.OutboundAddr)
-	diff("agent.admin_addr", o.AdminAddr, n.AdminAddr)
-	diff("agent.advertise_addr", o.AdvertiseAddr, n.AdvertiseAddr)
-	diff("agent.node", o.Node, n.Node)
-	diff("agent.upstreams", o.Upstreams, n.Upstreams)
-	diff("agent.control_plane", o.ControlPlane, n.ControlPlane)
-	diff("agent.cache_dir", o.CacheDir, n.CacheDir)
-	diff("agent.locality", o.Locality, n.Locality)
-	diff("consul", old.Consul, next.Consul)
-	return out
-}
-
-// keepRestartOnly copies the restart-only settings of old into next.
-func keepRestartOnly(old, next config.Config) config.Config {
-	o := old.Agent
-	n := &next.Agent
-	n.Service, n.AppPort, n.AppAddress, n.AppProtocol = o.Service, o.AppPort, o.AppAddress, o.AppProtocol
-	n.TCPIdleTimeout = o.TCPIdleTimeout
-	n.InboundAddr, n.OutboundAddr, n.AdminAddr, n.AdvertiseAddr = o.InboundAddr, o.OutboundAddr, o.AdminAddr, o.AdvertiseAddr
-	n.Node, n.Upstreams, n.ControlPlane, n.CacheDir, n.Locality = o.Node, o.Upstreams, o.ControlPlane, o.CacheDir, o.Locality
-	next.Consul = old.Consul
-	return next
-}
-
 // Reload applies a new, validated config to the running agent without
 // dropping a connection: local policies (when not routing by xDS),
 // registration tags, meta and health check, drain and shutdown timing,
@@ -68,8 +27,10 @@ func (a *Agent) Reload(next config.Config) (needRestart []string, err error) {
 	a.swapMu.Lock()
 	defer a.swapMu.Unlock()
 	old := a.config()
-	needRestart = restartOnly(old, next)
-	next = keepRestartOnly(old, next)
+	// The restart-only settings are config's (config.RestartOnly): the
+	// one list `mesh config diff` classifies changes with.
+	needRestart = config.RestartOnly(config.RoleAgent, old, next)
+	next = config.KeepRestartOnly(config.RoleAgent, old, next)
 
 	// Policies from the local file route only while no control plane
 	// config is in force.

@@ -36,6 +36,7 @@ func NewCommand() *cobra.Command {
 	}
 	validate.Flags().StringVar(&role, "role", "", "require the fields of this role: agent or control (default: check what the file sets)")
 	cmd.AddCommand(validate)
+	cmd.AddCommand(newDiffCommand())
 	return cmd
 }
 

@@ -13,37 +13,6 @@ import (
 	"github.com/meshvm/mesh/sdnotify"
 )
 
-// restartOnly lists the changed settings a running control plane cannot
-// apply: its listening sockets, its Consul connection (the source's
-// blocking queries hold it) and the log format (every component holds a
-// logger). A reload keeps their running values and says a restart is
-// needed.
-func restartOnly(old, next config.Config) []string {
-	var out []string
-	diff := func(path string, a, b any) {
-		if !reflect.DeepEqual(a, b) {
-			out = append(out, path)
-		}
-	}
-	diff("control.xds_addr", old.Control.XDSAddr, next.Control.XDSAddr)
-	diff("control.admin_addr", old.Control.AdminAddr, next.Control.AdminAddr)
-	diff("consul.addr", old.Consul.Addr, next.Consul.Addr)
-	diff("consul.token", old.Consul.Token, next.Consul.Token)
-	diff("consul.datacenter", old.Consul.Datacenter, next.Consul.Datacenter)
-	diff("log.format", old.Log.Format, next.Log.Format)
-	diff("control.kubernetes", old.Control.Kubernetes, next.Control.Kubernetes)
-	return out
-}
-
-// keepRestartOnly copies the restart-only settings of old into next.
-func keepRestartOnly(old, next config.Config) config.Config {
-	next.Control.XDSAddr, next.Control.AdminAddr = old.Control.XDSAddr, old.Control.AdminAddr
-	next.Consul = old.Consul
-	next.Log.Format = old.Log.Format
-	next.Control.Kubernetes = old.Control.Kubernetes
-	return next
-}
-
 // cmdbChanged reports whether the CMDB poller must be rebuilt for next:
 // any CMDB setting but the draining statuses, which the merge applies.
 // The token is compared too (config.Load reads token_file), so a reload
@@ -59,15 +28,15 @@ func cmdbChanged(old, next config.CMDB) bool {
 // changed resources are pushed), control.debounce, the CMDB's draining
 // statuses, and the other CMDB settings, by restarting the CMDB poller
 // (the last good CMDB view stays in force until the new poller delivers).
-// It returns the changed settings that need a restart (see restartOnly;
+// It returns the changed settings that need a restart (config.RestartOnly;
 // their running values are kept). On error nothing has changed. The log
 // level is the caller's: see ReloadFrom.
 func (c *Control) Reload(ctx context.Context, next config.Config) (needRestart []string, err error) {
 	c.reloadMu.Lock()
 	defer c.reloadMu.Unlock()
 	old := c.config()
-	needRestart = restartOnly(old, next)
-	next = keepRestartOnly(old, next)
+	needRestart = config.RestartOnly(config.RoleControl, old, next)
+	next = config.KeepRestartOnly(config.RoleControl, old, next)
 
 	// Build the new poller before anything changes: a CMDB config it
 	// cannot use leaves everything as it was.

@@ -161,26 +161,12 @@ loop:
 // (next's live settings, the running values of the others) and the paths
 // of the changed settings it kept.
 func (o *Observer) Reload(next config.Observability) (inForce config.Observability, needRestart []string) {
+	// Which settings need a restart is config's (config.RestartOnly), the
+	// list `mesh config diff` and the agent's reload use too.
+	old, nc := config.Config{Observability: o.cfg}, config.Config{Observability: next}
+	needRestart = config.RestartOnly(config.RoleAgent, old, nc)
 	inForce = o.cfg
-	cur, n := o.cfg.AccessLog, next.AccessLog
-	diff := func(path string, changed bool) {
-		if changed {
-			needRestart = append(needRestart, "observability."+path)
-		}
-	}
-	diff("access_log.enabled", cur.Enabled != n.Enabled)
-	diff("access_log.output", cur.Output != n.Output)
-	diff("access_log.format", cur.Format != n.Format)
-	diff("access_log.flush_interval", cur.FlushInterval != n.FlushInterval)
-	ct, nt := o.cfg.Tracing, next.Tracing
-	diff("tracing.exporter", ct.Exporter != nt.Exporter)
-	diff("tracing.endpoint", ct.Endpoint != nt.Endpoint)
-	diff("tracing.propagators", !slices.Equal(ct.Propagators, nt.Propagators))
-	diff("tracing.queue_size", ct.QueueSize != nt.QueueSize)
-	diff("tracing.batch_size", ct.BatchSize != nt.BatchSize)
-	diff("tracing.batch_timeout", ct.BatchTimeout != nt.BatchTimeout)
-	diff("tracing.export_timeout", ct.ExportTimeout != nt.ExportTimeout)
-
+	n, nt := next.AccessLog, next.Tracing
 	// The fields were validated with the config; set cannot fail on them.
 	if o.access != nil && o.access.set(n.Fields, n.SampleRatio) != nil {
 		return inForce, needRestart

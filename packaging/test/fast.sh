@@ -66,7 +66,7 @@ ok "shipped configs validate"
 
 # --- scripts -------------------------------------------------------------
 shellcheck -s sh packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm \
-	packaging/rpm/post packaging/rpm/preun packaging/rpm/postun \
+	packaging/rpm/pre packaging/rpm/post packaging/rpm/preun packaging/rpm/postun \
 	packaging/version.sh packaging/changelog.sh
 shellcheck -x -s sh packaging/test/*.sh
 python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' packaging/test/load.py
@@ -111,6 +111,34 @@ fi
 grep -q 'agent.upstreams\[0\].listen: .*nope.* is not HOST:PORT' "$tmp/run3" || { cat "$tmp/run3"; fail "the refusal does not name the bad field"; }
 [ "$before" = "$(cat "$tmp/render/orders-1.example.internal/agent-orders.yaml")" ] ||
 	fail "a refused config replaced the file in place"
-ok "bad config refused by validate, file in place kept"
+[ -z "$(find "$tmp/render" -name '*~')" ] || fail "a refused config left a backup: $(find "$tmp/render" -name '*~')"
+ok "bad config refused by validate, file in place kept, no backup left"
+
+# A changed value: the handlers compare the new file with the one it
+# replaced (`mesh config diff`: 4 = restart for app_port, 3 = reload for a
+# policy) and remove the backup either way.
+cp -r "$tmp/render" "$tmp/before"
+render -e '{"mesh_apps": [{"name": "orders", "service": "orders", "app_port": 8090}]}' \
+	-e '{"mesh_policies": {"default": {"timeout": "3s"}}}' >"$tmp/run4" 2>&1 || { cat "$tmp/run4"; fail "render with a changed app_port and policy"; }
+left=$(find "$tmp/render" -name '*~')
+[ -z "$left" ] || { cat "$tmp/run4"; fail "the replaced configs were left behind: $left"; }
+code() {
+	rc=0
+	"$mesh" config diff "$@" >"$tmp/diff.out" || rc=$?
+	echo "$rc"
+}
+f="orders-1.example.internal/agent-orders.yaml"
+[ "$(code --role agent "$tmp/before/$f" "$tmp/render/$f")" = 4 ] || { cat "$tmp/diff.out"; fail "config diff: app_port change is not a restart (exit 4)"; }
+grep -qx 'agent.app_port: 8080 -> 8090 (restart)' "$tmp/diff.out" || { cat "$tmp/diff.out"; fail "config diff output"; }
+f="mesh-control-1.example.internal/mesh.yaml"
+[ "$(code --role control "$tmp/before/$f" "$tmp/render/$f")" = 3 ] || { cat "$tmp/diff.out"; fail "config diff: a policy change is not a reload (exit 3)"; }
+[ "$(code --role control "$tmp/render/$f" "$tmp/render/$f")" = 0 ] || fail "config diff: a file against itself is not exit 0"
+ok "changed render: backups removed; config diff says restart for app_port, reload for a policy"
+
+# The example inventory installs what `make package` writes.
+grep -qx 'mesh_package_deb=../../dist/mesh.deb' packaging/ansible/inventory.example.ini ||
+	fail "inventory.example.ini does not install dist/mesh.deb"
+grep -q 'ln -s mesh_\*.deb mesh.deb' Makefile || fail "make package does not write dist/mesh.deb"
+ok "example inventory: dist/mesh.deb, which make package writes"
 
 echo "packaging fast checks: all passed"

@@ -4,11 +4,17 @@
 #   1. lintian on the .deb (errors and warnings fail, except the overrides
 #      shipped in packaging/deb/lintian-overrides);
 #   2. in a Debian root made with debootstrap (cached in .cache/packaging):
-#      dpkg -i, files, conffiles, user, state dir, enabled units, `mesh
-#      version`, systemd-analyze verify of the installed units; an upgrade
-#      (reinstall) keeping an edited conffile and a disabled unit; purge;
-#   3. the .rpm's file list, config flags and scriptlets, installed with
-#      `rpm --root` into a second copy of that root;
+#      dpkg -i, files, conffiles and their modes, user, state dir, no unit
+#      enabled, `mesh version` = the package version, systemd-analyze
+#      verify of the installed units; purge; in a second root an upgrade
+#      from an older package (other version, other shipped mesh.yaml) over
+#      an edited mesh.yaml with --force-confold: the edit and the admin's
+#      enable kept, the new file beside it as .dpkg-dist;
+#   3. the .rpm's file list, config flags and Requires; an RPM-style root
+#      (rpm's own database, Fedora's `disable *` preset, a stub package
+#      providing what Fedora's userland would): install refused without the
+#      Requires, installed with them, preset-disabled unless the admin's
+#      preset enables it, erase leaving no enable link;
 #   4. the Ansible role (site.yml) against a fresh root over Ansible's chroot
 #      connection: package installed, configs rendered and valid, units
 #      enabled; a second run reports changed=0;
@@ -24,7 +30,10 @@
 #      (MESH_TEST_SDNOTIFY=0 leaves it out, saving the 32s watchdog wait);
 #   6. upgrade.sh: a package upgrade (dpkg -i in a booted root, postinst
 #      restarting mesh-agent@orders) under steady load from two callers
-#      with retries (Consul-direct and xDS) loses no request.
+#      with retries (Consul-direct and xDS) loses no request;
+#   7. rolling.sh: the Ansible role's rolling upgrade over three booted
+#      roots stops at the injected failure on the second; handlers restart
+#      or reload by `mesh config diff`.
 # shellcheck disable=SC2016 # ${...} in single quotes are dpkg-query formats
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -42,6 +51,9 @@ if [ $# -ne 1 ] || [ ! -f "$1" ]; then fail "want exactly one dist/mesh-*.rpm (m
 rpmfile=$PWD/$1
 version=$(dpkg-deb -f "$deb" Version)
 start=$(date +%s)
+# The example inventory's package is the one make package wrote.
+[ "$(readlink -f packaging/ansible/../../dist/mesh.deb)" = "$(readlink -f "$deb")" ] ||
+	fail "dist/mesh.deb (inventory.example.ini's mesh_package_deb) is not $deb"
 
 # --- 1. lintian ----------------------------------------------------------
 lintian --fail-on error,warning --tag-display-limit 0 "$deb" 2>&1 | grep -v 'root privileges' || true
@@ -68,7 +80,14 @@ cleanup() {
 	done
 	rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+oldwork=
+trap 'cleanup; rm -rf "$oldwork"' EXIT INT TERM
+# An older package (other version, other shipped mesh.yaml) for the
+# upgrades, outside $work: upgrade.sh and rolling.sh use it after cleanup.
+oldwork=$(mktemp -d "$PWD/.cache/packaging/old.XXXXXX")
+olddeb=$(old_deb "$deb" 0.0.0~oldtest "$oldwork")
+oldversion=$(dpkg-deb -f "$olddeb" Version)
+ok "old package $(basename "$olddeb") built"
 
 # new_root NAME [noproc]: a fresh copy of the cached root, with /proc
 # mounted unless noproc.
@@ -102,7 +121,11 @@ conffiles=$(in_root "$root" dpkg-query -W -f='${Conffiles}' mesh)
 for f in /etc/mesh/mesh.yaml /etc/mesh/agent-example.yaml.sample; do
 	echo "$conffiles" | grep -q " $f " || fail "$f is not a conffile: $conffiles"
 done
-ok "files and conffiles in place"
+for f in /etc/mesh/mesh.yaml:root:mesh:640 /etc/mesh/agent-example.yaml.sample:root:root:644; do
+	got=$(in_root "$root" stat -c '%U:%G:%a' "${f%%:*}")
+	[ "$got" = "${f#*:}" ] || fail "${f%%:*} is $got, want ${f#*:}"
+done
+ok "files and conffiles in place, mesh.yaml root:mesh 0640"
 
 pw=$(in_root "$root" getent passwd mesh) || fail "no mesh user"
 uid=$(echo "$pw" | cut -d: -f3)
@@ -113,31 +136,20 @@ in_root "$root" getent group mesh >/dev/null || fail "no mesh group"
 	fail "/var/lib/mesh: $(in_root "$root" stat -c '%U:%G %a' /var/lib/mesh)"
 ok "system user mesh ($uid), /var/lib/mesh mesh:mesh 0750"
 
-[ "$(in_root "$root" systemctl is-enabled mesh-control.service)" = enabled ] || fail "mesh-control.service not enabled"
-[ "$(readlink "$root/etc/systemd/system/multi-user.target.wants/mesh-control.service")" = /lib/systemd/system/mesh-control.service ] ||
-	fail "mesh-control.service enable link"
-ok "mesh-control.service enabled (not started: postinst starts nothing on install)"
+[ "$(in_root "$root" systemctl is-enabled mesh-control.service || true)" = disabled ] || fail "mesh-control.service is enabled by the package"
+left=$(find "$root/etc/systemd" -name '*mesh*')
+[ -z "$left" ] || fail "the package enabled: $left"
+ok "no unit enabled by the package (mesh-control.service disabled)"
 
 got=$(in_root "$root" mesh version) || fail "mesh version in the root"
 [ "$got" = "$(bin/mesh version)" ] || fail "mesh version in the root: '$got', built: '$(bin/mesh version)'"
-ok "mesh version in the root: $got"
+[ "$(echo "$got" | cut -d' ' -f2)-1" = "$version" ] || fail "mesh version '$got' is not the package version $version"
+ok "mesh version in the root: $got (package $version)"
 in_root "$root" mesh config validate --role control /etc/mesh/mesh.yaml >/dev/null || fail "installed mesh.yaml does not validate"
 in_root "$root" systemd-analyze verify mesh-control.service mesh-agent@orders.service >"$work/verify.log" 2>&1 ||
 	{ cat "$work/verify.log"; fail "systemd-analyze verify in the root"; }
 [ ! -s "$work/verify.log" ] || { cat "$work/verify.log"; fail "systemd-analyze verify in the root warns"; }
 ok "installed config validates, installed units verify"
-
-# Upgrade path (the same package again: postinst configure <old version>):
-# an edited conffile and an admin's disable survive; the user is reused.
-echo "# edited by the admin" >>"$root/etc/mesh/mesh.yaml"
-in_root "$root" systemctl disable mesh-control.service >/dev/null 2>&1
-in_root "$root" dpkg -i /tmp/mesh.deb >"$work/dpkg-upgrade.log" 2>&1 ||
-	{ cat "$work/dpkg-upgrade.log"; fail "dpkg -i over the installed package"; }
-tail -n1 "$root/etc/mesh/mesh.yaml" | grep -q "edited by the admin" || fail "upgrade replaced the edited /etc/mesh/mesh.yaml"
-[ "$(in_root "$root" systemctl is-enabled mesh-control.service 2>/dev/null || true)" = disabled ] ||
-	fail "upgrade re-enabled mesh-control.service after the admin disabled it"
-[ "$(in_root "$root" id -u mesh)" = "$uid" ] || fail "upgrade changed the mesh uid"
-ok "upgrade keeps the edited conffile, the admin's disable and the user"
 
 # Purge, with an agent the admin enabled.
 in_root "$root" systemctl enable mesh-agent@orders.service >/dev/null 2>&1
@@ -152,6 +164,31 @@ left=$(find "$root/etc/systemd" "$root/var/lib/systemd" -name '*mesh*' 2>/dev/nu
 in_root "$root" getent passwd mesh >/dev/null || fail "purge removed the mesh user (it is meant to stay)"
 ok "purge removes files, configs, state, unit links; keeps the mesh user"
 
+# Upgrade from the older package over an edited mesh.yaml, as the Ansible
+# role installs (--force-confdef --force-confold), no TTY: the edit stays,
+# the new package's file is written beside it as mesh.yaml.dpkg-dist; the
+# admin's enable and the mesh user stay.
+uroot=$(new_root dpkgup)
+cp "$olddeb" "$uroot/tmp/mesh-old.deb"
+cp "$deb" "$uroot/tmp/mesh.deb"
+in_root "$uroot" dpkg -i /tmp/mesh-old.deb >"$work/dpkg-old.log" 2>&1 || { cat "$work/dpkg-old.log"; fail "dpkg -i $oldversion"; }
+uid=$(in_root "$uroot" id -u mesh)
+echo "# edited by the admin" >>"$uroot/etc/mesh/mesh.yaml"
+in_root "$uroot" systemctl enable mesh-control.service >/dev/null 2>&1
+in_root "$uroot" dpkg -i --force-confdef --force-confold /tmp/mesh.deb </dev/null >"$work/dpkg-upgrade.log" 2>&1 ||
+	{ cat "$work/dpkg-upgrade.log"; fail "dpkg -i --force-confold $version over $oldversion"; }
+[ "$(in_root "$uroot" dpkg-query -W -f='${Version} ${Status}' mesh)" = "$version install ok installed" ] ||
+	fail "after the upgrade: $(in_root "$uroot" dpkg-query -W -f='${Version} ${Status}' mesh)"
+tail -n1 "$uroot/etc/mesh/mesh.yaml" | grep -q "edited by the admin" || fail "upgrade replaced the edited /etc/mesh/mesh.yaml"
+cmp -s "$uroot/etc/mesh/mesh.yaml.dpkg-dist" packaging/etc/mesh.yaml || fail "mesh.yaml.dpkg-dist is not the new package's mesh.yaml"
+[ "$(in_root "$uroot" stat -c '%U:%G %a' /etc/mesh/mesh.yaml)" = "root:mesh 640" ] || fail "edited mesh.yaml: $(in_root "$uroot" stat -c '%U:%G %a' /etc/mesh/mesh.yaml)"
+[ "$(in_root "$uroot" systemctl is-enabled mesh-control.service)" = enabled ] || fail "upgrade dropped the admin's enable of mesh-control"
+[ "$(in_root "$uroot" id -u mesh)" = "$uid" ] || fail "upgrade changed the mesh uid"
+in_root "$uroot" dpkg --purge mesh >"$work/dpkg-purge2.log" 2>&1 || { cat "$work/dpkg-purge2.log"; fail "dpkg --purge after the upgrade"; }
+[ ! -e "$uroot/etc/mesh" ] || fail "purge left $(find "$uroot/etc/mesh")"
+[ -z "$(find "$uroot/etc/systemd" -name '*mesh*')" ] || fail "purge left $(find "$uroot/etc/systemd" -name '*mesh*')"
+ok "upgrade $oldversion -> $version over an edited mesh.yaml: edit kept, new file as .dpkg-dist, enable and uid kept; purge removes both"
+
 # --- 3. rpm ---------------------------------------------------------------------
 flags=$(rpm -qp --qf '[%{FILENAMES} %{FILEFLAGS:fflags}\n]' "$rpmfile" 2>/dev/null)
 for f in /etc/mesh/mesh.yaml /etc/mesh/agent-example.yaml.sample; do
@@ -160,17 +197,59 @@ done
 for f in /usr/bin/mesh /usr/lib/systemd/system/mesh-control.service /usr/lib/systemd/system/mesh-agent@.service; do
 	echo "$flags" | grep -q "^$f " || fail "rpm: $f missing"
 done
-# The scriptlets run for real in a Debian root: rpm chroots into --root.
+reqs=$(rpm -qpR "$rpmfile" 2>/dev/null)
+for r in shadow-utils glibc-common coreutils systemd util-linux; do
+	echo "$reqs" | grep -qx "$r" || fail "rpm: no Requires: $r; got: $(echo "$reqs" | tr '\n' ' ')"
+done
+ok "rpm Requires: $(echo "$reqs" | grep -v '^rpmlib' | tr '\n' ' ')"
+
+# An RPM-style root: the scriptlets run for real (rpm chroots into
+# --root), against rpm's own database, which holds only what a stub
+# package provides for Fedora's userland, and Fedora's preset policy.
 rroot=$(new_root rpm)
 rpm --root "$rroot" --initdb
-rpm --root "$rroot" -i --nodeps "$rpmfile" >"$work/rpm.log" 2>&1 || { cat "$work/rpm.log"; fail "rpm -i"; }
-in_root "$rroot" getent passwd mesh >/dev/null || fail "rpm %post: no mesh user"
+mkdir -p "$rroot/usr/lib/systemd/system-preset"
+echo 'disable *' >"$rroot/usr/lib/systemd/system-preset/99-default-disable.preset"
+if rpm --root "$rroot" -i "$rpmfile" >"$work/rpm-nodeps.log" 2>&1; then
+	fail "rpm -i succeeded in a root that provides none of its Requires"
+fi
+grep -q 'shadow-utils is needed by mesh' "$work/rpm-nodeps.log" || { cat "$work/rpm-nodeps.log"; fail "rpm -i without its Requires: not refused for them"; }
+mkdir -p "$work/stub"
+cat >"$work/stub/nfpm.yaml" <<'STUB'
+name: fedora-userland-stub
+arch: all
+platform: linux
+version: 1.0.0
+release: "1"
+maintainer: mesh tests <tests@meshvm.invalid>
+description: Provides what a Fedora userland would, for the mesh rpm test
+provides: [shadow-utils, glibc-common, coreutils, systemd, util-linux]
+STUB
+(cd "$work/stub" && "$OLDPWD/bin/nfpm" package -f nfpm.yaml -p rpm -t . >/dev/null) || fail "nfpm: the userland stub rpm"
+rpm --root "$rroot" -i "$work"/stub/*.rpm >"$work/rpm-stub.log" 2>&1 || { cat "$work/rpm-stub.log"; fail "rpm -i the userland stub"; }
+rpm --root "$rroot" -i "$rpmfile" >"$work/rpm.log" 2>&1 || { cat "$work/rpm.log"; fail "rpm -i"; }
+in_root "$rroot" getent passwd mesh >/dev/null || fail "rpm %pre: no mesh user"
 [ "$(in_root "$rroot" stat -c '%U:%G %a' /var/lib/mesh)" = "mesh:mesh 750" ] || fail "rpm %post: /var/lib/mesh"
-[ "$(in_root "$rroot" systemctl is-enabled mesh-control.service)" = enabled ] || fail "rpm %post: mesh-control not enabled by preset"
+[ "$(in_root "$rroot" stat -c '%U:%G %a' /etc/mesh/mesh.yaml)" = "root:mesh 640" ] ||
+	fail "rpm: /etc/mesh/mesh.yaml is $(in_root "$rroot" stat -c '%U:%G %a' /etc/mesh/mesh.yaml)"
+grep -q 'does not exist' "$work/rpm.log" && { cat "$work/rpm.log"; fail "rpm: unpacked before the mesh group existed"; }
+[ "$(in_root "$rroot" systemctl is-enabled mesh-control.service || true)" = disabled ] || fail "rpm: mesh-control enabled on install"
+[ -z "$(find "$rroot/etc/systemd" -name '*mesh*')" ] || fail "rpm install enabled: $(find "$rroot/etc/systemd" -name '*mesh*')"
 rpm --root "$rroot" -e mesh >"$work/rpm-e.log" 2>&1 || { cat "$work/rpm-e.log"; fail "rpm -e"; }
+ok "rpm: refused without its Requires, installed with them; mesh.yaml root:mesh 0640; nothing enabled under 'disable *'"
+# The admin's preset enables mesh-control at install; erase removes every
+# enable link, agents the admin enabled included.
+mkdir -p "$rroot/etc/systemd/system-preset"
+echo 'enable mesh-control.service' >"$rroot/etc/systemd/system-preset/50-mesh.preset"
+rpm --root "$rroot" -i "$rpmfile" >"$work/rpm2.log" 2>&1 || { cat "$work/rpm2.log"; fail "rpm -i (admin preset)"; }
+[ "$(in_root "$rroot" systemctl is-enabled mesh-control.service)" = enabled ] || fail "rpm: the admin's preset did not enable mesh-control"
+in_root "$rroot" systemctl enable mesh-agent@orders.service >/dev/null 2>&1
+[ -L "$rroot/etc/systemd/system/multi-user.target.wants/mesh-agent@orders.service" ] || fail "could not enable mesh-agent@orders"
+rpm --root "$rroot" -e mesh >"$work/rpm-e2.log" 2>&1 || { cat "$work/rpm-e2.log"; fail "rpm -e (2)"; }
 [ ! -e "$rroot/usr/bin/mesh" ] || fail "rpm -e left /usr/bin/mesh"
-[ "$(in_root "$rroot" systemctl is-enabled mesh-control.service 2>/dev/null || true)" != enabled ] || fail "rpm %preun: still enabled"
-ok "rpm: config(noreplace) flags, install and erase scriptlets"
+left=$(find "$rroot/etc/systemd" -name '*mesh*' ! -name 50-mesh.preset)
+[ -z "$left" ] || fail "rpm -e left: $left"
+ok "rpm: the admin's preset enables mesh-control; rpm -e removes it and mesh-agent@orders' link"
 
 # --- 4. Ansible over a chroot connection -----------------------------------------
 aroot=$(new_root ansible)
@@ -242,7 +321,7 @@ sed -e 's/^  service: example$/  service: demo/' -e '/^  app_health:/d' \
 	"$broot/etc/mesh/agent-example.yaml.sample" >"$broot/etc/mesh/agent-demo.yaml"
 in_root "$broot" mesh config validate --role agent /etc/mesh/agent-demo.yaml | grep -q 'service: demo' ||
 	fail "agent-demo.yaml"
-in_root "$broot" systemctl enable consul.service mesh-agent@demo.service >/dev/null 2>&1
+in_root "$broot" systemctl enable consul.service mesh-control.service mesh-agent@demo.service >/dev/null 2>&1
 systemd-nspawn -q -D "$broot" --boot --register=no --keep-unit --private-network \
 	>"$work/nspawn.log" 2>&1 </dev/null &
 nspawn=$!
@@ -363,7 +442,10 @@ ok "systemctl stop mesh-control: exit 0"
 # --- 6. package upgrade under load ------------------------------------------------
 # Power this root off first: the upgrade test boots its own.
 cleanup
-trap - EXIT INT TERM
-"$here/upgrade.sh" "$deb"
+trap 'rm -rf "$oldwork"' EXIT INT TERM
+MESH_TEST_OLD_DEB=$olddeb "$here/upgrade.sh" "$deb"
+
+# --- 7. rolling upgrade with the Ansible role ------------------------------------
+"$here/rolling.sh" "$deb" "$olddeb"
 
 echo "packaging tests: all passed in $(($(date +%s) - start))s"

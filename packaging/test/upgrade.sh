@@ -132,21 +132,16 @@ app() {
 
 # --- the older package ---------------------------------------------------------
 # The same tree, its binary stamped with an older version, so that both the
-# package and `mesh version` tell old from new.
-oldv=0.0.0~upgradetest
+# package and `mesh version` tell old from new (MESH_TEST_OLD_DEB: one
+# built by the caller, slow.sh).
 newv=$(dpkg-deb -f "$deb" Version)
-arch=$(dpkg-deb -f "$deb" Architecture)
-stage=$work/stage
-mkdir -p "$stage/bin" "$stage/dist" "$stage/out"
-cp -r packaging systemd LICENSE "$stage/"
-CGO_ENABLED=0 ${GO:-go} build -trimpath -o "$stage/bin/mesh" \
-	-ldflags "-s -w -X github.com/meshvm/mesh/buildinfo.Version=$oldv -X github.com/meshvm/mesh/buildinfo.Commit=upgradetest" . ||
-	fail "building the old binary"
-packaging/changelog.sh "$oldv" "$(dpkg-deb -f "$deb" Maintainer)" | gzip -9n >"$stage/dist/changelog.Debian.gz"
-(cd "$stage" && MESH_PKG_VERSION=$oldv MESH_MAINTAINER=$(dpkg-deb -f "$deb" Maintainer) GOARCH=$arch \
-	"$OLDPWD/bin/nfpm" package -f packaging/nfpm.yaml -p deb -t out/ >/dev/null) || fail "nfpm: the old package"
-olddeb=$(echo "$stage"/out/mesh_*.deb)
-dpkg --compare-versions "$(dpkg-deb -f "$olddeb" Version)" lt "$newv" || fail "old package $oldv is not older than $newv"
+if [ -n "${MESH_TEST_OLD_DEB:-}" ]; then
+	olddeb=$MESH_TEST_OLD_DEB
+else
+	olddeb=$(old_deb "$deb" 0.0.0~upgradetest "$work/stage")
+fi
+oldv=$(dpkg-deb -f "$olddeb" Version)
+oldv=${oldv%-*} # the binary's version: the package's without its release
 dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/mesh >"$work/mesh-new"
 chmod +x "$work/mesh-new"
 newbin=$("$work/mesh-new" version | cut -d' ' -f2)
