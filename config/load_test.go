@@ -224,6 +224,13 @@ func TestErrorsNameTheirSource(t *testing.T) {
 			t.Errorf("no file line in:\n%s", ce)
 		}
 	})
+	t.Run("an empty section does not hide the environment", func(t *testing.T) {
+		t.Setenv("MESH_AGENT_CONTROL_PLANE", "01")
+		ce := loadErr(t, config.Options{File: writeFile(t, "agent:\n")})
+		if f := field(t, ce, "agent.control_plane[0]"); f.Source != "env MESH_AGENT_CONTROL_PLANE" {
+			t.Errorf("source %q, want the env variable", f.Source)
+		}
+	})
 	t.Run("a good env value replaces a bad file value", func(t *testing.T) {
 		t.Setenv("MESH_AGENT_APP_PORT", "9090")
 		ce := loadErr(t, config.Options{File: writeFile(t, "agent:\n  service: orders\n  app_port: eighty\n")})

@@ -427,6 +427,11 @@ func (s *sources) walk(n *yaml.Node, t reflect.Type, path string, inLeaf bool, d
 // walkMapping checks the fields of a section or struct, leaving out unknown
 // fields and refused values.
 func (s *sources) walkMapping(n *yaml.Node, t reflect.Type, path string, inLeaf bool, depth int) {
+	s.visits++
+	if s.visits > maxVisits || depth > maxDepth {
+		s.tooDeep = true
+		return
+	}
 	keep := n.Content[:0:0]
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
@@ -464,6 +469,11 @@ func (s *sources) walkMapping(n *yaml.Node, t reflect.Type, path string, inLeaf 
 			continue
 		}
 		s.lines[p] = k.Line
+		if val.Kind == yaml.ScalarNode && val.Tag == "!!null" {
+			// "field:" with nothing after it leaves the default; given to
+			// viper, a null section would hide the environment's values.
+			continue
+		}
 		_, isLeaf := s.leafType[p]
 		if s.walk(val, f.Type, p, inLeaf || isLeaf, depth+1) {
 			continue
