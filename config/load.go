@@ -97,9 +97,22 @@ func Load(opts Options) (*Config, error) {
 // hooks refuse what slipped through rather than guess.
 var decodeHook = mapstructure.ComposeDecodeHookFunc(
 	durationHook,
-	mapstructure.StringToSliceHookFunc(","),
+	splitHook,
 	upstreamHook,
 )
+
+// splitHook reads one string as a comma-separated list, for a list of any
+// type (MESH_AGENT_UPSTREAMS=pay=127.0.0.1:9191,inv=127.0.0.1:9192).
+func splitHook(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() != reflect.String || to.Kind() != reflect.Slice {
+		return data, nil
+	}
+	s := reflect.ValueOf(data).String()
+	if s == "" {
+		return []string{}, nil
+	}
+	return strings.Split(s, ","), nil
+}
 
 // durationHook reads a duration from its text ("2s") or a plain 0; a
 // number other than 0 has no unit and is refused.

@@ -224,6 +224,17 @@ func TestErrorsNameTheirSource(t *testing.T) {
 			t.Errorf("no file line in:\n%s", ce)
 		}
 	})
+	t.Run("lists from the environment", func(t *testing.T) {
+		t.Setenv("MESH_AGENT_UPSTREAMS", "pay=127.0.0.1:9191,inv=127.0.0.1:9192")
+		t.Setenv("MESH_AGENT_TAGS", "a,b")
+		c, err := config.Load(config.Options{File: file})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Agent.Upstreams) != 2 || c.Agent.Upstreams[1] != (config.Upstream{Service: "inv", Listen: "127.0.0.1:9192"}) || len(c.Agent.Tags) != 2 {
+			t.Errorf("upstreams %v tags %v", c.Agent.Upstreams, c.Agent.Tags)
+		}
+	})
 	t.Run("an empty section does not hide the environment", func(t *testing.T) {
 		t.Setenv("MESH_AGENT_CONTROL_PLANE", "01")
 		ce := loadErr(t, config.Options{File: writeFile(t, "agent:\n")})
