@@ -447,7 +447,7 @@ func (s *sources) walkMapping(n *yaml.Node, t reflect.Type, path string, inLeaf 
 					m, depth = m.Alias, depth+1
 				}
 				if m.Kind != yaml.MappingNode {
-					s.refuse(FieldError{Path: path, Line: k.Line, Msg: "<< must merge a mapping (an alias such as *base)"})
+					s.errs = append(s.errs, FieldError{Path: orTop(path), Line: k.Line, Msg: "<< must merge a mapping (an alias such as *base)"})
 					ok = false
 					continue
 				}
@@ -459,7 +459,7 @@ func (s *sources) walkMapping(n *yaml.Node, t reflect.Type, path string, inLeaf 
 			continue
 		}
 		if k.Kind != yaml.ScalarNode {
-			s.errs = append(s.errs, FieldError{Path: path, Line: k.Line, Msg: "a field name must be a plain word"})
+			s.errs = append(s.errs, FieldError{Path: orTop(path), Line: k.Line, Msg: "a field name must be a plain word"})
 			continue
 		}
 		p := joinPath(path, k.Value)
@@ -483,22 +483,30 @@ func (s *sources) walkMapping(n *yaml.Node, t reflect.Type, path string, inLeaf 
 	n.Content = keep
 }
 
+// orTop names the top level of the file in a problem's path.
+func orTop(path string) string {
+	if path == "" {
+		return "(top level)"
+	}
+	return path
+}
+
 // walkMap checks a map's keys and values (agent.meta, policies.services).
 func (s *sources) walkMap(n *yaml.Node, t reflect.Type, path string, depth int) {
 	keep := n.Content[:0:0]
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		if k.Kind != yaml.ScalarNode || k.Tag == "!!merge" {
-			s.refuse(FieldError{Path: path, Line: k.Line, Msg: "a key must be a plain word"})
+			s.errs = append(s.errs, FieldError{Path: path, Line: k.Line, Msg: "a key must be a plain word"})
 			continue
 		}
 		p := joinPath(path, k.Value)
 		switch {
 		case k.Value == "" || k.Tag == "!!null":
-			s.refuse(FieldError{Path: path, Line: k.Line, Msg: "a key must not be empty"})
+			s.errs = append(s.errs, FieldError{Path: path, Line: k.Line, Msg: "a key must not be empty"})
 			continue
 		case strings.Contains(k.Value, "."):
-			s.refuse(FieldError{Path: path, Line: k.Line, Msg: fmt.Sprintf("key %q must not contain '.'", k.Value)})
+			s.errs = append(s.errs, FieldError{Path: path, Line: k.Line, Msg: fmt.Sprintf("key %q must not contain '.'", k.Value)})
 			continue
 		}
 		s.lines[p] = k.Line
