@@ -56,7 +56,7 @@ func FuzzLoad(f *testing.F) {
 	}
 
 	var names []string
-	for _, l := range leaves(reflect.TypeOf(Config{}), "") {
+	for _, l := range schemaKeys(reflect.TypeOf(Config{}), "") {
 		names = append(names, envNames(l.path)...)
 	}
 	f.Fuzz(func(t *testing.T, doc []byte, which uint16, value string) {

@@ -117,7 +117,7 @@ func splitHook(from, to reflect.Type, data any) (any, error) {
 // durationHook reads a duration from its text ("2s") or a plain 0; a
 // number other than 0 has no unit and is refused.
 func durationHook(from, to reflect.Type, data any) (any, error) {
-	if to != durationType {
+	if to != durType {
 		return data, nil
 	}
 	switch from.Kind() {
@@ -126,7 +126,7 @@ func durationHook(from, to reflect.Type, data any) (any, error) {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
 		reflect.Float32, reflect.Float64:
-		if from == durationType {
+		if from == durType {
 			return data, nil
 		}
 		return parseDuration(fmt.Sprint(data))

@@ -48,7 +48,7 @@ func newSources() *sources {
 		lines: map[string]int{}, sections: map[string]bool{}, origin: map[string]string{},
 		bad: map[string]bool{}, leafType: map[string]reflect.Type{},
 	}
-	for _, l := range leaves(reflect.TypeOf(Config{}), "") {
+	for _, l := range schemaKeys(reflect.TypeOf(Config{}), "") {
 		s.leafType[l.path] = l.typ
 	}
 	return s
@@ -188,7 +188,7 @@ func envNames(key string) []string {
 // readEnv checks and binds the environment variable of every key; an
 // empty variable counts as unset.
 func (s *sources) readEnv(v *viper.Viper) {
-	for _, l := range leaves(reflect.TypeOf(Config{}), "") {
+	for _, l := range schemaKeys(reflect.TypeOf(Config{}), "") {
 		for _, name := range envNames(l.path) {
 			val := os.Getenv(name)
 			if val == "" {
@@ -274,7 +274,7 @@ func checkFlag(f *pflag.Flag, t reflect.Type, key string) string {
 
 // flagTypes maps pflag's type names onto the Go types they hold.
 var flagTypes = map[string]reflect.Type{
-	"duration": durationType,
+	"duration": durType,
 	"int":      reflect.TypeOf(0), "int8": reflect.TypeOf(int8(0)), "int16": reflect.TypeOf(int16(0)),
 	"int32": reflect.TypeOf(int32(0)), "int64": reflect.TypeOf(int64(0)),
 	"uint": reflect.TypeOf(uint(0)), "uint8": reflect.TypeOf(uint8(0)), "uint16": reflect.TypeOf(uint16(0)),
@@ -376,7 +376,7 @@ func (s *sources) walk(n *yaml.Node, t reflect.Type, path string, inLeaf bool, d
 	}
 	_, hasForm := stringForms[t]
 	switch {
-	case t.Kind() == reflect.Struct && t != durationType && !(hasForm && n.Kind == yaml.ScalarNode):
+	case t.Kind() == reflect.Struct && t != durType && !(hasForm && n.Kind == yaml.ScalarNode):
 		if n.Kind != yaml.MappingNode {
 			return refuse(fmt.Sprintf("%s is not a mapping; this is a section of fields (field: value lines below it)", kind()))
 		}

@@ -117,11 +117,11 @@ func (v *validator) notNegative(path string, n int) {
 }
 
 func (v *validator) positive(path string, d time.Duration) {
-	v.check(path, d > 0, "must be more than 0, got %s; write e.g. %s", d, exampleFor(path, durationType))
+	v.check(path, d > 0, "must be more than 0, got %s; write e.g. %s", d, exampleFor(path, durType))
 }
 
 func (v *validator) nonNegative(path string, d time.Duration) {
-	v.check(path, d >= 0, "must not be negative, got %s; write e.g. %s", d, exampleFor(path, durationType))
+	v.check(path, d >= 0, "must not be negative, got %s; write e.g. %s", d, exampleFor(path, durType))
 }
 
 // defaultFloor is the shortest duration any field accepts, 0 aside. A
@@ -139,7 +139,7 @@ func (v *validator) durations(rv reflect.Value, path string) {
 			f := t.Field(i)
 			p := joinPath(path, f.Tag.Get("mapstructure"))
 			fv := rv.Field(i)
-			if f.Type != durationType {
+			if f.Type != durType {
 				v.durations(fv, p)
 				continue
 			}
@@ -150,9 +150,9 @@ func (v *validator) durations(rv reflect.Value, path string) {
 			}
 			switch {
 			case d < 0:
-				v.add(p, "must not be negative, got %s; write e.g. %s", d, exampleFor(p, durationType))
+				v.add(p, "must not be negative, got %s; write e.g. %s", d, exampleFor(p, durType))
 			case d != 0 && d < floor:
-				v.add(p, "%s is below the minimum of %s; write e.g. %s", d, floor, exampleFor(p, durationType))
+				v.add(p, "%s is below the minimum of %s; write e.g. %s", d, floor, exampleFor(p, durType))
 			}
 		}
 	case reflect.Slice:

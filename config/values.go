@@ -15,7 +15,7 @@ import (
 // an example of a valid one. The checks are driven by the field's type:
 // a new field of a known type gets them without being listed anywhere.
 
-var durationType = reflect.TypeOf(time.Duration(0))
+var durType = reflect.TypeOf(time.Duration(0))
 
 // stringForms are struct types that may also be written as one string,
 // with the parser that accepts that string.
@@ -35,7 +35,7 @@ const durationExample = "2s or 500ms"
 // checkText checks the text of one scalar value against t, the type of the
 // field at path. It returns "" when the value is fine, else the problem.
 func checkText(t reflect.Type, s, path string) string {
-	if t == durationType {
+	if t == durType {
 		if _, err := parseDurationFor(s, path); err != nil {
 			return err.Error()
 		}
@@ -121,7 +121,7 @@ func parseDurationFor(s, path string) (time.Duration, error) {
 		if f, err := strconv.ParseFloat(s, 64); err == nil && f == 0 {
 			return 0, nil
 		}
-		ex := exampleFor(path, durationType)
+		ex := exampleFor(path, durType)
 		if digitsRE.MatchString(s) {
 			// The number with units that fit the field: 2s or 500ms.
 			floor := floorAt(path)
@@ -146,7 +146,7 @@ func parseDurationFor(s, path string) (time.Duration, error) {
 			return 0, &valueError{fmt.Sprintf("%q is out of range (at most about 290 years)", s)}
 		}
 		return 0, &valueError{fmt.Sprintf("%q is not a duration; write e.g. %s (units: ns, us, ms, s, m, h)",
-			s, exampleFor(path, durationType))}
+			s, exampleFor(path, durType))}
 	}
 	return d, nil
 }
@@ -173,7 +173,7 @@ func fieldAt(path string) (reflect.StructField, bool) {
 		switch {
 		case t.Kind() == reflect.Map:
 			t, found = t.Elem(), false
-		case t.Kind() == reflect.Struct && t != durationType:
+		case t.Kind() == reflect.Struct && t != durType:
 			var ok bool
 			if f, ok = fieldByTag(t, name); !ok {
 				return f, false
@@ -199,7 +199,7 @@ func exampleFor(path string, t reflect.Type) string {
 	def, ok := defaultAt(path)
 	if ok && !def.IsZero() && def.Type() == t {
 		switch {
-		case t == durationType:
+		case t == durType:
 			return def.Interface().(time.Duration).String()
 		case t.Kind() == reflect.String, t.Kind() == reflect.Bool,
 			t.Kind() >= reflect.Int && t.Kind() <= reflect.Float64:
@@ -211,7 +211,7 @@ func exampleFor(path string, t reflect.Type) string {
 		last = path[i+1:]
 	}
 	switch {
-	case t == durationType:
+	case t == durType:
 		return durationExample
 	case t.Kind() == reflect.Bool:
 		return "true or false"
@@ -249,7 +249,7 @@ func defaultAt(path string) (reflect.Value, bool) {
 		}
 		switch v.Kind() {
 		case reflect.Struct:
-			if v.Type() == durationType {
+			if v.Type() == durType {
 				return reflect.Value{}, false
 			}
 			f, ok := fieldByTag(v.Type(), name)
@@ -276,24 +276,24 @@ func defaultAt(path string) (reflect.Value, bool) {
 	return v, v.IsValid()
 }
 
-// leaf is a key that the environment and flags set as one value.
-type leaf struct {
+// schemaKey is a key that the environment and flags set as one value.
+type schemaKey struct {
 	path string
 	typ  reflect.Type
 }
 
-// leaves lists the keys of t: every field that is not a section (a struct
+// schemaKeys lists the keys of t: every field that is not a section (a struct
 // other than a duration), in declaration order.
-func leaves(t reflect.Type, prefix string) []leaf {
-	var out []leaf
+func schemaKeys(t reflect.Type, prefix string) []schemaKey {
+	var out []schemaKey
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		key := joinPath(prefix, f.Tag.Get("mapstructure"))
-		if f.Type.Kind() == reflect.Struct && f.Type != durationType {
-			out = append(out, leaves(f.Type, key)...)
+		if f.Type.Kind() == reflect.Struct && f.Type != durType {
+			out = append(out, schemaKeys(f.Type, key)...)
 			continue
 		}
-		out = append(out, leaf{key, f.Type})
+		out = append(out, schemaKey{key, f.Type})
 	}
 	return out
 }
@@ -301,7 +301,7 @@ func leaves(t reflect.Type, prefix string) []leaf {
 // describeType names what a field of type t holds, for messages.
 func describeType(t reflect.Type) string {
 	switch {
-	case t == durationType:
+	case t == durType:
 		return "a duration such as 2s or 500ms"
 	case t.Kind() == reflect.Bool:
 		return "true or false"
