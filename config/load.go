@@ -111,7 +111,7 @@ func splitHook(from, to reflect.Type, data any) (any, error) {
 	if s == "" {
 		return []string{}, nil
 	}
-	return strings.Split(s, ","), nil
+	return splitList(to.Elem(), s), nil
 }
 
 // durationHook reads a duration from its text ("2s") or a plain 0; a

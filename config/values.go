@@ -22,11 +22,37 @@ var durType = reflect.TypeOf(time.Duration(0))
 var stringForms = map[reflect.Type]struct {
 	parse   func(string) error
 	example string
+	// startsItem says whether a comma-separated piece starts a new item
+	// of a list; nil means every piece does.
+	startsItem func(string) bool
 }{
 	reflect.TypeOf(Upstream{}): {
 		parse:   func(s string) error { _, err := ParseUpstream(s); return err },
 		example: "payments=127.0.0.1:9191",
+		// "pay=127.0.0.1:9191,tcp": a piece without "=" is an option of
+		// the upstream before it.
+		startsItem: func(piece string) bool { return strings.Contains(piece, "=") },
 	},
+}
+
+// splitList splits one string into the items of a list of elem: at every
+// comma, except where the elem's string form says a piece continues the
+// item before it.
+func splitList(elem reflect.Type, s string) []string {
+	pieces := strings.Split(s, ",")
+	form, ok := stringForms[elem]
+	if !ok || form.startsItem == nil {
+		return pieces
+	}
+	var items []string
+	for _, p := range pieces {
+		if len(items) > 0 && !form.startsItem(p) {
+			items[len(items)-1] += "," + p
+			continue
+		}
+		items = append(items, p)
+	}
+	return items
 }
 
 // durationExample is the example given when a field has no better one.
@@ -71,7 +97,7 @@ func checkText(t reflect.Type, s, path string) string {
 		if s == "" {
 			return ""
 		}
-		for i, item := range strings.Split(s, ",") {
+		for i, item := range splitList(t.Elem(), s) {
 			if msg := checkText(t.Elem(), item, fmt.Sprintf("%s[%d]", path, i)); msg != "" {
 				return fmt.Sprintf("item %d: %s", i+1, msg)
 			}
