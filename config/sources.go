@@ -458,7 +458,7 @@ func (s *sources) walkMapping(n *yaml.Node, t reflect.Type, path string, inLeaf 
 			}
 			continue
 		}
-		if k.Kind != yaml.ScalarNode {
+		if k.Kind != yaml.ScalarNode || k.Value == "" {
 			s.errs = append(s.errs, FieldError{Path: orTop(path), Line: k.Line, Msg: "a field name must be a plain word"})
 			continue
 		}
