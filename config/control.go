@@ -42,7 +42,7 @@ type CA struct {
 // CMDB configures the machine-metadata poller. An empty URL disables it.
 type CMDB struct {
 	URL      string        `mapstructure:"url" yaml:"url"`
-	Interval time.Duration `mapstructure:"interval" yaml:"interval" min:"1s"`
+	Interval time.Duration `mapstructure:"interval" yaml:"interval" min:"100ms"`
 	// Format is "generic" (a JSON list of hosts, fields mapped by Fields)
 	// or "netbox" (NetBox's REST API; URL is NetBox's base URL).
 	Format string `mapstructure:"format" yaml:"format"`

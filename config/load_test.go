@@ -143,7 +143,7 @@ func TestDurationFloors(t *testing.T) {
 		{"connect timeout", "policies:\n  default:\n    connect_timeout: 999us\n", "policies.default.connect_timeout", "below the minimum of 1ms"},
 		{"health interval", "agent:\n  health_interval: 500ms\n", "agent.health_interval", "500ms is below the minimum of 1s; write e.g. 5s"},
 		{"resync interval", "agent:\n  resync_interval: 10ms\n", "agent.resync_interval", "below the minimum of 100ms"},
-		{"cmdb interval", "control:\n  cmdb:\n    interval: 100ms\n", "control.cmdb.interval", "below the minimum of 1s"},
+		{"cmdb interval", "control:\n  cmdb:\n    interval: 10ms\n", "control.cmdb.interval", "below the minimum of 100ms"},
 		{"fill interval", "policies:\n  default:\n    rate_limit: {max_tokens: 10, tokens_per_fill: 10, fill_interval: 10ms}\n", "policies.default.rate_limit.fill_interval", "below the minimum of 50ms"},
 		{"negative", "agent:\n  drain_period: -1s\n", "agent.drain_period", "must not be negative, got -1s; write e.g. 5s"},
 	} {
