@@ -152,7 +152,7 @@ func (v *validator) durations(rv reflect.Value, path string) {
 			case d < 0:
 				v.add(p, "must not be negative, got %s; write e.g. %s", d, exampleFor(p, durType))
 			case d != 0 && d < floor:
-				v.add(p, "%s is below the minimum of %s; write e.g. %s", d, floor, exampleFor(p, durType))
+				v.add(p, "%s is below the minimum of %s; write e.g. %s", shortDuration(d), shortDuration(floor), exampleFor(p, durType))
 			}
 		}
 	case reflect.Slice:

@@ -226,7 +226,7 @@ func exampleFor(path string, t reflect.Type) string {
 	if ok && !def.IsZero() && def.Type() == t {
 		switch {
 		case t == durType:
-			return def.Interface().(time.Duration).String()
+			return shortDuration(def.Interface().(time.Duration))
 		case t.Kind() == reflect.String, t.Kind() == reflect.Bool,
 			t.Kind() >= reflect.Int && t.Kind() <= reflect.Float64:
 			return fmt.Sprint(def.Interface())
@@ -341,4 +341,16 @@ func describeType(t reflect.Type) string {
 		return "a list"
 	}
 	return "a mapping"
+}
+
+// shortDuration writes d as a person would: 24h, 1m, 1m30s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }

@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestSplitList checks how one string (an environment variable, a YAML
@@ -22,6 +23,17 @@ func TestSplitList(t *testing.T) {
 	} {
 		if got := splitList(tc.elem, tc.in); !slices.Equal(got, tc.want) {
 			t.Errorf("splitList(%s, %q) = %q, want %q", tc.elem, tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestShortDuration(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		24 * time.Hour: "24h", time.Minute: "1m", 90 * time.Second: "1m30s", 2 * time.Nanosecond: "2ns",
+		time.Hour + time.Second: "1h0m1s", 500 * time.Millisecond: "500ms",
+	} {
+		if got := shortDuration(d); got != want {
+			t.Errorf("shortDuration(%v) = %q, want %q", d, got, want)
 		}
 	}
 }
