@@ -25,7 +25,12 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().StringP("config", "c", "", "config file (default "+config.DefaultFile+" if it exists)")
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		if ce, ok := config.FlagError(err); ok {
+			return ce
+		}
+		return usageError{err}
+	})
 	root.AddCommand(agent.NewCommand(), config.NewCommand(), buildinfo.NewCommand())
 	root.AddCommand(controlplane.NewCommand())
 	if err := root.Execute(); err != nil {

@@ -18,8 +18,9 @@ type Agent struct {
 	AppAddress string `mapstructure:"app_address" yaml:"app_address"`
 	// AppHealth is an HTTP path checked on the app; empty means a TCP check.
 	AppHealth string `mapstructure:"app_health" yaml:"app_health"`
-	// HealthInterval is how often Consul checks the app.
-	HealthInterval time.Duration `mapstructure:"health_interval" yaml:"health_interval"`
+	// HealthInterval is how often Consul checks the app (at least 1s, as
+	// Consul checks no more often).
+	HealthInterval time.Duration `mapstructure:"health_interval" yaml:"health_interval" min:"1s"`
 	// AppProtocol is what the app speaks: http1, http2 (h2c), grpc, tcp,
 	// or auto (probe h2c with prior knowledge, else HTTP/1.1). It is
 	// registered in Consul meta (MetaAppProtocol) so callers' agents send
@@ -62,8 +63,8 @@ type Agent struct {
 	// (default 1h).
 	TCPIdleTimeout time.Duration `mapstructure:"tcp_idle_timeout" yaml:"tcp_idle_timeout"`
 	// ResyncInterval is how often the agent checks that Consul still holds
-	// its registration.
-	ResyncInterval time.Duration `mapstructure:"resync_interval" yaml:"resync_interval"`
+	// its registration (at least 100ms).
+	ResyncInterval time.Duration `mapstructure:"resync_interval" yaml:"resync_interval" min:"100ms"`
 }
 
 // Upstream is one per-upstream local listener. On the command line and in
@@ -122,14 +123,16 @@ func ParseUpstream(s string) (Upstream, error) {
 func (a *Agent) validate(v *validator, requireService bool) {
 	if requireService || a.Service != "" || a.AppPort != 0 {
 		v.check("agent.service", a.Service != "", "is required")
-		v.check("agent.app_port", a.AppPort > 0 && a.AppPort < 65536, "must be a port between 1 and 65535, got %d", a.AppPort)
+		if v.check("agent.app_port", a.AppPort != 0, "is required") {
+			v.check("agent.app_port", a.AppPort > 0 && a.AppPort < 65536, "must be a port between 1 and 65535, got %d; write e.g. 8080", a.AppPort)
+		}
 	}
 	if a.Service != "" {
 		v.serviceName("agent.service", a.Service)
 	}
 	v.host("agent.app_address", a.AppAddress)
 	if a.AppHealth != "" {
-		v.check("agent.app_health", strings.HasPrefix(a.AppHealth, "/"), "must be an HTTP path starting with /, got %q", a.AppHealth)
+		v.check("agent.app_health", strings.HasPrefix(a.AppHealth, "/"), "must be an HTTP path starting with /, got %q; write e.g. /healthz", a.AppHealth)
 	}
 	v.positive("agent.health_interval", a.HealthInterval)
 	switch a.AppProtocol {

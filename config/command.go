@@ -16,7 +16,13 @@ func NewCommand() *cobra.Command {
 		Long: "Check a config file (with MESH_* environment variables applied) and print\n" +
 			"the effective config, secrets redacted. Exits 2 and names the file, line and\n" +
 			"field of every problem when the file is invalid.",
-		Args: cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+				_ = cmd.Usage()
+				return err
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := parseRole(role)
 			if err != nil {

@@ -77,7 +77,7 @@ func (k Kubernetes) On() bool { return k.Enabled || k.Kubeconfig != "" }
 // CMDB configures the machine-metadata poller. An empty URL disables it.
 type CMDB struct {
 	URL      string        `mapstructure:"url" yaml:"url"`
-	Interval time.Duration `mapstructure:"interval" yaml:"interval"`
+	Interval time.Duration `mapstructure:"interval" yaml:"interval" min:"100ms"`
 	// Format is "generic" (a JSON list of hosts, fields mapped by Fields)
 	// or "netbox" (NetBox's REST API; URL is NetBox's base URL).
 	Format string `mapstructure:"format" yaml:"format"`
@@ -134,12 +134,12 @@ func (c *Control) validate(v *validator) {
 	if c.CMDB.URL != "" {
 		u, err := url.Parse(c.CMDB.URL)
 		v.check("control.cmdb.url", err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "",
-			"must be an http:// or https:// URL, got %q", c.CMDB.URL)
+			"must be an http:// or https:// URL, got %q; write e.g. https://netbox.example.internal", c.CMDB.URL)
 	}
 	v.positive("control.cmdb.interval", c.CMDB.Interval)
 	v.oneOf("control.cmdb.format", c.CMDB.Format, "generic", "netbox")
 	v.positive("control.cmdb.timeout", c.CMDB.Timeout)
-	v.check("control.cmdb.max_bytes", c.CMDB.MaxBytes > 0, "must be positive, got %d", c.CMDB.MaxBytes)
+	v.check("control.cmdb.max_bytes", c.CMDB.MaxBytes > 0, "must be more than 0, got %d; write e.g. 33554432 (32 MiB)", c.CMDB.MaxBytes)
 	v.check("control.cmdb.fields.ip", c.CMDB.Fields.IP != "", "is required: hosts join endpoints by IP")
 	v.check("control.cmdb.page_size", c.CMDB.PageSize >= 0, "must not be negative, got %d", c.CMDB.PageSize)
 	v.check("control.cmdb.max_pages", c.CMDB.MaxPages >= 0, "must not be negative, got %d", c.CMDB.MaxPages)

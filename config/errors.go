@@ -9,13 +9,22 @@ import (
 type FieldError struct {
 	// Path is the dotted field path, e.g. "agent.inbound_addr".
 	Path string
-	// Line is the line in File where the field is set, 0 if unknown
-	// (the value came from a default, the environment or a flag).
+	// Line is the line in File where the field is set, 0 if the value did
+	// not come from the file.
 	Line int
-	Msg  string
+	// Source names where a value that did not come from the file came
+	// from: "env MESH_AGENT_APP_PORT" or "flag --app-port". Empty for the
+	// file and for defaults.
+	Source string
+	Msg    string
 }
 
-func (e FieldError) String() string { return e.Path + ": " + e.Msg }
+func (e FieldError) String() string {
+	if e.Path == "" {
+		return e.Msg
+	}
+	return e.Path + ": " + e.Msg
+}
 
 // Error is an invalid configuration. It means exit code 2.
 type Error struct {
@@ -44,7 +53,10 @@ func (e *Error) Error() string {
 	fmt.Fprintf(&b, "invalid config (%s):", src)
 	for _, f := range e.Fields {
 		b.WriteString("\n  ")
-		if e.File != "" && f.Line > 0 {
+		switch {
+		case f.Source != "":
+			fmt.Fprintf(&b, "%s: ", f.Source)
+		case e.File != "" && f.Line > 0:
 			fmt.Fprintf(&b, "%s:%d: ", e.File, f.Line)
 		}
 		b.WriteString(f.String())

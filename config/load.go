@@ -1,7 +1,6 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -32,7 +31,10 @@ type Options struct {
 }
 
 // Load assembles defaults, the file, MESH_* environment variables and flags
-// (later wins), decodes and validates them. Any problem is an *Error.
+// (later wins), decodes and validates them. Any problem is an *Error that
+// lists every problem found (a file that is not YAML stops at that), each
+// naming where its value came from: the file's line, the environment
+// variable or the flag.
 func Load(opts Options) (*Config, error) {
 	file := opts.File
 	if file == "" {
@@ -41,77 +43,96 @@ func Load(opts Options) (*Config, error) {
 		}
 	}
 	v := viper.New()
-	def := Default()
-	setDefaults(v, "", reflect.ValueOf(def))
+	setDefaults(v, "", reflect.ValueOf(Default()))
+	src := newSources()
 
-	lines := map[string]int{}
 	if file != "" {
 		data, err := os.ReadFile(file)
 		if err != nil {
 			return nil, &Error{File: file, Syntax: fmt.Sprintf("read config: %v", errors.Unwrap(err))}
 		}
-		fieldErrs, err := inspectYAML(data, lines)
+		m, err := src.readYAML(data)
 		if err != nil {
 			return nil, yamlError(file, err)
 		}
-		if len(fieldErrs) > 0 {
-			return nil, &Error{File: file, Fields: fieldErrs}
-		}
-		v.SetConfigType("yaml")
-		if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
+		if err := v.MergeConfigMap(m); err != nil {
 			return nil, yamlError(file, err)
 		}
 	}
-
-	v.SetEnvPrefix("MESH")
-	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
-	v.AutomaticEnv()
-	_ = v.BindEnv("consul.addr", "MESH_CONSUL_ADDR", "CONSUL_HTTP_ADDR")
-	_ = v.BindEnv("consul.token", "MESH_CONSUL_TOKEN", "CONSUL_HTTP_TOKEN")
-	_ = v.BindEnv("control.cmdb.token", "MESH_CMDB_TOKEN", "MESH_CONTROL_CMDB_TOKEN")
-
-	if opts.Flags != nil {
-		for name, key := range opts.FlagKeys {
-			if f := opts.Flags.Lookup(name); f != nil && f.Changed {
-				if err := v.BindPFlag(key, f); err != nil {
-					return nil, fmt.Errorf("bind flag --%s: %w", name, err)
-				}
-			}
-		}
-	}
+	src.readEnv(v)
+	src.readFlags(v, opts.Flags, opts.FlagKeys)
 
 	cfg := Config{}
 	if err := v.Unmarshal(&cfg, viper.DecodeHook(decodeHook)); err != nil {
-		return nil, &Error{File: file, Fields: decodeErrors(err, lines)}
+		src.add(decodeFieldErrors(err, "")...)
 	}
-	if err := mergeServicePolicies(v, &cfg); err != nil {
-		return nil, &Error{File: file, Fields: decodeErrors(err, lines)}
-	}
+	src.add(mergeServicePolicies(v, &cfg)...)
 	if cfg.Control.CMDB.Token == "" && cfg.Control.CMDB.TokenFile != "" {
 		tok, err := os.ReadFile(cfg.Control.CMDB.TokenFile)
 		if err != nil {
-			return nil, &Error{File: file, Fields: []FieldError{{Path: "control.cmdb.token_file", Line: lines["control.cmdb.token_file"], Msg: err.Error()}}}
+			msg := err.Error()
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				msg = pe.Err.Error()
+			}
+			src.add(FieldError{Path: "control.cmdb.token_file", Msg: fmt.Sprintf("cannot read %q: %s", cfg.Control.CMDB.TokenFile, msg)})
+		} else {
+			cfg.Control.CMDB.Token = strings.TrimSpace(string(tok))
 		}
-		cfg.Control.CMDB.Token = strings.TrimSpace(string(tok))
 	}
 	if err := cfg.Validate(opts.Role); err != nil {
 		var ce *Error
 		if errors.As(err, &ce) {
-			ce.File = file
-			for i := range ce.Fields {
-				ce.Fields[i].Line = lineOf(lines, ce.Fields[i].Path)
-			}
+			src.add(ce.Fields...)
 		}
-		return nil, err
+	}
+	if errs := src.report(opts.FlagKeys); len(errs) > 0 {
+		return nil, &Error{File: file, Fields: errs}
 	}
 	return &cfg, nil
 }
 
+// decodeHook turns the strings of the file, the environment and flags into
+// the schema's types. Every value was checked before (values.go); these
+// hooks refuse what slipped through rather than guess.
 var decodeHook = mapstructure.ComposeDecodeHookFunc(
-	mapstructure.StringToTimeDurationHookFunc(),
-	mapstructure.StringToSliceHookFunc(","),
+	durationHook,
+	splitHook,
 	upstreamHook,
 )
+
+// splitHook reads one string as a comma-separated list, for a list of any
+// type (MESH_AGENT_UPSTREAMS=pay=127.0.0.1:9191,inv=127.0.0.1:9192).
+func splitHook(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() != reflect.String || to.Kind() != reflect.Slice {
+		return data, nil
+	}
+	s := reflect.ValueOf(data).String()
+	if s == "" {
+		return []string{}, nil
+	}
+	return splitList(to.Elem(), s), nil
+}
+
+// durationHook reads a duration from its text ("2s") or a plain 0; a
+// number other than 0 has no unit and is refused.
+func durationHook(from, to reflect.Type, data any) (any, error) {
+	if to != durType {
+		return data, nil
+	}
+	switch from.Kind() {
+	case reflect.String:
+		return parseDuration(data.(string))
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64:
+		if from == durType {
+			return data, nil
+		}
+		return parseDuration(fmt.Sprint(data))
+	}
+	return data, nil
+}
 
 // upstreamHook lets an upstream be written as "service=host:port".
 func upstreamHook(from, to reflect.Type, data any) (any, error) {
@@ -120,16 +141,81 @@ func upstreamHook(from, to reflect.Type, data any) (any, error) {
 	}
 	u, err := ParseUpstream(data.(string))
 	if err != nil {
-		return nil, err
+		return nil, &valueError{err.Error()}
 	}
 	return map[string]any{"service": u.Service, "listen": u.Listen, "protocol": u.Protocol}, nil
 }
 
+// decodeFieldErrors rewords what mapstructure refused, field by field;
+// prefix is the path of the value decoded.
+func decodeFieldErrors(err error, prefix string) []FieldError {
+	var out []FieldError
+	var walk func(e error, name string)
+	walk = func(e error, name string) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, c := range j.Unwrap() {
+				walk(c, name)
+			}
+			return
+		}
+		var de *mapstructure.DecodeError
+		if errors.As(e, &de) {
+			walk(de.Unwrap(), de.Name())
+			return
+		}
+		out = append(out, FieldError{Path: decodePath(prefix, name), Msg: describeDecodeError(e)})
+	}
+	walk(err, "")
+	return out
+}
+
+var mapIndexRE = regexp.MustCompile(`\[([^\]]*[^0-9\]][^\]]*)\]`)
+
+// decodePath turns mapstructure's "agent.meta[team]" into "agent.meta.team".
+func decodePath(prefix, name string) string {
+	name = mapIndexRE.ReplaceAllString(name, ".$1")
+	if prefix == "" {
+		return name
+	}
+	if name == "" {
+		return prefix
+	}
+	return prefix + "." + name
+}
+
+func describeDecodeError(e error) string {
+	var ve *valueError
+	var pe *mapstructure.ParseError
+	var ue *mapstructure.UnconvertibleTypeError
+	switch {
+	case errors.As(e, &ve):
+		return ve.msg
+	case errors.As(e, &pe):
+		return fmt.Sprintf("%s is not %s", quoteValue(pe.Value), describeType(pe.Expected.Type()))
+	case errors.As(e, &ue):
+		return fmt.Sprintf("%s is not %s", quoteValue(ue.Value), describeType(ue.Expected.Type()))
+	}
+	return "cannot be read: " + e.Error()
+}
+
+func quoteValue(v any) string {
+	switch x := v.(type) {
+	case string:
+		return strconv.Quote(x)
+	case map[string]any, map[any]any:
+		return "a mapping"
+	case []any:
+		return "a list"
+	}
+	return fmt.Sprintf("%q", fmt.Sprint(v))
+}
+
 // mergeServicePolicies decodes each policies.services entry on top of the
 // default policy, so a service only states what differs.
-func mergeServicePolicies(v *viper.Viper, cfg *Config) error {
+func mergeServicePolicies(v *viper.Viper, cfg *Config) []FieldError {
 	raw, _ := v.Get("policies.services").(map[string]any)
 	cfg.Policies.Services = make(map[string]Policy, len(raw))
+	var errs []FieldError
 	for name, body := range raw {
 		p := cfg.Policies.Default
 		p.Retries.RetryOn = append([]string(nil), p.Retries.RetryOn...)
@@ -141,15 +227,15 @@ func mergeServicePolicies(v *viper.Viper, cfg *Config) error {
 		dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 			DecodeHook: decodeHook, Result: &p, WeaklyTypedInput: true,
 		})
-		if err != nil {
-			return err
+		if err == nil {
+			err = dec.Decode(body)
 		}
-		if err := dec.Decode(body); err != nil {
-			return fmt.Errorf("'policies.services.%s' %w", name, err)
+		if err != nil {
+			errs = append(errs, decodeFieldErrors(err, "policies.services."+name)...)
 		}
 		cfg.Policies.Services[name] = p
 	}
-	return nil
+	return errs
 }
 
 // setDefaults registers every leaf key, so environment variables reach
@@ -167,101 +253,6 @@ func setDefaults(v *viper.Viper, prefix string, rv reflect.Value) {
 			continue
 		}
 		v.SetDefault(key, f.Interface())
-	}
-}
-
-var yamlLineRE = regexp.MustCompile(`line (\d+): (.*)`)
-
-func yamlError(file string, err error) *Error {
-	msg := err.Error()
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		n, _ := strconv.Atoi(m[1])
-		return &Error{File: file, Line: n, Syntax: "invalid YAML: " + m[2]}
-	}
-	return &Error{File: file, Syntax: "invalid YAML: " + strings.TrimPrefix(msg, "yaml: ")}
-}
-
-var decodeErrRE = regexp.MustCompile(`'([A-Za-z0-9_.\[\]-]+)'\s*(.*)`)
-
-func decodeErrors(err error, lines map[string]int) []FieldError {
-	var out []FieldError
-	for _, l := range strings.Split(err.Error(), "\n") {
-		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "*"))
-		if m := decodeErrRE.FindStringSubmatch(l); m != nil {
-			out = append(out, FieldError{Path: m[1], Line: lineOf(lines, m[1]), Msg: m[2]})
-		}
-	}
-	if len(out) == 0 {
-		out = append(out, FieldError{Path: "(config)", Msg: err.Error()})
-	}
-	return out
-}
-
-// lineOf is the line where path is set in the file, 0 when the value came
-// from a default, the environment or a flag.
-func lineOf(lines map[string]int, path string) int {
-	return lines[path]
-}
-
-// inspectYAML parses data, records the line of every key path, and reports
-// keys the schema does not know.
-func inspectYAML(data []byte, lines map[string]int) ([]FieldError, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, err
-	}
-	if len(doc.Content) == 0 {
-		return nil, nil
-	}
-	var errs []FieldError
-	walkYAML(doc.Content[0], reflect.TypeOf(Config{}), "", lines, &errs)
-	return errs, nil
-}
-
-func walkYAML(n *yaml.Node, t reflect.Type, path string, lines map[string]int, errs *[]FieldError) {
-	switch t.Kind() {
-	case reflect.Struct:
-		if t.String() == "time.Duration" {
-			return
-		}
-		if n.Kind != yaml.MappingNode {
-			if n.Kind == yaml.ScalarNode && t == reflect.TypeOf(Upstream{}) {
-				return
-			}
-			if !(n.Kind == yaml.ScalarNode && n.Tag == "!!null") {
-				*errs = append(*errs, FieldError{Path: path, Line: n.Line, Msg: "must be a mapping"})
-			}
-			return
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			p := joinPath(path, k.Value)
-			lines[p] = k.Line
-			f, ok := fieldByTag(t, k.Value)
-			if !ok {
-				*errs = append(*errs, FieldError{Path: p, Line: k.Line, Msg: "unknown field" + suggest(t, k.Value)})
-				continue
-			}
-			walkYAML(val, f.Type, p, lines, errs)
-		}
-	case reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			return
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			p := joinPath(path, n.Content[i].Value)
-			lines[p] = n.Content[i].Line
-			walkYAML(n.Content[i+1], t.Elem(), p, lines, errs)
-		}
-	case reflect.Slice:
-		if n.Kind != yaml.SequenceNode {
-			return
-		}
-		for i, item := range n.Content {
-			p := fmt.Sprintf("%s[%d]", path, i)
-			lines[p] = item.Line
-			walkYAML(item, t.Elem(), p, lines, errs)
-		}
 	}
 }
 

@@ -116,7 +116,7 @@ func (o *Observability) validate(v *validator) {
 		if strings.Contains(t.Endpoint, "://") {
 			u, err := url.Parse(t.Endpoint)
 			v.check("observability.tracing.endpoint", err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "",
-				"must be HOST:PORT or an http:// or https:// URL, got %q", t.Endpoint)
+				"must be HOST:PORT or an http:// or https:// URL, got %q; write e.g. 127.0.0.1:4317", t.Endpoint)
 		} else {
 			v.hostPort("observability.tracing.endpoint", t.Endpoint)
 		}
@@ -126,7 +126,7 @@ func (o *Observability) validate(v *validator) {
 	for i, p := range t.Propagators {
 		v.oneOf(fmt.Sprintf("observability.tracing.propagators[%d]", i), p, TracePropagators...)
 	}
-	v.check("observability.tracing.queue_size", t.QueueSize > 0, "must be positive, got %d", t.QueueSize)
+	v.check("observability.tracing.queue_size", t.QueueSize > 0, "must be more than 0, got %d; write e.g. 2048", t.QueueSize)
 	v.check("observability.tracing.batch_size", t.BatchSize > 0 && t.BatchSize <= t.QueueSize,
 		"must be between 1 and queue_size (%d), got %d", t.QueueSize, t.BatchSize)
 	v.positive("observability.tracing.batch_timeout", t.BatchTimeout)

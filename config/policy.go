@@ -87,7 +87,7 @@ type LoadBalancer struct {
 type RateLimit struct {
 	MaxTokens     int           `mapstructure:"max_tokens" yaml:"max_tokens"`
 	TokensPerFill int           `mapstructure:"tokens_per_fill" yaml:"tokens_per_fill"`
-	FillInterval  time.Duration `mapstructure:"fill_interval" yaml:"fill_interval"`
+	FillInterval  time.Duration `mapstructure:"fill_interval" yaml:"fill_interval" min:"50ms"`
 }
 
 // DefaultPolicy is the policy of every service no one configured.
@@ -136,27 +136,27 @@ func (p *Policy) validate(v *validator, path string) {
 		v.oneOf(fmt.Sprintf("%s.retries.retry_on[%d]", path, i), on, retryOnNames...)
 	}
 	v.check(path+".retries.budget_percent", r.BudgetPercent >= 0 && r.BudgetPercent <= 100, "must be between 0 and 100, got %g", r.BudgetPercent)
-	v.check(path+".retries.min_retry_concurrency", r.MinRetryConcurrency >= 0, "must not be negative")
+	v.notNegative(path+".retries.min_retry_concurrency", r.MinRetryConcurrency)
 	cb := p.CircuitBreaker
-	v.check(path+".circuit_breaker.max_connections", cb.MaxConnections >= 0, "must not be negative")
-	v.check(path+".circuit_breaker.max_pending_requests", cb.MaxPendingRequests >= 0, "must not be negative")
-	v.check(path+".circuit_breaker.max_requests", cb.MaxRequests >= 0, "must not be negative")
+	v.notNegative(path+".circuit_breaker.max_connections", cb.MaxConnections)
+	v.notNegative(path+".circuit_breaker.max_pending_requests", cb.MaxPendingRequests)
+	v.notNegative(path+".circuit_breaker.max_requests", cb.MaxRequests)
 	v.check(path+".circuit_breaker.error_percent_threshold", cb.ErrorPercentThreshold >= 0 && cb.ErrorPercentThreshold <= 100, "must be between 0 and 100, got %d", cb.ErrorPercentThreshold)
-	v.check(path+".circuit_breaker.request_volume_threshold", cb.RequestVolumeThreshold >= 0, "must not be negative")
+	v.notNegative(path+".circuit_breaker.request_volume_threshold", cb.RequestVolumeThreshold)
 	if cb.ErrorPercentThreshold > 0 {
 		v.positive(path+".circuit_breaker.sleep_window", cb.SleepWindow)
 	}
 	od := p.OutlierDetection
-	v.check(path+".outlier_detection.consecutive_5xx", od.Consecutive5xx >= 0, "must not be negative")
-	v.check(path+".outlier_detection.consecutive_gateway_failure", od.ConsecutiveGatewayFailure >= 0, "must not be negative")
+	v.notNegative(path+".outlier_detection.consecutive_5xx", od.Consecutive5xx)
+	v.notNegative(path+".outlier_detection.consecutive_gateway_failure", od.ConsecutiveGatewayFailure)
 	v.nonNegative(path+".outlier_detection.interval", od.Interval)
 	v.nonNegative(path+".outlier_detection.base_ejection_time", od.BaseEjectionTime)
 	v.check(path+".outlier_detection.max_ejection_percent", od.MaxEjectionPercent >= 0 && od.MaxEjectionPercent <= 100, "must be between 0 and 100, got %d", od.MaxEjectionPercent)
 	v.oneOf(path+".load_balancer.policy", p.LoadBalancer.Policy, "round_robin", "least_request", "random")
 	rl := p.RateLimit
 	if rl.MaxTokens != 0 {
-		v.check(path+".rate_limit.max_tokens", rl.MaxTokens > 0, "must not be negative")
-		v.check(path+".rate_limit.tokens_per_fill", rl.TokensPerFill > 0, "must be positive when max_tokens is set")
+		v.check(path+".rate_limit.max_tokens", rl.MaxTokens > 0, "must not be negative, got %d", rl.MaxTokens)
+		v.check(path+".rate_limit.tokens_per_fill", rl.TokensPerFill > 0, "must be more than 0 when max_tokens is set, got %d", rl.TokensPerFill)
 		v.positive(path+".rate_limit.fill_interval", rl.FillInterval)
 	}
 }

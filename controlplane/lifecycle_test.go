@@ -126,7 +126,7 @@ policies:
 	proc.Signal(syscall.SIGHUP)
 	notify.WaitFor(t, "RELOADING", 2)
 	notify.WaitFor(t, "READY", 3)
-	if !notify.HasStatus("config reload failed", "policies.services[reloadsvc].timeout") {
+	if !notify.HasStatus("config reload failed", "policies.services.reloadsvc.timeout") {
 		t.Errorf("no STATUS naming the bad field: %v", notify.Without("WATCHDOG"))
 	}
 	c.quiet(500 * time.Millisecond)
