@@ -104,11 +104,11 @@ func LoadCache(path string) (Resources, error) {
 			if err := protojson.Unmarshal(raw, a); err != nil {
 				return Resources{}, fmt.Errorf("xds cache %s: %w", path, err)
 			}
-			msg, name, err := decode(a)
+			msg, name, err := Decode(a)
 			if err != nil {
 				return Resources{}, fmt.Errorf("xds cache %s: %w", path, err)
 			}
-			put(&r, msg, name)
+			r.Put(msg, name)
 		}
 	}
 	return r, nil

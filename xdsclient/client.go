@@ -333,11 +333,11 @@ func merge(held Resources, resp *discoveryv3.DiscoveryResponse) (Resources, erro
 		if a.GetTypeUrl() != typeURL {
 			return held, fmt.Errorf("resource of type %s in a %s response", a.GetTypeUrl(), typeURL)
 		}
-		msg, name, err := decode(a)
+		msg, name, err := Decode(a)
 		if err != nil {
 			return held, err
 		}
-		put(&next, msg, name)
+		next.Put(msg, name)
 	}
 	eds, rds := edsNames(next.Clusters), rdsNames(next.Listeners)
 	for n := range next.Endpoints {
@@ -354,8 +354,8 @@ func merge(held Resources, resp *discoveryv3.DiscoveryResponse) (Resources, erro
 	return next, nil
 }
 
-// put stores a decoded resource under its name.
-func put(r *Resources, msg proto.Message, name string) {
+// Put stores a decoded resource under its name.
+func (r *Resources) Put(msg proto.Message, name string) {
 	switch m := msg.(type) {
 	case *listenerv3.Listener:
 		r.Listeners[name] = m
@@ -371,8 +371,9 @@ func put(r *Resources, msg proto.Message, name string) {
 // validator is what protoc-gen-validate generates on every Envoy message.
 type validator interface{ ValidateAll() error }
 
-// decode unmarshals and validates one resource.
-func decode(a *anypb.Any) (proto.Message, string, error) {
+// Decode unmarshals and validates one resource as the client does before
+// it holds it, and returns it with its name.
+func Decode(a *anypb.Any) (proto.Message, string, error) {
 	var msg proto.Message
 	switch a.GetTypeUrl() {
 	case resource.ListenerType:

@@ -21,8 +21,6 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -128,39 +126,11 @@ func decodeResponse(data []byte) (xdsclient.Resources, bool) {
 		return r, false
 	}
 	for _, a := range resp.GetResources() {
-		var msg proto.Message
-		switch a.GetTypeUrl() {
-		case resource.ListenerType:
-			msg = &listenerv3.Listener{}
-		case resource.ClusterType:
-			msg = &clusterv3.Cluster{}
-		case resource.RouteType:
-			msg = &routev3.RouteConfiguration{}
-		case resource.EndpointType:
-			msg = &endpointv3.ClusterLoadAssignment{}
-		default:
+		msg, name, err := xdsclient.Decode(a)
+		if err != nil {
 			return r, false
 		}
-		if a.UnmarshalTo(msg) != nil {
-			return r, false
-		}
-		if v, ok := msg.(interface{ ValidateAll() error }); ok && v.ValidateAll() != nil {
-			return r, false
-		}
-		name := cache.GetResourceName(msg)
-		if name == "" {
-			return r, false
-		}
-		switch m := msg.(type) {
-		case *listenerv3.Listener:
-			r.Listeners[name] = m
-		case *clusterv3.Cluster:
-			r.Clusters[name] = m
-		case *routev3.RouteConfiguration:
-			r.Routes[name] = m
-		case *endpointv3.ClusterLoadAssignment:
-			r.Endpoints[name] = m
-		}
+		r.Put(msg, name)
 		r.Versions[a.GetTypeUrl()] = resp.GetVersionInfo()
 	}
 	return r, true
