@@ -1,7 +1,6 @@
 package controlplane_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,25 +37,7 @@ func TestMain(m *testing.M) {
 type plane struct {
 	*controlplane.Control
 	xdsAddr, adminAddr string
-	logs               *syncBuffer
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes and reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs               *meshtest.SyncBuffer
 }
 
 // startPlane runs a control plane on 127.0.0.1 free ports against
@@ -96,7 +76,7 @@ func launchPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *pl
 	if err := cfg.Validate(config.RoleControl); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &meshtest.SyncBuffer{}
 	log := zerolog.New(io.MultiWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.DebugLevel)
 	c, err := controlplane.New(cfg, log, controlplane.Options{
 		Consul:    consul.Options{Wait: 5 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},

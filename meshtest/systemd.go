@@ -1,7 +1,6 @@
 package meshtest
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -129,7 +128,7 @@ type Process struct {
 	cmd  *exec.Cmd
 	done chan struct{}
 	err  error
-	out  syncBuffer
+	out  SyncBuffer
 }
 
 // StartProcess runs bin with args and env added to the test's
@@ -175,22 +174,4 @@ func (p *Process) Wait(t *testing.T, timeout time.Duration) error {
 		t.Fatalf("%s did not exit within %s", p.cmd.Path, timeout)
 		return nil
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a writing process and a reading test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -189,7 +189,7 @@ func TestAccessLogFieldsAndSampling(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := defaultObs()
 			tc.edit(&c.AccessLog)
-			out := &syncBuffer{}
+			out := &meshtest.SyncBuffer{}
 			obs, err := observability.NewObserver(c, observability.Options{Service: "orders", Registry: prometheus.NewRegistry(), Stdout: out})
 			if err != nil {
 				t.Fatal(err)
@@ -296,7 +296,7 @@ func TestUpgradeThroughInstrument(t *testing.T) {
 		line, _ := brw.ReadString('\n')
 		_, _ = c.Write([]byte("echo " + line))
 	}))
-	out := &syncBuffer{}
+	out := &meshtest.SyncBuffer{}
 	obs, err := observability.NewObserver(defaultObs(), observability.Options{Service: "orders", Registry: observability.NewRegistry(), Stdout: out})
 	if err != nil {
 		t.Fatal(err)

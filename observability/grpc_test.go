@@ -13,6 +13,7 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/observability"
 )
 
@@ -31,7 +32,7 @@ func TestGRPCThroughTwoHops(t *testing.T) {
 
 	fwd := newForwarder()
 	defer fwd.CloseIdleConnections()
-	logA, logB := &syncBuffer{}, &syncBuffer{}
+	logA, logB := &meshtest.SyncBuffer{}, &meshtest.SyncBuffer{}
 	obsB, err := observability.NewObserver(defaultObs(), observability.Options{Service: "orders", Registry: observability.NewRegistry(), Stdout: logB})
 	if err != nil {
 		t.Fatal(err)

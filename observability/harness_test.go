@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/observability"
 )
 
@@ -40,28 +41,10 @@ type twoHop struct {
 	outbound         string // A's outbound listener
 	obsA, obsB       *observability.Observer
 	adminA, adminB   string // admin listeners (serving /metrics)
-	logA, logB       *syncBuffer
+	logA, logB       *meshtest.SyncBuffer
 	app              *recordingApp
 	cancelA, cancelB context.CancelFunc
 	runDone          sync.WaitGroup
-}
-
-// syncBuffer is a bytes.Buffer safe for the access log writer and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // recordingApp is the app behind B.
@@ -150,7 +133,7 @@ func serve(t testing.TB, host string, h http.Handler) string {
 
 func startTwoHop(t *testing.T, cfgA, cfgB config.Observability) *twoHop {
 	t.Helper()
-	th := &twoHop{logA: &syncBuffer{}, logB: &syncBuffer{}, app: &recordingApp{}}
+	th := &twoHop{logA: &meshtest.SyncBuffer{}, logB: &meshtest.SyncBuffer{}, app: &recordingApp{}}
 	fwd := newForwarder()
 	t.Cleanup(fwd.CloseIdleConnections)
 

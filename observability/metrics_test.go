@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/observability"
 )
 
@@ -121,7 +122,7 @@ func TestMetricsExactCounts(t *testing.T) {
 // paths and caller addresses never become labels.
 func TestLabelCardinalityBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	obs, err := observability.NewObserver(defaultObs(), observability.Options{Service: "orders", Registry: reg, Stdout: &syncBuffer{}})
+	obs, err := observability.NewObserver(defaultObs(), observability.Options{Service: "orders", Registry: reg, Stdout: &meshtest.SyncBuffer{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +149,7 @@ func TestLabelCardinalityBounded(t *testing.T) {
 // dialer against real sockets and checks the scraped values.
 func TestGovernanceAndInfraMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	obs, err := observability.NewObserver(defaultObs(), observability.Options{Service: "web", Registry: reg, Stdout: &syncBuffer{}, Log: zerolog.Nop()})
+	obs, err := observability.NewObserver(defaultObs(), observability.Options{Service: "web", Registry: reg, Stdout: &meshtest.SyncBuffer{}, Log: zerolog.Nop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +266,7 @@ func TestObserverRebuiltOnReload(t *testing.T) {
 	for i := 1; i <= 2; i++ {
 		c := defaultObs()
 		c.Tracing.Exporter = "otlp-http" // its metrics are registered too
-		obs, err := observability.NewObserver(c, observability.Options{Service: "orders", Registry: reg, Stdout: &syncBuffer{}})
+		obs, err := observability.NewObserver(c, observability.Options{Service: "orders", Registry: reg, Stdout: &meshtest.SyncBuffer{}})
 		if err != nil {
 			t.Fatalf("observer %d: %v", i, err)
 		}

@@ -249,7 +249,7 @@ func TestDeadCollectorDoesNotSlowRequests(t *testing.T) {
 			c.Tracing.BatchSize = 8
 			c.Tracing.ExportTimeout = exportTimeout
 			reg := observability.NewRegistry()
-			obs, err := observability.NewObserver(c, observability.Options{Service: "orders", Registry: reg, Stdout: &syncBuffer{}})
+			obs, err := observability.NewObserver(c, observability.Options{Service: "orders", Registry: reg, Stdout: &meshtest.SyncBuffer{}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/observability"
 )
 
@@ -63,7 +63,7 @@ func TestAddedStep(t *testing.T) {
 		t.Fatalf("outbound steps %v, want %v", names, want)
 	}
 
-	log := &lockedBuffer{}
+	log := &meshtest.SyncBuffer{}
 	obsCfg := config.DefaultObservability()
 	obsCfg.AccessLog.FlushInterval = 0
 	obs, err := observability.NewObserver(obsCfg, observability.Options{Service: "web", Registry: prometheus.NewRegistry(), Stdout: log})
@@ -112,23 +112,4 @@ func TestAddedStep(t *testing.T) {
 	if rec["reason"] != "test-denied" || rec["status"] != 403.0 || rec["upstream_service"] != "orders" {
 		t.Fatalf("access log line of the refusal: %v", rec)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer the access log writes to while the test
-// reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

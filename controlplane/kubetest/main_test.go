@@ -135,24 +135,7 @@ func setup(dir string) error {
 type plane struct {
 	*controlplane.Control
 	xdsAddr, adminAddr string
-	logs               *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs               *meshtest.SyncBuffer
 }
 
 func startPlane(t *testing.T, edit func(*config.Kubernetes)) *plane {
@@ -169,7 +152,7 @@ func startPlane(t *testing.T, edit func(*config.Kubernetes)) *plane {
 	if err := cfg.Validate(config.RoleControl); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &meshtest.SyncBuffer{}
 	log := zerolog.New(io.MultiWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.InfoLevel)
 	c, err := controlplane.New(cfg, log, controlplane.Options{
 		Consul:     consul.Options{Wait: 5 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
