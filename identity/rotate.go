@@ -79,9 +79,7 @@ func (r *Rotator) LoadCache() (bool, error) {
 	if c.ID() != r.ID {
 		return false, fmt.Errorf("identity cache holds %s, want %s", c.ID(), r.ID)
 	}
-	if err := r.Creds.Set(chain, key, bundle, r.now()); err != nil {
-		return false, err
-	}
+	r.Creds.cur.Store(c.cur.Load()) // checked once, installed as it is
 	return true, nil
 }
 
