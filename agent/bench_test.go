@@ -16,11 +16,11 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshvm/mesh/agent"
-	"github.com/meshvm/mesh/agent/chain"
-	"github.com/meshvm/mesh/agent/endpoint"
-	"github.com/meshvm/mesh/agent/proxy"
-	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/dataplane/chain"
+	"github.com/meshvm/mesh/dataplane/endpoint"
+	"github.com/meshvm/mesh/dataplane/proxy"
+	"github.com/meshvm/mesh/dataplane/table"
 	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/observability"
 )

@@ -6,9 +6,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/meshvm/mesh/agent/endpoint"
-	"github.com/meshvm/mesh/agent/proxy"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/dataplane/endpoint"
+	"github.com/meshvm/mesh/dataplane/proxy"
 )
 
 // probeInterval is how often an app_protocol auto agent retries the probe

@@ -13,8 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/meshvm/mesh/agent/registration"
 	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/registration"
 )
 
 // Readiness is what /ready answers: the agent is ready while its listeners

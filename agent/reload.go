@@ -10,10 +10,10 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/meshvm/mesh/agent/chain"
-	"github.com/meshvm/mesh/agent/registration"
-	"github.com/meshvm/mesh/agent/table"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/dataplane/chain"
+	"github.com/meshvm/mesh/dataplane/table"
+	"github.com/meshvm/mesh/registration"
 	"github.com/meshvm/mesh/sdnotify"
 )
 

@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/meshvm/mesh/agent/endpoint"
-	"github.com/meshvm/mesh/agent/tcpproxy"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/dataplane/endpoint"
+	"github.com/meshvm/mesh/dataplane/tcpproxy"
 	"github.com/meshvm/mesh/observability"
 )
 

@@ -12,10 +12,10 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/meshvm/mesh/agent/chain"
-	"github.com/meshvm/mesh/agent/table"
-	"github.com/meshvm/mesh/agent/xdsconf"
 	"github.com/meshvm/mesh/buildinfo"
+	"github.com/meshvm/mesh/dataplane/chain"
+	"github.com/meshvm/mesh/dataplane/table"
+	"github.com/meshvm/mesh/dataplane/xdsconf"
 	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/xdsclient"
 )

@@ -14,8 +14,8 @@
 //     and CMDB metadata ("mesh") (metadata.go);
 //   - xDS Node metadata keys an agent sends and the control plane reads
 //     (node.go);
-//   - Consul service meta keys agent/registration writes and the control
-//     plane's Consul source (and agent/discovery) read back
+//   - Consul service meta keys registration writes and the control
+//     plane's Consul source (and dataplane/discovery) read back
 //     (registration.go);
 //   - app protocol names, carried in Consul meta and in a Cluster's
 //     protocol options (protocol.go).
@@ -23,7 +23,7 @@
 // The golden resources in testdata/ are one translation of a realistic
 // model, written by controlplane/translate's golden test (go test
 // ./controlplane/translate -update) and read by the agent's tests
-// (agent/xdsconf): each role tests against the same bytes instead of
+// (dataplane/xdsconf): each role tests against the same bytes instead of
 // importing the other. wiretest decodes them. The contract tests in this
 // package check that the golden resources use the names defined here.
 package wire

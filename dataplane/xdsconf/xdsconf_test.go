@@ -1,0 +1,170 @@
+package xdsconf_test
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/dataplane/endpoint"
+	"github.com/meshvm/mesh/dataplane/xdsconf"
+	"github.com/meshvm/mesh/wire"
+	"github.com/meshvm/mesh/wire/wiretest"
+	"github.com/meshvm/mesh/xdsclient"
+)
+
+// The agent reads back every policy knob the control plane writes into
+// Envoy fields, from the golden resources of the wire contract.
+func TestPoliciesSurviveTheRoundTripThroughEnvoyFields(t *testing.T) {
+	orders := config.DefaultPolicy()
+	orders.Timeout = 3 * time.Second
+	orders.ConnectTimeout = 250 * time.Millisecond
+	orders.Retries = config.Retries{Attempts: 3, PerTryTimeout: time.Second, RetryOn: []string{"5xx", "connect-failure"}, BudgetPercent: 25, MinRetryConcurrency: 5}
+	orders.CircuitBreaker = config.CircuitBreaker{MaxConnections: 100, MaxPendingRequests: 50, MaxRequests: 200, ErrorPercentThreshold: 40, RequestVolumeThreshold: 10, SleepWindow: 1500 * time.Millisecond}
+	orders.OutlierDetection = config.OutlierDetection{Consecutive5xx: 3, ConsecutiveGatewayFailure: 2, Interval: 5 * time.Second, BaseEjectionTime: 20 * time.Second, MaxEjectionPercent: 34}
+	orders.LoadBalancer = config.LoadBalancer{Policy: "least_request", LocalityAware: true}
+
+	pay := config.DefaultPolicy()
+	pay.LoadBalancer = config.LoadBalancer{Policy: "random"}
+	pay.CircuitBreaker.ErrorPercentThreshold = 0
+	pay.RateLimit = config.RateLimit{MaxTokens: 200, TokensPerFill: 200, FillInterval: time.Second}
+
+	// wire/testdata/agent-tuned.golden.json is what `mesh control` sends
+	// an agent fronting pay when the policies are the ones above
+	// (controlplane/translate's golden test writes it from them).
+	res := wiretest.Load(t, wiretest.AgentTuned)
+	tab, err := xdsconf.Translate(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tab.Static {
+		t.Error("an xDS table carries its endpoints")
+	}
+	for _, tc := range []struct {
+		name    string
+		service string
+		want    config.Policy
+	}{
+		{"every knob set", "orders", orders},
+		{"random lb, no error breaker", "pay", pay},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tab.Policy(tc.service)
+			want := tc.want
+			want.RateLimit = config.RateLimit{} // callee-side: travels on the inbound listener
+			if want.CircuitBreaker.ErrorPercentThreshold == 0 {
+				// a disabled error breaker sends none of its knobs
+				want.CircuitBreaker.RequestVolumeThreshold, want.CircuitBreaker.SleepWindow = 0, 0
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("policy of %s\n got %+v\nwant %+v", tc.service, got, want)
+			}
+		})
+	}
+	if got, want := tab.Inbound.RateLimit, pay.RateLimit; got != want {
+		t.Errorf("inbound rate limit %+v, want %+v", got, want)
+	}
+	eps := tab.Services["orders"].Endpoints
+	wantEps := []endpoint.Endpoint{
+		{Addr: "10.0.0.1:15006", Node: "vm1", Region: "eu", Zone: "a", Weight: 1},
+		{Addr: "10.0.0.2:15006", Node: "vm2", Region: "eu", Zone: "b", Weight: 1},
+	}
+	if len(eps) != len(wantEps) {
+		t.Fatalf("routable endpoints %+v, want %d (draining and unhealthy left out)", eps, len(wantEps))
+	}
+	for i := range eps {
+		if eps[i].Addr != wantEps[i].Addr || eps[i].Zone != wantEps[i].Zone || eps[i].Node != wantEps[i].Node || eps[i].Weight != 1 {
+			t.Errorf("endpoint %d = %+v, want %+v", i, eps[i], wantEps[i])
+		}
+	}
+	if eps[0].Meta["env"] != "prod" {
+		t.Errorf("endpoint metadata lost: %v", eps[0].Meta)
+	}
+	if _, err := tab.Resolve(t.Context(), "nosuch"); err != endpoint.ErrUnknownService {
+		t.Errorf("unknown service: %v", err)
+	}
+}
+
+func TestUnusableResourcesAreRejectedWithTheirName(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(r *xdsclient.Resources)
+		want   string
+	}{
+		{"ring hash", func(r *xdsclient.Resources) { r.Clusters["orders"].LbPolicy = clusterv3.Cluster_RING_HASH }, `cluster "orders": lb_policy RING_HASH is not supported`},
+		{"static cluster", func(r *xdsclient.Resources) {
+			r.Clusters["orders"].ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+		}, `cluster "orders": discovery type STATIC is not supported`},
+		{"bad sleep window", func(r *xdsclient.Resources) {
+			r.Clusters["orders"].Metadata.FilterMetadata[wire.GovernanceNamespace].Fields["sleep_window"] = structpb.NewStringValue("soon")
+		}, `sleep_window "soon"`},
+		{"pipe endpoint", func(r *xdsclient.Resources) {
+			r.Endpoints["orders"].Endpoints[0].LbEndpoints[0].GetEndpoint().Address = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/tmp/x"}}}
+		}, `endpoints of cluster "orders": endpoint`},
+		{"hostname endpoint", func(r *xdsclient.Resources) {
+			r.Endpoints["orders"].Endpoints[0].LbEndpoints[0].GetEndpoint().GetAddress().GetSocketAddress().Address = "orders.example.com"
+		}, `"orders.example.com" is not an IP address`},
+		{"redirect route", func(r *xdsclient.Resources) {
+			r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[0].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
+		}, `only route actions are supported`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := wiretest.Load(t, wiretest.AgentClientOnly)
+			if _, err := xdsconf.Translate(res); err != nil {
+				t.Fatalf("the golden resources do not translate: %v", err)
+			}
+			tc.mutate(&res)
+			_, err := xdsconf.Translate(res)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// What an agent fronting payments gets for the realistic model
+// (wire/testdata/agent-payments.golden.json): every service, only its
+// routable endpoints, the callee-side rate limit of payments.
+func TestRealisticAgentView(t *testing.T) {
+	tab, err := xdsconf.Translate(wiretest.Load(t, wiretest.AgentPayments))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		service   string
+		lb        string
+		endpoints int
+	}{
+		{"orders", "round_robin", 2},     // passing and warning
+		{"payments", "least_request", 1}, // one critical
+		{"search", "random", 1},          // one draining
+	} {
+		t.Run(tc.service, func(t *testing.T) {
+			s := tab.Services[tc.service]
+			if s == nil {
+				t.Fatalf("no %s in the table", tc.service)
+			}
+			if got := s.Policy.LoadBalancer.Policy; got != tc.lb {
+				t.Errorf("load balancer %q, want %q", got, tc.lb)
+			}
+			if len(s.Endpoints) != tc.endpoints {
+				t.Errorf("%d routable endpoints, want %d: %+v", len(s.Endpoints), tc.endpoints, s.Endpoints)
+			}
+		})
+	}
+	if got := tab.Policy("payments"); got.Timeout != 2*time.Second || got.CircuitBreaker.ErrorPercentThreshold != 25 || got.Retries.Attempts != 1 {
+		t.Errorf("payments policy %+v", got)
+	}
+	if want := (config.RateLimit{MaxTokens: 200, TokensPerFill: 100, FillInterval: time.Second}); tab.Inbound.RateLimit != want {
+		t.Errorf("inbound rate limit %+v, want %+v", tab.Inbound.RateLimit, want)
+	}
+	if _, ok := tab.Services[wire.LocalAppCluster]; ok {
+		t.Error("the local app cluster became a service")
+	}
+}
