@@ -158,7 +158,7 @@ func (a *Agent) validate(v *validator, requireService bool) {
 	}
 	for i, u := range a.Upstreams {
 		path := fmt.Sprintf("agent.upstreams[%d]", i)
-		v.serviceName(path+".service", u.Service)
+		v.meshServiceName(path+".service", u.Service)
 		v.check(path+".protocol", u.Protocol == "" || u.Protocol == UpstreamHTTP || u.Protocol == UpstreamTCP,
 			"must be http or tcp, got %q", u.Protocol)
 		if v.hostPort(path+".listen", u.Listen) {

@@ -216,7 +216,8 @@ func mergeServicePolicies(v *viper.Viper, cfg *Config) []FieldError {
 	raw, _ := v.Get("policies.services").(map[string]any)
 	cfg.Policies.Services = make(map[string]Policy, len(raw))
 	var errs []FieldError
-	for name, body := range raw {
+	for key, body := range raw {
+		name := unescapeKey(key)
 		p := cfg.Policies.Default
 		p.Retries.RetryOn = append([]string(nil), p.Retries.RetryOn...)
 		if m, ok := body.(map[string]any); ok {

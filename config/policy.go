@@ -164,7 +164,7 @@ func (p *Policy) validate(v *validator, path string) {
 func (p *Policies) validate(v *validator) {
 	p.Default.validate(v, "policies.default")
 	for name, sp := range p.Services {
-		v.serviceName("policies.services."+name, name)
+		v.meshServiceName("policies.services."+name, name)
 		sp.validate(v, "policies.services."+name)
 	}
 }

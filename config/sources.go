@@ -65,6 +65,7 @@ func (s *sources) refuse(fe FieldError) {
 // variable, flag) by report.
 func (s *sources) add(fes ...FieldError) {
 	for _, fe := range fes {
+		fe.Path = unescapeKey(fe.Path)
 		if s.badPath(fe.Path) {
 			continue // already reported where the value came from
 		}
@@ -491,6 +492,18 @@ func orTop(path string) string {
 	return path
 }
 
+// dottedKeys are the maps whose keys are mesh service names, which may
+// carry a namespace (orders.shop, a Kubernetes service).
+var dottedKeys = map[string]bool{"policies.services": true}
+
+// keyDot stands for '.' inside a map key while viper holds the config:
+// viper reads every '.' of a key as a level. It is lowercase (viper
+// lowercases keys) and cannot occur in a service name.
+const keyDot = "%2e"
+
+func escapeKey(k string) string   { return strings.ReplaceAll(k, ".", keyDot) }
+func unescapeKey(k string) string { return strings.ReplaceAll(k, keyDot, ".") }
+
 // walkMap checks a map's keys and values (agent.meta, policies.services).
 func (s *sources) walkMap(n *yaml.Node, t reflect.Type, path string, depth int) {
 	keep := n.Content[:0:0]
@@ -505,9 +518,13 @@ func (s *sources) walkMap(n *yaml.Node, t reflect.Type, path string, depth int) 
 		case k.Value == "" || k.Tag == "!!null":
 			s.errs = append(s.errs, FieldError{Path: path, Line: k.Line, Msg: "a key must not be empty"})
 			continue
-		case strings.Contains(k.Value, "."):
+		case strings.Contains(k.Value, ".") && !dottedKeys[path]:
 			s.errs = append(s.errs, FieldError{Path: path, Line: k.Line, Msg: fmt.Sprintf("key %q must not contain '.'", k.Value)})
 			continue
+		case strings.Contains(k.Value, "."):
+			// A mesh service name such as orders.shop: hidden from viper,
+			// which would split it into two levels (see escapeKey).
+			k.Value = escapeKey(k.Value)
 		}
 		s.lines[p] = k.Line
 		if s.walk(val, t.Elem(), p, true, depth+1) {

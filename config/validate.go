@@ -108,6 +108,14 @@ func (v *validator) serviceName(path, s string) {
 		"%q is not a valid service name (lowercase letters, digits and '-', at most 63, as in DNS); write e.g. orders", s)
 }
 
+// meshServiceName checks a name a caller or a policy uses: a service
+// name, or one with its Kubernetes namespace (orders.shop).
+func (v *validator) meshServiceName(path, s string) {
+	name, ns, dotted := strings.Cut(s, ".")
+	v.check(path, serviceNameRE.MatchString(name) && (!dotted || serviceNameRE.MatchString(ns)),
+		"%q is not a valid service name (lowercase letters, digits and '-', at most 63, as in DNS, optionally followed by '.' and a namespace); write e.g. orders or orders.shop", s)
+}
+
 func (v *validator) oneOf(path, s string, allowed ...string) {
 	v.check(path, slices.Contains(allowed, s), "%q is not one of %s", s, strings.Join(allowed, ", "))
 }
