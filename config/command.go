@@ -40,7 +40,7 @@ func NewCommand() *cobra.Command {
 			return err
 		},
 	}
-	validate.Flags().StringVar(&role, "role", "", "require the fields of this role: agent or control (default: check what the file sets)")
+	validate.Flags().StringVar(&role, "role", "", "require the fields of this role: agent, control or gateway (default: check what the file sets)")
 	cmd.AddCommand(validate)
 	cmd.AddCommand(newDiffCommand())
 	return cmd
@@ -54,6 +54,8 @@ func parseRole(s string) (Role, error) {
 		return RoleAgent, nil
 	case "control":
 		return RoleControl, nil
+	case "gateway":
+		return RoleGateway, nil
 	}
-	return RoleAny, &Error{Syntax: fmt.Sprintf("--role %q is not agent or control", s)}
+	return RoleAny, &Error{Syntax: fmt.Sprintf("--role %q is not agent, control or gateway", s)}
 }

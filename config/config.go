@@ -18,6 +18,7 @@ type Config struct {
 	Consul   Consul   `mapstructure:"consul" yaml:"consul"`
 	Agent    Agent    `mapstructure:"agent" yaml:"agent"`
 	Control  Control  `mapstructure:"control" yaml:"control"`
+	Gateway  Gateway  `mapstructure:"gateway" yaml:"gateway"`
 	Policies Policies `mapstructure:"policies" yaml:"policies"`
 	// Observability configures access logs and tracing.
 	Observability Observability `mapstructure:"observability" yaml:"observability"`
@@ -91,6 +92,7 @@ func Default() Config {
 			},
 			Kubernetes: Kubernetes{Namespaces: []string{}, Nodes: true},
 		},
+		Gateway: DefaultGateway(),
 		Policies: Policies{
 			Default:  DefaultPolicy(),
 			Services: map[string]Policy{},

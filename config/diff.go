@@ -78,6 +78,7 @@ var controlRestartOnly = []restartSetting{
 var roleSections = map[Role][]string{
 	RoleAgent:   {"log", "consul", "agent", "policies", "observability"},
 	RoleControl: {"log", "consul", "control", "policies"},
+	RoleGateway: {"log", "consul", "gateway", "observability"},
 }
 
 func restartTable(role Role) []restartSetting {

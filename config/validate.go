@@ -22,6 +22,8 @@ const (
 	RoleAgent
 	// RoleControl checks what `mesh control` needs.
 	RoleControl
+	// RoleGateway requires a certificate source for the HTTPS listener.
+	RoleGateway
 )
 
 // Validate checks the config for role and returns an *Error listing every
@@ -34,6 +36,7 @@ func (c *Config) Validate(role Role) error {
 	v.hostPort("consul.addr", strings.TrimPrefix(strings.TrimPrefix(c.Consul.Addr, "http://"), "https://"))
 	c.Agent.validate(v, role == RoleAgent)
 	c.Control.validate(v)
+	c.Gateway.validate(v, role == RoleGateway)
 	c.Policies.validate(v)
 	c.Observability.validate(v)
 	if len(v.errs) == 0 {
