@@ -70,6 +70,9 @@ type Exchange struct {
 	// Rec is the request's observability record (nil when the listener
 	// is not instrumented; its methods accept nil).
 	Rec *observability.Record
+	// Edge is the edge role's own per-request state, for its steps to
+	// share (nil until one sets it; always nil on the agent's paths).
+	Edge any
 
 	dir string    // observability.Inbound or Outbound
 	h   *Handlers // the table the request is served by

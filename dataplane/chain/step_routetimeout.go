@@ -5,7 +5,8 @@ import "time"
 // routeTimeout sets the deadline of the whole request (timeout), which
 // tries and retries share; each try runs under one context ending at the
 // earlier of it and the per-try timeout (see tries). It is left out of a
-// path whose policy has no timeout.
+// path whose policy has no timeout. A deadline an edge route set
+// (ForwardOptions.Timeout) wins.
 type routeTimeout struct{ d time.Duration }
 
 func buildRouteTimeout(t *UpstreamTarget) (Step, error) {
@@ -18,6 +19,8 @@ func buildRouteTimeout(t *UpstreamTarget) (Step, error) {
 func (*routeTimeout) Name() string { return "route-timeout" }
 
 func (s *routeTimeout) Serve(x *Exchange, next Next) error {
-	x.deadline = time.Now().Add(s.d)
+	if x.deadline.IsZero() {
+		x.deadline = time.Now().Add(s.d)
+	}
 	return next.Serve(x)
 }
