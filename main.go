@@ -1,6 +1,6 @@
 // Command mesh is a service mesh for VM fleets: one binary whose roles are
-// the per-app sidecar (`mesh agent`) and the xDS control plane
-// (`mesh control`).
+// the per-app sidecar (`mesh agent`), the xDS control plane
+// (`mesh control`) and the edge gateway (`mesh gateway`).
 package main
 
 import (
@@ -15,6 +15,7 @@ import (
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane"
+	"github.com/meshvm/mesh/gateway"
 )
 
 func main() {
@@ -32,7 +33,7 @@ func main() {
 		return usageError{err}
 	})
 	root.AddCommand(agent.NewCommand(), config.NewCommand(), buildinfo.NewCommand())
-	root.AddCommand(controlplane.NewCommand())
+	root.AddCommand(controlplane.NewCommand(), gateway.NewCommand())
 	if err := root.Execute(); err != nil {
 		// A command that says what it found by its exit status alone
 		// (`mesh config diff`) has printed what it had to.

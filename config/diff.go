@@ -73,6 +73,14 @@ var controlRestartOnly = []restartSetting{
 	{"control.kubernetes", func(c *Config) any { return &c.Control.Kubernetes }},
 }
 
+// gatewayRestartOnly: the gateway applies the log level on reload; its
+// section (listeners, TLS, limits) needs a restart (certificate files are
+// re-read as they change, without one).
+var gatewayRestartOnly = []restartSetting{
+	{"gateway", func(c *Config) any { return &c.Gateway }},
+	{"observability", func(c *Config) any { return &c.Observability }},
+}
+
 // roleSections are the top-level sections each role reads; a change
 // elsewhere has no effect on it.
 var roleSections = map[Role][]string{
@@ -87,6 +95,8 @@ func restartTable(role Role) []restartSetting {
 		return agentRestartOnly
 	case RoleControl:
 		return controlRestartOnly
+	case RoleGateway:
+		return gatewayRestartOnly
 	}
 	return nil
 }

@@ -190,6 +190,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if cur := g.served.Load(); cur.auth != nil { // the cached config's JWKS refresh
+		authCtx, cancel := context.WithCancel(bg)
+		cur.stop = cancel
+		cur.auth.run(authCtx)
+	}
 	goRun("registration", func() error { return g.reg.Run(bg) })
 	goRun("certificates", func() error { return g.certs.Run(bg, gc.TLS.ReloadInterval) })
 	goRun("governance", func() error { return g.state.Run(bg) })

@@ -44,4 +44,3 @@ func (forward) Serve(x *chain.Exchange, _ chain.Next) error {
 	}
 	return x.Forward(cluster, o)
 }
-

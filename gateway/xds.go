@@ -1,0 +1,162 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshvm/mesh/buildinfo"
+	"github.com/meshvm/mesh/wire"
+	"github.com/meshvm/mesh/xdsclient"
+)
+
+// nodeID names the gateway to the control plane: its service and node.
+func (g *Gateway) nodeID() string { return g.cfg.Gateway.Name + "-" + g.node }
+
+// xdsNode is the Node the gateway sends: role gateway (wire.NodeRole),
+// user agent mesh-gateway.
+func (g *Gateway) xdsNode() (*corev3.Node, error) {
+	md, err := structpb.NewStruct(map[string]any{
+		wire.NodeRole:    wire.RoleGateway,
+		wire.NodeService: g.cfg.Gateway.Name,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.Node{
+		Id:                   g.nodeID(),
+		Cluster:              g.cfg.Gateway.Name,
+		Metadata:             md,
+		UserAgentName:        wire.GatewayUserAgent,
+		UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: buildinfo.Version},
+	}, nil
+}
+
+func (g *Gateway) newXDSClient() (*xdsclient.Client, error) {
+	node, err := g.xdsNode()
+	if err != nil {
+		return nil, err
+	}
+	m := g.obs.Metrics()
+	servers := g.cfg.Gateway.ControlPlane
+	return xdsclient.New(xdsclient.Options{
+		Servers: servers, Node: node, Apply: g.applyXDS,
+		Listeners: []string{wire.GatewayHTTPSListener, wire.GatewayHTTPListener},
+		Initial:   g.cached, Log: g.base.With().Str("component", "xds").Logger(),
+		OnConnection: func(server string, up bool) {
+			if up {
+				m.XDSConnected(server, servers...)
+			} else {
+				m.XDSDisconnected()
+			}
+		},
+		OnResponse: m.XDSUpdate,
+	})
+}
+
+func (g *Gateway) cachePath() string {
+	return filepath.Join(g.cfg.Gateway.CacheDir, "xds-"+g.nodeID()+".json")
+}
+
+// initialServed is what the gateway starts with: the last good
+// control-plane config from disk, else nothing routed.
+func (g *Gateway) initialServed() (*served, xdsclient.Resources) {
+	if len(g.cfg.Gateway.ControlPlane) > 0 {
+		res, err := xdsclient.LoadCache(g.cachePath())
+		switch {
+		case err == nil:
+			s, err := g.parseResources(res)
+			if err == nil {
+				err = g.compile(s)
+			}
+			if err == nil {
+				g.log.Info().Str("cache", g.cachePath()).Str("version", s.version).Msg("starting from the cached control-plane config")
+				return s, res
+			}
+			g.log.Warn().Err(err).Str("cache", g.cachePath()).Msg("ignoring unusable xds cache")
+		case errors.Is(err, fs.ErrNotExist):
+			g.log.Info().Msg("no cached control-plane config; nothing is routed until the control plane answers")
+		default:
+			g.log.Warn().Err(err).Str("cache", g.cachePath()).Msg("ignoring unreadable xds cache")
+		}
+	}
+	return g.emptyServed(), xdsclient.Resources{}
+}
+
+// applyXDS is the xDS client's callback: parse, compile, swap. An error
+// NACKs the update and the running config keeps serving.
+func (g *Gateway) applyXDS(res xdsclient.Resources) error {
+	s, err := g.parseResources(res)
+	if err != nil {
+		return err
+	}
+	g.swapMu.Lock()
+	defer g.swapMu.Unlock()
+	if err := g.compile(s); err != nil {
+		return err
+	}
+	g.install(s)
+	routes := 0
+	if s.routes != nil {
+		for _, vh := range s.routes.VirtualHosts() {
+			routes += len(vh.Routes)
+		}
+	}
+	g.metrics.applied.Inc()
+	g.log.Info().Str("version", s.version).Int("services", len(s.table.Services)).Int("routes", routes).Msg("applied control-plane config")
+	g.saver.offer(res)
+	return nil
+}
+
+// cacheSaver writes the latest accepted resources to disk in the
+// background, coalescing bursts of updates into one write.
+type cacheSaver struct {
+	path   string
+	mu     sync.Mutex
+	latest *xdsclient.Resources
+	wake   chan struct{}
+}
+
+func newCacheSaver(path string) *cacheSaver {
+	return &cacheSaver{path: path, wake: make(chan struct{}, 1)}
+}
+
+func (s *cacheSaver) offer(r xdsclient.Resources) {
+	s.mu.Lock()
+	s.latest = &r
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run saves until ctx is done, then saves what is pending once more.
+func (s *cacheSaver) run(ctx context.Context, onErr func(error)) error {
+	flush := func() {
+		s.mu.Lock()
+		r := s.latest
+		s.latest = nil
+		s.mu.Unlock()
+		if r != nil {
+			if err := xdsclient.SaveCache(s.path, *r); err != nil {
+				onErr(fmt.Errorf("save %s: %w", s.path, err))
+			}
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			flush()
+			return nil
+		case <-s.wake:
+			flush()
+		}
+	}
+}
