@@ -29,7 +29,7 @@ cp -a /lib/systemd/system "$root/lib/systemd/"
 cp systemd/*.service "$root/lib/systemd/system/"
 cp "$mesh" "$root/usr/bin/mesh"
 cp /bin/kill "$root/bin/kill"
-for unit in mesh-control.service mesh-agent@orders.service; do
+for unit in mesh-control.service mesh-agent@orders.service mesh-gateway.service; do
 	if ! out=$(systemd-analyze verify --root="$root" "$unit" 2>&1) || [ -n "$out" ]; then
 		fail "systemd-analyze verify $unit: $out"
 	fi
@@ -47,7 +47,9 @@ sh "$here/journal.sh" "$mesh"
 # The unit must outlive the agent's drain: TimeoutStopSec above
 # drain_period + shutdown_timeout of the shipped example.
 secs() { sed -n "s/^ *$1: *\([0-9]*\)s$/\1/p"; }
-effective=$("$mesh" config validate packaging/etc/agent-example.yaml.sample --role agent)
+# Only the agent section: the gateway's has keys of the same names.
+section() { sed -n "/^$1:/,/^[a-z]/p"; }
+effective=$("$mesh" config validate packaging/etc/agent-example.yaml.sample --role agent | section agent)
 drain=$(echo "$effective" | secs drain_period)
 shutdown=$(echo "$effective" | secs shutdown_timeout)
 stop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)s$/\1/p' systemd/mesh-agent@.service)
@@ -62,6 +64,16 @@ ok "TimeoutStopSec=${stop}s > drain_period ${drain}s + shutdown_timeout ${shutdo
 	fail "packaging/etc/mesh.yaml is not a valid control config"
 "$mesh" config validate packaging/etc/agent-example.yaml.sample --role agent >/dev/null ||
 	fail "packaging/etc/agent-example.yaml.sample is not a valid agent config"
+"$mesh" config validate packaging/etc/gateway-example.yaml.sample --role gateway >/dev/null ||
+	fail "packaging/etc/gateway-example.yaml.sample is not a valid gateway config"
+# The gateway unit must outlive its drain too.
+geff=$("$mesh" config validate packaging/etc/gateway-example.yaml.sample --role gateway | section gateway)
+gdrain=$(echo "$geff" | secs drain_period)
+gshutdown=$(echo "$geff" | secs shutdown_timeout)
+gstop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)s$/\1/p' systemd/mesh-gateway.service)
+if [ -z "$gdrain" ] || [ -z "$gshutdown" ] || [ -z "$gstop" ] || [ "$gstop" -le $((gdrain + gshutdown)) ]; then
+	fail "mesh-gateway TimeoutStopSec=${gstop}s is not above drain_period ${gdrain}s + shutdown_timeout ${gshutdown}s"
+fi
 ok "shipped configs validate"
 
 # --- scripts -------------------------------------------------------------
