@@ -23,6 +23,8 @@ type Control struct {
 	// Kubernetes is the Kubernetes source and the export of VM services
 	// into Kubernetes.
 	Kubernetes Kubernetes `mapstructure:"kubernetes" yaml:"kubernetes"`
+	// Gateway holds the routes and authentication pushed to mesh gateways.
+	Gateway ControlGateway `mapstructure:"gateway" yaml:"gateway"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -128,6 +130,7 @@ type CMDBFields struct {
 
 func (c *Control) validate(v *validator) {
 	c.CA.validate(v)
+	c.Gateway.validate(v)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)
