@@ -67,6 +67,8 @@ type Mesh struct {
 	// appPorts maps a service to the app_port its instances register, by
 	// node name, for nodes whose metadata omits app_port.
 	appPorts map[string]map[string]int
+	// gateway is what gateway nodes get (gateway.go).
+	gateway *gatewayBuild
 }
 
 // Resources are one node's resources by type.
@@ -91,6 +93,9 @@ type Translator struct {
 	outbound  *routev3.RouteConfiguration
 	validated map[proto.Message]bool
 	memo      *memo
+	// gatewayIn is the gateway input (SetGateway), gateway its last build.
+	gatewayIn *Gateway
+	gateway   *gatewayBuild
 }
 
 type entry struct {
@@ -164,7 +169,10 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 	if err != nil {
 		return nil, err
 	}
-	t.prev, t.outbound, t.validated, t.memo = next, out.Outbound, validated, out.memo
+	if out.gateway, err = buildGateway(t.gatewayIn, out, t.gateway); err != nil {
+		return nil, err
+	}
+	t.prev, t.outbound, t.validated, t.memo, t.gateway = next, out.Outbound, validated, out.memo, out.gateway
 	return out, nil
 }
 
