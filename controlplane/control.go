@@ -126,7 +126,13 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 		}
 	}
 	c.xds = xds.New(log.With().Str("component", "xds").Logger(), c.reg)
-	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, settingsOf(cfg),
+	s := settingsOf(cfg)
+	gw, err := gatewaySettings(cfg.Control.Gateway)
+	if err != nil {
+		return nil, err
+	}
+	s.gateway = gw
+	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, s,
 		opts.FirstWait, c.xds, newMetrics(c.reg, c.sources))
 	if c.export != nil {
 		c.rec.served = c.export.Update

@@ -33,8 +33,10 @@ type reconciler struct {
 	opts      model.MergeOptions
 	xds       *xds.Server
 	metrics   *metrics
-	// translator is used by the Run goroutine only.
+	// translator is used by the Run goroutine only; gateway is what it
+	// was given last (SetGateway).
 	translator *translate.Translator
+	gateway    *translate.Gateway
 	// reconf carries reloads to the Run goroutine; done is closed when
 	// Run returns.
 	reconf chan reconfig
@@ -53,6 +55,8 @@ type reconciler struct {
 type settings struct {
 	debounce time.Duration
 	merge    model.MergeOptions
+	// gateway is what gateway nodes get (gatewaySettings).
+	gateway *translate.Gateway
 }
 
 // reconfig asks the Run goroutine to apply settings; it answers on result.
@@ -70,7 +74,8 @@ func newReconciler(log zerolog.Logger, inputs []input, s settings, firstWait tim
 		opts:       s.merge,
 		xds:        xs,
 		metrics:    m,
-		translator: translate.NewTranslator(),
+		translator: newTranslator(s.gateway),
+		gateway:    s.gateway,
 		reconf:     make(chan reconfig),
 		done:       make(chan struct{}),
 	}
@@ -99,13 +104,15 @@ func (r *reconciler) reconfigure(ctx context.Context, s settings) error {
 // whose service the model does not know may have changed. On failure the
 // previous settings are put back and nothing was pushed.
 func (r *reconciler) apply(ctx context.Context, s settings, views []*model.View, canBuild bool) error {
-	prev := settings{debounce: r.debounce, merge: r.opts}
+	prev := settings{debounce: r.debounce, merge: r.opts, gateway: r.gateway}
 	r.debounce, r.opts = s.debounce, s.merge
+	r.setGateway(s.gateway)
 	if !canBuild {
 		return nil
 	}
 	if err := r.build(ctx, views, true); err != nil {
 		r.debounce, r.opts = prev.debounce, prev.merge
+		r.setGateway(prev.gateway)
 		return err
 	}
 	return nil
