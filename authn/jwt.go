@@ -30,9 +30,12 @@ type ProviderConfig struct {
 	// intersect its aud.
 	Issuer    string
 	Audiences []string
-	// JWKSFile or JWKSURL (one of them) holds the provider's keys.
+	// JWKSFile or JWKSURL (one of them) holds the provider's keys; or
+	// JWKS holds them inline (what a control plane pushed, as Envoy's
+	// local_jwks inline_string), and they never change.
 	JWKSFile string
 	JWKSURL  string
+	JWKS     []byte
 	// Refresh is how often the keys are re-read (default 5m); a token
 	// with an unknown kid triggers an early refresh, at most every
 	// MinRefresh (default 30s).
@@ -91,7 +94,7 @@ func NewProvider(cfg ProviderConfig, client *http.Client, now func() time.Time) 
 	if cfg.Issuer == "" {
 		return nil, fmt.Errorf("jwt provider %s: issuer is required", cfg.Name)
 	}
-	if (cfg.JWKSFile == "") == (cfg.JWKSURL == "") {
+	if n := btoi(cfg.JWKSFile != "") + btoi(cfg.JWKSURL != "") + btoi(len(cfg.JWKS) > 0); n != 1 {
 		return nil, fmt.Errorf("jwt provider %s: set exactly one of jwks_file and jwks_url", cfg.Name)
 	}
 	if len(cfg.Algorithms) == 0 {
@@ -254,9 +257,12 @@ const maxJWKSBytes = 1 << 20
 func (p *Provider) fetch(ctx context.Context) (*jose.JSONWebKeySet, error) {
 	var data []byte
 	var err error
-	if p.cfg.JWKSFile != "" {
+	switch {
+	case len(p.cfg.JWKS) > 0:
+		data = p.cfg.JWKS
+	case p.cfg.JWKSFile != "":
 		data, err = readFileLimited(p.cfg.JWKSFile, maxJWKSBytes)
-	} else {
+	default:
 		data, err = p.get(ctx)
 	}
 	if err != nil {
@@ -277,4 +283,11 @@ func (p *Provider) fetch(ctx context.Context) (*jose.JSONWebKeySet, error) {
 	}
 	set.Keys = usable
 	return &set, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -5,20 +5,23 @@ import (
 	"net/http"
 
 	"github.com/meshvm/mesh/authn"
+	"github.com/meshvm/mesh/routematch"
 )
 
-// The edge's authentication model, as served: providers by name, and the
-// requirements routes name.
+// The edge's authentication model, as served: providers, API keys, and
+// each route's policy (decoded once per config from the standard
+// jwt_authn per-route requirement, mesh's API key per-route config and
+// the per-route RBAC claim rules).
 
-// Require says what a route asks of a request's credentials.
+// Require says what a route asks of one credential kind.
 type Require uint8
 
 const (
-	// RequireNone: credentials are not checked (nor forwarded).
+	// RequireNone: not checked (nor forwarded).
 	RequireNone Require = iota
-	// RequireOptional: no credentials is fine; bad ones are 401.
+	// RequireOptional: absent is fine; present and bad is 401.
 	RequireOptional
-	// RequireRequired: valid credentials are needed (401 without).
+	// RequireRequired: a valid one is needed (401 without).
 	RequireRequired
 )
 
@@ -33,43 +36,45 @@ type jwtProvider struct {
 
 type claimHeader struct{ claim, header string }
 
-// apiKeyMethod accepts API keys from a header.
-type apiKeyMethod struct {
+// apiKeys accepts API keys from a header.
+type apiKeys struct {
 	header string
 	keys   *authn.APIKeys
-	// subjectHeader carries the key's subject upstream ("" : none).
-	subjectHeader string
 }
 
-// requirement is one named requirement a route refers to.
-type requirement struct {
-	require   Require
+// routeAuth is one route's policy.
+type routeAuth struct {
+	jwt       Require
 	providers []*jwtProvider // any of them
-	apiKeys   *apiKeyMethod  // nil: no API keys
-	rules     []authn.Rule
-	realm     string
+	apiKey    Require
+	// orJWT: a valid JWT of this provider stands in for a required key.
+	orJWT string
+	rules []authn.Rule
+	realm string
 }
 
 // auth is the whole authentication config of one served version.
 type auth struct {
-	providers    []*jwtProvider
-	requirements map[string]*requirement
+	providers []*jwtProvider
+	apiKeys   *apiKeys // nil: no API keys
+	routes    map[*routematch.Route]*routeAuth
 	// stripped are the headers the edge sets from credentials: incoming
 	// copies are removed from every request so they cannot be forged.
 	stripped []string
 }
 
-// run loads and refreshes every provider's keys until ctx is done.
+// run refreshes every provider's keys in the background until ctx is
+// done (inline keys never change; files and URLs are re-read).
 func (a *auth) run(ctx context.Context) {
 	for _, p := range a.providers {
-		go p.p.Run(ctx) //nolint:errcheck // Run logs nothing and returns at ctx end
+		go p.p.Run(ctx) //nolint:errcheck // returns nil at ctx end
 	}
 }
 
-// verifyJWT tries the requirement's providers in turn on the token each
-// one's sources carry; found reports whether any token was present.
-func (rq *requirement) verifyJWT(r *http.Request) (c *authn.Claims, p *jwtProvider, found bool, err error) {
-	for _, p := range rq.providers {
+// verifyJWT tries the route's providers in turn on the token each one's
+// sources carry; found reports whether any token was present.
+func (ra *routeAuth) verifyJWT(r *http.Request) (c *authn.Claims, p *jwtProvider, found bool, err error) {
+	for _, p := range ra.providers {
 		tok := authn.TokenFrom(r, p.sources)
 		if tok == "" {
 			continue

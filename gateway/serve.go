@@ -19,8 +19,17 @@ func (g *Gateway) serveHTTPS(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveHTTP is the HTTP listener's: ACME HTTP-01 challenges are answered
-// before it (certstore), and everything else is redirected to HTTPS.
+// before it (certstore); then, when the control plane sent the HTTP
+// listener, the routes (whose :scheme http twins redirect to HTTPS unless
+// the route allows plain HTTP), else a redirect to HTTPS for everything.
 func (g *Gateway) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if s := g.served.Load(); s.plainHTTP {
+		start := time.Now()
+		e := &edgeRequest{routeLabel: "none"}
+		s.edge.Serve(w, r, e)
+		g.record(r, e, start)
+		return
+	}
 	host := hostOnly(r.Host)
 	target := "https://" + host
 	if p := portOf(g.Addr("https")); p != 443 && p != 0 && g.cfg.Gateway.HTTPSAddr != "" && portOf(g.cfg.Gateway.HTTPSAddr) != 443 {
