@@ -65,6 +65,11 @@ type Gateway struct {
 	cached xdsclient.Resources
 	saver  *cacheSaver
 	xds    *xdsclient.Client
+	// A config held until its routed clusters' endpoints arrive
+	// (warming.go), under swapMu.
+	warming      *xdsclient.Resources
+	warmingSince time.Time
+	warmTimer    *time.Timer
 
 	registry *prometheus.Registry
 	obs      *observability.Observer

@@ -306,4 +306,3 @@ func claimRules(r *rbacv3.RBAC) ([]authn.Rule, error) {
 	}
 	return rules, nil
 }
-

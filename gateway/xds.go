@@ -7,8 +7,13 @@ import (
 	"io/fs"
 	"path/filepath"
 	"sync"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	// Types the control plane's gateway resources carry in Any fields,
+	// linked so that the disk cache can encode them.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshvm/mesh/buildinfo"
@@ -23,8 +28,10 @@ func (g *Gateway) nodeID() string { return g.cfg.Gateway.Name + "-" + g.node }
 // user agent mesh-gateway.
 func (g *Gateway) xdsNode() (*corev3.Node, error) {
 	md, err := structpb.NewStruct(map[string]any{
-		wire.NodeRole:    wire.RoleGateway,
-		wire.NodeService: g.cfg.Gateway.Name,
+		wire.NodeRole:             wire.RoleGateway,
+		wire.NodeService:          g.cfg.Gateway.Name,
+		wire.NodeGatewayHTTPSAddr: g.Addr("https"),
+		wire.NodeGatewayHTTPAddr:  g.Addr("http"),
 	})
 	if err != nil {
 		return nil, err
@@ -101,6 +108,28 @@ func (g *Gateway) applyXDS(res xdsclient.Resources) error {
 	if err := g.compile(s); err != nil {
 		return err
 	}
+	if c := cold(s, g.served.Load()); len(c) > 0 && g.served.Load().version != "none" {
+		// Accepted (ACK), but held until the endpoints arrive: the next
+		// response applies the whole set again; the timer applies this
+		// one if none comes.
+		if g.warming == nil {
+			g.warmingSince = time.Now()
+		}
+		g.warming = &res
+		if time.Since(g.warmingSince) < warmingTimeout {
+			g.log.Debug().Strs("clusters", c).Str("version", s.version).Msg("config held: routed clusters without endpoints yet")
+			if g.warmTimer == nil {
+				g.warmTimer = time.AfterFunc(warmingTimeout, g.applyWarming)
+			}
+			return nil
+		}
+		g.log.Warn().Strs("clusters", c).Str("version", s.version).Msg("applying a config whose routed clusters got no endpoints in time")
+	}
+	g.warming = nil
+	if g.warmTimer != nil {
+		g.warmTimer.Stop()
+		g.warmTimer = nil
+	}
 	g.install(s)
 	routes := 0
 	if s.routes != nil {
@@ -112,6 +141,21 @@ func (g *Gateway) applyXDS(res xdsclient.Resources) error {
 	g.log.Info().Str("version", s.version).Int("services", len(s.table.Services)).Int("routes", routes).Msg("applied control-plane config")
 	g.saver.offer(res)
 	return nil
+}
+
+// applyWarming applies a held config once warmingTimeout passed without
+// the endpoints it waited for.
+func (g *Gateway) applyWarming() {
+	g.swapMu.Lock()
+	res := g.warming
+	g.warmTimer = nil
+	g.swapMu.Unlock()
+	if res == nil {
+		return
+	}
+	if err := g.applyXDS(*res); err != nil {
+		g.log.Warn().Err(err).Msg("held config no longer applies")
+	}
 }
 
 // cacheSaver writes the latest accepted resources to disk in the
