@@ -1,9 +1,13 @@
 package gateway_test
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -134,4 +138,77 @@ func isTimeout(err error) bool {
 		ne = e
 	}
 	return ne != nil && ne.Timeout() && !strings.Contains(err.Error(), "closed")
+}
+
+// Client certificates are verified for the hosts that ask for them
+// (against that host's CA bundle) and not asked of the others; a request
+// cannot reach such a host over a handshake for another name. Oversized
+// headers get 431, oversized bodies 413.
+func TestClientCertsAndSizeLimits(t *testing.T) {
+	inbound := startAgent(t, "127.0.0.89", "mtls-app", startApp(t, "127.0.0.89", "mtls-app"))
+	cp := startControlPlane(t)
+	ca := newCA(t)
+	clientCA := newCA(t)
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "clients.pem")
+	writeFile(t, caFile, clientCA.pem)
+	g := startGateway(t, cp, ca, func(c *config.Config) {
+		c.Gateway.TLS.ClientCA = []config.ClientCA{{Host: "secure.shop.test", CAFile: caFile}}
+		c.Gateway.Limits.MaxHeaderBytes = 4096
+		c.Gateway.Limits.MaxBodyBytes = 1000
+	})
+	cp.set(t, g.node, gwConfig{services: map[string][]string{"mtls-app": {inbound}}, routes: &routev3.RouteConfiguration{
+		VirtualHosts: []*routev3.VirtualHost{{Name: "all", Domains: []string{"*"}, Routes: []*routev3.Route{prefixRoute("all", "/", toCluster("mtls-app"))}}}}})
+	meshtest.Eventually(t, 15*time.Second, func() error {
+		if resp, _ := g.get(t, "shop.test", "/", nil); resp.StatusCode != 200 {
+			return fmt.Errorf("%d", resp.StatusCode)
+		}
+		return nil
+	})
+	ccrt, ckey := clientCA.issue(t, dir, "client", 7, "client-1")
+	pair, err := tls.LoadX509KeyPair(ccrt, ckey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	do := func(sni, host string, certs []tls.Certificate, body string) (*http.Response, error) {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool, ServerName: sni, Certificates: certs}, ForceAttemptHTTP2: true}
+		defer tr.CloseIdleConnections()
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, _ := http.NewRequest("POST", "https://"+g.https+"/", rd)
+		req.Host = host
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	if _, err := do("secure.shop.test", "secure.shop.test", nil, ""); err == nil {
+		t.Error("secure.shop.test served a client without a certificate")
+	}
+	if resp, err := do("secure.shop.test", "secure.shop.test", []tls.Certificate{pair}, ""); err != nil || resp.StatusCode != 200 {
+		t.Errorf("secure.shop.test with a client certificate: %v %v", resp, err)
+	}
+	if resp, err := do("shop.test", "shop.test", nil, ""); err != nil || resp.StatusCode != 200 {
+		t.Errorf("shop.test (no client CA) without a certificate: %v %v", resp, err)
+	}
+	if resp, err := do("shop.test", "secure.shop.test", nil, ""); err != nil || resp.StatusCode != http.StatusMisdirectedRequest {
+		t.Errorf("secure.shop.test over a handshake for shop.test: %v %v, want 421", resp, err)
+	}
+	if resp, err := do("shop.test", "shop.test", nil, strings.Repeat("x", 2000)); err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("a 2000-byte body over max_body_bytes 1000: %v %v, want 413", resp, err)
+	}
+	c, err := tls.Dial("tcp", g.https, &tls.Config{RootCAs: ca.pool, ServerName: "shop.test", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: shop.test\r\nX-Big: %s\r\n\r\n", strings.Repeat("y", 20000))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a 20 KB header over max_header_bytes 4096 (net/http allows 4 KB of slack): %v %v, want 431", resp, err)
+	}
 }
