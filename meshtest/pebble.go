@@ -30,8 +30,10 @@ import (
 type Pebble struct {
 	// Directory is the ACME directory URL.
 	Directory string
-	// Client trusts Pebble's HTTPS listener.
+	// Client trusts Pebble's HTTPS listener; CAFile is the PEM of the CA
+	// that signed that listener's certificate (for a process's config).
 	Client *http.Client
+	CAFile string
 	// HTTPPort and TLSPort are where challenges are validated.
 	HTTPPort, TLSPort int
 	mgmt              string
@@ -106,6 +108,7 @@ func StartPebble(t testing.TB) *Pebble {
 	// challenges, not about client retries.
 	start([]string{"PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0"}, "pebble", "-config", cfgFile, "-dnsserver", dnsAddr)
 	p.Client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: caPool}}}
+	p.CAFile = filepath.Join(dir, "pebble-ca.pem")
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		resp, err := p.Client.Get(p.Directory)
@@ -172,6 +175,9 @@ func pebbleListenerCert(t testing.TB, dir string) (*x509.CertPool, string, strin
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pebble-ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	pool := x509.NewCertPool()
