@@ -99,6 +99,12 @@ for f in mesh-control-1.example.internal/mesh.yaml orders-1.example.internal/age
 	[ -f "$tmp/render/$f" ] || fail "not rendered: $f"
 done
 [ ! -e "$tmp/render/orders-1.example.internal/mesh.yaml" ] || fail "mesh.yaml rendered on an agent-only host"
+[ -f "$tmp/render/edge-1.example.internal/gateway.yaml" ] || fail "not rendered: edge-1.example.internal/gateway.yaml"
+[ ! -e "$tmp/render/orders-1.example.internal/gateway.yaml" ] || fail "gateway.yaml rendered on a host outside mesh_gateway"
+eff=$("$mesh" config validate --role gateway "$tmp/render/edge-1.example.internal/gateway.yaml" | section gateway)
+for want in "- mesh-control-1.example.internal:18000" "cert_file: /etc/mesh/tls/shop.crt" "- 10.0.0.0/8" "max_tokens: 200"; do
+	echo "$eff" | grep -qF -- "$want" || fail "gateway.yaml: effective config lacks '$want'"
+done
 # What the agent will run with, read back through mesh itself.
 eff=$("$mesh" config validate --role agent "$tmp/render/shop-1.example.internal/agent-catalog.yaml")
 for want in "service: catalog" "app_port: 8082" "inbound_addr: 0.0.0.0:15016" "admin_addr: 127.0.0.1:15010" \
