@@ -352,7 +352,7 @@ func startGateway(t *testing.T, cp *controlPlane, ca *testCA, mutate func(*confi
 	gc.TLS.Certificates = []config.CertificateFiles{{CertFile: crt, KeyFile: key}}
 	gc.TLS.ReloadInterval = 200 * time.Millisecond
 	cfg.Consul.Addr = consul.Addr
-	cfg.Observability.AccessLog.Output = "off"
+	cfg.Observability.AccessLog.Enabled = false
 	if mutate != nil {
 		mutate(&cfg)
 	}
