@@ -105,8 +105,12 @@ func run(ctx context.Context, every time.Duration) error {
 	}
 
 	step("starting mesh control (xDS on 127.0.0.1:18000, admin 127.0.0.1:19000) with the demo's policies")
+	ed, err := newEdge(dir)
+	if err != nil {
+		return fmt.Errorf("demo keys and certificate: %w", err)
+	}
 	policies := filepath.Join(dir, "mesh.yaml")
-	if err := os.WriteFile(policies, []byte(controlConfig), 0o644); err != nil {
+	if err := os.WriteFile(policies, []byte(controlConfig(ed.controlGateway())), 0o644); err != nil {
 		return err
 	}
 	control, err := startProc(dir, "control", "bin/mesh", "control", "--config", policies, "--log-format", "text")
@@ -171,6 +175,23 @@ func run(ctx context.Context, every time.Duration) error {
 		return fmt.Errorf("orders instances not passing in Consul, or not pushed by mesh control: %w", err)
 	}
 
+	step("starting mesh gateway on %s (HTTPS :8443 for %s, admin :15000), routes and JWT checks pushed by mesh control", gatewayIP, gatewayHost)
+	gwCfg := filepath.Join(dir, "gateway.yaml")
+	if err := os.WriteFile(gwCfg, []byte(ed.gatewayConfig()), 0o644); err != nil {
+		return err
+	}
+	gw, err := startProc(dir, "gateway", "bin/mesh", "gateway", "--config", gwCfg, "--https-addr", gatewayIP+":8443",
+		"--http-addr", gatewayIP+":8080", "--admin-addr", gatewayIP+":15000", "--control-plane", "127.0.0.1:18000",
+		"--consul-addr", "127.0.0.1:8500", "--node", "vm-edge-1", "--cache-dir", filepath.Join(dir, "gateway"),
+		"--drain-period", "1s", "--log-format", "text")
+	if err != nil {
+		return err
+	}
+	procs = append(procs, gw)
+	if err := waitFor(ctx, 20*time.Second, func() bool { return ed.get(ctx, nil).status == http.StatusUnauthorized }); err != nil {
+		return fmt.Errorf("mesh gateway not routing (see %s/gateway.log): %w", dir, err)
+	}
+
 	whereToLook(vms, dir, tr)
 	d := &demo{ctx: ctx, web: vms[0], orders: vms[1:], client: &http.Client{Timeout: 5 * time.Second}}
 
@@ -189,7 +210,13 @@ func run(ctx context.Context, every time.Duration) error {
 		"must never see more than that; the rest is refused at once with 429 + Retry-After.")
 	d.burst(600, 50)
 
-	phase("4. Steady traffic until Ctrl-C", "")
+	phase("4. The edge: mesh gateway in front of orders",
+		"https://"+gatewayHost+":8443/api/orders/... needs a JWT from demo-idp with scope orders:read (mesh control's",
+		"control.gateway); the gateway checks it once, forwards sub as x-user-id (removing any the client",
+		"sent) and limits each client IP to a burst of 10.")
+	ed.show(ctx)
+
+	phase("5. Steady traffic until Ctrl-C", "")
 	d.steady(0, every)
 	summary(d.stats, d.lat)
 	observed(vms, tr)
@@ -554,6 +581,7 @@ func startApp(v *vm) *http.Server {
 			"path":            r.URL.Path,
 			"x_forwarded_for": r.Header.Get("X-Forwarded-For"),
 			"x_request_id":    r.Header.Get("X-Request-Id"),
+			"x_user_id":       r.Header.Get("X-User-Id"),
 		})
 	})
 	srv := &http.Server{Addr: v.ip + ":8080", Handler: mux, ReadHeaderTimeout: 5 * time.Second}
@@ -600,14 +628,18 @@ func stopProc(cmd *exec.Cmd) {
 	}
 }
 
-// controlConfig is mesh control's config: where Consul is and the
-// policies the demo shows.
-const controlConfig = `consul:
+// controlConfig is mesh control's config: where Consul is, the gateway's
+// routes and the policies the demo shows.
+func controlConfig(gateway string) string {
+	return `consul:
   addr: 127.0.0.1:8500
 control:
   xds_addr: 127.0.0.1:18000
   admin_addr: 127.0.0.1:19000
-policies:
+` + gateway + controlPolicies
+}
+
+const controlPolicies = `policies:
   services:
     orders:
       timeout: 2s
