@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
+.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-gateway demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
 
 all: build
 
@@ -112,6 +112,11 @@ bench-wrk: build
 # redis-benchmark direct vs through two agents (raw TCP relay).
 bench-redis: build
 	bench/redis.sh
+
+# HTTPS through mesh gateway into the mesh vs nginx terminating TLS: CPU per
+# request and req/s, keep-alive and a new connection per request.
+bench-gateway: build $(CONSUL)
+	bench/gateway.sh
 
 # CPU per request per hop of the mesh vs nginx, latency added, memory per connection.
 bench-cpu: build
