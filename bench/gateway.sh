@@ -80,7 +80,8 @@ YAML
 mkdir -p "$work/gw"
 GOMAXPROCS=1 bg taskset -c 0 bin/mesh gateway --config "$work/gateway.yaml" --log-level warn
 GW_PID=$!
-until curl -fsk https://127.0.0.91:8443/ >/dev/null; do sleep 0.2; done
+for _ in $(seq 150); do curl -fsk https://127.0.0.91:8443/ >/dev/null && break; sleep 0.2; done
+curl -fsk https://127.0.0.91:8443/ >/dev/null || { echo "bench: the gateway does not route" >&2; cat "$work"/mesh-*.log >&2; exit 1; }
 
 cat >"$work/nginx.conf" <<NGINX
 worker_processes 1;
@@ -93,8 +94,7 @@ http {
 	access_log off;
 	upstream app { server $APP; keepalive 256; }
 	server {
-		listen 127.0.0.93:8443 ssl;
-		http2 on;
+		listen 127.0.0.93:8443 ssl http2;
 		ssl_certificate $work/tls.crt;
 		ssl_certificate_key $work/tls.key;
 		ssl_protocols TLSv1.2 TLSv1.3;
@@ -103,7 +103,8 @@ http {
 }
 NGINX
 nginx -c "$work/nginx.conf" -p "$work"
-until curl -fsk https://127.0.0.93:8443/ >/dev/null; do sleep 0.2; done
+for _ in $(seq 100); do curl -fsk https://127.0.0.93:8443/ >/dev/null && break; sleep 0.2; done
+curl -fsk https://127.0.0.93:8443/ >/dev/null || { echo "bench: nginx does not answer; $(cat "$work/nginx-error.log")" >&2; exit 1; }
 NGINX_WORKER=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
 
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
