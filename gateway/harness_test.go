@@ -389,7 +389,12 @@ func startGateway(t *testing.T, cp *controlPlane, ca *testCA, mutate func(*confi
 // get sends a request for host through the gateway.
 func (g *gw) get(t *testing.T, host, path string, hdr map[string]string) (*http.Response, map[string]any) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", "https://"+g.https+path, nil)
+	return g.do(t, "GET", host, path, hdr)
+}
+
+func (g *gw) do(t *testing.T, method, host, path string, hdr map[string]string) (*http.Response, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "https://"+g.https+path, nil)
 	req.Host = host
 	for k, v := range hdr {
 		req.Header.Set(k, v)
