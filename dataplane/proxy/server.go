@@ -135,6 +135,11 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) newConn(nc net.Conn) *serverConn {
 	c := &serverConn{s: s, c: nc}
 	c.rd.Reset(nc)
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.raw = rc
+		}
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.state.Store(stateIdle)
 	s.mu.Lock()
