@@ -102,9 +102,11 @@ warm "$CONNS" http://127.0.0.83:8082/
 if [ -n "${PROFILE:-}" ]; then # CPU profiles of both agents under load, into $PROFILE/
 	mkdir -p "$PROFILE"
 	taskset -c 1 wrk -t1 -c"$CONNS" -d6s -H "Host: cpu-b" http://127.0.0.81:15001/ >/dev/null &
+	prof=($!)
 	curl -fs "http://127.0.0.81:15000/debug/pprof/profile?seconds=5" >"$PROFILE/a.pprof" &
+	prof+=($!)
 	curl -fs "http://127.0.0.82:15000/debug/pprof/profile?seconds=5" >"$PROFILE/b.pprof"
-	wait
+	wait "${prof[@]}" # not the servers
 fi
 
 rows=()
