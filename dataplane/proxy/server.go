@@ -69,7 +69,7 @@ func NewServer(h http.Handler, logger zerolog.Logger) *Server {
 		connDone:      make(chan struct{}, 1),
 	}
 	s.h2 = &http.Server{
-		Handler:           h,
+		Handler:           h2Drain{h},
 		Protocols:         &p,
 		ReadHeaderTimeout: serverHeaderTimeout,
 		IdleTimeout:       serverIdleTimeout,

@@ -23,22 +23,25 @@ func (r *Reader) FillRaw(rc syscall.RawConn) error {
 		return r.err
 	}
 	r.Release()
-	var n int
-	var serr error
-	err := rc.Read(func(fd uintptr) bool {
-		r.ensure()
-		for {
-			n, serr = syscall.Read(int(fd), r.buf)
-			if serr != syscall.EINTR {
-				break
+	if r.rawRead == nil { // once per Reader: a closure per call would allocate
+		r.rawRead = func(fd uintptr) bool {
+			r.ensure()
+			for {
+				r.rawN, r.rawErr = syscall.Read(int(fd), r.buf)
+				if r.rawErr != syscall.EINTR {
+					break
+				}
 			}
+			if r.rawErr == syscall.EAGAIN {
+				r.Release()
+				return false // wait until readable
+			}
+			return true
 		}
-		if serr == syscall.EAGAIN {
-			r.Release()
-			return false // wait until readable
-		}
-		return true
-	})
+	}
+	err := rc.Read(r.rawRead)
+	n, serr := r.rawN, r.rawErr
+	r.rawErr = nil
 	if err != nil { // the deadline passed or the connection was closed
 		if !errors.Is(err, os.ErrDeadlineExceeded) {
 			r.err = err
