@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -436,11 +437,15 @@ func TestH2specAgainstAgentListeners(t *testing.T) {
 				want, n := h2specFailures(t, base.addr)
 				got, n2 := h2specFailures(t, l.addr)
 				t.Logf("h2spec: Go's h2c server failed %d of %d %v; the agent's %s failed %d of %d %v", len(want), n, want, l.name, len(got), n2, got)
-				if len(got) <= len(want) {
+				// Content-Length mismatches get their stream error even
+				// when the request is refused unread (Go's own server
+				// leaves that to a race).
+				badLength := slices.ContainsFunc(got, func(c string) bool { return strings.HasPrefix(c, "http2/8.1.2.6/") })
+				if len(got) <= len(want) && !badLength {
 					return
 				}
 				if attempt == 2 {
-					t.Fatalf("the agent's %s fails %d h2spec cases, Go's own h2c server %d", l.name, len(got), len(want))
+					t.Fatalf("the agent's %s fails %d h2spec cases %v, Go's own h2c server %d", l.name, len(got), got, len(want))
 				}
 			}
 		})
