@@ -71,6 +71,10 @@ func (a *Agent) inboundRelay(app string) (*tcpproxy.Relay, error) {
 		Log:         a.base,
 		Observe:     a.obs.LogTCP,
 		Metrics:     m,
+		Limits: func() tcpproxy.Limits {
+			in := a.handlers.Current().Table().Inbound
+			return tcpproxy.Limits{RateLimit: in.RateLimit, MaxConns: in.MaxRequests}
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("inbound: %w", err)

@@ -69,7 +69,7 @@ func NewServer(h http.Handler, logger zerolog.Logger) *Server {
 		connDone:      make(chan struct{}, 1),
 	}
 	s.h2 = &http.Server{
-		Handler:           h,
+		Handler:           h2Drain{h},
 		Protocols:         &p,
 		ReadHeaderTimeout: serverHeaderTimeout,
 		IdleTimeout:       serverIdleTimeout,
@@ -135,6 +135,11 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) newConn(nc net.Conn) *serverConn {
 	c := &serverConn{s: s, c: nc}
 	c.rd.Reset(nc)
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.raw = rc
+		}
+	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.state.Store(stateIdle)
 	s.mu.Lock()
