@@ -14,17 +14,18 @@ import (
 // Handshake error reasons (the reason label of
 // mesh_tls_handshake_errors_total).
 const (
-	ReasonPlaintext      = "plaintext"         // strict: a client that did not start TLS
-	ReasonNoCertificate  = "no-client-cert"    // strict: a TLS client without a certificate
-	ReasonUnknownCA      = "unknown-authority" // the peer's chain does not reach the bundle
-	ReasonExpired        = "expired"           // the peer's certificate is not valid now
-	ReasonWrongIdentity  = "wrong-identity"    // the peer is not the expected service or trust domain
-	ReasonBadCertificate = "bad-certificate"   // no or a malformed SPIFFE ID, wrong key usage
-	ReasonNoIdentity     = "no-local-identity" // this agent holds no certificate yet
-	ReasonNotTLS         = "not-tls"           // the peer answered with something else than TLS
-	ReasonTimeout        = "timeout"           // no handshake within the bound
-	ReasonClosed         = "closed"            // the peer hung up during the handshake
-	ReasonAlert          = "peer-alert"        // the peer refused us (its reason is in its own metrics)
+	ReasonPlaintext      = "plaintext"           // strict: a client that did not start TLS
+	ReasonNoCertificate  = "no-client-cert"      // strict: a TLS client without a certificate
+	ReasonUnknownCA      = "unknown-authority"   // the peer's chain does not reach the bundle
+	ReasonExpired        = "expired"             // the peer's certificate is not valid now
+	ReasonWrongIdentity  = "wrong-identity"      // the peer is not the expected service or trust domain
+	ReasonBadCertificate = "bad-certificate"     // no or a malformed SPIFFE ID, wrong key usage
+	ReasonNoIdentity     = "no-local-identity"   // this agent holds no certificate yet
+	ReasonNotTLS         = "not-tls"             // the peer answered with something else than TLS
+	ReasonTimeout        = "timeout"             // no handshake within the bound
+	ReasonClosed         = "closed"              // the peer hung up during the handshake
+	ReasonAlert          = "peer-alert"          // the peer refused us (its reason is in its own metrics)
+	ReasonVersion        = "unsupported-version" // the peer offered no TLS 1.3
 	ReasonOther          = "other"
 )
 
@@ -48,12 +49,14 @@ func Reason(err error) string {
 			return ReasonExpired
 		}
 		return ReasonBadCertificate
-	case strings.Contains(msg, "presented no certificate"):
+	case strings.Contains(msg, "presented no certificate"), strings.Contains(msg, "didn't provide a certificate"):
 		return ReasonNoCertificate
 	case strings.Contains(msg, "want spiffe://"), strings.Contains(msg, "is not in trust domain"):
 		return ReasonWrongIdentity
 	case strings.Contains(msg, "peer certificate"):
 		return ReasonBadCertificate
+	case strings.Contains(msg, "unsupported versions"), strings.Contains(msg, "protocol version not supported"):
+		return ReasonVersion
 	case errors.As(err, &rh):
 		return ReasonNotTLS
 	case errors.As(err, &ae):
