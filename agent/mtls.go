@@ -105,20 +105,25 @@ func (a *Agent) peerOf(ctx context.Context, addr string) (identity.ID, bool) {
 			if ep.Addr != addr {
 				continue
 			}
-			if s := ep.Meta[wire.EndpointIdentity]; s != "" {
-				if id, err := identity.ParseID(s); err == nil {
-					return id, true, true
+			want := identity.ID{TrustDomain: own.TrustDomain, Namespace: own.Namespace, Service: service}
+			switch {
+			case t.Static && clusterID == "":
+				return identity.ID{}, false, true // the Cluster has no UpstreamTlsContext
+			case t.Static:
+				id, err := identity.ParseID(clusterID)
+				if err != nil {
+					return identity.ID{}, false, true
+				}
+				want = id
+			case ep.Meta[wire.MetaMTLS] == "":
+				return identity.ID{}, false, true // registered without mTLS
+			}
+			if s := ep.Meta[wire.EndpointIdentity]; s != "" { // ns/<namespace>/svc/<service>
+				if id, err := identity.ParseID("spiffe://" + want.TrustDomain + "/" + s); err == nil {
+					want = id
 				}
 			}
-			if clusterID != "" {
-				if id, err := identity.ParseID(clusterID); err == nil {
-					return id, true, true
-				}
-			}
-			if ep.Meta[wire.MetaMTLS] == "" {
-				return identity.ID{}, false, true
-			}
-			return identity.ID{TrustDomain: own.TrustDomain, Namespace: own.Namespace, Service: service}, true, true
+			return want, true, true
 		}
 		return identity.ID{}, false, false
 	}

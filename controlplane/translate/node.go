@@ -123,10 +123,13 @@ type ownInputs struct {
 	appPort int
 	// policy is the policy of the node's service.
 	policy config.Policy
+	// mtlsMode is the inbound mTLS mode when the node's registration
+	// takes mTLS, else "" (mtls.go).
+	mtlsMode string
 }
 
 func (a ownInputs) equal(b ownInputs) bool {
-	return a.node == b.node && a.appPort == b.appPort && reflect.DeepEqual(a.policy, b.policy)
+	return a.node == b.node && a.appPort == b.appPort && a.mtlsMode == b.mtlsMode && reflect.DeepEqual(a.policy, b.policy)
 }
 
 func (m *Mesh) ownInputs(n model.Node) ownInputs {
@@ -145,6 +148,9 @@ func (m *Mesh) ownInputs(n model.Node) ownInputs {
 		p = m.configured.For(n.Service)
 	}
 	in.policy = p
+	if m.mtlsNodes[n.Service][n.ID] {
+		in.mtlsMode = m.mtls.Mode(n.Service)
+	}
 	return in
 }
 
@@ -219,6 +225,11 @@ func ownResources(in ownInputs) (Resources, error) {
 	inbound, err := inboundListener(cmpOr(n.InboundAddr, wire.DefaultInboundAddr), in.policy)
 	if err != nil {
 		return Resources{}, err
+	}
+	if in.mtlsMode != "" {
+		if err := secureInbound(inbound, in.mtlsMode); err != nil {
+			return Resources{}, err
+		}
 	}
 	r.Listeners[wire.InboundListener] = inbound
 	r.Clusters[wire.LocalAppCluster] = local

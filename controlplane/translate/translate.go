@@ -67,6 +67,10 @@ type Mesh struct {
 	// appPorts maps a service to the app_port its instances register, by
 	// node name, for nodes whose metadata omits app_port.
 	appPorts map[string]map[string]int
+	// mtls is the mTLS policy; mtlsNodes the nodes, by service, whose
+	// registration says they take mTLS (mtls.go).
+	mtls      MTLS
+	mtlsNodes map[string]map[string]bool
 }
 
 // Resources are one node's resources by type.
@@ -91,6 +95,9 @@ type Translator struct {
 	outbound  *routev3.RouteConfiguration
 	validated map[proto.Message]bool
 	memo      *memo
+	// MTLS is the mTLS policy the next Translate applies (mtls.go).
+	MTLS     MTLS
+	prevMTLS MTLS
 }
 
 type entry struct {
@@ -122,6 +129,8 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		configured:   p,
 		memo:         newMemo(t.memo),
 		appPorts:     make(map[string]map[string]int, n),
+		mtls:         t.MTLS,
+		mtlsNodes:    map[string]map[string]bool{},
 	}
 	next := make(map[string]*entry, n)
 	vhosts := make([]*routev3.VirtualHost, 0, n)
@@ -149,6 +158,12 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 				}
 				out.appPorts[s.Name][ep.Node] = ep.AppPort
 			}
+			if ep.Node != "" && ep.Metadata.Meta[wire.MetaMTLS] != "" {
+				if out.mtlsNodes[s.Name] == nil {
+					out.mtlsNodes[s.Name] = map[string]bool{}
+				}
+				out.mtlsNodes[s.Name][ep.Node] = true
+			}
 		}
 	}
 	if sameVhosts && t.outbound != nil {
@@ -164,7 +179,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 	if err != nil {
 		return nil, err
 	}
-	t.prev, t.outbound, t.validated, t.memo = next, out.Outbound, validated, out.memo
+	t.prev, t.outbound, t.validated, t.memo, t.prevMTLS = next, out.Outbound, validated, out.memo, t.MTLS
 	return out, nil
 }
 
@@ -173,12 +188,16 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 func (t *Translator) entry(s *model.Service) (*entry, error) {
 	prev := t.prev[s.Name]
 	e := &entry{svc: *s}
-	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy) && serviceProtocol(&prev.svc) == serviceProtocol(s)
+	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy) && serviceProtocol(&prev.svc) == serviceProtocol(s) &&
+		sameMTLS(t.prevMTLS, t.MTLS, &prev.svc, s)
 	if samePolicy {
 		e.cluster, e.vhost, e.apiRoute, e.apiListener = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener
 	} else {
 		c, err := Cluster(s)
 		if err != nil {
+			return nil, err
+		}
+		if err := setUpstreamTLS(c, s, t.MTLS); err != nil {
 			return nil, err
 		}
 		l, err := APIListener(s.Name)
