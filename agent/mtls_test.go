@@ -366,3 +366,61 @@ func TestMTLSProtocols(t *testing.T) {
 		t.Fatalf("plaintext redis client served in strict mode: %q", got)
 	}
 }
+
+// With a control plane, the mode comes from `mesh control`'s config as
+// standard Envoy resources: orders strict by control.services, the
+// caller's agent dialing it over mTLS from the Cluster's
+// UpstreamTlsContext, and a plaintext client refused.
+func TestMTLSFromControlPlane(t *testing.T) {
+	cp := newControl(t, controlOptions{extra: "  mtls:\n    default_mode: permissive\n  services:\n    orders:\n      mtls_mode: strict\n"})
+	ca := identitytest.NewCA(t, "mesh.local")
+	var od, wd string
+	orders := startAgent(t, mtlsOrders, "orders", whoApp(t, mtlsOrders), func(c *config.Config) {
+		withIdentity(t, ca, "orders", "", &od)(c)
+		c.Agent.ControlPlane = []string{cp.xdsAddr}
+	})
+	waitPassing(t, "orders", 1)
+	web := startAgent(t, mtlsWeb, "web", startApp(t, mtlsWeb, "web", nil), func(c *config.Config) {
+		withIdentity(t, ca, "web", "", &wd)(c)
+		c.Agent.ControlPlane = []string{cp.xdsAddr}
+		c.Agent.Upstreams = []config.Upstream{}
+	})
+	meshtest.Eventually(t, 20*time.Second, func() error {
+		var d struct {
+			MTLS struct {
+				InboundMode string `json:"inbound_mode"`
+				Services    map[string]struct {
+					Mode             string
+					UpstreamIdentity string `json:"upstream_identity"`
+				}
+			}
+		}
+		for _, x := range []struct {
+			ra   *runningAgent
+			want string
+		}{{orders, "strict"}, {web, "permissive"}} {
+			_, body := get(t, "http://"+x.ra.Addr("admin")+"/config_dump", "")
+			if err := json.Unmarshal([]byte(body), &d); err != nil {
+				return err
+			}
+			if d.MTLS.InboundMode != x.want {
+				return fmt.Errorf("inbound mode %q, want %q from the control plane", d.MTLS.InboundMode, x.want)
+			}
+		}
+		if s := d.MTLS.Services["orders"]; s.UpstreamIdentity != "spiffe://mesh.local/ns/default/svc/orders" || s.Mode != "strict" {
+			return fmt.Errorf("web's view of orders: %+v", s)
+		}
+		return nil
+	})
+	_, body := get(t, "http://"+web.Addr("outbound")+"/x", "orders")
+	if body != "peer=spiffe://mesh.local/ns/default/svc/web" {
+		t.Fatalf("call through the control plane's config: %q", body)
+	}
+	if got, err := rawExchange(orders.Addr("inbound")); err == nil {
+		t.Fatalf("plaintext client served by a strict agent: %s", got)
+	}
+	// web is permissive: plain text is served, without an identity.
+	if got, err := rawExchange(web.Addr("inbound")); err != nil || !strings.HasPrefix(got, "200") {
+		t.Fatalf("plaintext client of the permissive agent: %q, %v", got, err)
+	}
+}

@@ -82,17 +82,6 @@ func takesMTLS(s *model.Service) bool {
 	return true
 }
 
-// nodeTakesMTLS reports whether the registration of node's instance of
-// service says it takes mTLS.
-func nodeTakesMTLS(s *model.Service, node string) bool {
-	for i := range s.Endpoints {
-		if s.Endpoints[i].Node == node && s.Endpoints[i].Metadata.Meta[wire.MetaMTLS] != "" {
-			return true
-		}
-	}
-	return false
-}
-
 func sdsSecret(name string) *tlsv3.SdsSecretConfig {
 	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: adsSource()}
 }

@@ -158,11 +158,17 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 				}
 				out.appPorts[s.Name][ep.Node] = ep.AppPort
 			}
-			if ep.Node != "" && ep.Metadata.Meta[wire.MetaMTLS] != "" {
+			if ep.Metadata.Meta[wire.MetaMTLS] != "" {
+				// A node is known by its registration's ID (an agent's
+				// node id) or its VM name.
 				if out.mtlsNodes[s.Name] == nil {
 					out.mtlsNodes[s.Name] = map[string]bool{}
 				}
-				out.mtlsNodes[s.Name][ep.Node] = true
+				for _, k := range []string{ep.ID, ep.Node} {
+					if k != "" {
+						out.mtlsNodes[s.Name][k] = true
+					}
+				}
 			}
 		}
 	}
