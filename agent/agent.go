@@ -112,16 +112,16 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 	}
 	m := obs.Metrics()
 	a := &Agent{
-		cfg:       cfg,
-		log:       log.With().Str("component", "agent").Logger(),
-		base:      log,
-		consul:    client,
-		resolver:  discovery.NewConsul(client, log),
-		nodeName:  node,
-		local:     chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
-		state:     chain.NewState(nil).WithMetrics(m),
-		registry:  registry,
-		obs:       obs,
+		cfg:      cfg,
+		log:      log.With().Str("component", "agent").Logger(),
+		base:     log,
+		consul:   client,
+		resolver: discovery.NewConsul(client, log),
+		nodeName: node,
+		local:    chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
+		state:    chain.NewState(nil).WithMetrics(m),
+		registry: registry,
+		obs:      obs,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mesh", Name: "config_reloads_total",
 			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays)."}, []string{"result"}),
 	}
