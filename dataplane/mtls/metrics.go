@@ -90,3 +90,12 @@ func (m *Metrics) refused(reason string) {
 		m.errs.WithLabelValues(SideServer, reason).Inc()
 	}
 }
+
+// ConnsCounter and ErrorsCounter are single series, for tests.
+func (m *Metrics) ConnsCounter(transport string) prometheus.Counter {
+	return m.conns.WithLabelValues(transport)
+}
+
+func (m *Metrics) ErrorsCounter(side, reason string) prometheus.Counter {
+	return m.errs.WithLabelValues(side, reason)
+}
