@@ -175,18 +175,23 @@ func (a *Agent) mtlsDump() map[string]any {
 	}
 	t := a.handlers.Current().Table()
 	services := map[string]any{}
-	cfg := a.config()
-	for name, s := range t.Services {
-		e := map[string]any{}
-		if s.MTLSIdentity != "" {
-			e["upstream_identity"] = s.MTLSIdentity
+	if t.Static {
+		for name, s := range t.Services {
+			e := map[string]any{"mode": cmpOr(s.MTLSMode, "plaintext")}
+			if s.MTLSIdentity != "" {
+				e["upstream_identity"] = s.MTLSIdentity
+			}
+			services[name] = e
 		}
-		if t.Static {
-			e["mode"] = s.MTLSMode
-		} else {
-			e["mode"] = cfg.Control.MTLSMode(name)
+	} else {
+		// Consul-direct: what each service's instances registered.
+		for name, eps := range a.resolver.Snapshot() {
+			modes := map[string]int{}
+			for _, ep := range eps {
+				modes[cmpOr(ep.Meta[wire.MetaMTLS], "plaintext")]++
+			}
+			services[name] = map[string]any{"instances_by_mode": modes}
 		}
-		services[name] = e
 	}
 	d["services"] = services
 	return d
@@ -198,4 +203,11 @@ func (a *Agent) peerHeader() string {
 		return h
 	}
 	return wire.PeerIdentityHeader
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
