@@ -14,6 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/interop"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/identity/identitytest"
 	"github.com/meshvm/mesh/meshtest"
@@ -26,6 +30,7 @@ const (
 	mtlsOrders = "127.0.0.142" // the callee (an HTTP app echoing who called)
 	mtlsH2     = "127.0.0.143" // an h2c app
 	mtlsRedis  = "127.0.0.144" // redis-server behind a tcp agent
+	mtlsGRPC   = "127.0.0.145" // the gRPC interop server
 )
 
 // withIdentity gives an agent certificate files from ca for its service
@@ -313,10 +318,23 @@ func burst(t *testing.T, url, host string, n int) {
 	}
 }
 
-// HTTP/1.1, h2c and raw TCP (Redis) over strict mTLS.
+// HTTP/1.1, h2c, gRPC and raw TCP (Redis) over strict mTLS.
 func TestMTLSProtocols(t *testing.T) {
 	ca := identitytest.NewCA(t, "mesh.local")
-	var d1, d2, d3 string
+	var d1, d2, d3, d4 string
+	gl, err := net.Listen("tcp", mtlsGRPC+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(gs, interop.NewTestServer())
+	go func() { _ = gs.Serve(gl) }()
+	t.Cleanup(gs.Stop)
+	startAgent(t, mtlsGRPC, "grpcsvc", &app{port: gl.Addr().(*net.TCPAddr).Port}, func(c *config.Config) {
+		withIdentity(t, ca, "grpcsvc", wire.MTLSStrict, &d4)(c)
+		c.Agent.AppHealth = ""
+		c.Agent.AppProtocol = config.AppProtocolGRPC
+	})
 	h2 := serveApp(t, mtlsH2, false, true, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s peer=%s", r.Proto, r.Header.Get(wire.PeerIdentityHeader))
 	}))
@@ -335,6 +353,7 @@ func TestMTLSProtocols(t *testing.T) {
 	})
 	waitPassing(t, "h2app", 1)
 	waitPassing(t, "redis", 1)
+	waitPassing(t, "grpcsvc", 1)
 	caller := startApp(t, mtlsWeb, "web", nil)
 	redisListen := net.JoinHostPort(mtlsWeb, strconv.Itoa(meshtest.FreePort(mtlsWeb)))
 	web := startAgent(t, mtlsWeb, "web", caller, func(c *config.Config) {
@@ -349,6 +368,8 @@ func TestMTLSProtocols(t *testing.T) {
 			t.Fatalf("%s to the h2 app over mTLS: %q", name, body)
 		}
 	}
+	// gRPC: the interop cases through the outbound listener.
+	interopCalls(t, grpcTo(t, web.Addr("outbound"), "grpcsvc"))
 	// Redis through the tcp upstream listener.
 	for i := 0; i < 3; i++ {
 		if got, err := meshtest.RedisCommand(redisListen, "SET", "k", "v"+strconv.Itoa(i)); err != nil || got != "+OK" {
