@@ -212,3 +212,32 @@ func sameMTLS(prev, next MTLS, ps, s *model.Service) bool {
 	}
 	return !takesMTLS(s) || prev.Mode(s.Name) == next.Mode(s.Name) && prev.ID(s.Name) == next.ID(s.Name)
 }
+
+// grpcCluster is c as gRPC proxyless clients get it. gRPC takes TLS
+// material only from certificate provider instances named in its
+// bootstrap (gRFC A29) and refuses a cluster naming SDS secrets, so a
+// cluster with an UpstreamTlsContext is copied with the instances
+// "default" (its certificate) and "ROOTCA" (the bundle), the names of the
+// SDS secrets, and the SPIFFE ID in match_subject_alt_names, the field
+// gRPC reads. A client with xds credentials then speaks mTLS; one with
+// insecure credentials speaks plain text (served in permissive mode).
+func grpcCluster(c *clusterv3.Cluster, s *model.Service, m MTLS) (*clusterv3.Cluster, error) {
+	if c.TransportSocket == nil {
+		return c, nil
+	}
+	g := proto.Clone(c).(*clusterv3.Cluster)
+	a, err := anypb.New(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: wire.SecretWorkloadCert},
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
+			ValidationContext: &tlsv3.CertificateValidationContext{
+				CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: wire.SecretTrustBundle},
+				MatchSubjectAltNames:          []*matcherv3.StringMatcher{{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: m.ID(s.Name)}}},
+			},
+		},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: gRPC upstream tls context: %w", s.Name, err)
+	}
+	g.TransportSocket = &corev3.TransportSocket{Name: TLSTransportSocket, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}
+	return g, nil
+}

@@ -126,3 +126,31 @@ func TestMTLSTranslation(t *testing.T) {
 		t.Fatalf("default mode: %d filter chains, want 2 (permissive)", len(l.GetFilterChains()))
 	}
 }
+
+// gRPC proxyless clients get mTLS clusters in gRPC's form: certificate
+// provider instances, never SDS secrets (which gRPC refuses, NACKing the
+// cluster), and the SPIFFE ID in match_subject_alt_names.
+func TestMTLSProxylessClusters(t *testing.T) {
+	m := withMTLS()
+	tr := translate.NewTranslator()
+	tr.MTLS = goldenMTLS()
+	mesh, err := tr.Translate(&m, policies())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := nodeResources(t, mesh, model.Node{ID: "grpc-1", Proxyless: true})
+	u := upstreamTLS(t, res.Clusters["orders"].(*clusterv3.Cluster))
+	c := u.GetCommonTlsContext()
+	if u == nil || c.GetTlsCertificateSdsSecretConfigs() != nil || c.GetTlsCertificateProviderInstance().GetInstanceName() != wire.SecretWorkloadCert ||
+		c.GetValidationContext().GetCaCertificateProviderInstance().GetInstanceName() != wire.SecretTrustBundle ||
+		c.GetValidationContext().GetMatchSubjectAltNames()[0].GetExact() != "spiffe://mesh.local/ns/default/svc/orders" {
+		t.Fatalf("proxyless orders cluster: %v", u)
+	}
+	if res.Clusters["search"] != mesh.Clusters["search"] {
+		t.Error("a plaintext cluster was copied for proxyless clients")
+	}
+	// Agents keep the SDS form.
+	if upstreamTLS(t, mesh.Clusters["orders"].(*clusterv3.Cluster)).GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs() == nil {
+		t.Error("agents' orders cluster lost its SDS secret")
+	}
+}

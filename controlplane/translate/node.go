@@ -27,6 +27,8 @@ const (
 	SharedAPIRoutes    SharedSet = "api_routes"
 	// SharedOutboundRoutes: the outbound route configuration (agents).
 	SharedOutboundRoutes SharedSet = "outbound_routes"
+	// SharedAPIClusters: the clusters of gRPC proxyless nodes (mtls.go).
+	SharedAPIClusters SharedSet = "api_clusters"
 )
 
 // SharedSets returns the Mesh's shared sets by name; do not modify them.
@@ -37,6 +39,7 @@ func (m *Mesh) SharedSets() map[SharedSet]Set {
 		SharedAPIListeners:   m.APIListeners,
 		SharedAPIRoutes:      m.APIRoutes,
 		SharedOutboundRoutes: {wire.OutboundRoute: m.Outbound},
+		SharedAPIClusters:    m.APIClusters,
 	}
 }
 
@@ -101,7 +104,7 @@ func (m *Mesh) Node(n model.Node) (*Node, error) {
 	}
 	out := &Node{mesh: m, own: e}
 	if n.Proxyless {
-		out.Clusters = Layer{Shared: SharedClusters}
+		out.Clusters = Layer{Shared: SharedAPIClusters}
 		out.Endpoints = Layer{Shared: SharedEndpoints}
 		out.Listeners = Layer{Shared: SharedAPIListeners}
 		out.Routes = Layer{Shared: SharedAPIRoutes}

@@ -57,6 +57,10 @@ type Mesh struct {
 	// and a route configuration named after each service.
 	APIListeners Set
 	APIRoutes    Set
+	// APIClusters are the clusters gRPC proxyless clients get: Clusters,
+	// except that a service taking mTLS has its UpstreamTlsContext in
+	// gRPC's form (certificate provider instances, mtls.go).
+	APIClusters Set
 	// Policies of the model's services, for node-specific resources.
 	policies map[string]config.Policy
 	// configured are the configured policies, for a node whose service
@@ -103,6 +107,7 @@ type Translator struct {
 type entry struct {
 	svc         model.Service
 	cluster     *clusterv3.Cluster
+	apiCluster  *clusterv3.Cluster
 	cla         *endpointv3.ClusterLoadAssignment
 	vhost       *routev3.VirtualHost
 	apiListener *listenerv3.Listener
@@ -125,6 +130,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		Endpoints:    make(Set, n),
 		APIListeners: make(Set, n),
 		APIRoutes:    make(Set, n),
+		APIClusters:  make(Set, n),
 		policies:     make(map[string]config.Policy, n),
 		configured:   p,
 		memo:         newMemo(t.memo),
@@ -146,6 +152,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		out.Endpoints[s.Name] = e.cla
 		out.APIListeners[s.Name] = e.apiListener
 		out.APIRoutes[s.Name] = e.apiRoute
+		out.APIClusters[s.Name] = e.apiCluster
 		vhosts = append(vhosts, e.vhost)
 		if sameVhosts && (t.outbound == nil || i >= len(t.outbound.VirtualHosts) || t.outbound.VirtualHosts[i] != e.vhost) {
 			sameVhosts = false
@@ -197,7 +204,7 @@ func (t *Translator) entry(s *model.Service) (*entry, error) {
 	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy) && serviceProtocol(&prev.svc) == serviceProtocol(s) &&
 		sameMTLS(t.prevMTLS, t.MTLS, &prev.svc, s)
 	if samePolicy {
-		e.cluster, e.vhost, e.apiRoute, e.apiListener = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener
+		e.cluster, e.vhost, e.apiRoute, e.apiListener, e.apiCluster = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener, prev.apiCluster
 	} else {
 		c, err := Cluster(s)
 		if err != nil {
@@ -206,6 +213,11 @@ func (t *Translator) entry(s *model.Service) (*entry, error) {
 		if err := setUpstreamTLS(c, s, t.MTLS); err != nil {
 			return nil, err
 		}
+		ac, err := grpcCluster(c, s, t.MTLS)
+		if err != nil {
+			return nil, err
+		}
+		e.apiCluster = ac
 		l, err := APIListener(s.Name)
 		if err != nil {
 			return nil, err
