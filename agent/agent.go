@@ -24,9 +24,11 @@ import (
 	"github.com/meshvm/mesh/dataplane/chain"
 	"github.com/meshvm/mesh/dataplane/discovery"
 	"github.com/meshvm/mesh/dataplane/endpoint"
+	"github.com/meshvm/mesh/dataplane/mtls"
 	"github.com/meshvm/mesh/dataplane/proxy"
 	"github.com/meshvm/mesh/dataplane/table"
 	"github.com/meshvm/mesh/dataplane/tcpproxy"
+	"github.com/meshvm/mesh/identity"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/sdnotify"
 	"github.com/meshvm/mesh/wire"
@@ -74,6 +76,13 @@ type Agent struct {
 
 	probed atomic.Uint32 // endpoint.Protocol found by probeApp (app_protocol auto)
 
+	// mTLS: the identity from agent.tls files (nil without), the
+	// dialer of peer agents, their metrics.
+	fileCreds *identity.Credentials
+	files     *identity.Files
+	dialer    *mtls.Dialer
+	mtlsM     *mtls.Metrics
+
 	tcpOnce sync.Once // the TCP relays' metrics, registered by the first relay
 	tcpM    *tcpproxy.Metrics
 	tcpErr  error
@@ -103,20 +112,26 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 	}
 	m := obs.Metrics()
 	a := &Agent{
-		cfg:       cfg,
-		log:       log.With().Str("component", "agent").Logger(),
-		base:      log,
-		consul:    client,
-		resolver:  discovery.NewConsul(client, log),
-		forwarder: proxy.NewForwarder(proxy.Options{Log: log, WrapDial: m.Dialer}),
-		nodeName:  node,
-		local:     chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
-		state:     chain.NewState(nil).WithMetrics(m),
-		registry:  registry,
-		obs:       obs,
+		cfg:      cfg,
+		log:      log.With().Str("component", "agent").Logger(),
+		base:     log,
+		consul:   client,
+		resolver: discovery.NewConsul(client, log),
+		nodeName: node,
+		local:    chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
+		state:    chain.NewState(nil).WithMetrics(m),
+		registry: registry,
+		obs:      obs,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mesh", Name: "config_reloads_total",
 			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays)."}, []string{"result"}),
 	}
+	if err := a.setupIdentity(cfg); err != nil {
+		_ = obs.Close(context.Background())
+		return nil, err
+	}
+	a.forwarder = proxy.NewForwarder(proxy.Options{Log: log, WrapDial: func(d observability.DialFunc) observability.DialFunc {
+		return observability.DialFunc(a.dialer.Wrap(mtls.DialFunc(m.Dialer(d))))
+	}})
 	a.app = newAppCheck(a)
 	a.registry.MustRegister(a.reloads)
 	m.EndpointsFrom(a.endpointCounts)
@@ -215,6 +230,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun("readiness", func() error { return a.notifyReady(bg) })
 	goRun("app check", func() error { return a.app.run(bg) })
 	goRun("governance", func() error { return a.state.Run(bg) })
+	if a.files != nil {
+		goRun("identity files", func() error { return a.files.Watch(bg) })
+	}
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
 		goRun("xds cache", func() error {
@@ -298,7 +316,7 @@ func (a *Agent) bind() ([]listener, error) {
 		}
 		inbound.tcp = r
 	} else {
-		inbound.h = a.obs.Instrument(in, svc, a.handlers.Inbound(app))
+		inbound.h = a.obs.Instrument(in, svc, mtls.PeerHeader(a.peerHeader(), a.handlers.Inbound(app)))
 	}
 	specs := []spec{inbound, {name: "outbound", addr: c.OutboundAddr, h: a.obs.Instrument(out, svc, a.handlers.Outbound())}}
 	for _, u := range c.Upstreams {
@@ -324,6 +342,9 @@ func (a *Agent) bind() ([]listener, error) {
 			return nil, fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
 		}
 		a.addrs.Store(s.name, ln.Addr().String())
+		if s.name == "inbound" {
+			ln = a.secureInbound(ln)
+		}
 		var srv server
 		switch {
 		case s.tcp != nil:
@@ -331,7 +352,11 @@ func (a *Agent) bind() ([]listener, error) {
 		case s.name == "admin":
 			srv = &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
 		default:
-			srv = proxy.NewServer(s.h, log)
+			ps := proxy.NewServer(s.h, log)
+			if s.name == "inbound" {
+				ps.ConnContext = mtls.ConnContext
+			}
+			srv = ps
 		}
 		lns = append(lns, listener{name: s.name, ln: ln, srv: srv})
 	}
@@ -419,6 +444,7 @@ func (a *Agent) configDump() map[string]any {
 		"consul":       cfg.Consul.Addr,
 		"table":        tableDump(t),
 		"governance":   a.state.Status(),
+		"mtls":         a.mtlsDump(),
 	}
 	if t.Static {
 		services := map[string][]endpoint.Endpoint{}

@@ -48,6 +48,8 @@ type controlOptions struct {
 	// bin is the mesh binary; empty builds it.
 	bin     string
 	cmdbURL string
+	// extra is appended to the control section (indented by two).
+	extra string
 }
 
 func newControl(t *testing.T, opts controlOptions) *control {
@@ -67,6 +69,7 @@ func newControl(t *testing.T, opts controlOptions) *control {
 	if opts.cmdbURL != "" {
 		cfg += fmt.Sprintf("  cmdb:\n    url: %s\n    interval: 500ms\n", opts.cmdbURL)
 	}
+	cfg += opts.extra
 	if err := os.WriteFile(c.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

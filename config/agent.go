@@ -50,6 +50,10 @@ type Agent struct {
 	// for clients that cannot set a Host or :authority.
 	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
 
+	// TLS is the agent's workload identity from files (mTLS between
+	// agents).
+	TLS AgentTLS `mapstructure:"tls" yaml:"tls"`
+
 	// Locality of this VM, used for zone-aware load balancing.
 	Locality Locality `mapstructure:"locality" yaml:"locality"`
 
@@ -172,4 +176,5 @@ func (a *Agent) validate(v *validator, requireService bool) {
 	v.positive("agent.shutdown_timeout", a.ShutdownTimeout)
 	v.positive("agent.resync_interval", a.ResyncInterval)
 	v.nonNegative("agent.tcp_idle_timeout", a.TCPIdleTimeout)
+	a.TLS.validate(v)
 }

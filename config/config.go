@@ -61,6 +61,7 @@ func Default() Config {
 			Meta:            map[string]string{},
 			Upstreams:       []Upstream{},
 			ControlPlane:    []string{},
+			TLS:             AgentTLS{PeerIdentityHeader: wire.PeerIdentityHeader},
 		},
 		Control: Control{
 			XDSAddr:   "0.0.0.0:18000",
@@ -90,6 +91,8 @@ func Default() Config {
 				},
 			},
 			Kubernetes: Kubernetes{Namespaces: []string{}, Nodes: true},
+			MTLS:       MTLS{DefaultMode: wire.MTLSPermissive},
+			Services:   map[string]ServiceSettings{},
 		},
 		Policies: Policies{
 			Default:  DefaultPolicy(),

@@ -23,6 +23,10 @@ type Control struct {
 	// Kubernetes is the Kubernetes source and the export of VM services
 	// into Kubernetes.
 	Kubernetes Kubernetes `mapstructure:"kubernetes" yaml:"kubernetes"`
+	// MTLS is the mTLS mode between agents; Services holds per-service
+	// settings (their mtls_mode).
+	MTLS     MTLS                       `mapstructure:"mtls" yaml:"mtls"`
+	Services map[string]ServiceSettings `mapstructure:"services" yaml:"services"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -128,6 +132,7 @@ type CMDBFields struct {
 
 func (c *Control) validate(v *validator) {
 	c.CA.validate(v)
+	c.validateMTLS(v)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)

@@ -41,6 +41,7 @@ var agentRestartOnly = []restartSetting{
 	{"agent.control_plane", func(c *Config) any { return &c.Agent.ControlPlane }},
 	{"agent.cache_dir", func(c *Config) any { return &c.Agent.CacheDir }},
 	{"agent.locality", func(c *Config) any { return &c.Agent.Locality }},
+	{"agent.tls", func(c *Config) any { return &c.Agent.TLS }},
 	{"consul.addr", func(c *Config) any { return &c.Consul.Addr }},
 	{"consul.token", func(c *Config) any { return &c.Consul.Token }},
 	{"consul.datacenter", func(c *Config) any { return &c.Consul.Datacenter }},

@@ -29,6 +29,7 @@ import (
 	"github.com/meshvm/mesh/controlplane/source/cmdbsource"
 	"github.com/meshvm/mesh/controlplane/source/consul"
 	"github.com/meshvm/mesh/controlplane/source/kubernetes"
+	"github.com/meshvm/mesh/controlplane/translate"
 	"github.com/meshvm/mesh/controlplane/xds"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/sdnotify"
@@ -147,6 +148,7 @@ func (c *Control) newCMDB(cfg config.CMDB) (*cmdbsource.Source, error) {
 func settingsOf(cfg config.Config) settings {
 	return settings{
 		debounce: cfg.Control.Debounce,
+		mtls:     translate.MTLSFromConfig(cfg.Control),
 		merge: model.MergeOptions{
 			DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
 			Policies:         cfg.Policies,

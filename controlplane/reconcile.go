@@ -52,6 +52,7 @@ type reconciler struct {
 // settings are the reconciler's knobs a reload can change.
 type settings struct {
 	debounce time.Duration
+	mtls     translate.MTLS
 	merge    model.MergeOptions
 }
 
@@ -70,7 +71,7 @@ func newReconciler(log zerolog.Logger, inputs []input, s settings, firstWait tim
 		opts:       s.merge,
 		xds:        xs,
 		metrics:    m,
-		translator: translate.NewTranslator(),
+		translator: newTranslator(s.mtls),
 		reconf:     make(chan reconfig),
 		done:       make(chan struct{}),
 	}
@@ -99,13 +100,13 @@ func (r *reconciler) reconfigure(ctx context.Context, s settings) error {
 // whose service the model does not know may have changed. On failure the
 // previous settings are put back and nothing was pushed.
 func (r *reconciler) apply(ctx context.Context, s settings, views []*model.View, canBuild bool) error {
-	prev := settings{debounce: r.debounce, merge: r.opts}
-	r.debounce, r.opts = s.debounce, s.merge
+	prev := settings{debounce: r.debounce, merge: r.opts, mtls: r.translator.MTLS}
+	r.debounce, r.opts, r.translator.MTLS = s.debounce, s.merge, s.mtls
 	if !canBuild {
 		return nil
 	}
 	if err := r.build(ctx, views, true); err != nil {
-		r.debounce, r.opts = prev.debounce, prev.merge
+		r.debounce, r.opts, r.translator.MTLS = prev.debounce, prev.merge, prev.mtls
 		return err
 	}
 	return nil
@@ -263,4 +264,11 @@ func (r *reconciler) reportConflicts(cs []model.Conflict) {
 	}
 	r.conflicts = now
 	r.metrics.conflicts.Set(float64(len(cs)))
+}
+
+// newTranslator is a translator applying the mTLS policy m.
+func newTranslator(m translate.MTLS) *translate.Translator {
+	t := translate.NewTranslator()
+	t.MTLS = m
+	return t
 }

@@ -112,7 +112,8 @@ func TestGoldenProxylessResources(t *testing.T) {
 // TestGoldenRoundTrip: the golden format decodes to what it was encoded
 // from.
 func TestGoldenRoundTrip(t *testing.T) {
-	for _, name := range []string{wiretest.AgentPayments, wiretest.AgentClientOnly, wiretest.GRPCProxyless, wiretest.AgentTuned} {
+	for _, name := range []string{wiretest.AgentPayments, wiretest.AgentClientOnly, wiretest.GRPCProxyless, wiretest.AgentTuned,
+		wiretest.AgentMTLSStrict, wiretest.AgentMTLSPermissive} {
 		t.Run(name, func(t *testing.T) {
 			r := wiretest.Load(t, name)
 			b, err := wiretest.Encode(resources(r))

@@ -77,6 +77,10 @@ type Options struct {
 	// the service's rate limit and max_requests, per connection); it is
 	// called once per connection.
 	Limits func() Limits
+	// WrapDial, if set, wraps the dialer of upstream connections (mTLS to
+	// the peer agent: mtls.Dialer.Wrap). Without it, both sides of a
+	// relay are TCP connections and bytes move by splice(2).
+	WrapDial func(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Relay serves one TCP listener. Serve runs it; Shutdown stops it.
@@ -407,7 +411,11 @@ func (r *Relay) connect(c *conn) string {
 		tried[i] = true
 		addr = set.eps[i].Addr
 		d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-		up, err := d.DialContext(ctx, "tcp", addr)
+		dial := d.DialContext
+		if r.o.WrapDial != nil {
+			dial = r.o.WrapDial(dial)
+		}
+		up, err := dial(ctx, "tcp", addr)
 		if err == nil {
 			r.detector.Report(set.hosts[i], outlier.Success)
 			c.up = up

@@ -22,10 +22,13 @@ import (
 	// Typed configs the golden resources carry, so their Any values resolve.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -48,6 +51,15 @@ const (
 	// orders (least_request, locality aware, every breaker, retry and
 	// outlier knob) and pay (random, no error breaker, a rate limit).
 	AgentTuned = "agent-tuned"
+	// AgentMTLSStrict is an agent fronting orders, strict mTLS
+	// (control.services.orders.mtls_mode), in a model where orders and
+	// payments agents register mesh_mtls and one of search's does not:
+	// its inbound Listener has one TLS filter chain; orders' and
+	// payments' Clusters carry an UpstreamTlsContext, search's none.
+	AgentMTLSStrict = "agent-mtls-strict"
+	// AgentMTLSPermissive is an agent fronting payments in the same
+	// model, permissive (the default mode): TLS and raw_buffer chains.
+	AgentMTLSPermissive = "agent-mtls-permissive"
 )
 
 // Resources are a node's resources by type and name.
