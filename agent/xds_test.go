@@ -59,8 +59,8 @@ func newControl(t *testing.T, opts controlOptions) *control {
 		xdsAddr:   "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")),
 		adminAddr: "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")),
 	}
-	cfg := fmt.Sprintf("log:\n  level: warn\nconsul:\n  addr: %s\ncontrol:\n  xds_addr: %s\n  admin_addr: %s\n  debounce: 20ms\n",
-		consul.Addr, c.xdsAddr, c.adminAddr)
+	cfg := fmt.Sprintf("log:\n  level: warn\nconsul:\n  addr: %s\ncontrol:\n  xds_addr: %s\n  admin_addr: %s\n  debounce: 20ms\n  ca: {dir: %s}\n",
+		consul.Addr, c.xdsAddr, c.adminAddr, filepath.Join(t.TempDir(), "ca"))
 	if c.bin == "" {
 		c.bin = meshtest.BuildMesh(t)
 	}
