@@ -211,3 +211,29 @@ func TestIdentityFromDiskWhileControlIsDown(t *testing.T) {
 		t.Errorf("cached certificate expires %v", d.Identity.NotAfter)
 	}
 }
+
+// TestIdentityTokenForAnotherService: an agent fronting idorders with a
+// token for idweb gets neither a certificate nor config (xDS auth
+// required); both refusals name the mismatch.
+func TestIdentityTokenForAnotherService(t *testing.T) {
+	caDir := filepath.Join(t.TempDir(), "ca")
+	cp := newControl(t, controlOptions{caDir: caDir, auth: "required"})
+	tok := mintToken(t, cp.bin, caDir, "idweb", "1h")
+	app := startApp(t, "127.0.0.83", "idorders", nil)
+	logs := &meshtest.SyncBuffer{}
+	ra := launchAgent(t, "127.0.0.83", "idorders", app.port, withIdentity(cp, tok, ""),
+		zerolog.New(io.MultiWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.InfoLevel))
+	meshtest.Eventually(t, 20*time.Second, func() error {
+		out := logs.String()
+		for _, want := range []string{"does not allow service idorders (it allows idweb)",
+			`may not get config as node \"idorders-vm-127-0-0-83-`} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("agent log lacks %s", want)
+			}
+		}
+		return nil
+	})
+	if d := identityOf(t, ra); d.Identity.Serial != "" || d.XDS.Connected {
+		t.Errorf("agent holds certificate %q, xds connected %v", d.Identity.Serial, d.XDS.Connected)
+	}
+}
