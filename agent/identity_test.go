@@ -135,6 +135,10 @@ func TestIdentityRotatesOnOneStream(t *testing.T) {
 		return nil
 	})
 
+	if n := strings.Count(logs.String(), "certificate renewal failed"); n != 0 {
+		t.Errorf("%d renewals failed", n)
+	}
+
 	// A root rotation reaches the running agent as a two-root bundle.
 	if out, err := exec.Command(cp.bin, "control", "ca", "rotate", "--ca-dir", caDir).CombinedOutput(); err != nil {
 		t.Fatalf("ca rotate: %v\n%s", err, out)

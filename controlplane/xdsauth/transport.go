@@ -36,6 +36,9 @@ type ServerCert struct {
 	OnCAChange func()
 
 	cur atomic.Pointer[tls.Certificate]
+	// renewAt is half of the current certificate's life from when it was
+	// issued (its NotBefore is backdated for clock skew).
+	renewAt atomic.Int64
 }
 
 // Issue gets a new certificate now.
@@ -53,6 +56,8 @@ func (s *ServerCert) Issue() error {
 		return fmt.Errorf("xds server certificate: %w", err)
 	}
 	pair.Leaf = iss.Cert
+	now := time.Now()
+	s.renewAt.Store(now.Add(iss.Expires.Sub(now) / 2).UnixNano())
 	s.cur.Store(&pair)
 	return nil
 }
@@ -79,6 +84,12 @@ func (s *ServerCert) Run(ctx context.Context) {
 	if poll <= 0 {
 		poll = 2 * time.Second
 	}
+	// Checked at least every poll, and often enough for short lifetimes.
+	if l := s.Leaf(); l != nil {
+		if life := time.Until(l.NotAfter) / 4; life > 0 && life < poll {
+			poll = life
+		}
+	}
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
@@ -93,17 +104,19 @@ func (s *ServerCert) Run(ctx context.Context) {
 		}
 		if changed {
 			s.Log.Info().Int("roots", len(s.CA.Roots())).Msg("ca changed on disk: new trust bundle or signing CA")
+			// The bundle goes out before the server certificate from a new
+			// root, so agents trust it by the time they meet it.
+			if s.OnCAChange != nil {
+				s.OnCAChange()
+			}
 		}
 		leaf := s.Leaf()
-		if changed || leaf == nil || time.Now().After(identity.RenewAt(leaf)) {
+		if changed || leaf == nil || time.Now().UnixNano() >= s.renewAt.Load() {
 			if err := s.Issue(); err != nil {
 				s.Log.Error().Err(err).Msg("xds server certificate renewal failed; retrying")
 				continue
 			}
 			s.Log.Info().Time("expires", s.Leaf().NotAfter).Msg("xds server certificate issued")
-		}
-		if changed && s.OnCAChange != nil {
-			s.OnCAChange()
 		}
 	}
 }
