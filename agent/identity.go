@@ -245,10 +245,9 @@ func (ai *agentIdentity) verifyControlPlane(chain []*x509.Certificate) error {
 	return nil
 }
 
-// perRPC sends the join token (authorization: Bearer) while it has not
-// expired by its own claims; mesh control prefers the certificate the
-// connection presents, so a token expiring or being revoked never stops
-// renewal with a valid certificate.
+// perRPC sends the join token (authorization: Bearer) while the agent
+// holds no valid certificate; with one, the connection presents it
+// instead, so a token expiring or being revoked never stops renewal.
 type perRPC struct{ ai *agentIdentity }
 
 func (p perRPC) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
@@ -260,9 +259,8 @@ func (p perRPC) GetRequestMetadata(context.Context, ...string) (map[string]strin
 	if err != nil {
 		return md, nil // no token: the server says what is missing
 	}
-	if c, err := identity.ReadTokenClaims(tok); err == nil && time.Now().Unix() >= c.Expires {
-		return md, nil
-	}
+	// Sent even when expired by its claims: mesh control then says so,
+	// which tells the operator what to replace.
 	md[wire.AuthorizationMetadata] = "Bearer " + tok
 	return md, nil
 }
