@@ -2,12 +2,15 @@ package controlplane_test
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -195,12 +198,31 @@ func TestSignOnlyWhatTheTokenAllows(t *testing.T) {
 	err = plain.Invoke(ctx, wire.CertificateSignMethod, wrapperspb.Bytes([]byte("x")), &structpb.Struct{})
 	wantCode(t, err, codes.Unauthenticated, "over TLS only")
 
+	// A certificate from another CA is refused with a status naming it;
+	// with a valid token beside it, the token is used.
+	other, err := ca.Open(ca.Config{Dir: t.TempDir()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherTok, _, _ := other.MintToken([]string{"web"}, "", time.Hour)
+	foreign, _, err := signFor(t, tlsConnTo(t, p.xdsAddr, other, nil, otherTok), "web")
+	if err == nil {
+		t.Fatal("another CA's token signed on this control plane")
+	}
+	foreign = selfSignedWeb(t)
+	_, _, err = signFor(t, tlsConn(t, p, dir, &foreign, ""), "web")
+	wantCode(t, err, codes.Unauthenticated, "client certificate")
+	fresh, _, _ := tools.MintToken([]string{"web"}, "", time.Hour)
+	if _, _, err := signFor(t, tlsConn(t, p, dir, &foreign, fresh), "web"); err != nil {
+		t.Errorf("a valid token beside an untrusted certificate: %v", err)
+	}
+
 	// The control plane's admin shows the CA; never a key.
 	resp, err := httpBody("http://" + p.adminAddr + "/config_dump")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"trust_domain": "mesh.local"`, `"fingerprint": "sha256:`, `"issued": 2`, `"spiffe_id": "spiffe://mesh.local/ns/default/svc/mesh-control"`} {
+	for _, want := range []string{`"trust_domain": "mesh.local"`, `"fingerprint": "sha256:`, `"issued": 3`, `"spiffe_id": "spiffe://mesh.local/ns/default/svc/mesh-control"`} {
 		if !strings.Contains(resp, want) {
 			t.Errorf("/config_dump lacks %s", want)
 		}
@@ -326,4 +348,35 @@ func httpBody(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// tlsConnTo dials addr trusting nothing but verifying nothing either (a
+// client of another mesh), with token.
+func tlsConnTo(t *testing.T, addr string, _ *ca.CA, cert *tls.Certificate, token string) *grpc.ClientConn {
+	t.Helper()
+	cfg := &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the test's foreign client
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)), grpc.WithPerRPCCredentials(bearer(token)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// selfSignedWeb is a client certificate for web that chains to no mesh
+// root.
+func selfSignedWeb(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, _ := identity.NewKey()
+	id, _ := identity.NewID(identity.DefaultTrustDomain, identity.DefaultNamespace, "web")
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(9), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		URIs: []*url.URL{id.URL()}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

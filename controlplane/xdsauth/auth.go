@@ -102,9 +102,9 @@ func (a *Authenticator) now() time.Time {
 	return time.Now()
 }
 
-// Authenticate returns who the RPC in ctx is: the client certificate the
-// TLS handshake verified, else the join token in its metadata (over TLS
-// only), else anonymous. A credential that is presented and bad is an
+// Authenticate returns who the RPC in ctx is: the client certificate of
+// its TLS connection when it chains to the CA's bundle, else the join token
+// in its metadata (over TLS only), else anonymous. A credential that is presented and bad is an
 // Unauthenticated error whatever the mode; with Mode required, so is no
 // credential.
 func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
@@ -114,17 +114,18 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 			state = &ti
 		}
 	}
-	if state != nil && len(state.State.PeerCertificates) > 0 {
-		leaf := state.State.PeerCertificates[0]
-		id, err := identity.FromCertificate(leaf)
-		if err != nil { // verified at the handshake; cannot happen
-			return Principal{}, status.Errorf(codes.Unauthenticated, "client certificate: %v", err)
-		}
-		return Principal{Peer: leaf, ID: id}, nil
-	}
 	tok, err := bearer(ctx)
 	if err != nil {
 		return Principal{}, err
+	}
+	if state != nil && len(state.State.PeerCertificates) > 0 {
+		id, cerr := a.CA.VerifyWorkload(state.State.PeerCertificates)
+		if cerr == nil {
+			return Principal{Peer: state.State.PeerCertificates[0], ID: id}, nil
+		}
+		if tok == "" {
+			return Principal{}, status.Errorf(codes.Unauthenticated, "%v", cerr)
+		}
 	}
 	if tok != "" {
 		if state == nil {

@@ -121,10 +121,12 @@ func (s *ServerCert) Run(ctx context.Context) {
 	}
 }
 
-// TLSConfig is the xDS port's TLS: the server certificate, a client
-// certificate requested but optional (a join token may stand in for it),
-// and a presented one verified against the CA's bundle: a certificate
-// from another CA fails the handshake.
+// TLSConfig is the xDS port's TLS: the server certificate and a client
+// certificate requested but optional (a join token may stand in for it).
+// A presented certificate is verified per RPC by the Authenticator, not
+// in the handshake: a workload whose certificate is no longer trusted
+// (its root retired) can still present its join token, and a refusal is
+// a gRPC status naming the reason rather than a TLS alert.
 func (s *ServerCert) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -134,13 +136,6 @@ func (s *ServerCert) TLSConfig() *tls.Config {
 				return c, nil
 			}
 			return nil, errors.New("xds server certificate not issued yet")
-		},
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return nil
-			}
-			_, err := s.CA.VerifyWorkload(cs.PeerCertificates)
-			return err
 		},
 	}
 }
