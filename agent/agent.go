@@ -86,6 +86,12 @@ type Agent struct {
 	tcpOnce sync.Once // the TCP relays' metrics, registered by the first relay
 	tcpM    *tcpproxy.Metrics
 	tcpErr  error
+
+	// ident is the workload identity (identity.go), nil without
+	// agent.join_token_file; creds are its current credentials (nil
+	// likewise), for the data path's mTLS.
+	ident *agentIdentity
+	creds *identity.Credentials
 }
 
 // New builds an agent from a validated config; it starts nothing.
@@ -134,6 +140,15 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 	}})
 	a.app = newAppCheck(a)
 	a.registry.MustRegister(a.reloads)
+	if a.ident, err = newIdentity(cfg, node, a.nodeID(), log.With().Str("component", "identity").Logger()); err != nil {
+		_ = obs.Close(context.Background())
+		return nil, err
+	}
+	if a.ident != nil {
+		a.creds = a.ident.creds
+		a.ident.registerMetrics(a.registry)
+		a.dialer.Creds = a.creds
+	}
 	m.EndpointsFrom(a.endpointCounts)
 	t, cached := a.initialTable()
 	h, err := chain.Compile(t, a.resolver, a.local, a.forwarder, a.state, log)
@@ -182,7 +197,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		node, err := a.xdsNode()
 		if err == nil {
 			m := a.obs.Metrics()
-			a.xds, err = xdsclient.New(xdsclient.Options{
+			opts := xdsclient.Options{
 				Servers: c.ControlPlane, Node: node, Apply: a.applyXDS, Listeners: wire.AgentListeners(),
 				Initial: a.cached, Log: a.base.With().Str("component", "xds").Logger(),
 				OnConnection: func(server string, up bool) {
@@ -193,7 +208,9 @@ func (a *Agent) Run(ctx context.Context) error {
 					}
 				},
 				OnResponse: m.XDSUpdate,
-			})
+			}
+			a.secureXDS(&opts)
+			a.xds, err = xdsclient.New(opts)
 		}
 		if err != nil {
 			closeAll(lns)
@@ -232,6 +249,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun("governance", func() error { return a.state.Run(bg) })
 	if a.files != nil {
 		goRun("identity files", func() error { return a.files.Watch(bg) })
+	}
+	if a.ident != nil {
+		goRun("identity", func() error { return a.ident.rot.Run(bg) })
 	}
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
@@ -459,6 +479,9 @@ func (a *Agent) configDump() map[string]any {
 	}
 	if a.xds != nil {
 		dump["xds"] = a.xds.State()
+	}
+	if a.ident != nil {
+		dump["identity"] = a.ident.dump()
 	}
 	return dump
 }

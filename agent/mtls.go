@@ -44,7 +44,10 @@ func (a *Agent) setupIdentity(cfg config.Config) error {
 
 // credentials is the agent's identity now, nil without one.
 func (a *Agent) credentials() *identity.Credentials {
-	return a.fileCreds
+	if a.fileCreds != nil {
+		return a.fileCreds
+	}
+	return a.creds
 }
 
 // inboundMTLSMode is the inbound listener's mode: the control plane's

@@ -36,7 +36,7 @@ const (
 // withIdentity gives an agent certificate files from ca for its service
 // (written to a fresh directory) and the inbound mode; it returns the
 // directory so that a test can rotate them.
-func withIdentity(t *testing.T, ca *identitytest.CA, service, mode string, dir *string) func(*config.Config) {
+func withFileIdentity(t *testing.T, ca *identitytest.CA, service, mode string, dir *string) func(*config.Config) {
 	*dir = t.TempDir()
 	f := ca.WriteFiles(t, *dir, service, time.Hour, nil)
 	return func(c *config.Config) {
@@ -81,10 +81,10 @@ func rawExchange(addr string) (string, error) {
 func mtlsPair(t *testing.T, ca *identitytest.CA, mode string) (web, orders *runningAgent, webDir, ordersDir string) {
 	t.Helper()
 	ordersApp := whoApp(t, mtlsOrders)
-	orders = startAgent(t, mtlsOrders, "orders", ordersApp, withIdentity(t, ca, "orders", mode, &ordersDir))
+	orders = startAgent(t, mtlsOrders, "orders", ordersApp, withFileIdentity(t, ca, "orders", mode, &ordersDir))
 	waitPassing(t, "orders", 1)
 	webApp := startApp(t, mtlsWeb, "web", nil)
-	web = startAgent(t, mtlsWeb, "web", webApp, withIdentity(t, ca, "web", mode, &webDir))
+	web = startAgent(t, mtlsWeb, "web", webApp, withFileIdentity(t, ca, "web", mode, &webDir))
 	return web, orders, webDir, ordersDir
 }
 
@@ -331,7 +331,7 @@ func TestMTLSProtocols(t *testing.T) {
 	go func() { _ = gs.Serve(gl) }()
 	t.Cleanup(gs.Stop)
 	startAgent(t, mtlsGRPC, "grpcsvc", &app{port: gl.Addr().(*net.TCPAddr).Port}, func(c *config.Config) {
-		withIdentity(t, ca, "grpcsvc", wire.MTLSStrict, &d4)(c)
+		withFileIdentity(t, ca, "grpcsvc", wire.MTLSStrict, &d4)(c)
 		c.Agent.AppHealth = ""
 		c.Agent.AppProtocol = config.AppProtocolGRPC
 	})
@@ -339,7 +339,7 @@ func TestMTLSProtocols(t *testing.T) {
 		fmt.Fprintf(w, "%s peer=%s", r.Proto, r.Header.Get(wire.PeerIdentityHeader))
 	}))
 	startAgent(t, mtlsH2, "h2app", h2, func(c *config.Config) {
-		withIdentity(t, ca, "h2app", wire.MTLSStrict, &d1)(c)
+		withFileIdentity(t, ca, "h2app", wire.MTLSStrict, &d1)(c)
 		c.Agent.AppHealth = ""
 		c.Agent.AppProtocol = config.AppProtocolHTTP2
 	})
@@ -347,7 +347,7 @@ func TestMTLSProtocols(t *testing.T) {
 	_, rport, _ := net.SplitHostPort(rd.Addr)
 	rp, _ := strconv.Atoi(rport)
 	rdAgent := startAgent(t, mtlsRedis, "redis", &app{port: rp}, func(c *config.Config) {
-		withIdentity(t, ca, "redis", wire.MTLSStrict, &d2)(c)
+		withFileIdentity(t, ca, "redis", wire.MTLSStrict, &d2)(c)
 		c.Agent.AppHealth = ""
 		c.Agent.AppProtocol = config.AppProtocolTCP
 	})
@@ -357,7 +357,7 @@ func TestMTLSProtocols(t *testing.T) {
 	caller := startApp(t, mtlsWeb, "web", nil)
 	redisListen := net.JoinHostPort(mtlsWeb, strconv.Itoa(meshtest.FreePort(mtlsWeb)))
 	web := startAgent(t, mtlsWeb, "web", caller, func(c *config.Config) {
-		withIdentity(t, ca, "web", wire.MTLSStrict, &d3)(c)
+		withFileIdentity(t, ca, "web", wire.MTLSStrict, &d3)(c)
 		c.Agent.Upstreams = []config.Upstream{{Service: "redis", Listen: redisListen, Protocol: config.UpstreamTCP}}
 	})
 
@@ -397,12 +397,12 @@ func TestMTLSFromControlPlane(t *testing.T) {
 	ca := identitytest.NewCA(t, "mesh.local")
 	var od, wd string
 	orders := startAgent(t, mtlsOrders, "orders", whoApp(t, mtlsOrders), func(c *config.Config) {
-		withIdentity(t, ca, "orders", "", &od)(c)
+		withFileIdentity(t, ca, "orders", "", &od)(c)
 		c.Agent.ControlPlane = []string{cp.xdsAddr}
 	})
 	waitPassing(t, "orders", 1)
 	web := startAgent(t, mtlsWeb, "web", startApp(t, mtlsWeb, "web", nil), func(c *config.Config) {
-		withIdentity(t, ca, "web", "", &wd)(c)
+		withFileIdentity(t, ca, "web", "", &wd)(c)
 		c.Agent.ControlPlane = []string{cp.xdsAddr}
 		c.Agent.Upstreams = []config.Upstream{}
 	})

@@ -73,6 +73,7 @@ func Default() Config {
 				Namespace:   identity.DefaultNamespace,
 				CertTTL:     24 * time.Hour,
 			},
+			XDS: XDS{Auth: "optional", TLSSANs: []string{}},
 			CMDB: CMDB{
 				Interval:         30 * time.Second,
 				Format:           "generic",

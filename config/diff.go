@@ -40,6 +40,9 @@ var agentRestartOnly = []restartSetting{
 	{"agent.upstreams", func(c *Config) any { return &c.Agent.Upstreams }},
 	{"agent.control_plane", func(c *Config) any { return &c.Agent.ControlPlane }},
 	{"agent.cache_dir", func(c *Config) any { return &c.Agent.CacheDir }},
+	{"agent.join_token_file", func(c *Config) any { return &c.Agent.JoinTokenFile }},
+	{"agent.control_plane_ca_file", func(c *Config) any { return &c.Agent.ControlPlaneCAFile }},
+	{"agent.identity_dir", func(c *Config) any { return &c.Agent.IdentityDir }},
 	{"agent.locality", func(c *Config) any { return &c.Agent.Locality }},
 	{"agent.tls", func(c *Config) any { return &c.Agent.TLS }},
 	{"consul.addr", func(c *Config) any { return &c.Consul.Addr }},
@@ -67,6 +70,8 @@ var agentRestartOnly = []restartSetting{
 var controlRestartOnly = []restartSetting{
 	{"control.xds_addr", func(c *Config) any { return &c.Control.XDSAddr }},
 	{"control.admin_addr", func(c *Config) any { return &c.Control.AdminAddr }},
+	{"control.ca", func(c *Config) any { return &c.Control.CA }},
+	{"control.xds", func(c *Config) any { return &c.Control.XDS }},
 	{"consul.addr", func(c *Config) any { return &c.Consul.Addr }},
 	{"consul.token", func(c *Config) any { return &c.Consul.Token }},
 	{"consul.datacenter", func(c *Config) any { return &c.Consul.Datacenter }},

@@ -106,7 +106,9 @@ func run(ctx context.Context, every time.Duration) error {
 
 	step("starting mesh control (xDS on 127.0.0.1:18000, admin 127.0.0.1:19000) with the demo's policies")
 	policies := filepath.Join(dir, "mesh.yaml")
-	if err := os.WriteFile(policies, []byte(controlConfig), 0o644); err != nil {
+	// The CA's files go in the demo's directory, not /var/lib/mesh/ca.
+	cfgText := strings.Replace(controlConfig, "control:\n", "control:\n  ca: {dir: "+filepath.Join(dir, "ca")+"}\n", 1)
+	if err := os.WriteFile(policies, []byte(cfgText), 0o644); err != nil {
 		return err
 	}
 	control, err := startProc(dir, "control", "bin/mesh", "control", "--config", policies, "--log-format", "text")

@@ -160,3 +160,23 @@ func TestParseAppProtocol(t *testing.T) {
 		t.Error("HTTP(): only tcp is not carried over HTTP")
 	}
 }
+
+// TestGoldenSecretsUseTheContract: the SDS secrets the control plane sends
+// are named as this package says, and the workload certificate carries
+// the chain but never a private key.
+func TestGoldenSecretsUseTheContract(t *testing.T) {
+	s := wiretest.LoadSecrets(t)
+	if got, want := names(s), []string{wire.SecretTrustBundle, wire.SecretWorkloadCert}; !slices.Equal(got, want) {
+		t.Fatalf("secrets %v, want %v", got, want)
+	}
+	if len(s[wire.SecretTrustBundle].GetValidationContext().GetTrustedCa().GetInlineBytes()) == 0 {
+		t.Error("the trust bundle secret carries no roots")
+	}
+	tc := s[wire.SecretWorkloadCert].GetTlsCertificate()
+	if len(tc.GetCertificateChain().GetInlineBytes()) == 0 {
+		t.Error("the workload secret carries no chain")
+	}
+	if tc.GetPrivateKey() != nil || tc.GetPrivateKeyProvider() != nil {
+		t.Error("the workload secret carries a private key: it must never leave the node")
+	}
+}
