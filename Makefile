@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-gateway demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
+.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-mtls bench-gateway demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
 
 all: build
 
@@ -121,6 +121,10 @@ bench-gateway: build $(CONSUL)
 # CPU per request per hop of the mesh vs nginx, latency added, memory per connection.
 bench-cpu: build
 	bench/cpu.sh
+
+# Two-hop CPU per request and req/s with mTLS between the agents vs plain text.
+bench-mtls: build
+	bench/mtls.sh
 
 # Built and run as bin/demo, not with `go run` (which exits 1 when its
 # program is interrupted): Ctrl-C stops everything and exits 0.

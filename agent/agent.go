@@ -24,9 +24,11 @@ import (
 	"github.com/meshvm/mesh/dataplane/chain"
 	"github.com/meshvm/mesh/dataplane/discovery"
 	"github.com/meshvm/mesh/dataplane/endpoint"
+	"github.com/meshvm/mesh/dataplane/mtls"
 	"github.com/meshvm/mesh/dataplane/proxy"
 	"github.com/meshvm/mesh/dataplane/table"
 	"github.com/meshvm/mesh/dataplane/tcpproxy"
+	"github.com/meshvm/mesh/identity"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/sdnotify"
 	"github.com/meshvm/mesh/wire"
@@ -74,9 +76,22 @@ type Agent struct {
 
 	probed atomic.Uint32 // endpoint.Protocol found by probeApp (app_protocol auto)
 
+	// mTLS: the identity from agent.tls files (nil without), the
+	// dialer of peer agents, their metrics.
+	fileCreds *identity.Credentials
+	files     *identity.Files
+	dialer    *mtls.Dialer
+	mtlsM     *mtls.Metrics
+
 	tcpOnce sync.Once // the TCP relays' metrics, registered by the first relay
 	tcpM    *tcpproxy.Metrics
 	tcpErr  error
+
+	// ident is the workload identity (identity.go), nil without
+	// agent.join_token_file; creds are its current credentials (nil
+	// likewise), for the data path's mTLS.
+	ident *agentIdentity
+	creds *identity.Credentials
 }
 
 // New builds an agent from a validated config; it starts nothing.
@@ -103,22 +118,37 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 	}
 	m := obs.Metrics()
 	a := &Agent{
-		cfg:       cfg,
-		log:       log.With().Str("component", "agent").Logger(),
-		base:      log,
-		consul:    client,
-		resolver:  discovery.NewConsul(client, log),
-		forwarder: proxy.NewForwarder(proxy.Options{Log: log, WrapDial: m.Dialer}),
-		nodeName:  node,
-		local:     chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
-		state:     chain.NewState(nil).WithMetrics(m),
-		registry:  registry,
-		obs:       obs,
+		cfg:      cfg,
+		log:      log.With().Str("component", "agent").Logger(),
+		base:     log,
+		consul:   client,
+		resolver: discovery.NewConsul(client, log),
+		nodeName: node,
+		local:    chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
+		state:    chain.NewState(nil).WithMetrics(m),
+		registry: registry,
+		obs:      obs,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mesh", Name: "config_reloads_total",
 			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays)."}, []string{"result"}),
 	}
+	if err := a.setupIdentity(cfg); err != nil {
+		_ = obs.Close(context.Background())
+		return nil, err
+	}
+	a.forwarder = proxy.NewForwarder(proxy.Options{Log: log, WrapDial: func(d observability.DialFunc) observability.DialFunc {
+		return observability.DialFunc(a.dialer.Wrap(mtls.DialFunc(m.Dialer(d))))
+	}})
 	a.app = newAppCheck(a)
 	a.registry.MustRegister(a.reloads)
+	if a.ident, err = newIdentity(cfg, node, a.nodeID(), log.With().Str("component", "identity").Logger()); err != nil {
+		_ = obs.Close(context.Background())
+		return nil, err
+	}
+	if a.ident != nil {
+		a.creds = a.ident.creds
+		a.ident.registerMetrics(a.registry)
+		a.dialer.Creds = a.creds
+	}
 	m.EndpointsFrom(a.endpointCounts)
 	t, cached := a.initialTable()
 	h, err := chain.Compile(t, a.resolver, a.local, a.forwarder, a.state, log)
@@ -167,7 +197,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		node, err := a.xdsNode()
 		if err == nil {
 			m := a.obs.Metrics()
-			a.xds, err = xdsclient.New(xdsclient.Options{
+			opts := xdsclient.Options{
 				Servers: c.ControlPlane, Node: node, Apply: a.applyXDS, Listeners: wire.AgentListeners(),
 				Initial: a.cached, Log: a.base.With().Str("component", "xds").Logger(),
 				OnConnection: func(server string, up bool) {
@@ -178,7 +208,9 @@ func (a *Agent) Run(ctx context.Context) error {
 					}
 				},
 				OnResponse: m.XDSUpdate,
-			})
+			}
+			a.secureXDS(&opts)
+			a.xds, err = xdsclient.New(opts)
 		}
 		if err != nil {
 			closeAll(lns)
@@ -215,6 +247,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	goRun("readiness", func() error { return a.notifyReady(bg) })
 	goRun("app check", func() error { return a.app.run(bg) })
 	goRun("governance", func() error { return a.state.Run(bg) })
+	if a.files != nil {
+		goRun("identity files", func() error { return a.files.Watch(bg) })
+	}
+	if a.ident != nil {
+		goRun("identity", func() error { return a.ident.rot.Run(bg) })
+	}
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
 		goRun("xds cache", func() error {
@@ -298,7 +336,7 @@ func (a *Agent) bind() ([]listener, error) {
 		}
 		inbound.tcp = r
 	} else {
-		inbound.h = a.obs.Instrument(in, svc, a.handlers.Inbound(app))
+		inbound.h = a.obs.Instrument(in, svc, mtls.PeerHeader(a.peerHeader(), a.handlers.Inbound(app)))
 	}
 	specs := []spec{inbound, {name: "outbound", addr: c.OutboundAddr, h: a.obs.Instrument(out, svc, a.handlers.Outbound())}}
 	for _, u := range c.Upstreams {
@@ -324,6 +362,9 @@ func (a *Agent) bind() ([]listener, error) {
 			return nil, fmt.Errorf("listen %s on %s: %w", s.name, s.addr, err)
 		}
 		a.addrs.Store(s.name, ln.Addr().String())
+		if s.name == "inbound" {
+			ln = a.secureInbound(ln)
+		}
 		var srv server
 		switch {
 		case s.tcp != nil:
@@ -331,7 +372,11 @@ func (a *Agent) bind() ([]listener, error) {
 		case s.name == "admin":
 			srv = &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second}
 		default:
-			srv = proxy.NewServer(s.h, log)
+			ps := proxy.NewServer(s.h, log)
+			if s.name == "inbound" {
+				ps.ConnContext = mtls.ConnContext
+			}
+			srv = ps
 		}
 		lns = append(lns, listener{name: s.name, ln: ln, srv: srv})
 	}
@@ -419,6 +464,7 @@ func (a *Agent) configDump() map[string]any {
 		"consul":       cfg.Consul.Addr,
 		"table":        tableDump(t),
 		"governance":   a.state.Status(),
+		"mtls":         a.mtlsDump(),
 	}
 	if t.Static {
 		services := map[string][]endpoint.Endpoint{}
@@ -433,6 +479,9 @@ func (a *Agent) configDump() map[string]any {
 	}
 	if a.xds != nil {
 		dump["xds"] = a.xds.State()
+	}
+	if a.ident != nil {
+		dump["identity"] = a.ident.dump()
 	}
 	return dump
 }

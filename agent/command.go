@@ -11,26 +11,27 @@ import (
 
 // flagKeys maps `mesh agent` flags onto config keys.
 var flagKeys = map[string]string{
-	"service":        "agent.service",
-	"app-port":       "agent.app_port",
-	"app-address":    "agent.app_address",
-	"app-health":     "agent.app_health",
-	"app-protocol":   "agent.app_protocol",
-	"inbound-addr":   "agent.inbound_addr",
-	"outbound-addr":  "agent.outbound_addr",
-	"admin-addr":     "agent.admin_addr",
-	"advertise-addr": "agent.advertise_addr",
-	"control-plane":  "agent.control_plane",
-	"consul-addr":    "consul.addr",
-	"node":           "agent.node",
-	"upstream":       "agent.upstreams",
-	"tag":            "agent.tags",
-	"cache-dir":      "agent.cache_dir",
-	"drain-period":   "agent.drain_period",
-	"zone":           "agent.locality.zone",
-	"region":         "agent.locality.region",
-	"log-level":      "log.level",
-	"log-format":     "log.format",
+	"service":         "agent.service",
+	"app-port":        "agent.app_port",
+	"app-address":     "agent.app_address",
+	"app-health":      "agent.app_health",
+	"app-protocol":    "agent.app_protocol",
+	"inbound-addr":    "agent.inbound_addr",
+	"outbound-addr":   "agent.outbound_addr",
+	"admin-addr":      "agent.admin_addr",
+	"advertise-addr":  "agent.advertise_addr",
+	"control-plane":   "agent.control_plane",
+	"consul-addr":     "consul.addr",
+	"node":            "agent.node",
+	"upstream":        "agent.upstreams",
+	"tag":             "agent.tags",
+	"cache-dir":       "agent.cache_dir",
+	"join-token-file": "agent.join_token_file",
+	"drain-period":    "agent.drain_period",
+	"zone":            "agent.locality.zone",
+	"region":          "agent.locality.region",
+	"log-level":       "log.level",
+	"log-format":      "log.format",
 }
 
 // NewCommand returns `mesh agent`.
@@ -63,6 +64,7 @@ func NewCommand() *cobra.Command {
 	f.StringArray("upstream", nil, "per-upstream local listener SERVICE=HOST:PORT[,tcp] (repeatable; tcp: a raw TCP relay)")
 	f.StringArray("tag", nil, "Consul tag for the registration (repeatable)")
 	f.String("cache-dir", "/var/lib/mesh", "directory for state kept across restarts")
+	f.String("join-token-file", "", "file holding the join token for the agent's first certificate (agent.join_token_file)")
 	f.Duration("drain-period", 0, "time to keep serving after deregistering on SIGTERM (default 5s)")
 	f.String("zone", "", "zone of this VM (locality-aware load balancing)")
 	f.String("region", "", "region of this VM")

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -415,10 +416,10 @@ func h2specFailures(t *testing.T, addr string) (failed []string, total int) {
 // the same run. The machine is shared: a listener that fails more is run
 // again, with the baseline, once.
 //
-// The outbound listener is not in the list: h2spec's :authority is its
-// host:port, which names no service, so every request is refused (503
-// no-route) before its body is read, and whether h2spec's malformed-body
-// cases (8.1.2.6) see the response or the stream error is a race.
+// On the outbound listener h2spec's :authority (its host:port) names no
+// service, so every request is refused (503 no-route) before its body is
+// read: the server reads a small unread body before the refusal goes out,
+// so that the malformed-body cases (8.1.2.6) get their stream error.
 func TestH2specAgainstAgentListeners(t *testing.T) {
 	m := startProtoMesh(t, false)
 	const callerIP = "127.0.0.106"
@@ -429,17 +430,22 @@ func TestH2specAgainstAgentListeners(t *testing.T) {
 	for _, l := range []struct{ name, addr string }{
 		{"upstream listener to an HTTP/1.1 app", caller.Addr("upstream web")},
 		{"inbound to an HTTP/1.1 app", m.web.Addr("inbound")},
+		{"outbound, every request refused", caller.Addr("outbound")},
 	} {
 		t.Run(l.name, func(t *testing.T) {
 			for attempt := 1; ; attempt++ {
 				want, n := h2specFailures(t, base.addr)
 				got, n2 := h2specFailures(t, l.addr)
 				t.Logf("h2spec: Go's h2c server failed %d of %d %v; the agent's %s failed %d of %d %v", len(want), n, want, l.name, len(got), n2, got)
-				if len(got) <= len(want) {
+				// Content-Length mismatches get their stream error even
+				// when the request is refused unread (Go's own server
+				// leaves that to a race).
+				badLength := slices.ContainsFunc(got, func(c string) bool { return strings.HasPrefix(c, "http2/8.1.2.6/") })
+				if len(got) <= len(want) && !badLength {
 					return
 				}
 				if attempt == 2 {
-					t.Fatalf("the agent's %s fails %d h2spec cases, Go's own h2c server %d", l.name, len(got), len(want))
+					t.Fatalf("the agent's %s fails %d h2spec cases %v, Go's own h2c server %d", l.name, len(got), got, len(want))
 				}
 			}
 		})

@@ -22,8 +22,12 @@ import (
 // plane's config and the app's reachability are reported but do not make
 // it unready (docs/decisions.md, "What /ready waits for").
 func (a *Agent) Readiness() observability.Readiness {
-	return observability.NewReadiness(a.listenersCondition(), a.registrationCondition(),
-		a.controlPlaneCondition(), a.app.condition())
+	conds := []observability.Condition{a.listenersCondition(), a.registrationCondition(),
+		a.controlPlaneCondition(), a.app.condition()}
+	if a.ident != nil {
+		conds = append(conds, a.ident.condition())
+	}
+	return observability.NewReadiness(conds...)
 }
 
 // Ready reports whether every listener is up and the app is registered.

@@ -79,7 +79,7 @@ func (a *Agent) registrationSpec(c config.Config) registration.Spec {
 		AppProtocol:    a.registeredProtocol(ac),
 		HealthInterval: ac.HealthInterval,
 		Tags:           slices.Clone(ac.Tags),
-		Meta:           ac.Meta,
+		Meta:           a.registrationMeta(c),
 		Locality:       ac.Locality,
 	}
 }

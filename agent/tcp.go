@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net"
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/dataplane/endpoint"
@@ -44,6 +45,9 @@ func (a *Agent) upstreamRelay(service string) (*tcpproxy.Relay, error) {
 		Log:         a.base,
 		Observe:     a.obs.LogTCP,
 		Metrics:     m,
+		WrapDial: func(d func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+			return a.dialer.Wrap(d)
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", service, err)
@@ -71,6 +75,10 @@ func (a *Agent) inboundRelay(app string) (*tcpproxy.Relay, error) {
 		Log:         a.base,
 		Observe:     a.obs.LogTCP,
 		Metrics:     m,
+		Limits: func() tcpproxy.Limits {
+			in := a.handlers.Current().Table().Inbound
+			return tcpproxy.Limits{RateLimit: in.RateLimit, MaxConns: in.MaxRequests}
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("inbound: %w", err)

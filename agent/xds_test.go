@@ -48,10 +48,18 @@ type controlOptions struct {
 	// bin is the mesh binary; empty builds it.
 	bin     string
 	cmdbURL string
+	// extra is appended to the control section (indented by two).
+	extra string
+	// caDir is control.ca.dir (default a fresh directory); certTTL and
+	// auth set control.ca.cert_ttl and control.xds.auth when not empty.
+	caDir, certTTL, auth string
 }
 
 func newControl(t *testing.T, opts controlOptions) *control {
 	t.Helper()
+	if opts.caDir == "" {
+		opts.caDir = filepath.Join(t.TempDir(), "ca")
+	}
 	c := &control{
 		t:         t,
 		bin:       opts.bin,
@@ -59,13 +67,20 @@ func newControl(t *testing.T, opts controlOptions) *control {
 		xdsAddr:   "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")),
 		adminAddr: "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")),
 	}
-	cfg := fmt.Sprintf("log:\n  level: warn\nconsul:\n  addr: %s\ncontrol:\n  xds_addr: %s\n  admin_addr: %s\n  debounce: 20ms\n",
-		consul.Addr, c.xdsAddr, c.adminAddr)
+	cfg := fmt.Sprintf("log:\n  level: warn\nconsul:\n  addr: %s\ncontrol:\n  xds_addr: %s\n  admin_addr: %s\n  debounce: 20ms\n  ca: {dir: %s}\n",
+		consul.Addr, c.xdsAddr, c.adminAddr, opts.caDir)
 	if c.bin == "" {
 		c.bin = meshtest.BuildMesh(t)
 	}
 	if opts.cmdbURL != "" {
 		cfg += fmt.Sprintf("  cmdb:\n    url: %s\n    interval: 500ms\n", opts.cmdbURL)
+	}
+	cfg += opts.extra
+	if opts.certTTL != "" {
+		cfg = strings.Replace(cfg, "  ca: {dir: "+opts.caDir+"}", "  ca: {dir: "+opts.caDir+", cert_ttl: "+opts.certTTL+"}", 1)
+	}
+	if opts.auth != "" {
+		cfg += "  xds: {auth: " + opts.auth + "}\n"
 	}
 	if err := os.WriteFile(c.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

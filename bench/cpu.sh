@@ -81,6 +81,7 @@ ticks() { # pids... -> utime+stime in clock ticks
 }
 HZ=$(getconf CLK_TCK)
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+anon_kb() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; } # without the binary's file pages
 
 # wrk_run name conns url [host] -> "requests rps p50 p99"
 wrk_run() {
@@ -101,9 +102,11 @@ warm "$CONNS" http://127.0.0.83:8082/
 if [ -n "${PROFILE:-}" ]; then # CPU profiles of both agents under load, into $PROFILE/
 	mkdir -p "$PROFILE"
 	taskset -c 1 wrk -t1 -c"$CONNS" -d6s -H "Host: cpu-b" http://127.0.0.81:15001/ >/dev/null &
+	prof=($!)
 	curl -fs "http://127.0.0.81:15000/debug/pprof/profile?seconds=5" >"$PROFILE/a.pprof" &
+	prof+=($!)
 	curl -fs "http://127.0.0.82:15000/debug/pprof/profile?seconds=5" >"$PROFILE/b.pprof"
-	wait
+	wait "${prof[@]}" # not the servers
 fi
 
 rows=()
@@ -132,11 +135,11 @@ added() { awk -v a="$(us "$1")" -v d="$(us "$2")" 'BEGIN { printf "%.0f", (a - d
 
 # Memory per connection: agent A's RSS while MANY connections are open
 # against its RSS before.
-rss0=$(rss_kb "$A_PID")
+rss0=$(rss_kb "$A_PID") anon0=$(anon_kb "$A_PID")
 taskset -c 1 wrk -t1 -c"$MANY" -d"$DURATION" -H "Host: cpu-b" http://127.0.0.81:15001/ >"$work/many.txt" &
 wpid=$!
 sleep "$(awk -v d="${DURATION%s}" 'BEGIN { print d * 0.7 }')"
-rss1=$(rss_kb "$A_PID")
+rss1=$(rss_kb "$A_PID") anon1=$(anon_kb "$A_PID")
 rssB=$(rss_kb "$B_PID")
 wait "$wpid"
 nrss0=$(rss_kb "$NGINX_WORKER")
@@ -156,6 +159,6 @@ echo "| CPU per request per hop (mean of $ROUNDS) | $mc µs | $nc µs | $(ratio 
 echo "| two-hop req/s, $CONNS conns (mean of $ROUNDS) | $mr | $nr | $(ratio "$mr" "$nr") (>= 0.7) |"
 echo "| p50 added per hop, 1 conn (direct p50 $d50) | $(added "$m50" "$d50") µs | $(added "$n50" "$d50") µs | $(ratio "$(added "$m50" "$d50")" "$(added "$n50" "$d50")") (<= 2) |"
 echo "| p99 added per hop, 1 conn (direct p99 $d99) | $(added "$m99" "$d99") µs | $(added "$n99" "$d99") µs | |"
-echo "| agent A RSS at $MANY conns vs idle | $((rss0 / 1024)) -> $((rss1 / 1024)) MB: $(( (rss1 - rss0) / MANY )) KB/conn | worker $((nrss0 / 1024)) MB | (<= 30 KB) |"
+echo "| agent A RSS at $MANY conns vs idle | $((rss0 / 1024)) -> $((rss1 / 1024)) MB: $(( (rss1 - rss0) / MANY )) KB/conn (anonymous memory: $(( (anon1 - anon0) / MANY )) KB/conn) | worker $((nrss0 / 1024)) MB | (<= 30 KB) |"
 echo
 echo "Agent B RSS at $MANY conns through A: $((rssB / 1024)) MB. wrk -t1 on CPU 1, $DURATION per run; servers on CPU 0 with GOMAXPROCS=1; nginx 1 worker; 100-byte responses; default observability. Load: $(uptime | sed 's/.*load average/load average/')"

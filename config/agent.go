@@ -42,6 +42,18 @@ type Agent struct {
 	ControlPlane []string `mapstructure:"control_plane" yaml:"control_plane"`
 	// CacheDir holds state that must survive a restart (last good xDS config).
 	CacheDir string `mapstructure:"cache_dir" yaml:"cache_dir"`
+	// JoinTokenFile holds the join token (`mesh control token create`)
+	// the agent presents for its first certificate; setting it gives the
+	// agent a workload identity. Once it holds a certificate it renews
+	// with it, so the token may expire or be removed.
+	JoinTokenFile string `mapstructure:"join_token_file" yaml:"join_token_file,omitempty"`
+	// ControlPlaneCAFile, when set, is the trust bundle (PEM) the agent
+	// verifies mesh control's TLS certificate against before it has a
+	// bundle of its own; without it, the join token's CA hashes pin it.
+	ControlPlaneCAFile string `mapstructure:"control_plane_ca_file" yaml:"control_plane_ca_file,omitempty"`
+	// IdentityDir caches the agent's certificate, key (0600) and trust
+	// bundle across restarts; empty means <cache_dir>/identity/<service>.
+	IdentityDir string `mapstructure:"identity_dir" yaml:"identity_dir,omitempty"`
 
 	Tags []string          `mapstructure:"tags" yaml:"tags"`
 	Meta map[string]string `mapstructure:"meta" yaml:"meta"`
@@ -49,6 +61,10 @@ type Agent struct {
 	// Upstreams are local listeners that send everything to one service,
 	// for clients that cannot set a Host or :authority.
 	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
+
+	// TLS is the agent's workload identity from files (mTLS between
+	// agents).
+	TLS AgentTLS `mapstructure:"tls" yaml:"tls"`
 
 	// Locality of this VM, used for zone-aware load balancing.
 	Locality Locality `mapstructure:"locality" yaml:"locality"`
@@ -151,6 +167,10 @@ func (a *Agent) validate(v *validator, requireService bool) {
 	for i, cp := range a.ControlPlane {
 		v.hostPort(fmt.Sprintf("agent.control_plane[%d]", i), cp)
 	}
+	v.check("agent.join_token_file", a.JoinTokenFile == "" || len(a.ControlPlane) > 0,
+		"needs agent.control_plane: certificates are issued by mesh control")
+	v.check("agent.join_token_file", a.JoinTokenFile == "" || !a.TLS.On(),
+		"and agent.tls are two sources of the agent's identity; set one (files from your own PKI, or a join token for mesh control's CA)")
 	seen := map[string]string{
 		a.InboundAddr:  "agent.inbound_addr",
 		a.OutboundAddr: "agent.outbound_addr",
@@ -172,4 +192,5 @@ func (a *Agent) validate(v *validator, requireService bool) {
 	v.positive("agent.shutdown_timeout", a.ShutdownTimeout)
 	v.positive("agent.resync_interval", a.ResyncInterval)
 	v.nonNegative("agent.tcp_idle_timeout", a.TCPIdleTimeout)
+	a.TLS.validate(v)
 }

@@ -62,6 +62,7 @@ func Default() Config {
 			Meta:            map[string]string{},
 			Upstreams:       []Upstream{},
 			ControlPlane:    []string{},
+			TLS:             AgentTLS{PeerIdentityHeader: wire.PeerIdentityHeader},
 		},
 		Control: Control{
 			XDSAddr:   "0.0.0.0:18000",
@@ -73,6 +74,7 @@ func Default() Config {
 				Namespace:   identity.DefaultNamespace,
 				CertTTL:     24 * time.Hour,
 			},
+			XDS: XDS{Auth: "optional", TLSSANs: []string{}},
 			CMDB: CMDB{
 				Interval:         30 * time.Second,
 				Format:           "generic",
@@ -91,6 +93,8 @@ func Default() Config {
 				},
 			},
 			Kubernetes: Kubernetes{Namespaces: []string{}, Nodes: true},
+			MTLS:       MTLS{DefaultMode: wire.MTLSPermissive},
+			Services:   map[string]ServiceSettings{},
 		},
 		Gateway: DefaultGateway(),
 		Policies: Policies{

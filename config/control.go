@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"regexp"
 	"slices"
@@ -20,11 +21,18 @@ type Control struct {
 	CMDB     CMDB          `mapstructure:"cmdb" yaml:"cmdb"`
 	// CA is the certificate authority issuing workload identities.
 	CA CA `mapstructure:"ca" yaml:"ca"`
+	// XDS secures the xDS port: TLS with a certificate from CA, and who
+	// may connect.
+	XDS XDS `mapstructure:"xds" yaml:"xds"`
 	// Kubernetes is the Kubernetes source and the export of VM services
 	// into Kubernetes.
 	Kubernetes Kubernetes `mapstructure:"kubernetes" yaml:"kubernetes"`
 	// Gateway holds the routes and authentication pushed to mesh gateways.
 	Gateway ControlGateway `mapstructure:"gateway" yaml:"gateway"`
+	// MTLS is the mTLS mode between agents; Services holds per-service
+	// settings (their mtls_mode).
+	MTLS     MTLS                       `mapstructure:"mtls" yaml:"mtls"`
+	Services map[string]ServiceSettings `mapstructure:"services" yaml:"services"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -43,6 +51,20 @@ type CA struct {
 	// generated in Dir.
 	CertFile string `mapstructure:"cert_file" yaml:"cert_file,omitempty"`
 	KeyFile  string `mapstructure:"key_file" yaml:"key_file,omitempty"`
+}
+
+// XDS configures the protection of the xDS port (control.xds_addr).
+type XDS struct {
+	// Auth is off (no client is checked), optional (clients with a mesh
+	// certificate or a join token are checked and bound to their
+	// identity; plaintext clients without either are still served, for
+	// migration) or required (TLS only, every client authenticated).
+	Auth string `mapstructure:"auth" yaml:"auth"`
+	// TLSSANs are the DNS names and IP addresses put in the server
+	// certificate besides its SPIFFE ID, for clients that verify host
+	// names (gRPC proxyless, Envoy). Default: localhost, 127.0.0.1 and
+	// the host of xds_addr when it is not a wildcard.
+	TLSSANs []string `mapstructure:"tls_sans" yaml:"tls_sans"`
 }
 
 // Kubernetes configures the Kubernetes source: Services and EndpointSlices
@@ -131,6 +153,8 @@ type CMDBFields struct {
 func (c *Control) validate(v *validator) {
 	c.CA.validate(v)
 	c.Gateway.validate(v)
+	c.validateMTLS(v)
+	c.XDS.validate(v)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)
@@ -187,6 +211,14 @@ func (v *validator) dottedPath(path, s string) {
 		"%q is not a dotted path (empty segment)", s)
 }
 
+func (x *XDS) validate(v *validator) {
+	v.oneOf("control.xds.auth", x.Auth, "off", "optional", "required")
+	for i, s := range x.TLSSANs {
+		v.check(fmt.Sprintf("control.xds.tls_sans[%d]", i), s != "" && !strings.ContainsAny(s, " /:*") || net.ParseIP(s) != nil,
+			"%q is neither a DNS name nor an IP address", s)
+	}
+}
+
 func (c *CA) validate(v *validator) {
 	v.check("control.ca.dir", c.Dir != "", "is required (e.g. /var/lib/mesh/ca)")
 	if _, err := identity.NewID(c.TrustDomain, c.Namespace, "x"); err != nil {
@@ -196,6 +228,6 @@ func (c *CA) validate(v *validator) {
 		}
 		v.add(path, "%v", err)
 	}
-	v.check("control.ca.cert_ttl", c.CertTTL >= time.Minute, "must be at least 1m (e.g. 24h), got %v", c.CertTTL)
+	v.check("control.ca.cert_ttl", c.CertTTL >= time.Second, "must be at least 1s (e.g. 24h; under a few minutes only for tests), got %v", c.CertTTL)
 	v.check("control.ca.key_file", (c.CertFile == "") == (c.KeyFile == ""), "cert_file and key_file go together")
 }

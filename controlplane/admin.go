@@ -89,6 +89,9 @@ type dump struct {
 	Sources map[string]source.Status `json:"sources"`
 	Nodes   []xds.NodeInfo           `json:"nodes"`
 	Model   *model.Model             `json:"model"`
+	// CA is the CA's roots, the xDS server certificate and how many
+	// certificates were issued (never a key).
+	CA *caDump `json:"ca,omitempty"`
 }
 
 // nodeDump is /config_dump?node=ID: one node's resources as protobuf JSON,
@@ -96,12 +99,15 @@ type dump struct {
 type nodeDump struct {
 	xds.NodeInfo
 	Resources map[string][]json.RawMessage `json:"resources"`
+	// Secrets names the SDS secrets the node is served (not their
+	// content).
+	Secrets []string `json:"secrets,omitempty"`
 }
 
 func (c *Control) configDump(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("node")
 	if id == "" {
-		d := dump{Ready: c.Ready(), Sources: map[string]source.Status{}, Nodes: c.xds.Nodes(), Model: c.Model()}
+		d := dump{Ready: c.Ready(), Sources: map[string]source.Status{}, Nodes: c.xds.Nodes(), Model: c.Model(), CA: c.prot.dump()}
 		for _, s := range c.sources {
 			if !active(s) {
 				continue
@@ -121,7 +127,7 @@ func (c *Control) configDump(w http.ResponseWriter, r *http.Request) {
 		_ = enc.Encode(map[string]string{"error": "no connected node " + id})
 		return
 	}
-	d := nodeDump{NodeInfo: info, Resources: map[string][]json.RawMessage{}}
+	d := nodeDump{NodeInfo: info, Resources: map[string][]json.RawMessage{}, Secrets: c.xds.NodeSecrets(id)}
 	for kind, set := range res {
 		names := make([]string, 0, len(set))
 		for n := range set {

@@ -29,6 +29,7 @@ import (
 	"github.com/meshvm/mesh/controlplane/source/cmdbsource"
 	"github.com/meshvm/mesh/controlplane/source/consul"
 	"github.com/meshvm/mesh/controlplane/source/kubernetes"
+	"github.com/meshvm/mesh/controlplane/translate"
 	"github.com/meshvm/mesh/controlplane/xds"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/sdnotify"
@@ -52,6 +53,9 @@ type Options struct {
 	// VM services into Kubernetes.
 	Kubernetes kubernetes.Options
 	KubeExport kubeexport.Options
+	// CAPoll is how often the CA files are checked for changes (a root
+	// rotation run by `mesh control ca rotate`; default 2s).
+	CAPoll time.Duration
 }
 
 // Control is one control-plane process.
@@ -74,6 +78,8 @@ type Control struct {
 	cfg      config.Config
 	// notified is set once systemd was told READY=1.
 	notified atomic.Bool
+	// prot secures the xDS port (identity.go).
+	prot *protection
 }
 
 // New builds the control plane from cfg; it starts nothing.
@@ -126,6 +132,9 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 		}
 	}
 	c.xds = xds.New(log.With().Str("component", "xds").Logger(), c.reg)
+	if err := c.openProtection(cfg); err != nil {
+		return nil, err
+	}
 	s := settingsOf(cfg)
 	gw, err := gatewaySettings(cfg.Control.Gateway)
 	if err != nil {
@@ -153,6 +162,7 @@ func (c *Control) newCMDB(cfg config.CMDB) (*cmdbsource.Source, error) {
 func settingsOf(cfg config.Config) settings {
 	return settings{
 		debounce: cfg.Control.Debounce,
+		mtls:     translate.MTLSFromConfig(cfg.Control),
 		merge: model.MergeOptions{
 			DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
 			Policies:         cfg.Policies,
@@ -191,12 +201,17 @@ func (c *Control) Run(ctx context.Context) error {
 	}
 	streams, endStreams := context.WithCancel(context.Background())
 	defer endStreams()
-	g := grpc.NewServer(
-		grpc.MaxConcurrentStreams(1<<20),
+	g := grpc.NewServer(append([]grpc.ServerOption{
+		grpc.MaxConcurrentStreams(1 << 20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	}, c.prot.grpcOptions()...)...)
 	c.xds.Register(streams, g)
+	if err := c.prot.start(g); err != nil {
+		xl.Close()
+		al.Close()
+		return err
+	}
 	admin := &http.Server{Handler: c.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 
 	// The watchdog keeps pinging through the graceful stop.
@@ -237,6 +252,11 @@ func (c *Control) Run(ctx context.Context) error {
 		defer wg.Done()
 		c.notifyReady(ctx)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.prot.run(ctx)
+	}()
 	if c.export != nil {
 		wg.Add(1)
 		go func() {
@@ -246,7 +266,8 @@ func (c *Control) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	c.log.Info().Str("xds_addr", xl.Addr().String()).Str("admin_addr", al.Addr().String()).Msg("control plane serving")
+	c.log.Info().Str("xds_addr", xl.Addr().String()).Str("admin_addr", al.Addr().String()).Str("xds_auth", c.prot.mode).
+		Bool("xds_tls", c.prot.ca != nil).Msg("control plane serving")
 	_ = sdnotify.Status("listening; waiting for the first view of " + c.sources[0].Name())
 
 	<-ctx.Done()

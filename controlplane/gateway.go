@@ -51,12 +51,6 @@ func readJWKS(path string) ([]byte, error) {
 	return b, nil
 }
 
-func newTranslator(g *translate.Gateway) *translate.Translator {
-	t := translate.NewTranslator()
-	t.SetGateway(g)
-	return t
-}
-
 // setGateway gives the translator the gateway input (Run goroutine).
 func (r *reconciler) setGateway(g *translate.Gateway) {
 	r.gateway = g

@@ -57,6 +57,7 @@ func TestSystemdLifecycle(t *testing.T) {
 	xdsAddr := fmt.Sprintf("127.0.0.1:%d", meshtest.FreePort("127.0.0.1"))
 	adminAddr := fmt.Sprintf("127.0.0.1:%d", meshtest.FreePort("127.0.0.1"))
 	cfgPath := filepath.Join(t.TempDir(), "mesh.yaml")
+	caDir := filepath.Join(t.TempDir(), "ca")
 	writeCfg := func(xds, level, timeout string) {
 		body := fmt.Sprintf(`log:
   level: %s
@@ -66,11 +67,12 @@ control:
   xds_addr: %s
   admin_addr: %s
   debounce: 20ms
+  ca: {dir: %s}
 policies:
   services:
     reloadsvc:
       timeout: %s
-`, level, testConsul.Addr, xds, adminAddr, timeout)
+`, level, testConsul.Addr, xds, adminAddr, caDir, timeout)
 		if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}

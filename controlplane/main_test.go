@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -70,6 +71,7 @@ func launchPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *pl
 	cfg.Control.XDSAddr = "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1"))
 	cfg.Control.AdminAddr = "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1"))
 	cfg.Control.Debounce = 20 * time.Millisecond
+	cfg.Control.CA.Dir = filepath.Join(t.TempDir(), "ca")
 	if edit != nil {
 		edit(&cfg)
 	}

@@ -54,6 +54,7 @@ type reconciler struct {
 // settings are the reconciler's knobs a reload can change.
 type settings struct {
 	debounce time.Duration
+	mtls     translate.MTLS
 	merge    model.MergeOptions
 	// gateway is what gateway nodes get (gatewaySettings).
 	gateway *translate.Gateway
@@ -74,7 +75,7 @@ func newReconciler(log zerolog.Logger, inputs []input, s settings, firstWait tim
 		opts:       s.merge,
 		xds:        xs,
 		metrics:    m,
-		translator: newTranslator(s.gateway),
+		translator: newTranslator(s.mtls, s.gateway),
 		gateway:    s.gateway,
 		reconf:     make(chan reconfig),
 		done:       make(chan struct{}),
@@ -104,14 +105,14 @@ func (r *reconciler) reconfigure(ctx context.Context, s settings) error {
 // whose service the model does not know may have changed. On failure the
 // previous settings are put back and nothing was pushed.
 func (r *reconciler) apply(ctx context.Context, s settings, views []*model.View, canBuild bool) error {
-	prev := settings{debounce: r.debounce, merge: r.opts, gateway: r.gateway}
-	r.debounce, r.opts = s.debounce, s.merge
+	prev := settings{debounce: r.debounce, merge: r.opts, mtls: r.translator.MTLS, gateway: r.gateway}
+	r.debounce, r.opts, r.translator.MTLS = s.debounce, s.merge, s.mtls
 	r.setGateway(s.gateway)
 	if !canBuild {
 		return nil
 	}
 	if err := r.build(ctx, views, true); err != nil {
-		r.debounce, r.opts = prev.debounce, prev.merge
+		r.debounce, r.opts, r.translator.MTLS = prev.debounce, prev.merge, prev.mtls
 		r.setGateway(prev.gateway)
 		return err
 	}
@@ -270,4 +271,12 @@ func (r *reconciler) reportConflicts(cs []model.Conflict) {
 	}
 	r.conflicts = now
 	r.metrics.conflicts.Set(float64(len(cs)))
+}
+
+// newTranslator is a translator applying the mTLS policy m.
+func newTranslator(m translate.MTLS, g *translate.Gateway) *translate.Translator {
+	t := translate.NewTranslator()
+	t.MTLS = m
+	t.SetGateway(g)
+	return t
 }

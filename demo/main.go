@@ -110,7 +110,9 @@ func run(ctx context.Context, every time.Duration) error {
 		return fmt.Errorf("demo keys and certificate: %w", err)
 	}
 	policies := filepath.Join(dir, "mesh.yaml")
-	if err := os.WriteFile(policies, []byte(controlConfig(ed.controlGateway())), 0o644); err != nil {
+	// The CA's files go in the demo's directory, not /var/lib/mesh/ca.
+	cfgText := strings.Replace(controlConfig(ed.controlGateway()), "control:\n", "control:\n  ca: {dir: "+filepath.Join(dir, "ca")+"}\n", 1)
+	if err := os.WriteFile(policies, []byte(cfgText), 0o644); err != nil {
 		return err
 	}
 	control, err := startProc(dir, "control", "bin/mesh", "control", "--config", policies, "--log-format", "text")

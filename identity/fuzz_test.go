@@ -3,6 +3,7 @@ package identity_test
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,6 +53,30 @@ func FuzzParseToken(f *testing.F) {
 		}
 		if c.KeyID != "k1" || len(c.Services) == 0 {
 			t.Fatalf("accepted claims %+v", c)
+		}
+	})
+}
+
+// FuzzReadTokenClaims: the agent's unverified read of its own token
+// either fails or returns claims that pass validation (CA hashes of the
+// sha256:<hex> form); it never panics.
+func FuzzReadTokenClaims(f *testing.F) {
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	now := time.Now()
+	tok, _ := identity.SignToken(priv, identity.Claims{ID: "t1", KeyID: "k1", TrustDomain: "mesh.local", Namespace: "shop",
+		Services: []string{"web"}, IssuedAt: now.Unix(), Expires: now.Add(time.Hour).Unix(),
+		CAHashes: []string{"sha256:" + strings.Repeat("ab", 32)}})
+	f.Add(tok)
+	f.Add("mesh1.eyJjYSI6WyJ4Il19.AAAA")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := identity.ReadTokenClaims(s)
+		if err != nil {
+			return
+		}
+		for _, h := range c.CAHashes {
+			if !strings.HasPrefix(h, "sha256:") || len(h) != 71 {
+				t.Fatalf("accepted CA hash %q", h)
+			}
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -38,6 +39,46 @@ type Rotator struct {
 	// MinRetry and MaxRetry bound the backoff after a failed issue
 	// (defaults 1s and 1m).
 	MinRetry, MaxRetry time.Duration
+
+	kickOnce sync.Once
+	kick     chan struct{}
+	// renewAt is when the certificate Rotate installed is due, from the
+	// time it arrived (its NotBefore is backdated for clock skew, which
+	// would put short lifetimes' half-life after their expiry).
+	renewAt time.Time
+}
+
+func (r *Rotator) kicks() chan struct{} {
+	r.kickOnce.Do(func() { r.kick = make(chan struct{}, 1) })
+	return r.kick
+}
+
+// RenewNow asks Run to renew at once (a new trust bundle the current
+// certificate no longer chains to).
+func (r *Rotator) RenewNow() {
+	select {
+	case r.kicks() <- struct{}{}:
+	default:
+	}
+}
+
+// InstallBundle installs a trust bundle pushed by the control plane (SDS)
+// beside the current certificate and caches it; when the certificate no
+// longer chains to it, a renewal starts at once.
+func (r *Rotator) InstallBundle(bundlePEM []byte) error {
+	chains, err := r.Creds.SetBundle(bundlePEM, r.now())
+	if err != nil {
+		return err
+	}
+	if r.Dir != "" {
+		if err := WriteFileAtomic(filepath.Join(r.Dir, cacheBundle), bundlePEM, 0o644); err != nil {
+			return fmt.Errorf("identity cache: %w", err)
+		}
+	}
+	if !chains {
+		r.RenewNow()
+	}
+	return nil
 }
 
 // Cache file names in Dir.
@@ -101,9 +142,11 @@ func (r *Rotator) Rotate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.Creds.Set(chain, keyPEM, bundle, r.now()); err != nil {
+	now := r.now()
+	if err := r.Creds.Set(chain, keyPEM, bundle, now); err != nil {
 		return fmt.Errorf("issued certificate for %s: %w", r.ID, err)
 	}
+	r.renewAt = renewFrom(now, r.Creds.Expiry())
 	if r.Dir != "" {
 		if err := os.MkdirAll(r.Dir, 0o700); err != nil {
 			return fmt.Errorf("identity cache: %w", err)
@@ -131,6 +174,14 @@ func RenewAt(leaf *x509.Certificate) time.Time {
 	return leaf.NotBefore.Add(life/2 + jitter)
 }
 
+// renewFrom is half of the remaining life from got to notAfter, plus or
+// minus 10% of it at random.
+func renewFrom(got, notAfter time.Time) time.Time {
+	life := notAfter.Sub(got)
+	jitter := time.Duration((rand.Float64()*0.2 - 0.1) * float64(life))
+	return got.Add(life/2 + jitter)
+}
+
 // Run renews until ctx is done. It starts from the cache when it holds a
 // valid certificate, else issues one at once.
 func (r *Rotator) Run(ctx context.Context) error {
@@ -151,7 +202,11 @@ func (r *Rotator) Run(ctx context.Context) error {
 	for {
 		wait := time.Duration(0)
 		if leaf := r.Creds.Leaf(); leaf != nil {
-			wait = RenewAt(leaf).Sub(r.now())
+			at := r.renewAt
+			if at.IsZero() || at.After(leaf.NotAfter) {
+				at = RenewAt(leaf)
+			}
+			wait = at.Sub(r.now())
 		}
 		if wait > 0 {
 			t := time.NewTimer(wait)
@@ -160,6 +215,8 @@ func (r *Rotator) Run(ctx context.Context) error {
 				t.Stop()
 				return nil
 			case <-t.C:
+			case <-r.kicks():
+				t.Stop()
 			}
 		}
 		err := r.Rotate(ctx)

@@ -23,6 +23,9 @@ type credState struct {
 	leaf  *x509.Certificate
 	id    ID
 	roots *x509.CertPool
+	// bundle is the trust bundle's PEM, rootCerts its certificates.
+	bundle    []byte
+	rootCerts []*x509.Certificate
 }
 
 // Set installs a certificate chain (PEM, leaf first), its private key and
@@ -43,17 +46,100 @@ func (c *Credentials) Set(chainPEM, keyPEM, bundlePEM []byte, now time.Time) err
 	if err != nil {
 		return fmt.Errorf("identity: certificate: %w", err)
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(bundlePEM) {
-		return errors.New("identity: trust bundle holds no PEM certificate")
+	roots, rootCerts, err := parseBundle(bundlePEM)
+	if err != nil {
+		return err
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: intermediates(cert.Certificate[1:]), CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("identity: certificate for %s does not chain to the trust bundle: %w", id, err)
 	}
 	cert.Leaf = leaf
-	c.cur.Store(&credState{cert: cert, leaf: leaf, id: id, roots: roots})
+	c.cur.Store(&credState{cert: cert, leaf: leaf, id: id, roots: roots, bundle: bundlePEM, rootCerts: rootCerts})
 	return nil
+}
+
+// SetBundle installs a new trust bundle (PEM) beside the current
+// certificate: new handshakes verify peers against it (a root rotation
+// reaching a running agent). It reports whether the current certificate
+// still chains to it; when it does not, the holder must renew.
+func (c *Credentials) SetBundle(bundlePEM []byte, now time.Time) (chains bool, err error) {
+	s := c.cur.Load()
+	if s == nil {
+		return false, ErrNoIdentity
+	}
+	roots, rootCerts, err := parseBundle(bundlePEM)
+	if err != nil {
+		return false, err
+	}
+	_, verr := s.leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: intermediates(s.cert.Certificate[1:]), CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	next := *s
+	next.roots, next.bundle, next.rootCerts = roots, bundlePEM, rootCerts
+	c.cur.Store(&next)
+	return verr == nil, nil
+}
+
+// BundlePEM is the current trust bundle (nil before Set).
+func (c *Credentials) BundlePEM() []byte {
+	if s := c.cur.Load(); s != nil {
+		return s.bundle
+	}
+	return nil
+}
+
+// Roots returns the current trust bundle's certificates.
+func (c *Credentials) Roots() []*x509.Certificate {
+	if s := c.cur.Load(); s != nil {
+		return s.rootCerts
+	}
+	return nil
+}
+
+// RootPool is the current trust bundle as a pool (nil before Set).
+func (c *Credentials) RootPool() *x509.CertPool {
+	if s := c.cur.Load(); s != nil {
+		return s.roots
+	}
+	return nil
+}
+
+// TLSCertificate is the current certificate and key for a TLS
+// handshake, nil before Set.
+func (c *Credentials) TLSCertificate() *tls.Certificate {
+	if s := c.cur.Load(); s != nil {
+		return &s.cert
+	}
+	return nil
+}
+
+// parseBundle reads a trust bundle's PEM certificates.
+func parseBundle(bundlePEM []byte) (*x509.CertPool, []*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	rest := bundlePEM
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("identity: trust bundle: %w", err)
+		}
+		certs = append(certs, cert)
+	}
+	if len(certs) == 0 {
+		return nil, nil, errors.New("identity: trust bundle holds no PEM certificate")
+	}
+	pool := x509.NewCertPool()
+	for _, cert := range certs {
+		pool.AddCert(cert)
+	}
+	return pool, certs, nil
 }
 
 // ID is the current identity (zero before Set).

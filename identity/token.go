@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -44,6 +47,15 @@ type Claims struct {
 	// IssuedAt and Expires are Unix seconds.
 	IssuedAt int64 `json:"iat"`
 	Expires  int64 `json:"exp"`
+	// Namespace is the namespace of the identities it grants ("" means
+	// DefaultNamespace).
+	Namespace string `json:"ns,omitempty"`
+	// CAHashes pin the control plane for an agent that has no trust
+	// bundle yet: CAFingerprint of each root of the bundle when the token
+	// was minted (as kubeadm's discovery-token-ca-cert-hash). The agent
+	// dials mesh control over TLS and accepts a server chain ending in one
+	// of them, never trust on first use.
+	CAHashes []string `json:"ca,omitempty"`
 }
 
 // NewTokenID returns a random token ID.
@@ -71,42 +83,61 @@ func SignToken(key ed25519.PrivateKey, c Claims) (string, error) {
 // keys returns for its key ID (nil: unknown key). It does not check
 // expiry or revocation: see Claims.Check.
 func ParseToken(tok string, keys func(keyID string) ed25519.PublicKey) (Claims, error) {
-	tok = strings.TrimSpace(tok)
-	if len(tok) > MaxTokenBytes {
-		return Claims{}, fmt.Errorf("join token: %d bytes, at most %d", len(tok), MaxTokenBytes)
-	}
-	if !strings.HasPrefix(tok, tokenPrefix) {
-		return Claims{}, errors.New("join token: not a mesh join token (want mesh1.<claims>.<signature>)")
-	}
-	i := strings.LastIndexByte(tok, '.')
-	if i <= len(tokenPrefix) {
-		return Claims{}, errors.New("join token: missing signature")
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(tok[len(tokenPrefix):i])
+	c, signed, sig, err := decodeToken(tok)
 	if err != nil {
-		return Claims{}, fmt.Errorf("join token: claims are not base64url: %w", err)
-	}
-	sig, err := base64.RawURLEncoding.DecodeString(tok[i+1:])
-	if err != nil || len(sig) != ed25519.SignatureSize {
-		return Claims{}, errors.New("join token: malformed signature")
-	}
-	var c Claims
-	dec := json.NewDecoder(bytes.NewReader(payload))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return Claims{}, fmt.Errorf("join token: claims: %w", err)
-	}
-	if err := c.validate(); err != nil {
-		return Claims{}, fmt.Errorf("join token: %w", err)
+		return Claims{}, err
 	}
 	pub := keys(c.KeyID)
 	if pub == nil {
 		return Claims{}, fmt.Errorf("join token %s: signed by unknown key %q", c.ID, c.KeyID)
 	}
-	if !ed25519.Verify(pub, []byte(tok[:i]), sig) {
+	if !ed25519.Verify(pub, []byte(signed), sig) {
 		return Claims{}, fmt.Errorf("join token %s: bad signature", c.ID)
 	}
 	return c, nil
+}
+
+// ReadTokenClaims decodes a token's claims WITHOUT checking its signature:
+// what an agent, which cannot verify it, reads from its own token (its
+// trust domain, namespace and the CA hashes that pin the control plane).
+// Nothing read here grants anything; mesh control verifies the token.
+func ReadTokenClaims(tok string) (Claims, error) {
+	c, _, _, err := decodeToken(tok)
+	return c, err
+}
+
+// decodeToken splits and decodes a token: its valid claims, the signed
+// part and the signature (not checked).
+func decodeToken(tok string) (Claims, string, []byte, error) {
+	tok = strings.TrimSpace(tok)
+	if len(tok) > MaxTokenBytes {
+		return Claims{}, "", nil, fmt.Errorf("join token: %d bytes, at most %d", len(tok), MaxTokenBytes)
+	}
+	if !strings.HasPrefix(tok, tokenPrefix) {
+		return Claims{}, "", nil, errors.New("join token: not a mesh join token (want mesh1.<claims>.<signature>)")
+	}
+	i := strings.LastIndexByte(tok, '.')
+	if i <= len(tokenPrefix) {
+		return Claims{}, "", nil, errors.New("join token: missing signature")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(tok[len(tokenPrefix):i])
+	if err != nil {
+		return Claims{}, "", nil, fmt.Errorf("join token: claims are not base64url: %w", err)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(tok[i+1:])
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		return Claims{}, "", nil, errors.New("join token: malformed signature")
+	}
+	var c Claims
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Claims{}, "", nil, fmt.Errorf("join token: claims: %w", err)
+	}
+	if err := c.validate(); err != nil {
+		return Claims{}, "", nil, fmt.Errorf("join token: %w", err)
+	}
+	return c, tok[:i], sig, nil
 }
 
 func (c Claims) validate() error {
@@ -123,6 +154,15 @@ func (c Claims) validate() error {
 		return errors.New("claims: expires before it is issued")
 	case len(c.Node) > 253:
 		return errors.New("claims: node name too long")
+	case c.Namespace != "" && !segmentRE.MatchString(c.Namespace):
+		return fmt.Errorf("claims: namespace %q is not valid", c.Namespace)
+	case len(c.CAHashes) > 16:
+		return errors.New("claims: at most 16 CA hashes")
+	}
+	for _, h := range c.CAHashes {
+		if !caHashRE.MatchString(h) {
+			return fmt.Errorf("claims: CA hash %q: want sha256:<64 hex digits>", h)
+		}
 	}
 	for _, s := range c.Services {
 		if !segmentRE.MatchString(s) {
@@ -130,6 +170,15 @@ func (c Claims) validate() error {
 		}
 	}
 	return nil
+}
+
+var caHashRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// CAFingerprint is how a join token names a root certificate:
+// "sha256:" and the hex SHA-256 of its DER.
+func CAFingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // Check says whether the token's holder, on node, may be issued an

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,7 +185,8 @@ func (a *accessLog) write(rec *Record, r *http.Request, status int, reason strin
 		e.Int64("bytes_out", rec.w.written)
 	}
 	if f&fDuration != 0 {
-		e.Float64("duration_ms", float64(end.Sub(rec.start).Microseconds())/1000)
+		var b [24]byte
+		e.RawJSON("duration_ms", appendMillis(b[:0], end.Sub(rec.start).Microseconds()))
 	}
 	if f&fUpstream != 0 && rec.UpstreamService != "" {
 		e.Str("upstream_service", clip(rec.UpstreamService))
@@ -349,4 +351,26 @@ func (w *logWriter) Close() error {
 		}
 	}
 	return err
+}
+
+// appendMillis writes us microseconds as milliseconds, as strconv's
+// shortest form of us/1000 reads ("12.345", "0.5", "3"), without its float
+// formatting (a tenth of the access log's cost).
+func appendMillis(b []byte, us int64) []byte {
+	if us < 0 {
+		b = append(b, '-')
+		us = -us
+	}
+	b = strconv.AppendInt(b, us/1000, 10)
+	frac := us % 1000
+	if frac == 0 {
+		return b
+	}
+	d := [3]byte{byte('0' + frac/100), byte('0' + frac/10%10), byte('0' + frac%10)}
+	n := 3
+	for d[n-1] == '0' {
+		n--
+	}
+	b = append(b, '.')
+	return append(b, d[:n]...)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -445,4 +446,14 @@ func (c *countedConn) Close() error {
 		c.active.Dec()
 	}
 	return c.Conn.Close()
+}
+
+// SyscallConn exposes the descriptor of a plain TCP connection (the
+// HTTP/1.1 client waits for a response on it without holding a buffer);
+// a wrapped one (TLS) has none to expose.
+func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
 }

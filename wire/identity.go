@@ -47,6 +47,26 @@ const (
 	// AuthorizationMetadata carries "Bearer <join token>" before an agent
 	// holds a certificate.
 	AuthorizationMetadata = "authorization"
+	// NodeNameMetadata names the VM (agent.node) on the certificate RPC,
+	// checked against a join token bound to a node; NodeIDMetadata is the
+	// caller's xDS node id, under which mesh control then serves the
+	// issued chain as the SecretWorkloadCert secret.
+	NodeNameMetadata = "x-mesh-node"
+	NodeIDMetadata   = "x-mesh-node-id"
+)
+
+// ControlPlaneService is the service name in the SPIFFE ID of mesh
+// control's own xDS server certificate
+// (spiffe://<trust_domain>/ns/<namespace>/svc/mesh-control): agents check
+// it when they dial the control plane. The CA never signs a workload CSR
+// or mints a join token for it.
+const ControlPlaneService = "mesh-control"
+
+// Values of control.xds.auth.
+const (
+	XDSAuthOff      = "off"
+	XDSAuthOptional = "optional"
+	XDSAuthRequired = "required"
 )
 
 // The certificate-signing RPC served beside ADS on the xDS port.

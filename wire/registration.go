@@ -29,3 +29,10 @@ const (
 	HealthCheckHTTP = "http"
 	HealthCheckTCP  = "tcp"
 )
+
+// MetaMTLS, on a registration, says the agent takes mTLS on its inbound
+// port and in which mode (MTLSPermissive, MTLSStrict); absent means
+// plain text only. Callers' agents that hold an identity dial such an
+// endpoint over mTLS; the control plane gives a service whose endpoints
+// all carry it an UpstreamTlsContext.
+const MetaMTLS = "mesh_mtls"

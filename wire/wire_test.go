@@ -112,7 +112,8 @@ func TestGoldenProxylessResources(t *testing.T) {
 // TestGoldenRoundTrip: the golden format decodes to what it was encoded
 // from.
 func TestGoldenRoundTrip(t *testing.T) {
-	for _, name := range []string{wiretest.AgentPayments, wiretest.AgentClientOnly, wiretest.GRPCProxyless, wiretest.AgentTuned} {
+	for _, name := range []string{wiretest.AgentPayments, wiretest.AgentClientOnly, wiretest.GRPCProxyless, wiretest.AgentTuned,
+		wiretest.AgentMTLSStrict, wiretest.AgentMTLSPermissive} {
 		t.Run(name, func(t *testing.T) {
 			r := wiretest.Load(t, name)
 			b, err := wiretest.Encode(resources(r))
@@ -157,5 +158,25 @@ func TestParseAppProtocol(t *testing.T) {
 	}
 	if wire.ProtocolTCP.HTTP() || !wire.ProtocolGRPC.HTTP() {
 		t.Error("HTTP(): only tcp is not carried over HTTP")
+	}
+}
+
+// TestGoldenSecretsUseTheContract: the SDS secrets the control plane sends
+// are named as this package says, and the workload certificate carries
+// the chain but never a private key.
+func TestGoldenSecretsUseTheContract(t *testing.T) {
+	s := wiretest.LoadSecrets(t)
+	if got, want := names(s), []string{wire.SecretTrustBundle, wire.SecretWorkloadCert}; !slices.Equal(got, want) {
+		t.Fatalf("secrets %v, want %v", got, want)
+	}
+	if len(s[wire.SecretTrustBundle].GetValidationContext().GetTrustedCa().GetInlineBytes()) == 0 {
+		t.Error("the trust bundle secret carries no roots")
+	}
+	tc := s[wire.SecretWorkloadCert].GetTlsCertificate()
+	if len(tc.GetCertificateChain().GetInlineBytes()) == 0 {
+		t.Error("the workload secret carries no chain")
+	}
+	if tc.GetPrivateKey() != nil || tc.GetPrivateKeyProvider() != nil {
+		t.Error("the workload secret carries a private key: it must never leave the node")
 	}
 }

@@ -26,6 +26,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -94,6 +95,11 @@ type Options struct {
 	// OnResponse, if set, is called after each response, with its type
 	// URL and whether it was accepted (ACK) or rejected (NACK).
 	OnResponse func(typeURL string, accepted bool)
+	// Secrets, when not empty, are the SDS secrets (by name) to subscribe
+	// to on the same stream; each response's secrets go to OnSecrets (an
+	// error NACKs it), not to Apply nor the disk cache.
+	Secrets   []string
+	OnSecrets func(map[string]*tlsv3.Secret) error
 }
 
 // State is what the client reports about its connection.
@@ -235,6 +241,9 @@ func (c *Client) stream(ctx context.Context, server string, held *Resources) err
 		subs[t] = &subscription{}
 	}
 	subs[resource.ListenerType].names = c.opts.Listeners
+	if len(c.opts.Secrets) > 0 && c.opts.OnSecrets != nil {
+		subs[resource.SecretType] = &subscription{names: c.opts.Secrets}
+	}
 	subs[resource.EndpointType].names = sortedKeys(edsNames(held.Clusters))
 	subs[resource.RouteType].names = sortedKeys(rdsNames(held.Listeners))
 	send := func(typeURL string, nack error) error {
@@ -259,6 +268,11 @@ func (c *Client) stream(ctx context.Context, server string, held *Resources) err
 			return fmt.Errorf("subscribe %s: %w", t, err)
 		}
 	}
+	if subs[resource.SecretType] != nil {
+		if err := send(resource.SecretType, nil); err != nil {
+			return fmt.Errorf("subscribe %s: %w", resource.SecretType, err)
+		}
+	}
 	subscribed := map[string]bool{resource.ClusterType: true, resource.ListenerType: true,
 		resource.EndpointType: len(subs[resource.EndpointType].names) > 0, resource.RouteType: len(subs[resource.RouteType].names) > 0}
 
@@ -273,6 +287,24 @@ func (c *Client) stream(ctx context.Context, server string, held *Resources) err
 			continue // a type we did not ask for
 		}
 		s.nonce = resp.GetNonce()
+		if resp.GetTypeUrl() == resource.SecretType {
+			if err := c.secrets(resp); err != nil {
+				c.nacks.Add(1)
+				c.responded(resp.GetTypeUrl(), false)
+				c.opts.Log.Error().Err(err).Str("type", resp.GetTypeUrl()).Str("version", resp.GetVersionInfo()).Msg("rejected secrets (NACK); keeping the current ones")
+				if err := send(resp.GetTypeUrl(), err); err != nil {
+					return fmt.Errorf("nack: %w", err)
+				}
+				continue
+			}
+			s.version = resp.GetVersionInfo()
+			c.acks.Add(1)
+			c.responded(resp.GetTypeUrl(), true)
+			if err := send(resp.GetTypeUrl(), nil); err != nil {
+				return fmt.Errorf("ack: %w", err)
+			}
+			continue
+		}
 		next, err := merge(*held, resp)
 		if err == nil {
 			err = c.opts.Apply(next)
@@ -315,6 +347,23 @@ func (c *Client) stream(ctx context.Context, server string, held *Resources) err
 			}
 		}
 	}
+}
+
+// secrets decodes a secrets response and hands it to OnSecrets.
+func (c *Client) secrets(resp *discoveryv3.DiscoveryResponse) error {
+	out := map[string]*tlsv3.Secret{}
+	for _, a := range resp.GetResources() {
+		msg, name, err := Decode(a)
+		if err != nil {
+			return err
+		}
+		sec, ok := msg.(*tlsv3.Secret)
+		if !ok {
+			return fmt.Errorf("resource of type %s in a secrets response", a.GetTypeUrl())
+		}
+		out[name] = sec
+	}
+	return c.opts.OnSecrets(out)
 }
 
 // merge applies one response to a copy of held: listeners and clusters are
@@ -384,6 +433,8 @@ func Decode(a *anypb.Any) (proto.Message, string, error) {
 		msg = &routev3.RouteConfiguration{}
 	case resource.EndpointType:
 		msg = &endpointv3.ClusterLoadAssignment{}
+	case resource.SecretType:
+		msg = &tlsv3.Secret{}
 	default:
 		return nil, "", fmt.Errorf("unsupported resource type %s", a.GetTypeUrl())
 	}

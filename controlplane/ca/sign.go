@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshvm/mesh/identity"
+	"github.com/meshvm/mesh/wire"
 )
 
 // Credential is what a workload presents with its CSR: a join token, or
@@ -44,6 +45,9 @@ func (c *CA) Sign(csrDER []byte, cred Credential) (*Issued, error) {
 	}
 	if id.TrustDomain != c.cfg.TrustDomain || id.Namespace != c.cfg.Namespace {
 		return nil, fmt.Errorf("csr asks for %s: this CA issues spiffe://%s/ns/%s/... only", id, c.cfg.TrustDomain, c.cfg.Namespace)
+	}
+	if id.Service == wire.ControlPlaneService {
+		return nil, errReserved
 	}
 	now := c.now()
 	var tokenID string

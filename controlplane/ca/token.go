@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshvm/mesh/identity"
+	"github.com/meshvm/mesh/wire"
 )
 
 // MintToken signs a join token for services (bound to node when not
@@ -24,12 +25,16 @@ func (c *CA) MintToken(services []string, node string, ttl time.Duration) (strin
 		if _, err := c.ID(s); err != nil {
 			return "", identity.Claims{}, fmt.Errorf("token: %w", err)
 		}
+		if s == wire.ControlPlaneService {
+			return "", identity.Claims{}, fmt.Errorf("token: %w", errReserved)
+		}
 	}
 	now := c.now()
 	claims := identity.Claims{
 		ID: identity.NewTokenID(), KeyID: c.keyID, TrustDomain: c.cfg.TrustDomain,
 		Services: slices.Clone(services), Node: node,
 		IssuedAt: now.Unix(), Expires: now.Add(ttl).Unix(),
+		Namespace: c.cfg.Namespace, CAHashes: c.CAHashes(),
 	}
 	tok, err := identity.SignToken(c.tokenKey, claims)
 	if err != nil {

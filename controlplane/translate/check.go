@@ -73,6 +73,17 @@ func (m *Mesh) validate(done map[proto.Message]bool) (map[proto.Message]bool, er
 			return nil, err
 		}
 	}
+	// gRPC's forms of the mTLS clusters (the others are in Clusters).
+	fresh := Set{}
+	for k, v := range m.APIClusters {
+		now[v] = true
+		if !done[v] {
+			fresh[k] = v
+		}
+	}
+	if err := validateSet(fresh); err != nil {
+		return nil, err
+	}
 	// Listeners checked before still point at the same route names, which
 	// exist as long as their services do (checked via the clusters).
 	from := r

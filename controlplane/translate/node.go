@@ -27,6 +27,8 @@ const (
 	SharedAPIRoutes    SharedSet = "api_routes"
 	// SharedOutboundRoutes: the outbound route configuration (agents).
 	SharedOutboundRoutes SharedSet = "outbound_routes"
+	// SharedAPIClusters: the clusters of gRPC proxyless nodes (mtls.go).
+	SharedAPIClusters SharedSet = "api_clusters"
 )
 
 // SharedSets returns the Mesh's shared sets by name; do not modify them.
@@ -37,6 +39,7 @@ func (m *Mesh) SharedSets() map[SharedSet]Set {
 		SharedAPIListeners:   m.APIListeners,
 		SharedAPIRoutes:      m.APIRoutes,
 		SharedOutboundRoutes: {wire.OutboundRoute: m.Outbound},
+		SharedAPIClusters:    m.APIClusters,
 	}
 }
 
@@ -101,7 +104,7 @@ func (m *Mesh) Node(n model.Node) (*Node, error) {
 	}
 	out := &Node{mesh: m, own: e}
 	if n.Proxyless {
-		out.Clusters = Layer{Shared: SharedClusters}
+		out.Clusters = Layer{Shared: SharedAPIClusters}
 		out.Endpoints = Layer{Shared: SharedEndpoints}
 		out.Listeners = Layer{Shared: SharedAPIListeners}
 		out.Routes = Layer{Shared: SharedAPIRoutes}
@@ -128,12 +131,15 @@ type ownInputs struct {
 	appPort int
 	// policy is the policy of the node's service.
 	policy config.Policy
+	// mtlsMode is the inbound mTLS mode when the node's registration
+	// takes mTLS, else "" (mtls.go).
+	mtlsMode string
 	// gateway is a gateway node's shared build.
 	gateway *gatewayBuild
 }
 
 func (a ownInputs) equal(b ownInputs) bool {
-	return a.node == b.node && a.appPort == b.appPort && reflect.DeepEqual(a.policy, b.policy) && a.gateway == b.gateway
+	return a.node == b.node && a.appPort == b.appPort && a.mtlsMode == b.mtlsMode && reflect.DeepEqual(a.policy, b.policy) && a.gateway == b.gateway
 }
 
 func (m *Mesh) ownInputs(n model.Node) ownInputs {
@@ -156,6 +162,9 @@ func (m *Mesh) ownInputs(n model.Node) ownInputs {
 		p = m.configured.For(n.Service)
 	}
 	in.policy = p
+	if m.mtlsNodes[n.Service][n.ID] {
+		in.mtlsMode = m.mtls.Mode(n.Service)
+	}
 	return in
 }
 
@@ -233,6 +242,11 @@ func ownResources(in ownInputs) (Resources, error) {
 	inbound, err := inboundListener(cmpOr(n.InboundAddr, wire.DefaultInboundAddr), in.policy)
 	if err != nil {
 		return Resources{}, err
+	}
+	if in.mtlsMode != "" {
+		if err := secureInbound(inbound, in.mtlsMode); err != nil {
+			return Resources{}, err
+		}
 	}
 	r.Listeners[wire.InboundListener] = inbound
 	r.Clusters[wire.LocalAppCluster] = local

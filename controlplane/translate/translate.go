@@ -57,6 +57,10 @@ type Mesh struct {
 	// and a route configuration named after each service.
 	APIListeners Set
 	APIRoutes    Set
+	// APIClusters are the clusters gRPC proxyless clients get: Clusters,
+	// except that a service taking mTLS has its UpstreamTlsContext in
+	// gRPC's form (certificate provider instances, mtls.go).
+	APIClusters Set
 	// Policies of the model's services, for node-specific resources.
 	policies map[string]config.Policy
 	// configured are the configured policies, for a node whose service
@@ -69,6 +73,10 @@ type Mesh struct {
 	appPorts map[string]map[string]int
 	// gateway is what gateway nodes get (gateway.go).
 	gateway *gatewayBuild
+	// mtls is the mTLS policy; mtlsNodes the nodes, by service, whose
+	// registration says they take mTLS (mtls.go).
+	mtls      MTLS
+	mtlsNodes map[string]map[string]bool
 }
 
 // Resources are one node's resources by type.
@@ -96,11 +104,15 @@ type Translator struct {
 	// gatewayIn is the gateway input (SetGateway), gateway its last build.
 	gatewayIn *Gateway
 	gateway   *gatewayBuild
+	// MTLS is the mTLS policy the next Translate applies (mtls.go).
+	MTLS     MTLS
+	prevMTLS MTLS
 }
 
 type entry struct {
 	svc         model.Service
 	cluster     *clusterv3.Cluster
+	apiCluster  *clusterv3.Cluster
 	cla         *endpointv3.ClusterLoadAssignment
 	vhost       *routev3.VirtualHost
 	apiListener *listenerv3.Listener
@@ -123,10 +135,13 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		Endpoints:    make(Set, n),
 		APIListeners: make(Set, n),
 		APIRoutes:    make(Set, n),
+		APIClusters:  make(Set, n),
 		policies:     make(map[string]config.Policy, n),
 		configured:   p,
 		memo:         newMemo(t.memo),
 		appPorts:     make(map[string]map[string]int, n),
+		mtls:         t.MTLS,
+		mtlsNodes:    map[string]map[string]bool{},
 	}
 	next := make(map[string]*entry, n)
 	vhosts := make([]*routev3.VirtualHost, 0, n)
@@ -142,6 +157,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		out.Endpoints[s.Name] = e.cla
 		out.APIListeners[s.Name] = e.apiListener
 		out.APIRoutes[s.Name] = e.apiRoute
+		out.APIClusters[s.Name] = e.apiCluster
 		vhosts = append(vhosts, e.vhost)
 		if sameVhosts && (t.outbound == nil || i >= len(t.outbound.VirtualHosts) || t.outbound.VirtualHosts[i] != e.vhost) {
 			sameVhosts = false
@@ -153,6 +169,18 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 					out.appPorts[s.Name] = map[string]int{}
 				}
 				out.appPorts[s.Name][ep.Node] = ep.AppPort
+			}
+			if ep.Metadata.Meta[wire.MetaMTLS] != "" {
+				// A node is known by its registration's ID (an agent's
+				// node id) or its VM name.
+				if out.mtlsNodes[s.Name] == nil {
+					out.mtlsNodes[s.Name] = map[string]bool{}
+				}
+				for _, k := range []string{ep.ID, ep.Node} {
+					if k != "" {
+						out.mtlsNodes[s.Name][k] = true
+					}
+				}
 			}
 		}
 	}
@@ -172,7 +200,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 	if out.gateway, err = buildGateway(t.gatewayIn, out, t.gateway); err != nil {
 		return nil, err
 	}
-	t.prev, t.outbound, t.validated, t.memo, t.gateway = next, out.Outbound, validated, out.memo, out.gateway
+	t.prev, t.outbound, t.validated, t.memo, t.gateway, t.prevMTLS = next, out.Outbound, validated, out.memo, out.gateway, t.MTLS
 	return out, nil
 }
 
@@ -181,14 +209,23 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 func (t *Translator) entry(s *model.Service) (*entry, error) {
 	prev := t.prev[s.Name]
 	e := &entry{svc: *s}
-	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy) && serviceProtocol(&prev.svc) == serviceProtocol(s)
+	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy) && serviceProtocol(&prev.svc) == serviceProtocol(s) &&
+		sameMTLS(t.prevMTLS, t.MTLS, &prev.svc, s)
 	if samePolicy {
-		e.cluster, e.vhost, e.apiRoute, e.apiListener = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener
+		e.cluster, e.vhost, e.apiRoute, e.apiListener, e.apiCluster = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener, prev.apiCluster
 	} else {
 		c, err := Cluster(s)
 		if err != nil {
 			return nil, err
 		}
+		if err := setUpstreamTLS(c, s, t.MTLS); err != nil {
+			return nil, err
+		}
+		ac, err := grpcCluster(c, s, t.MTLS)
+		if err != nil {
+			return nil, err
+		}
+		e.apiCluster = ac
 		l, err := APIListener(s.Name)
 		if err != nil {
 			return nil, err

@@ -124,15 +124,22 @@ func TestGolden(t *testing.T) {
 		name  string
 		model func() model.Model
 		node  model.Node
+		mtls  bool
 	}{
 		{name: wiretest.AgentPayments, model: realistic, node: model.Node{ID: "vm-3", Service: "payments", AppPort: 9090}},
 		{name: wiretest.AgentClientOnly, model: realistic, node: model.Node{ID: "vm-9"}},
 		{name: wiretest.GRPCProxyless, model: realistic, node: model.Node{ID: "grpc-1", Proxyless: true}},
 		{name: wiretest.AgentTuned, model: tuned, node: model.Node{ID: "vm5", Service: "pay", AppPort: 8080}},
+		{name: wiretest.AgentMTLSStrict, model: withMTLS, node: model.Node{ID: "vm-1", Service: "orders", AppPort: 8080}, mtls: true},
+		{name: wiretest.AgentMTLSPermissive, model: withMTLS, node: model.Node{ID: "vm-3", Service: "payments", AppPort: 9090}, mtls: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := tc.model()
-			mesh, err := translate.Translate(&m, policies())
+			tr := translate.NewTranslator()
+			if tc.mtls {
+				tr.MTLS = goldenMTLS()
+			}
+			mesh, err := tr.Translate(&m, policies())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -51,8 +51,8 @@ func NodeFromProto(n *corev3.Node) model.Node {
 }
 
 // OnStreamOpen implements the server callbacks.
-func (s *Server) OnStreamOpen(_ context.Context, id int64, _ string) error {
-	s.openStream(streamKey{id: id})
+func (s *Server) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	s.openStream(ctx, streamKey{id: id})
 	return nil
 }
 
@@ -60,8 +60,8 @@ func (s *Server) OnStreamOpen(_ context.Context, id int64, _ string) error {
 func (s *Server) OnStreamClosed(id int64, _ *corev3.Node) { s.closeStream(streamKey{id: id}) }
 
 // OnDeltaStreamOpen implements the server callbacks.
-func (s *Server) OnDeltaStreamOpen(_ context.Context, id int64, _ string) error {
-	s.openStream(streamKey{delta: true, id: id})
+func (s *Server) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	s.openStream(ctx, streamKey{delta: true, id: id})
 	return nil
 }
 
@@ -70,9 +70,9 @@ func (s *Server) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 	s.closeStream(streamKey{delta: true, id: id})
 }
 
-func (s *Server) openStream(k streamKey) {
+func (s *Server) openStream(ctx context.Context, k streamKey) {
 	s.smu.Lock()
-	s.streams[k] = &streamState{sent: map[string]sent{}}
+	s.streams[k] = &streamState{ctx: ctx, sent: map[string]sent{}}
 	s.metrics.streams.Set(float64(len(s.streams)))
 	s.smu.Unlock()
 }
@@ -88,20 +88,44 @@ func (s *Server) closeStream(k streamKey) {
 	}
 }
 
-// firstNode records the stream's node on its first request carrying one
-// and reports whether the node must be registered.
-func (s *Server) firstNode(k streamKey, n *corev3.Node) bool {
+// firstNode admits and registers the stream's node on its first request
+// carrying one. An error (the node refused) ends the stream with it.
+func (s *Server) firstNode(k streamKey, n *corev3.Node) error {
 	if n == nil || n.GetId() == "" {
-		return false
+		return nil
 	}
 	s.smu.Lock()
-	defer s.smu.Unlock()
 	st := s.streams[k]
 	if st == nil || st.nodeID != "" {
-		return false
+		s.smu.Unlock()
+		return nil
 	}
-	st.nodeID = n.GetId()
-	return true
+	ctx := st.ctx
+	s.smu.Unlock()
+	node := NodeFromProto(n)
+	owner := ""
+	if s.admit != nil {
+		var err error
+		if owner, err = s.admit(ctx, node); err != nil {
+			s.metrics.refused.Inc()
+			s.log.Warn().Err(err).Str("node", node.ID).Str("service", node.Service).Msg("xds client refused")
+			return err
+		}
+	}
+	if err := s.register(node, owner); err != nil {
+		s.metrics.refused.Inc()
+		s.log.Warn().Err(err).Str("node", node.ID).Msg("xds client refused")
+		return err
+	}
+	s.smu.Lock()
+	if st := s.streams[k]; st != nil {
+		st.nodeID = node.ID
+		s.smu.Unlock()
+		return nil
+	}
+	s.smu.Unlock()
+	s.unregister(node.ID) // the stream closed meanwhile
+	return nil
 }
 
 // OnStreamRequest implements the server callbacks. A NACK is logged and
@@ -110,8 +134,8 @@ func (s *Server) firstNode(k streamKey, n *corev3.Node) bool {
 // resending the rejected version at once, in a loop.
 func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) error {
 	k := streamKey{id: id}
-	if s.firstNode(k, req.GetNode()) {
-		s.register(NodeFromProto(req.GetNode()))
+	if err := s.firstNode(k, req.GetNode()); err != nil {
+		return err
 	}
 	if req.GetErrorDetail() == nil {
 		return nil
@@ -146,8 +170,8 @@ func (s *Server) OnStreamResponse(_ context.Context, id int64, req *discovery.Di
 // answers only with changes, so a NACK needs no special handling beyond
 // being logged and counted.
 func (s *Server) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryRequest) error {
-	if s.firstNode(streamKey{delta: true, id: id}, req.GetNode()) {
-		s.register(NodeFromProto(req.GetNode()))
+	if err := s.firstNode(streamKey{delta: true, id: id}, req.GetNode()); err != nil {
+		return err
 	}
 	if req.GetErrorDetail() != nil {
 		s.metrics.nacks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()

@@ -9,6 +9,7 @@ type metrics struct {
 	pushes    *prometheus.CounterVec
 	nacks     *prometheus.CounterVec
 	setTime   prometheus.Histogram
+	refused   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,9 +35,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to build and set the snapshots of every connected node after a model change.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mesh", Subsystem: "xds", Name: "refused_nodes_total",
+			Help: "xDS streams ended because their node was not allowed for the identity that presented it.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.streams, m.pushes, m.nacks, m.setTime)
+		reg.MustRegister(m.connected, m.streams, m.pushes, m.nacks, m.setTime, m.refused)
 	}
 	return m
 }

@@ -62,10 +62,17 @@ type Server struct {
 
 	smu     sync.Mutex
 	streams map[streamKey]*streamState
+
+	// admit, if set, checks each stream's node against who authenticated;
+	// secrets serves SDS.
+	admit   Admission
+	secrets *secrets
 }
 
 type nodeState struct {
-	node    model.Node
+	node model.Node
+	// owner is who the node id is bound to (Admission) while connected.
+	owner   string
 	streams int
 	snap    *Snapshot
 	// out is the node's last translation and own its own resources per
@@ -81,6 +88,8 @@ type streamKey struct {
 }
 
 type streamState struct {
+	// ctx is the stream's context (who authenticated, for Admission).
+	ctx    context.Context
 	nodeID string
 	// sent is the last response per type URL on a SotW stream.
 	sent map[string]sent
@@ -96,6 +105,7 @@ func New(log zerolog.Logger, reg prometheus.Registerer) *Server {
 		hasher:  NewHasher(),
 		nodes:   map[string]*nodeState{},
 		streams: map[streamKey]*streamState{},
+		secrets: newSecrets(log),
 	}
 	// ads=false: the ADS flag's only other effect is to hold any named
 	// request that does not name every resource of its type, which a gRPC
@@ -106,18 +116,24 @@ func New(log zerolog.Logger, reg prometheus.Registerer) *Server {
 	s.deltaEDS = cache.NewLinearCache(resourcev3.EndpointType, cache.WithLogger(cacheLogger{log}))
 	s.mux = &cache.MuxCache{
 		Classify: func(r *cache.Request) string {
-			if r.GetTypeUrl() == resourcev3.EndpointType {
+			switch r.GetTypeUrl() {
+			case resourcev3.EndpointType:
 				return "eds"
+			case resourcev3.SecretType:
+				return "secrets"
 			}
 			return "snapshots"
 		},
 		ClassifyDelta: func(r *cache.DeltaRequest) string {
-			if r.GetTypeUrl() == resourcev3.EndpointType {
+			switch r.GetTypeUrl() {
+			case resourcev3.EndpointType:
 				return "delta-eds"
+			case resourcev3.SecretType:
+				return "secrets"
 			}
 			return "snapshots"
 		},
-		Caches: map[string]cache.Cache{"eds": s.eds, "delta-eds": s.deltaEDS, "snapshots": s.cache},
+		Caches: map[string]cache.Cache{"eds": s.eds, "delta-eds": s.deltaEDS, "snapshots": s.cache, "secrets": s.secrets.cache},
 	}
 	return s
 }
@@ -349,13 +365,17 @@ func (s *Server) NodeResources(id string) (NodeInfo, map[string]map[string]types
 }
 
 // register counts a stream of a node and, for a new node, sets its
-// snapshot from the current mesh.
-func (s *Server) register(n model.Node) {
+// snapshot from the current mesh. A node id connected under another
+// owner is refused (errNodeTaken).
+func (s *Server) register(n model.Node, owner string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st, ok := s.nodes[n.ID]
+	if ok && st.owner != owner {
+		return errNodeTaken(n.ID, st.owner, owner)
+	}
 	if !ok {
-		st = &nodeState{node: n}
+		st = &nodeState{node: n, owner: owner}
 		s.nodes[n.ID] = st
 		s.metrics.connected.Set(float64(len(s.nodes)))
 		s.log.Info().Str("node", n.ID).Str("service", n.Service).Bool("proxyless", n.Proxyless).Msg("node connected")
@@ -367,6 +387,10 @@ func (s *Server) register(n model.Node) {
 			s.log.Error().Err(err).Str("node", n.ID).Msg("node snapshot refused")
 		}
 	}
+	if !ok {
+		s.secrets.connect(n.ID)
+	}
+	return nil
 }
 
 // unregister drops a stream; a node without streams is forgotten.
@@ -382,6 +406,7 @@ func (s *Server) unregister(id string) {
 	}
 	delete(s.nodes, id)
 	s.cache.ClearSnapshot(id)
+	s.secrets.disconnect(id)
 	s.metrics.connected.Set(float64(len(s.nodes)))
 	s.log.Info().Str("node", id).Msg("node disconnected")
 }
@@ -396,6 +421,8 @@ func typeName(typeURL string) string {
 		return "listener"
 	case resourcev3.RouteType:
 		return "route"
+	case resourcev3.SecretType:
+		return "secret"
 	}
 	return strings.TrimPrefix(typeURL, resourcev3.APITypePrefix)
 }

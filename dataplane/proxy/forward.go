@@ -88,8 +88,10 @@ func NewForwarder(o Options) *Forwarder {
 	}
 	newTransport := func(p *http.Protocols) *http.Transport {
 		return &http.Transport{
-			Proxy:               nil, // never HTTP_PROXY: we are the proxy
-			DialContext:         dial,
+			Proxy: nil, // never HTTP_PROXY: we are the proxy
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return dial(context.WithValue(ctx, dialProtoKey{}, "h2"), network, addr)
+			},
 			MaxIdleConns:        0, // no global limit
 			MaxIdleConnsPerHost: o.MaxIdlePerHost,
 			IdleConnTimeout:     o.IdleConnTimeout,
@@ -104,12 +106,26 @@ func NewForwarder(o Options) *Forwarder {
 	var p2 http.Protocols
 	p2.SetUnencryptedHTTP2(true)
 	return &Forwarder{
-		log:       o.Log.With().Str("component", "proxy").Logger(),
-		h1:        newH1Client(dial, o.MaxIdlePerHost, o.IdleConnTimeout),
+		log: o.Log.With().Str("component", "proxy").Logger(),
+		h1: newH1Client(func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dial(context.WithValue(ctx, dialProtoKey{}, "http/1.1"), network, addr)
+		}, o.MaxIdlePerHost, o.IdleConnTimeout),
 		h2c:       newTransport(&p2),
 		smallBufs: sync.Pool{New: func() any { b := make([]byte, smallBody); return &b }},
 		largeBufs: sync.Pool{New: func() any { b := make([]byte, largeBody); return &b }},
 	}
+}
+
+type dialProtoKey struct{}
+
+// DialProtocol is, in the context of a dial the Forwarder makes (see
+// Options.WrapDial), the application protocol of the pool dialing, as an
+// ALPN name: "h2" for the h2c pool, "http/1.1" for the HTTP/1.1 one. An
+// mTLS dialer offers it so that the hop's protocol is negotiated as the
+// plaintext hop chooses it.
+func DialProtocol(ctx context.Context) string {
+	p, _ := ctx.Value(dialProtoKey{}).(string)
+	return p
 }
 
 // CloseIdleConnections closes pooled connections that carry no request.

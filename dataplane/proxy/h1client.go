@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/meshvm/mesh/httpwire/h1"
@@ -47,6 +48,7 @@ type clientConn struct {
 	addr   string
 	c      net.Conn
 	rd     h1.Reader
+	raw    syscall.RawConn // the descriptor, for waiting without a buffer; nil if none
 	idleAt time.Time
 	reused bool
 }
@@ -77,6 +79,11 @@ func (cl *h1Client) get(ctx context.Context, addr string) (*clientConn, error) {
 	}
 	cc := &clientConn{cl: cl, addr: addr, c: c}
 	cc.rd.Reset(c)
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			cc.raw = rc
+		}
+	}
 	return cc, nil
 }
 
@@ -134,7 +141,11 @@ func (e *bodyError) Unwrap() error { return e.err }
 // response with its body unread.
 func (cl *h1Client) roundTrip(ctx context.Context, out *http.Request, body io.Reader) (*http.Response, error) {
 	head := h1.GetBuffer()
-	defer h1.PutBuffer(head)
+	defer func() {
+		if head != nil {
+			h1.PutBuffer(head)
+		}
+	}()
 	b := appendRequestHead((*head)[:0], out, body)
 	var inline []byte // the whole body, sent with the head
 	streamed := false
@@ -157,11 +168,22 @@ func (cl *h1Client) roundTrip(ctx context.Context, out *http.Request, body io.Re
 		}
 	}
 	for attempt := 0; ; attempt++ {
+		if head == nil { // given back by the attempt before
+			head = h1.GetBuffer()
+			b = appendRequestHead((*head)[:0], out, body)
+		}
 		cc, err := cl.get(ctx, out.URL.Host)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := cc.exchange(ctx, out, b, inline, body, streamed)
+		// Without a body the head can be rebuilt for a second attempt:
+		// its buffer goes back once written, not held while the
+		// upstream works.
+		var giveBack *[]byte
+		if body == nil {
+			giveBack, head = head, nil
+		}
+		resp, err := cc.exchange(ctx, out, b, inline, body, streamed, giveBack)
 		if err == nil {
 			return resp, nil
 		}
@@ -183,7 +205,9 @@ type staleError struct{ err error }
 func (e *staleError) Error() string { return e.err.Error() }
 
 // exchange writes the request on cc and reads the response head.
-func (cc *clientConn) exchange(ctx context.Context, out *http.Request, head, inline []byte, body io.Reader, streamed bool) (*http.Response, error) {
+// giveBack, if not nil, is head's buffer, returned to the pool once head
+// is written.
+func (cc *clientConn) exchange(ctx context.Context, out *http.Request, head, inline []byte, body io.Reader, streamed bool, giveBack *[]byte) (*http.Response, error) {
 	var stop func() bool
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() { cc.c.Close() })
@@ -205,6 +229,9 @@ func (cc *clientConn) exchange(ctx context.Context, out *http.Request, head, inl
 	} else {
 		_, err = cc.c.Write(head)
 	}
+	if giveBack != nil {
+		h1.PutBuffer(giveBack)
+	}
 	if err != nil {
 		return fail(err, !streamed)
 	}
@@ -215,7 +242,15 @@ func (cc *clientConn) exchange(ctx context.Context, out *http.Request, head, inl
 	}
 	var resp h1.Response
 	for interim := 0; ; interim++ {
-		h, err := cc.rd.ReadHead(maxResponseHead)
+		var err error
+		if cc.raw != nil && cc.rd.Buffered() == 0 {
+			// No buffer is held while the upstream works on the request.
+			err = cc.rd.FillRaw(cc.raw)
+		}
+		var h []byte
+		if err == nil {
+			h, err = cc.rd.ReadHead(maxResponseHead)
+		}
 		if err != nil {
 			if wr != nil {
 				stopWriter(wr, cc)

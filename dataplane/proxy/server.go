@@ -29,6 +29,12 @@ type Server struct {
 	idleTimeout   time.Duration
 	maxHeader     int
 
+	// ConnContext, if set (before Serve), returns the context of a new
+	// connection's requests from the connection Accept returned, as
+	// net/http's Server.ConnContext does: the mTLS listener's verified
+	// caller reaches the handlers this way (mtls.ConnContext).
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
+
 	h2     *http.Server
 	h2ln   *connListener
 	h2once sync.Once
@@ -69,7 +75,7 @@ func NewServer(h http.Handler, logger zerolog.Logger) *Server {
 		connDone:      make(chan struct{}, 1),
 	}
 	s.h2 = &http.Server{
-		Handler:           h,
+		Handler:           h2Drain{h},
 		Protocols:         &p,
 		ReadHeaderTimeout: serverHeaderTimeout,
 		IdleTimeout:       serverIdleTimeout,
@@ -80,6 +86,15 @@ func NewServer(h http.Handler, logger zerolog.Logger) *Server {
 			PingTimeout:          15 * time.Second,
 		},
 		ErrorLog: log.New(serverLogWriter{lg}, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pc, ok := c.(*prefixConn); ok {
+				c = pc.Conn // the accepted connection, as HTTP/1.1 sees it
+			}
+			if s.ConnContext != nil {
+				return s.ConnContext(ctx, c)
+			}
+			return ctx
+		},
 	}
 	return s
 }
@@ -135,7 +150,16 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) newConn(nc net.Conn) *serverConn {
 	c := &serverConn{s: s, c: nc}
 	c.rd.Reset(nc)
-	c.ctx, c.cancel = context.WithCancel(context.Background())
+	if sc, ok := nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.raw = rc
+		}
+	}
+	ctx := context.Background()
+	if s.ConnContext != nil {
+		ctx = s.ConnContext(ctx, nc)
+	}
+	c.ctx, c.cancel = context.WithCancel(ctx)
 	c.state.Store(stateIdle)
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/meshvm/mesh/httpwire/h1"
@@ -33,6 +34,7 @@ type serverConn struct {
 	cancel context.CancelFunc
 	state  atomic.Int32
 	remote string
+	raw    syscall.RawConn // the descriptor, for waiting without a buffer; nil if none
 
 	hreq h1.Request
 	tmpl http.Request // zero: the template of each request
@@ -55,7 +57,8 @@ type serverConn struct {
 	hijacked     bool
 }
 
-// idleHold is how long an idle connection keeps its read buffer.
+// idleHold is how long an idle connection keeps its read buffer when it
+// cannot wait for bytes without one (no descriptor: TLS, a wrapped conn).
 const idleHold = time.Second
 
 var crlfcrlf = []byte("\r\n\r\n")
@@ -102,7 +105,14 @@ func (c *serverConn) serve() {
 // awaitRequest waits for the first bytes of the next request, holding no
 // read buffer while the connection is idle. false: the connection ends.
 func (c *serverConn) awaitRequest() bool {
-	if c.rd.Buffered() == 0 {
+	if c.rd.Buffered() == 0 && c.raw != nil {
+		// Wait for readable with no buffer (as nginx does): one is taken
+		// from the pool when bytes are there.
+		_ = c.c.SetReadDeadline(time.Now().Add(c.s.idleTimeout))
+		if err := c.rd.FillRaw(c.raw); err != nil {
+			return false
+		}
+	} else if c.rd.Buffered() == 0 {
 		// A busy connection's next request comes soon: wait with the
 		// buffer a moment, then without it.
 		idle := c.s.idleTimeout
@@ -171,6 +181,11 @@ func (c *serverConn) serveRequest(n uint64) bool {
 		return false
 	}
 	c.rd.Done()
+	if c.rd.Buffered() == 0 && !c.hreq.Chunked && c.hreq.ContentLength <= 0 {
+		// The head is parsed (its strings are copies): no buffer is held
+		// while the handler waits for the upstream.
+		c.rd.Release()
+	}
 	hr := &c.hreq
 	kind := h1.Length
 	if hr.Chunked {

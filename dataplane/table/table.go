@@ -37,6 +37,11 @@ type Service struct {
 	// Endpoints are the routable (healthy or degraded, not draining)
 	// endpoints when Table.Static is true.
 	Endpoints []endpoint.Endpoint
+	// MTLSIdentity, with a control plane, is the SPIFFE ID its Cluster's
+	// UpstreamTlsContext requires of the service's agents: set, the hop
+	// to them is mTLS. MTLSMode is the service's inbound mode as the
+	// Cluster's metadata repeats it (for /config_dump).
+	MTLSIdentity, MTLSMode string
 }
 
 // Inbound is the policy of the agent's own inbound listener.
@@ -45,6 +50,10 @@ type Inbound struct {
 	RateLimit config.RateLimit
 	// MaxRequests bounds concurrent requests to the app; 0 means none.
 	MaxRequests int
+	// MTLSMode is the inbound listener's mTLS mode from the control
+	// plane's Listener (wire.MTLSStrict, wire.MTLSPermissive); empty means
+	// the local config's.
+	MTLSMode string
 }
 
 // Policy returns the policy of service.

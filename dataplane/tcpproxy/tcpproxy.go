@@ -73,6 +73,14 @@ type Options struct {
 	Observe func(observability.TCPConn)
 	// Metrics, if set, counts connections and bytes.
 	Metrics *Metrics
+	// Limits, if set, returns the limits in force now (an inbound relay:
+	// the service's rate limit and max_requests, per connection); it is
+	// called once per connection.
+	Limits func() Limits
+	// WrapDial, if set, wraps the dialer of upstream connections (mTLS to
+	// the peer agent: mtls.Dialer.Wrap). Without it, both sides of a
+	// relay are TCP connections and bytes move by splice(2).
+	WrapDial func(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Relay serves one TCP listener. Serve runs it; Shutdown stops it.
@@ -85,6 +93,7 @@ type Relay struct {
 	set      *endpointSet
 	hosts    map[string]*outlier.Host // outlier state by address, across sets
 	detector *outlier.Detector
+	lim      *limiter
 
 	connsMu sync.Mutex
 	conns   map[*conn]struct{}
@@ -113,6 +122,7 @@ func New(o Options) (*Relay, error) {
 		log:      o.Log.With().Str("component", "tcpproxy").Str("direction", o.Direction).Str("service", o.Service).Logger(),
 		hosts:    map[string]*outlier.Host{},
 		detector: d,
+		lim:      newLimiter(),
 		conns:    map[*conn]struct{}{},
 		ctx:      ctx,
 		stop:     cancel,
@@ -324,7 +334,15 @@ func (r *Relay) handle(c *conn) {
 	}()
 	defer c.client.Close()
 	r.m.opened()
-	endpointAddr := r.connect(c)
+	endpointAddr := ""
+	if why := r.admit(); why != "" {
+		c.setReason(why) // closed at once: nothing reaches the app
+	} else {
+		if r.o.Limits != nil {
+			defer r.lim.release()
+		}
+		endpointAddr = r.connect(c)
+	}
 	if c.up != nil {
 		r.relay(c)
 		c.up.Close()
@@ -342,6 +360,20 @@ func (r *Relay) handle(c *conn) {
 			BytesIn: c.in.Load(), BytesOut: c.out.Load(), Reason: reason,
 		})
 	}
+}
+
+// admit applies the limits in force to a new connection: "" admits it,
+// else the reason it is refused.
+func (r *Relay) admit() string {
+	if r.o.Limits == nil {
+		return ""
+	}
+	r.lim.apply(r.o.Limits())
+	why := r.lim.admit()
+	if why != "" {
+		r.log.Debug().Str("reason", why).Msg("connection refused")
+	}
+	return why
 }
 
 // connect dials an endpoint for c, trying others after a connect failure;
@@ -379,7 +411,11 @@ func (r *Relay) connect(c *conn) string {
 		tried[i] = true
 		addr = set.eps[i].Addr
 		d := net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-		up, err := d.DialContext(ctx, "tcp", addr)
+		dial := d.DialContext
+		if r.o.WrapDial != nil {
+			dial = r.o.WrapDial(dial)
+		}
+		up, err := dial(ctx, "tcp", addr)
 		if err == nil {
 			r.detector.Report(set.hosts[i], outlier.Success)
 			c.up = up

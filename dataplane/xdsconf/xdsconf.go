@@ -19,7 +19,10 @@
 //   - the ClusterLoadAssignment of each: endpoints with HEALTHY, DEGRADED or
 //     UNKNOWN health are routable, others are not; locality gives the zone;
 //   - the inbound Listener (wire.InboundListener): its
-//     wire.LocalRateLimitFilter token bucket.
+//     wire.LocalRateLimitFilter token bucket, and its mTLS mode from the
+//     filter chains (mtls.go);
+//   - a Cluster's transport_socket: an UpstreamTlsContext's URI SAN is
+//     the SPIFFE ID the service's agents must prove over mTLS.
 package xdsconf
 
 import (
@@ -73,7 +76,11 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		for i := range eps {
 			eps[i].Protocol = proto
 		}
-		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps}
+		id, mode, err := clusterMTLS(c)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", name, err)
+		}
+		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps, MTLSIdentity: id, MTLSMode: mode}
 	}
 	if rc := r.Routes[wire.OutboundRoute]; rc != nil {
 		for _, vh := range rc.GetVirtualHosts() {
@@ -83,6 +90,11 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		}
 	}
 	if l := r.Listeners[wire.InboundListener]; l != nil {
+		mode, err := inboundMTLS(l)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", wire.InboundListener, err)
+		}
+		t.Inbound.MTLSMode = mode
 		for _, hcm := range xdsclient.HTTPConnectionManagers(l) {
 			for _, f := range hcm.GetHttpFilters() {
 				if f.GetName() != wire.LocalRateLimitFilter && !f.GetTypedConfig().MessageIs(&localratelimitv3.LocalRateLimit{}) {

@@ -78,6 +78,10 @@ type Reader struct {
 	buf  []byte  // the buffer in use (pooled or grown for a large head)
 	r, w int     // unread bytes are buf[r:w]
 	err  error   // sticky read error of src
+
+	rawRead func(fd uintptr) bool // FillRaw's read, made once
+	rawN    int
+	rawErr  error
 }
 
 // NewReader returns a Reader over src; it allocates no buffer yet.

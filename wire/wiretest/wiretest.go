@@ -19,13 +19,17 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	// Typed configs the golden resources carry, so their Any values resolve.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -48,6 +52,15 @@ const (
 	// orders (least_request, locality aware, every breaker, retry and
 	// outlier knob) and pay (random, no error breaker, a rate limit).
 	AgentTuned = "agent-tuned"
+	// AgentMTLSStrict is an agent fronting orders, strict mTLS
+	// (control.services.orders.mtls_mode), in a model where orders and
+	// payments agents register mesh_mtls and one of search's does not:
+	// its inbound Listener has one TLS filter chain; orders' and
+	// payments' Clusters carry an UpstreamTlsContext, search's none.
+	AgentMTLSStrict = "agent-mtls-strict"
+	// AgentMTLSPermissive is an agent fronting payments in the same
+	// model, permissive (the default mode): TLS and raw_buffer chains.
+	AgentMTLSPermissive = "agent-mtls-permissive"
 )
 
 // Resources are a node's resources by type and name.
@@ -142,4 +155,52 @@ func Load(t testing.TB, name string) xdsclient.Resources {
 		t.Fatalf("%s: %v", Path(name), err)
 	}
 	return r
+}
+
+// Secrets is the golden file of a node's SDS secrets (EncodeSecrets).
+const Secrets = "secrets"
+
+// EncodeSecrets writes SDS secrets in the golden format ({"secrets":
+// {name: Secret}}).
+func EncodeSecrets(set map[string]proto.Message) ([]byte, error) {
+	out := map[string]map[string]json.RawMessage{"secrets": {}}
+	for name, m := range set {
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+		if err != nil {
+			return nil, fmt.Errorf("encode secret %q: %w", name, err)
+		}
+		var v any
+		if err := json.Unmarshal(b, &v); err != nil {
+			return nil, fmt.Errorf("encode secret %q: %w", name, err)
+		}
+		b, _ = json.Marshal(v)
+		out["secrets"][name] = b
+	}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// LoadSecrets reads the golden SDS secrets.
+func LoadSecrets(t testing.TB) map[string]*tlsv3.Secret {
+	t.Helper()
+	data, err := os.ReadFile(Path(Secrets))
+	if err != nil {
+		t.Fatalf("%v (written by go test ./controlplane/translate -update)", err)
+	}
+	var in map[string]map[string]json.RawMessage
+	if err := json.Unmarshal(data, &in); err != nil {
+		t.Fatalf("decode golden secrets: %v", err)
+	}
+	out := map[string]*tlsv3.Secret{}
+	for name, raw := range in["secrets"] {
+		s := &tlsv3.Secret{}
+		if err := protojson.Unmarshal(raw, s); err != nil {
+			t.Fatalf("decode golden secret %q: %v", name, err)
+		}
+		out[name] = s
+	}
+	return out
 }
