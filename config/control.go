@@ -31,6 +31,8 @@ type Control struct {
 	// settings (their mtls_mode).
 	MTLS     MTLS                       `mapstructure:"mtls" yaml:"mtls"`
 	Services map[string]ServiceSettings `mapstructure:"services" yaml:"services"`
+	// Gateway holds the routes and authentication pushed to mesh gateways.
+	Gateway ControlGateway `mapstructure:"gateway" yaml:"gateway"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -152,6 +154,7 @@ func (c *Control) validate(v *validator) {
 	c.CA.validate(v)
 	c.validateMTLS(v)
 	c.XDS.validate(v)
+	c.Gateway.validate(v)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)
