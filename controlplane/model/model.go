@@ -211,6 +211,11 @@ type Node struct {
 	// unknown, and the node gets no inbound listener.
 	AppAddress string `json:"app_address,omitempty"`
 	AppPort    int    `json:"app_port,omitempty"`
+	// Gateway nodes (mesh gateway) get the gateway listeners and routes
+	// instead of an agent's; HTTPSAddr and HTTPAddr are their addresses.
+	Gateway   bool   `json:"gateway,omitempty"`
+	HTTPSAddr string `json:"https_addr,omitempty"`
+	HTTPAddr  string `json:"http_addr,omitempty"`
 	// InboundAddr and OutboundAddr are the agent's listeners (host:port).
 	InboundAddr  string `json:"inbound_addr,omitempty"`
 	OutboundAddr string `json:"outbound_addr,omitempty"`

@@ -114,6 +114,11 @@ func (m *Mesh) Node(n model.Node) (*Node, error) {
 	out.Endpoints = Layer{Shared: SharedEndpoints}
 	out.Listeners = Layer{Own: e.res.Listeners}
 	out.Routes = Layer{Shared: SharedOutboundRoutes}
+	if n.Gateway {
+		// A gateway: every service's cluster, plus its own (gateway.go).
+		out.Endpoints.Own = e.res.Endpoints
+		out.Routes = Layer{Own: e.res.Routes}
+	}
 	return out, nil
 }
 
@@ -129,14 +134,20 @@ type ownInputs struct {
 	// mtlsMode is the inbound mTLS mode when the node's registration
 	// takes mTLS, else "" (mtls.go).
 	mtlsMode string
+	// gateway is a gateway node's shared build.
+	gateway *gatewayBuild
 }
 
 func (a ownInputs) equal(b ownInputs) bool {
-	return a.node == b.node && a.appPort == b.appPort && a.mtlsMode == b.mtlsMode && reflect.DeepEqual(a.policy, b.policy)
+	return a.node == b.node && a.appPort == b.appPort && a.mtlsMode == b.mtlsMode && reflect.DeepEqual(a.policy, b.policy) && a.gateway == b.gateway
 }
 
 func (m *Mesh) ownInputs(n model.Node) ownInputs {
 	in := ownInputs{node: n, appPort: n.AppPort}
+	if n.Gateway {
+		in.gateway = m.gateway
+		return in
+	}
 	if n.Proxyless || n.Service == "" {
 		return in
 	}
@@ -212,6 +223,9 @@ func ownResources(in ownInputs) (Resources, error) {
 	r := Resources{Clusters: Set{}, Endpoints: Set{}, Listeners: Set{}, Routes: Set{}}
 	if n.Proxyless {
 		return r, nil
+	}
+	if n.Gateway {
+		return gatewayResources(n, in.gateway)
 	}
 	out, err := outboundListener(cmpOr(n.OutboundAddr, wire.DefaultOutboundAddr))
 	if err != nil {

@@ -75,6 +75,8 @@ type Mesh struct {
 	// registration says they take mTLS (mtls.go).
 	mtls      MTLS
 	mtlsNodes map[string]map[string]bool
+	// gateway is what gateway nodes get (gateway.go).
+	gateway *gatewayBuild
 }
 
 // Resources are one node's resources by type.
@@ -102,6 +104,9 @@ type Translator struct {
 	// MTLS is the mTLS policy the next Translate applies (mtls.go).
 	MTLS     MTLS
 	prevMTLS MTLS
+	// gatewayIn is the gateway input (SetGateway), gateway its last build.
+	gatewayIn *Gateway
+	gateway   *gatewayBuild
 }
 
 type entry struct {
@@ -192,7 +197,10 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 	if err != nil {
 		return nil, err
 	}
-	t.prev, t.outbound, t.validated, t.memo, t.prevMTLS = next, out.Outbound, validated, out.memo, t.MTLS
+	if out.gateway, err = buildGateway(t.gatewayIn, out, t.gateway); err != nil {
+		return nil, err
+	}
+	t.prev, t.outbound, t.validated, t.memo, t.prevMTLS, t.gateway = next, out.Outbound, validated, out.memo, t.MTLS, out.gateway
 	return out, nil
 }
 

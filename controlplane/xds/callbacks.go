@@ -46,6 +46,7 @@ func NodeFromProto(n *corev3.Node) model.Node {
 			out.Proxyless = b
 		}
 	}
+	gatewayFromProto(n, &out)
 	return out
 }
 
