@@ -135,7 +135,13 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 	if err := c.openProtection(cfg); err != nil {
 		return nil, err
 	}
-	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, settingsOf(cfg),
+	s := settingsOf(cfg)
+	gw, err := gatewaySettings(cfg.Control.Gateway)
+	if err != nil {
+		return nil, err
+	}
+	s.gateway = gw
+	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, s,
 		opts.FirstWait, c.xds, newMetrics(c.reg, c.sources))
 	if c.export != nil {
 		c.rec.served = c.export.Update

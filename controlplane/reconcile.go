@@ -33,8 +33,10 @@ type reconciler struct {
 	opts      model.MergeOptions
 	xds       *xds.Server
 	metrics   *metrics
-	// translator is used by the Run goroutine only.
+	// translator is used by the Run goroutine only; gateway is what it
+	// was given last (SetGateway).
 	translator *translate.Translator
+	gateway    *translate.Gateway
 	// reconf carries reloads to the Run goroutine; done is closed when
 	// Run returns.
 	reconf chan reconfig
@@ -54,6 +56,8 @@ type settings struct {
 	debounce time.Duration
 	mtls     translate.MTLS
 	merge    model.MergeOptions
+	// gateway is what gateway nodes get (gatewaySettings).
+	gateway *translate.Gateway
 }
 
 // reconfig asks the Run goroutine to apply settings; it answers on result.
@@ -71,7 +75,8 @@ func newReconciler(log zerolog.Logger, inputs []input, s settings, firstWait tim
 		opts:       s.merge,
 		xds:        xs,
 		metrics:    m,
-		translator: newTranslator(s.mtls),
+		translator: newTranslator(s.mtls, s.gateway),
+		gateway:    s.gateway,
 		reconf:     make(chan reconfig),
 		done:       make(chan struct{}),
 	}
@@ -100,13 +105,15 @@ func (r *reconciler) reconfigure(ctx context.Context, s settings) error {
 // whose service the model does not know may have changed. On failure the
 // previous settings are put back and nothing was pushed.
 func (r *reconciler) apply(ctx context.Context, s settings, views []*model.View, canBuild bool) error {
-	prev := settings{debounce: r.debounce, merge: r.opts, mtls: r.translator.MTLS}
+	prev := settings{debounce: r.debounce, merge: r.opts, mtls: r.translator.MTLS, gateway: r.gateway}
 	r.debounce, r.opts, r.translator.MTLS = s.debounce, s.merge, s.mtls
+	r.setGateway(s.gateway)
 	if !canBuild {
 		return nil
 	}
 	if err := r.build(ctx, views, true); err != nil {
 		r.debounce, r.opts, r.translator.MTLS = prev.debounce, prev.merge, prev.mtls
+		r.setGateway(prev.gateway)
 		return err
 	}
 	return nil
@@ -266,9 +273,11 @@ func (r *reconciler) reportConflicts(cs []model.Conflict) {
 	r.metrics.conflicts.Set(float64(len(cs)))
 }
 
-// newTranslator is a translator applying the mTLS policy m.
-func newTranslator(m translate.MTLS) *translate.Translator {
+// newTranslator is a translator applying the mTLS policy m and giving
+// gateway nodes g.
+func newTranslator(m translate.MTLS, g *translate.Gateway) *translate.Translator {
 	t := translate.NewTranslator()
 	t.MTLS = m
+	t.SetGateway(g)
 	return t
 }

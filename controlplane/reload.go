@@ -47,7 +47,11 @@ func (c *Control) Reload(ctx context.Context, next config.Config) (needRestart [
 			return nil, err
 		}
 	}
-	if err := c.rec.reconfigure(ctx, settingsOf(next)); err != nil {
+	s := settingsOf(next)
+	if s.gateway, err = gatewaySettings(next.Control.Gateway); err != nil {
+		return nil, err
+	}
+	if err := c.rec.reconfigure(ctx, s); err != nil {
 		return nil, fmt.Errorf("apply the new config: %w", err)
 	}
 	if swapCMDB {

@@ -43,7 +43,7 @@ func gatewayConfig(t *testing.T) *translate.Gateway {
 					Rewrite: "/orders", Timeout: 5 * time.Second,
 					Auth: config.RouteAuth{JWT: "idp", Require: "required", Claims: map[string]string{"scope": "orders:read"}}},
 				{Host: "shop.example.com", PathPrefix: "/api/orders", Methods: []string{"POST"},
-					Split: []config.SplitTarget{{Service: "orders", Weight: 90}, {Service: "orders-v2", Weight: 10}},
+					Split:   []config.SplitTarget{{Service: "orders", Weight: 90}, {Service: "orders-v2", Weight: 10}},
 					Headers: []config.HeaderMatch{{Name: "x-tester", Exact: "yes", Invert: true}},
 					Retries: config.RouteRetries{Attempts: 2, PerTryTimeout: time.Second, RetryOn: []string{"5xx", "connect-failure"}},
 					Auth:    config.RouteAuth{JWT: "idp", Require: "optional"}},
