@@ -160,7 +160,7 @@ func gatewayResources(n model.Node, g *gatewayBuild) (Resources, error) {
 }
 
 func typedFilter(name string, m proto.Message) (*hcmv3.HttpFilter, error) {
-	a, err := anypb.New(m)
+	a, err := deterministicAny(m)
 	if err != nil {
 		return nil, fmt.Errorf("filter %s: %w", name, err)
 	}
@@ -226,7 +226,7 @@ func typedStruct(typeURL string, v map[string]any) (*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return anypb.New(&xdstypev3.TypedStruct{TypeUrl: typeURL, Value: s})
+	return deterministicAny(&xdstypev3.TypedStruct{TypeUrl: typeURL, Value: s})
 }
 
 func typedStructFilter(name, typeURL string, v map[string]any) (*hcmv3.HttpFilter, error) {
@@ -362,7 +362,7 @@ func jwksCluster(p config.JWTProvider) (*clusterv3.Cluster, error) {
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 	}
 	if u.Scheme == "https" {
-		tc, err := anypb.New(&tlsv3.UpstreamTlsContext{Sni: host})
+		tc, err := deterministicAny(&tlsv3.UpstreamTlsContext{Sni: host})
 		if err != nil {
 			return nil, err
 		}
@@ -657,7 +657,7 @@ func gatewayAuth(a config.RouteAuth, c config.ControlGateway) (map[string]*anypb
 		jwt.RequirementSpecifier = &jwtv3.PerRouteConfig_RequirementName{RequirementName: name}
 	}
 	var err error
-	if out[wire.JWTAuthnFilter], err = anypb.New(jwt); err != nil {
+	if out[wire.JWTAuthnFilter], err = deterministicAny(jwt); err != nil {
 		return nil, err
 	}
 	if a.APIKey {
@@ -676,7 +676,7 @@ func gatewayAuth(a config.RouteAuth, c config.ControlGateway) (map[string]*anypb
 		if err != nil {
 			return nil, err
 		}
-		if out[wire.RBACFilter], err = anypb.New(&rbacfilterv3.RBACPerRoute{Rbac: &rbacfilterv3.RBAC{Rules: rules}}); err != nil {
+		if out[wire.RBACFilter], err = deterministicAny(&rbacfilterv3.RBACPerRoute{Rbac: &rbacfilterv3.RBAC{Rules: rules}}); err != nil {
 			return nil, err
 		}
 	}
@@ -711,4 +711,14 @@ func claimRules(claims map[string]string) (*rbacv3.RBAC, error) {
 		Permissions: []*rbacv3.Permission{{Rule: &rbacv3.Permission_Any{Any: true}}},
 		Principals:  []*rbacv3.Principal{{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: ids}}}},
 	}}}, nil
+}
+
+// deterministicAny packs m with map entries in a stable order, so equal
+// configs give equal bytes (and equal versions: no spurious pushes).
+func deterministicAny(m proto.Message) (*anypb.Any, error) {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		return nil, err
+	}
+	return a, nil
 }
