@@ -507,7 +507,9 @@ func gatewayMatch(cr *config.GatewayRoute) *routev3.RouteMatch {
 			StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: strings.Join(quoted, "|")}}}}})
 	}
 	for _, h := range cr.Headers {
-		hm := &routev3.HeaderMatcher{Name: strings.ToLower(h.Name), InvertMatch: h.Invert}
+		// An inverted match also holds for a missing header ("not yes"
+		// includes absent), which Envoy needs told.
+		hm := &routev3.HeaderMatcher{Name: strings.ToLower(h.Name), InvertMatch: h.Invert, TreatMissingHeaderAsEmpty: h.Invert && (h.Exact != "" || h.Prefix != "" || h.Regex != "")}
 		switch {
 		case h.Exact != "":
 			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: h.Exact}}}

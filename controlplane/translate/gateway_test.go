@@ -57,7 +57,7 @@ func gatewayConfig(t *testing.T) *translate.Gateway {
 				{Name: "search", Host: "shop.example.com", PathPrefix: "/search", Service: "search", HostRewrite: "search.internal",
 					Headers: []config.HeaderMatch{{Name: "x-debug", Absent: true}, {Name: "user-agent", Regex: "curl/.*"}},
 					Auth:    config.RouteAuth{APIKey: true, Require: "optional"}},
-				{Name: "old-shop", Host: "old.example.com", Redirect: config.RouteRedirect{Host: "shop.example.com", Prefix: "/", Code: 308}, PathPrefix: "/shop", Plaintext: true},
+				{Name: "old-shop", Host: "old.example.com", Redirect: config.RouteRedirect{Host: "shop.example.com", Prefix: "/", Code: 308}, PathPrefix: "/shop/", Plaintext: true},
 				{Name: "robots", Path: "/robots.txt", DirectResponse: config.DirectResponse{Status: 200, Body: "User-agent: *\nDisallow: /api\n"}, Plaintext: true},
 			},
 		},
