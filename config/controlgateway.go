@@ -95,6 +95,8 @@ type GatewayRoute struct {
 	Timeout time.Duration `mapstructure:"timeout" yaml:"timeout,omitempty"`
 	Retries RouteRetries  `mapstructure:"retries" yaml:"retries,omitempty"`
 	Auth    RouteAuth     `mapstructure:"auth" yaml:"auth,omitempty"`
+	// CORS answers browsers' cross-origin checks for the route.
+	CORS RouteCORS `mapstructure:"cors" yaml:"cors,omitempty"`
 	// Plaintext also serves the route on the HTTP listener; otherwise
 	// requests there are redirected to HTTPS.
 	Plaintext bool `mapstructure:"plaintext" yaml:"plaintext,omitempty"`
@@ -176,6 +178,20 @@ type RouteAuth struct {
 	Require string            `mapstructure:"require" yaml:"require,omitempty"`
 	Claims  map[string]string `mapstructure:"claims" yaml:"claims,omitempty"`
 }
+
+// RouteCORS is a route's CORS policy; it is on when AllowOrigins is set.
+type RouteCORS struct {
+	// AllowOrigins are exact origins (https://shop.example.com) or "*".
+	AllowOrigins     []string      `mapstructure:"allow_origins" yaml:"allow_origins"`
+	AllowMethods     []string      `mapstructure:"allow_methods" yaml:"allow_methods,omitempty"`
+	AllowHeaders     []string      `mapstructure:"allow_headers" yaml:"allow_headers,omitempty"`
+	ExposeHeaders    []string      `mapstructure:"expose_headers" yaml:"expose_headers,omitempty"`
+	MaxAge           time.Duration `mapstructure:"max_age" yaml:"max_age,omitempty"`
+	AllowCredentials bool          `mapstructure:"allow_credentials" yaml:"allow_credentials,omitempty"`
+}
+
+// Set reports whether the route has a CORS policy.
+func (c RouteCORS) Set() bool { return len(c.AllowOrigins) > 0 }
 
 // Requirement values.
 const (
@@ -367,6 +383,27 @@ func (r *GatewayRoute) validate(v *validator, at string, providers map[string]bo
 		for i, on := range rt.RetryOn {
 			v.check(fmt.Sprintf("%s.retries.retry_on[%d]", at, i), slices.Contains(gatewayRetryOn, on), "%q is not one of %s", on, strings.Join(gatewayRetryOn, ", "))
 		}
+	}
+	if cors := r.CORS; cors.Set() || len(cors.AllowMethods)+len(cors.AllowHeaders)+len(cors.ExposeHeaders) > 0 || cors.MaxAge != 0 || cors.AllowCredentials {
+		v.check(at+".cors.allow_origins", cors.Set(), "is required for a CORS policy (e.g. [https://shop.example.com])")
+		for i, o := range cors.AllowOrigins {
+			u, err := url.Parse(o)
+			v.check(fmt.Sprintf("%s.cors.allow_origins[%d]", at, i), o == "*" || (err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && (u.Path == "" || u.Path == "/")),
+				"%q is not an origin (scheme://host[:port]) or *", o)
+		}
+		v.check(at+".cors.allow_credentials", !cors.AllowCredentials || !slices.Contains(cors.AllowOrigins, "*"), "cannot be used with allow_origins *: browsers refuse it")
+		for i, m := range cors.AllowMethods {
+			v.check(fmt.Sprintf("%s.cors.allow_methods[%d]", at, i), methodRE.MatchString(m), "%q is not an HTTP method (upper case)", m)
+		}
+		for _, hs := range []struct {
+			key string
+			hs  []string
+		}{{"allow_headers", cors.AllowHeaders}, {"expose_headers", cors.ExposeHeaders}} {
+			for i, h := range hs.hs {
+				v.check(fmt.Sprintf("%s.cors.%s[%d]", at, hs.key, i), headerNameRE.MatchString(h), "%q is not a valid HTTP header name", h)
+			}
+		}
+		v.check(at+".cors.max_age", cors.MaxAge >= 0, "must not be negative")
 	}
 	a := r.Auth
 	v.check(at+".auth.require", a.Require == "" || slices.Contains([]string{AuthRequired, AuthOptional, AuthNone}, a.Require),

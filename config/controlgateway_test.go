@@ -38,6 +38,7 @@ control:
         auth: {api_key: true, jwt: partners, require: optional}
       - {host: shop.example.com, path: /old, redirect: {path: /new, code: 302}, plaintext: true}
       - {path: /robots.txt, direct_response: {status: 200, body: "User-agent: *"}}
+      - {host: api.example.com, service: orders, cors: {allow_origins: [https://shop.example.com], allow_methods: [GET, POST], allow_headers: [authorization], max_age: 10m, allow_credentials: true}}
 `
 
 func TestControlGatewayLoads(t *testing.T) {
@@ -46,7 +47,7 @@ func TestControlGatewayLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := c.Control.Gateway
-	if len(g.JWTProviders) != 2 || len(g.Routes) != 4 || len(g.APIKeys) != 1 {
+	if len(g.JWTProviders) != 2 || len(g.Routes) != 5 || len(g.APIKeys) != 1 {
 		t.Fatalf("got %+v", g)
 	}
 	p := g.JWTProviders[0]
@@ -60,6 +61,9 @@ func TestControlGatewayLoads(t *testing.T) {
 	r = g.Routes[1]
 	if r.Split[1].Weight != 10 || !r.Headers[1].Absent || r.Retries.PerTryTimeout != time.Second || r.HeadersToAdd["x-via"] != "mesh-gateway" {
 		t.Errorf("route 1 %+v", r)
+	}
+	if c := g.Routes[4].CORS; !c.Set() || c.MaxAge != 10*time.Minute || !c.AllowCredentials || c.AllowMethods[1] != "POST" {
+		t.Errorf("cors %+v", c)
 	}
 	if g.Routes[2].Redirect.Code != 302 || !g.Routes[2].Plaintext || g.Routes[3].DirectResponse.Body != "User-agent: *" {
 		t.Errorf("routes 2, 3 %+v %+v", g.Routes[2], g.Routes[3])
@@ -91,6 +95,9 @@ control:
 		{"bad status", `[{direct_response: {status: 42}}]`, "control.gateway.routes[0].direct_response.status", "200 to 599"},
 		{"bad service", `[{service: Orders_1}]`, "control.gateway.routes[0].service", "not a valid service name"},
 		{"bad header", `[{service: a, headers_to_add: {host: x}}]`, "control.gateway.routes[0].headers_to_add.host", "cannot set header"},
+		{"cors origin", `[{service: a, cors: {allow_origins: [shop.example.com]}}]`, "control.gateway.routes[0].cors.allow_origins[0]", "not an origin"},
+		{"cors credentials with *", `[{service: a, cors: {allow_origins: ["*"], allow_credentials: true}}]`, "control.gateway.routes[0].cors.allow_credentials", "browsers refuse it"},
+		{"cors without origins", `[{service: a, cors: {allow_methods: [GET]}}]`, "control.gateway.routes[0].cors.allow_origins", "is required"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Load(Options{File: writeFile(t, base+"      "+c.route+"\n"), Role: RoleControl})

@@ -19,6 +19,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
@@ -190,6 +191,14 @@ func gatewayFilters(c config.ControlGateway, jwt *jwtv3.JwtAuthentication) ([]*h
 			return nil, err
 		}
 		out = append(out, f)
+	}
+	if anyCORS(c) {
+		f, err := typedFilter(wire.CORSFilter, &corsv3.Cors{})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+		jwt.BypassCorsPreflight = true
 	}
 	f, err := typedFilter(wire.JWTAuthnFilter, jwt)
 	if err != nil {
@@ -464,6 +473,11 @@ func gatewayRoute(cr *config.GatewayRoute, i int, c config.ControlGateway, m *Me
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
+	if cr.CORS.Set() {
+		if pf[wire.CORSFilter], err = deterministicAny(corsPolicy(cr.CORS)); err != nil {
+			return nil, fmt.Errorf("cors: %w", err)
+		}
+	}
 	r.TypedPerFilterConfig = pf
 	return r, nil
 }
@@ -723,4 +737,32 @@ func deterministicAny(m proto.Message) (*anypb.Any, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+func anyCORS(c config.ControlGateway) bool {
+	for _, r := range c.Routes {
+		if r.CORS.Set() {
+			return true
+		}
+	}
+	return false
+}
+
+// corsPolicy is a route's CORS policy; "*" is Envoy's any origin.
+func corsPolicy(c config.RouteCORS) *corsv3.CorsPolicy {
+	p := &corsv3.CorsPolicy{
+		AllowMethods:  strings.Join(c.AllowMethods, ","),
+		AllowHeaders:  strings.ToLower(strings.Join(c.AllowHeaders, ",")),
+		ExposeHeaders: strings.ToLower(strings.Join(c.ExposeHeaders, ",")),
+	}
+	for _, o := range c.AllowOrigins {
+		p.AllowOriginStringMatch = append(p.AllowOriginStringMatch, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: o}})
+	}
+	if c.MaxAge > 0 {
+		p.MaxAge = strconv.Itoa(int(c.MaxAge / time.Second))
+	}
+	if c.AllowCredentials {
+		p.AllowCredentials = wrapperspb.Bool(true)
+	}
+	return p
 }

@@ -53,7 +53,9 @@ func gatewayConfig(t *testing.T) *translate.Gateway {
 					HeadersToRemove:      []string{"x-internal"},
 					ResponseHeadersToAdd: map[string]string{"strict-transport-security": "max-age=31536000"},
 					Query:                []config.QueryMatch{{Name: "debug", Exact: "1"}, {Name: "trace"}},
-					Auth:                 config.RouteAuth{JWT: "partners", APIKey: true}},
+					Auth:                 config.RouteAuth{JWT: "partners", APIKey: true},
+					CORS: config.RouteCORS{AllowOrigins: []string{"https://shop.example.com", "https://admin.example.com"}, AllowMethods: []string{"GET", "POST"},
+						AllowHeaders: []string{"Authorization", "X-Api-Key"}, ExposeHeaders: []string{"x-request-id"}, MaxAge: 10 * time.Minute, AllowCredentials: true}},
 				{Name: "search", Host: "shop.example.com", PathPrefix: "/search", Service: "search", HostRewrite: "search.internal",
 					Headers: []config.HeaderMatch{{Name: "x-debug", Absent: true}, {Name: "user-agent", Regex: "curl/.*"}},
 					Auth:    config.RouteAuth{APIKey: true, Require: "optional"}},
@@ -135,7 +137,7 @@ func TestGatewayNode(t *testing.T) {
 	for _, f := range hcm.GetHttpFilters() {
 		filters = append(filters, f.GetName())
 	}
-	if got, want := strings.Join(filters, ","), strings.Join([]string{wire.HeaderMutationFilter, wire.JWTAuthnFilter, wire.APIKeyFilter, wire.RBACFilter, wire.RouterFilter}, ","); got != want {
+	if got, want := strings.Join(filters, ","), strings.Join([]string{wire.HeaderMutationFilter, wire.CORSFilter, wire.JWTAuthnFilter, wire.APIKeyFilter, wire.RBACFilter, wire.RouterFilter}, ","); got != want {
 		t.Errorf("filters %s, want %s", got, want)
 	}
 	if hcm.GetRds().GetRouteConfigName() != wire.GatewayRoute {

@@ -20,6 +20,7 @@ import (
 
 	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
@@ -52,9 +53,28 @@ type Config struct {
 	// Clusters are the clusters the routes send to, sorted; each is in the
 	// resources (mesh control sends one for every routed service).
 	Clusters []string
+	// BypassCORSPreflight lets CORS preflights (OPTIONS with Origin and
+	// Access-Control-Request-Method) through authentication, to be
+	// answered by the route's CORS policy.
+	BypassCORSPreflight bool
 
 	auth map[*routematch.Route]*Auth
+	cors map[*routematch.Route]*CORS
 }
+
+// CORS is a route's CORS policy (Envoy's CorsPolicy).
+type CORS struct {
+	// AllowOrigins are exact origins; "*" allows any.
+	AllowOrigins     []string
+	AllowMethods     string // comma-separated, as sent
+	AllowHeaders     string
+	ExposeHeaders    string
+	MaxAge           string // seconds, as sent; "" for none
+	AllowCredentials bool
+}
+
+// CORS is the route's CORS policy, nil for none.
+func (c *Config) CORS(rt *routematch.Route) *CORS { return c.cors[rt] }
 
 // Provider is a JWT provider.
 type Provider struct {
@@ -121,7 +141,7 @@ func (c *Config) Auth(rt *routematch.Route) *Auth {
 // Parse builds the gateway's configuration from a gateway node's
 // resources.
 func Parse(r xdsclient.Resources) (*Config, error) {
-	c := &Config{Providers: map[string]*Provider{}, auth: map[*routematch.Route]*Auth{}}
+	c := &Config{Providers: map[string]*Provider{}, auth: map[*routematch.Route]*Auth{}, cors: map[*routematch.Route]*CORS{}}
 	var filters *filterSet
 	for _, l := range []struct {
 		name string
@@ -215,7 +235,7 @@ func parseListener(l *listenerv3.Listener) (string, *filterSet, error) {
 
 // filterOrder is the order the gateway enforces its filters in; each may
 // be absent but router.
-var filterOrder = []string{wire.HeaderMutationFilter, wire.JWTAuthnFilter, wire.APIKeyFilter, wire.RBACFilter, wire.RouterFilter}
+var filterOrder = []string{wire.HeaderMutationFilter, wire.CORSFilter, wire.JWTAuthnFilter, wire.APIKeyFilter, wire.RBACFilter, wire.RouterFilter}
 
 func parseFilters(hf []*hcmv3.HttpFilter) (*filterSet, error) {
 	fs := &filterSet{}
@@ -248,6 +268,8 @@ func parseFilters(hf []*hcmv3.HttpFilter) (*filterSet, error) {
 			}
 		case wire.RouterFilter:
 			err = tc.UnmarshalTo(&routerv3.Router{})
+		case wire.CORSFilter:
+			err = tc.UnmarshalTo(&corsv3.Cors{})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", at, err)
@@ -295,6 +317,7 @@ func typedStruct(a *anypb.Any, typeURL string) (*structpb.Struct, error) {
 func (c *Config) useFilters(fs *filterSet) error {
 	c.StripHeaders = fs.strip
 	if fs.jwt != nil {
+		c.BypassCORSPreflight = fs.jwt.GetBypassCorsPreflight()
 		if len(fs.jwt.GetRules()) > 0 || fs.jwt.GetFilterStateRules() != nil {
 			return fmt.Errorf("%s: rules: only per-route requirements are supported", wire.JWTAuthnFilter)
 		}
@@ -430,6 +453,15 @@ func (c *Config) routeAuth(rt *routematch.Route, fs *filterSet) error {
 	for name := range rt.PerFilterConfig {
 		switch name {
 		case wire.JWTAuthnFilter, wire.APIKeyFilter, wire.RBACFilter:
+		case wire.CORSFilter:
+			if !slices.Contains(fs.names, wire.CORSFilter) {
+				return fmt.Errorf("typed_per_filter_config[%s]: the listener has no %s filter", name, name)
+			}
+			cors, err := parseCORS(rt.PerFilterConfig[name])
+			if err != nil {
+				return fmt.Errorf("typed_per_filter_config[%s]: %w", name, err)
+			}
+			c.cors[rt] = cors
 		default:
 			return fmt.Errorf("typed_per_filter_config[%s]: the gateway cannot enforce this filter", name)
 		}
@@ -470,4 +502,29 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// parseCORS accepts exact origins (or "*"), methods, headers, max age and
+// credentials; runtime fractions and private network access are refused.
+func parseCORS(a *anypb.Any) (*CORS, error) {
+	var p corsv3.CorsPolicy
+	if err := a.UnmarshalTo(&p); err != nil {
+		return nil, err
+	}
+	if p.GetFilterEnabled() != nil || p.GetShadowEnabled() != nil || p.GetAllowPrivateNetworkAccess() != nil || p.GetForwardNotMatchingPreflights() != nil {
+		return nil, fmt.Errorf("filter_enabled/shadow_enabled/allow_private_network_access/forward_not_matching_preflights: not supported")
+	}
+	out := &CORS{AllowMethods: p.GetAllowMethods(), AllowHeaders: p.GetAllowHeaders(), ExposeHeaders: p.GetExposeHeaders(),
+		MaxAge: p.GetMaxAge(), AllowCredentials: p.GetAllowCredentials().GetValue()}
+	for i, m := range p.GetAllowOriginStringMatch() {
+		e := m.GetExact()
+		if e == "" || m.GetIgnoreCase() {
+			return nil, fmt.Errorf("allow_origin_string_match[%d]: only exact origins are supported", i)
+		}
+		out.AllowOrigins = append(out.AllowOrigins, e)
+	}
+	if len(out.AllowOrigins) == 0 {
+		return nil, fmt.Errorf("allow_origin_string_match: empty")
+	}
+	return out, nil
 }

@@ -61,6 +61,9 @@ func TestGolden(t *testing.T) {
 	if len(c.APIKeys) != 1 || c.APIKeys[0].Subject != "billing-batch" || c.APIKeyHeader != "x-api-key" {
 		t.Errorf("api keys %v %s", c.APIKeys, c.APIKeyHeader)
 	}
+	if !c.BypassCORSPreflight {
+		t.Error("CORS preflights are not let through authentication")
+	}
 	if strings.Join(c.Clusters, ",") != "orders,orders-v2,payments,search" {
 		t.Errorf("clusters %v", c.Clusters)
 	}
@@ -120,8 +123,16 @@ func TestGolden(t *testing.T) {
 	if rt, ok := c.Routes.Match(https("GET", "https://nowhere.test/x")); ok {
 		t.Errorf("matched %s", rt.Name)
 	}
-	// The payments route's rewrite and headers.
+	// The payments route's rewrite, headers and CORS policy.
 	rt, _ := c.Routes.Match(https("GET", "https://api.example.com/pay/v2/charge?debug=1&trace"))
+	wantCORS := &gwconf.CORS{AllowOrigins: []string{"https://shop.example.com", "https://admin.example.com"}, AllowMethods: "GET,POST",
+		AllowHeaders: "authorization,x-api-key", ExposeHeaders: "x-request-id", MaxAge: "600", AllowCredentials: true}
+	if got := c.CORS(rt); !reflect.DeepEqual(got, wantCORS) {
+		t.Errorf("cors %+v, want %+v", got, wantCORS)
+	}
+	if orders, _ := c.Routes.Match(https("GET", "https://shop.example.com/api/orders/7")); c.CORS(orders) != nil {
+		t.Error("a route without CORS has a policy")
+	}
 	if got := rt.RewritePath("/pay/v2/charge"); got != "/charge" {
 		t.Errorf("rewrite %s", got)
 	}
@@ -213,8 +224,8 @@ func TestRejects(t *testing.T) {
 			rt.TypedPerFilterConfig[wire.RBACFilter] = mustAny(&pr)
 		}, "typed_per_filter_config[envoy.filters.http.rbac]: rules principal and_ids[0]: claim scope: want an or_match"},
 		{"unknown per-route filter", func(r xdsclient.Resources) {
-			route(r, "search").TypedPerFilterConfig["envoy.filters.http.cors"] = mustAny(&xdstypev3.TypedStruct{})
-		}, "typed_per_filter_config[envoy.filters.http.cors]: the gateway cannot enforce this filter"},
+			route(r, "search").TypedPerFilterConfig["envoy.filters.http.fault"] = mustAny(&xdstypev3.TypedStruct{})
+		}, "typed_per_filter_config[envoy.filters.http.fault]: the gateway cannot enforce this filter"},
 		{"bad route regex", func(r xdsclient.Resources) {
 			route(r, "payments").Match.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "(("}}
 		}, `route configuration mesh_gateway: virtual_hosts[1] "*.example.com": routes[1] "payments": match: safe_regex: bad regex`},
