@@ -1,8 +1,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -426,4 +429,27 @@ func (v *validator) regex(path, s string) {
 	if _, err := regexp.Compile(s); err != nil {
 		v.add(path, "%q is not an RE2 regular expression: %v", s, strings.TrimPrefix(err.Error(), "error parsing regexp: "))
 	}
+}
+
+// checkFiles reports the providers' jwks_file that mesh control cannot
+// read (it reads them at start and on every reload).
+func (g *ControlGateway) checkFiles() []FieldError {
+	var errs []FieldError
+	for i, p := range g.JWTProviders {
+		if p.JWKSFile == "" {
+			continue
+		}
+		f, err := os.Open(p.JWKSFile)
+		if err == nil {
+			f.Close()
+			continue
+		}
+		msg := err.Error()
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			msg = pe.Err.Error()
+		}
+		errs = append(errs, FieldError{Path: fmt.Sprintf("control.gateway.jwt_providers[%d].jwks_file", i), Msg: fmt.Sprintf("cannot read %q: %s", p.JWKSFile, msg)})
+	}
+	return errs
 }

@@ -2,6 +2,8 @@ package config_test
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -42,7 +44,11 @@ control:
 `
 
 func TestControlGatewayLoads(t *testing.T) {
-	c, err := Load(Options{File: writeFile(t, gatewayYAML), Role: RoleControl})
+	jwks := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(jwks, []byte(`{"keys":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(Options{File: writeFile(t, strings.ReplaceAll(gatewayYAML, "/etc/mesh/jwks.json", jwks)), Role: RoleControl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,6 +120,7 @@ control:
 		})
 	}
 	for _, c := range []struct{ name, body, path, want string }{
+		{"unreadable jwks_file", `jwt_providers: [{name: idp, issuer: https://i, jwks_file: /nonexistent/jwks.json}]`, "control.gateway.jwt_providers[0].jwks_file", `cannot read "/nonexistent/jwks.json": no such file or directory`},
 		{"both jwks", `jwt_providers: [{name: idp, issuer: https://i, jwks_file: /a, jwks_url: https://i/j}]`, "control.gateway.jwt_providers[0].jwks_file", "exactly one of jwks_file and jwks_url"},
 		{"duplicate provider", `jwt_providers: [{name: idp, issuer: https://i, jwks_file: /a}, {name: idp, issuer: https://j, jwks_file: /a}]`, "control.gateway.jwt_providers[1].name", "already the name"},
 		{"plain key", `api_keys: [{subject: s, hash: secret123}]`, "control.gateway.api_keys[0].hash", "never the key itself"},
