@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshvm/mesh/authn"
 	"github.com/meshvm/mesh/dataplane/gwconf"
 	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/wire/wiretest"
@@ -249,4 +250,35 @@ func mustAny(m proto.Message) *anypb.Any {
 		panic(err)
 	}
 	return a
+}
+
+// TestAuthn: what authn needs comes straight from the config: token
+// sources, claim rules, and API keys that authn accepts.
+func TestAuthn(t *testing.T) {
+	c := parse(t)
+	if got := c.Providers["idp"].Sources(); !reflect.DeepEqual(got, authn.DefaultSources) {
+		t.Errorf("idp sources %v", got)
+	}
+	if got, want := c.Providers["partners"].Sources(), []authn.Source{{Header: "x-partner-token"}, {Cookie: "partner_session"}}; !reflect.DeepEqual(got, want) {
+		t.Errorf("partners sources %v, want %v", got, want)
+	}
+	if _, err := authn.NewAPIKeys(c.Keys()); err != nil {
+		t.Errorf("authn refuses the pushed keys: %v", err)
+	}
+	var orders *gwconf.Auth
+	for _, vh := range c.Routes.VirtualHosts() {
+		for _, r := range vh.Routes {
+			if r.Name == "orders-read" {
+				orders = c.Auth(r)
+			}
+		}
+	}
+	claims := &authn.Claims{All: map[string]any{"scope": "profile orders:read"}}
+	if err := claims.Allow(orders.Rules()); err != nil {
+		t.Errorf("scope with orders:read refused: %v", err)
+	}
+	claims = &authn.Claims{All: map[string]any{"scope": "orders:readall"}}
+	if err := claims.Allow(orders.Rules()); err == nil {
+		t.Error("scope orders:readall allowed by a rule on orders:read")
+	}
 }
