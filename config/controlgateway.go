@@ -40,12 +40,51 @@ type JWTProvider struct {
 	// ClaimsToHeaders forwards verified claims as request headers (claim:
 	// header); incoming copies of those headers are always removed.
 	ClaimsToHeaders map[string]string `mapstructure:"claims_to_headers" yaml:"claims_to_headers"`
+	// ClaimHeaders is the same as a list, for claim names a map key
+	// cannot hold (upper case, dots: https://example.com/roles).
+	ClaimHeaders []ClaimHeader `mapstructure:"claim_headers" yaml:"claim_headers,omitempty"`
 	// FromHeaders and FromCookies say where a token is; neither means the
 	// Authorization header with the Bearer scheme.
 	FromHeaders []TokenHeader `mapstructure:"from_headers" yaml:"from_headers,omitempty"`
 	FromCookies []string      `mapstructure:"from_cookies" yaml:"from_cookies,omitempty"`
 	// ClockSkew is tolerated on exp and nbf (default 30s).
 	ClockSkew time.Duration `mapstructure:"clock_skew" yaml:"clock_skew,omitempty"`
+}
+
+// ClaimHeader forwards a claim in a header.
+type ClaimHeader struct {
+	Claim  string `mapstructure:"claim" yaml:"claim"`
+	Header string `mapstructure:"header" yaml:"header"`
+}
+
+// ClaimRule requires a claim to equal or contain a value.
+type ClaimRule struct {
+	Claim    string `mapstructure:"claim" yaml:"claim"`
+	Contains string `mapstructure:"contains" yaml:"contains"`
+}
+
+// AllClaimHeaders are ClaimsToHeaders and ClaimHeaders together.
+func (p JWTProvider) AllClaimHeaders() map[string]string {
+	out := make(map[string]string, len(p.ClaimsToHeaders)+len(p.ClaimHeaders))
+	for c, h := range p.ClaimsToHeaders {
+		out[c] = h
+	}
+	for _, ch := range p.ClaimHeaders {
+		out[ch.Claim] = ch.Header
+	}
+	return out
+}
+
+// AllClaims are Claims and ClaimRules together.
+func (a RouteAuth) AllClaims() map[string]string {
+	out := make(map[string]string, len(a.Claims)+len(a.ClaimRules))
+	for c, v := range a.Claims {
+		out[c] = v
+	}
+	for _, r := range a.ClaimRules {
+		out[r.Claim] = r.Contains
+	}
+	return out
 }
 
 // TokenHeader is a header carrying a token, after Prefix ("Bearer ").
@@ -180,6 +219,9 @@ type RouteAuth struct {
 	APIKey  bool              `mapstructure:"api_key" yaml:"api_key,omitempty"`
 	Require string            `mapstructure:"require" yaml:"require,omitempty"`
 	Claims  map[string]string `mapstructure:"claims" yaml:"claims,omitempty"`
+	// ClaimRules is the same as a list, for claim names a map key cannot
+	// hold (upper case, dots).
+	ClaimRules []ClaimRule `mapstructure:"claim_rules" yaml:"claim_rules,omitempty"`
 }
 
 // RouteCORS is a route's CORS policy; it is on when AllowOrigins is set.
@@ -247,6 +289,14 @@ func (g *ControlGateway) validate(v *validator) {
 		for claim, h := range jp.ClaimsToHeaders {
 			v.check(fmt.Sprintf("%s.claims_to_headers.%s", at, claim), headerNameRE.MatchString(h) && !reservedHeader(h),
 				"%q is not a header a claim can be forwarded in; write e.g. x-user-id", h)
+		}
+		for j, ch := range jp.ClaimHeaders {
+			cp := fmt.Sprintf("%s.claim_headers[%d]", at, j)
+			v.check(cp+".claim", ch.Claim != "", "is required")
+			_, dup := jp.ClaimsToHeaders[ch.Claim]
+			v.check(cp+".claim", !dup, "%q is also in claims_to_headers", ch.Claim)
+			v.check(cp+".header", headerNameRE.MatchString(ch.Header) && !reservedHeader(ch.Header),
+				"%q is not a header a claim can be forwarded in; write e.g. x-user-id", ch.Header)
 		}
 		for j, h := range jp.FromHeaders {
 			v.check(fmt.Sprintf("%s.from_headers[%d].name", at, j), headerNameRE.MatchString(h.Name), "%q is not a valid HTTP header name", h.Name)
@@ -415,8 +465,14 @@ func (r *GatewayRoute) validate(v *validator, at string, providers map[string]bo
 	v.check(at+".auth.api_key", !a.APIKey || haveKeys, "no control.gateway.api_keys are configured")
 	req := a.Requirement()
 	v.check(at+".auth.require", req == AuthNone || a.JWT != "" || a.APIKey, "%s needs jwt (a provider) or api_key", req)
-	v.check(at+".auth.require", req != AuthNone || (a.JWT == "" && !a.APIKey && len(a.Claims) == 0), "none cannot name jwt, api_key or claims")
-	v.check(at+".auth.claims", len(a.Claims) == 0 || a.JWT != "", "claim rules need a jwt provider")
+	v.check(at+".auth.require", req != AuthNone || (a.JWT == "" && !a.APIKey && len(a.Claims)+len(a.ClaimRules) == 0), "none cannot name jwt, api_key or claims")
+	v.check(at+".auth.claims", len(a.Claims)+len(a.ClaimRules) == 0 || a.JWT != "", "claim rules need a jwt provider")
+	for i, r := range a.ClaimRules {
+		rp := fmt.Sprintf("%s.auth.claim_rules[%d]", at, i)
+		v.check(rp, r.Claim != "" && r.Contains != "", "claim and contains must not be empty")
+		_, dup := a.Claims[r.Claim]
+		v.check(rp+".claim", !dup, "%q is also in claims", r.Claim)
+	}
 	for c, want := range a.Claims {
 		v.check(fmt.Sprintf("%s.auth.claims.%s", at, c), c != "" && want != "", "claim and value must not be empty")
 	}

@@ -16,7 +16,8 @@ control:
   gateway:
     jwt_providers:
       - {name: idp, issuer: https://idp.example, audiences: [shop], jwks_file: /etc/mesh/jwks.json,
-         claims_to_headers: {sub: x-user-id, preferred_username: X-User-Name}}
+         claims_to_headers: {sub: x-user-id, preferred_username: X-User-Name},
+         claim_headers: [{claim: https://example.com/Roles, header: x-roles}]}
       - name: partners
         issuer: https://partners.example
         jwks_url: https://partners.example/.well-known/jwks.json
@@ -26,7 +27,7 @@ control:
       - {subject: billing-batch, hash: "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"}
     routes:
       - {host: shop.example.com, path_prefix: /api/orders, service: orders,
-         auth: {jwt: idp, require: required, claims: {scope: "orders:read"}}, timeout: 5s}
+         auth: {jwt: idp, require: required, claims: {scope: "orders:read"}, claim_rules: [{claim: https://example.com/Roles, contains: Admin}]}, timeout: 5s}
       - host: "*.example.com"
         path_regex: "/v[0-9]+/.*"
         methods: [GET, HEAD]
@@ -60,7 +61,13 @@ func TestControlGatewayLoads(t *testing.T) {
 	if p.Issuer != "https://idp.example" || p.ClaimsToHeaders["sub"] != "x-user-id" || p.ClaimsToHeaders["preferred_username"] != "X-User-Name" {
 		t.Errorf("provider %+v", p)
 	}
+	if h := p.AllClaimHeaders(); h["https://example.com/Roles"] != "x-roles" || h["sub"] != "x-user-id" {
+		t.Errorf("claim headers %v", h)
+	}
 	r := g.Routes[0]
+	if c := r.Auth.AllClaims(); c["https://example.com/Roles"] != "Admin" || c["scope"] != "orders:read" {
+		t.Errorf("claims %v", c)
+	}
 	if r.Timeout != 5*time.Second || r.Auth.Claims["scope"] != "orders:read" || r.Auth.Requirement() != AuthRequired {
 		t.Errorf("route 0 %+v", r)
 	}

@@ -173,7 +173,7 @@ func typedFilter(name string, m proto.Message) (*hcmv3.HttpFilter, error) {
 func gatewayFilters(c config.ControlGateway, jwt *jwtv3.JwtAuthentication) ([]*hcmv3.HttpFilter, error) {
 	var strip []string
 	for _, p := range c.JWTProviders {
-		for _, h := range p.ClaimsToHeaders {
+		for _, h := range p.AllClaimHeaders() {
 			strip = append(strip, strings.ToLower(h))
 		}
 	}
@@ -264,8 +264,9 @@ func jwtAuthn(in *Gateway, g *gatewayBuild) (*jwtv3.JwtAuthentication, error) {
 		for _, h := range p.FromHeaders {
 			jp.FromHeaders = append(jp.FromHeaders, &jwtv3.JwtHeader{Name: strings.ToLower(h.Name), ValuePrefix: h.Prefix})
 		}
-		for _, claim := range sortedKeys(p.ClaimsToHeaders) {
-			jp.ClaimToHeaders = append(jp.ClaimToHeaders, &jwtv3.JwtClaimToHeader{ClaimName: claim, HeaderName: strings.ToLower(p.ClaimsToHeaders[claim])})
+		headers := p.AllClaimHeaders()
+		for _, claim := range sortedKeys(headers) {
+			jp.ClaimToHeaders = append(jp.ClaimToHeaders, &jwtv3.JwtClaimToHeader{ClaimName: claim, HeaderName: strings.ToLower(headers[claim])})
 		}
 		if p.JWKSFile != "" {
 			keys, ok := in.JWKS[p.Name]
@@ -687,8 +688,8 @@ func gatewayAuth(a config.RouteAuth, c config.ControlGateway) (map[string]*anypb
 			return nil, err
 		}
 	}
-	if len(a.Claims) > 0 {
-		rules, err := claimRules(a.Claims)
+	if claims := a.AllClaims(); len(claims) > 0 {
+		rules, err := claimRules(claims)
 		if err != nil {
 			return nil, err
 		}

@@ -41,7 +41,8 @@ func gatewayConfig(t *testing.T) *translate.Gateway {
 			Routes: []config.GatewayRoute{
 				{Name: "orders-read", Host: "shop.example.com", PathPrefix: "/api/orders", Methods: []string{"GET", "HEAD"}, Service: "orders",
 					Rewrite: "/orders", Timeout: 5 * time.Second,
-					Auth: config.RouteAuth{JWT: "idp", Require: "required", Claims: map[string]string{"scope": "orders:read"}}},
+					Auth: config.RouteAuth{JWT: "idp", Require: "required", Claims: map[string]string{"scope": "orders:read"},
+						ClaimRules: []config.ClaimRule{{Claim: "https://example.com/Roles", Contains: "Buyer"}}}},
 				{Host: "shop.example.com", PathPrefix: "/api/orders", Methods: []string{"POST"},
 					Split:   []config.SplitTarget{{Service: "orders", Weight: 90}, {Service: "orders-v2", Weight: 10}},
 					Headers: []config.HeaderMatch{{Name: "x-tester", Exact: "yes", Invert: true}},

@@ -86,7 +86,7 @@ func TestGolden(t *testing.T) {
 		location string
 	}{
 		{"jwt with a claim rule", https("GET", "https://shop.example.com/api/orders/7"), "orders-read", "orders",
-			gwconf.Auth{Require: gwconf.Required, JWT: "idp", Claims: []gwconf.Claim{{Claim: "scope", Contains: "orders:read"}}}, ""},
+			gwconf.Auth{Require: gwconf.Required, JWT: "idp", Claims: []gwconf.Claim{{Claim: "https://example.com/Roles", Contains: "Buyer"}, {Claim: "scope", Contains: "orders:read"}}}, ""},
 		{"split, optional jwt", https("POST", "https://shop.example.com/api/orders"), "route-1", "orders",
 			gwconf.Auth{Require: gwconf.Optional, JWT: "idp"}, ""},
 		{"api key or jwt", https("GET", "https://api.example.com/pay/v2/charge?debug=1&trace"), "payments", "payments",
@@ -223,7 +223,7 @@ func TestRejects(t *testing.T) {
 			m := pr.Rbac.Rules.Policies["claims"].Principals[0].GetAndIds().Ids[0].GetMetadata()
 			m.Value = &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "orders"}}}}
 			rt.TypedPerFilterConfig[wire.RBACFilter] = mustAny(&pr)
-		}, "typed_per_filter_config[envoy.filters.http.rbac]: rules principal and_ids[0]: claim scope: want an or_match"},
+		}, "typed_per_filter_config[envoy.filters.http.rbac]: rules principal and_ids[0]: claim https://example.com/Roles: want an or_match"},
 		{"unknown per-route filter", func(r xdsclient.Resources) {
 			route(r, "search").TypedPerFilterConfig["envoy.filters.http.fault"] = mustAny(&xdstypev3.TypedStruct{})
 		}, "typed_per_filter_config[envoy.filters.http.fault]: the gateway cannot enforce this filter"},
@@ -273,7 +273,7 @@ func TestAuthn(t *testing.T) {
 			}
 		}
 	}
-	claims := &authn.Claims{All: map[string]any{"scope": "profile orders:read"}}
+	claims := &authn.Claims{All: map[string]any{"scope": "profile orders:read", "https://example.com/Roles": []any{"Buyer"}}}
 	if err := claims.Allow(orders.Rules()); err != nil {
 		t.Errorf("scope with orders:read refused: %v", err)
 	}
