@@ -320,7 +320,54 @@ func (g *ControlGateway) validate(v *validator) {
 	}
 	for i := range g.Routes {
 		g.Routes[i].validate(v, fmt.Sprintf("%s.routes[%d]", p, i), providers, len(g.APIKeys) > 0)
+		for j := range i {
+			if g.Routes[j].shadows(&g.Routes[i]) {
+				v.add(fmt.Sprintf("%s.routes[%d]", p, i), "can never match: routes[%d] (host %s, %s) comes first and takes every request it would; put the narrower route first",
+					j, cmpOr(g.Routes[j].Host, "*"), g.Routes[j].pathText())
+				break
+			}
+		}
 	}
+}
+
+// shadows reports whether r takes every request later would (routes are
+// tried in order): same host, no method, header or query condition, and
+// a path that covers later's. Regexes are not compared.
+func (r *GatewayRoute) shadows(later *GatewayRoute) bool {
+	if !strings.EqualFold(cmpOr(r.Host, "*"), cmpOr(later.Host, "*")) || len(r.Methods)+len(r.Headers)+len(r.Query) > 0 || r.PathRegex != "" {
+		return false
+	}
+	if r.Plaintext != later.Plaintext && !r.Plaintext {
+		return false // on the HTTP listener the later route may still be served
+	}
+	switch {
+	case r.Path != "":
+		return later.Path == r.Path
+	case r.PathPrefix == "" || r.PathPrefix == "/":
+		return true
+	case later.Path != "":
+		return strings.HasPrefix(later.Path, r.PathPrefix)
+	case later.PathPrefix != "":
+		return strings.HasPrefix(later.PathPrefix, r.PathPrefix)
+	}
+	return false
+}
+
+func (r *GatewayRoute) pathText() string {
+	switch {
+	case r.Path != "":
+		return "path " + r.Path
+	case r.PathPrefix != "":
+		return "path_prefix " + r.PathPrefix
+	}
+	return "every path"
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // reservedHeader: headers a claim may not be forwarded in.

@@ -108,6 +108,8 @@ control:
 		{"bad status", `[{direct_response: {status: 42}}]`, "control.gateway.routes[0].direct_response.status", "200 to 599"},
 		{"bad service", `[{service: Orders_1}]`, "control.gateway.routes[0].service", "not a valid service name"},
 		{"bad header", `[{service: a, headers_to_add: {host: x}}]`, "control.gateway.routes[0].headers_to_add.host", "cannot set header"},
+		{"shadowed", `[{host: a.com, path_prefix: /api, service: a}, {host: a.com, path_prefix: /api/orders, service: b}]`, "control.gateway.routes[1]", "can never match: routes[0] (host a.com, path_prefix /api) comes first"},
+		{"shadowed by a catch-all", `[{service: a}, {path: /x, service: b, methods: [GET]}]`, "control.gateway.routes[1]", "can never match: routes[0] (host *, every path)"},
 		{"cors origin", `[{service: a, cors: {allow_origins: [shop.example.com]}}]`, "control.gateway.routes[0].cors.allow_origins[0]", "not an origin"},
 		{"cors credentials with *", `[{service: a, cors: {allow_origins: ["*"], allow_credentials: true}}]`, "control.gateway.routes[0].cors.allow_credentials", "browsers refuse it"},
 		{"cors without origins", `[{service: a, cors: {allow_methods: [GET]}}]`, "control.gateway.routes[0].cors.allow_origins", "is required"},
