@@ -27,12 +27,12 @@ type Control struct {
 	// Kubernetes is the Kubernetes source and the export of VM services
 	// into Kubernetes.
 	Kubernetes Kubernetes `mapstructure:"kubernetes" yaml:"kubernetes"`
-	// Gateway holds the routes and authentication pushed to mesh gateways.
-	Gateway ControlGateway `mapstructure:"gateway" yaml:"gateway"`
 	// MTLS is the mTLS mode between agents; Services holds per-service
 	// settings (their mtls_mode).
 	MTLS     MTLS                       `mapstructure:"mtls" yaml:"mtls"`
 	Services map[string]ServiceSettings `mapstructure:"services" yaml:"services"`
+	// Gateway holds the routes and authentication pushed to mesh gateways.
+	Gateway ControlGateway `mapstructure:"gateway" yaml:"gateway"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -152,9 +152,9 @@ type CMDBFields struct {
 
 func (c *Control) validate(v *validator) {
 	c.CA.validate(v)
-	c.Gateway.validate(v)
 	c.validateMTLS(v)
 	c.XDS.validate(v)
+	c.Gateway.validate(v)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)

@@ -1,8 +1,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -37,12 +40,51 @@ type JWTProvider struct {
 	// ClaimsToHeaders forwards verified claims as request headers (claim:
 	// header); incoming copies of those headers are always removed.
 	ClaimsToHeaders map[string]string `mapstructure:"claims_to_headers" yaml:"claims_to_headers"`
+	// ClaimHeaders is the same as a list, for claim names a map key
+	// cannot hold (upper case, dots: https://example.com/roles).
+	ClaimHeaders []ClaimHeader `mapstructure:"claim_headers" yaml:"claim_headers,omitempty"`
 	// FromHeaders and FromCookies say where a token is; neither means the
 	// Authorization header with the Bearer scheme.
 	FromHeaders []TokenHeader `mapstructure:"from_headers" yaml:"from_headers,omitempty"`
 	FromCookies []string      `mapstructure:"from_cookies" yaml:"from_cookies,omitempty"`
 	// ClockSkew is tolerated on exp and nbf (default 30s).
 	ClockSkew time.Duration `mapstructure:"clock_skew" yaml:"clock_skew,omitempty"`
+}
+
+// ClaimHeader forwards a claim in a header.
+type ClaimHeader struct {
+	Claim  string `mapstructure:"claim" yaml:"claim"`
+	Header string `mapstructure:"header" yaml:"header"`
+}
+
+// ClaimRule requires a claim to equal or contain a value.
+type ClaimRule struct {
+	Claim    string `mapstructure:"claim" yaml:"claim"`
+	Contains string `mapstructure:"contains" yaml:"contains"`
+}
+
+// AllClaimHeaders are ClaimsToHeaders and ClaimHeaders together.
+func (p JWTProvider) AllClaimHeaders() map[string]string {
+	out := make(map[string]string, len(p.ClaimsToHeaders)+len(p.ClaimHeaders))
+	for c, h := range p.ClaimsToHeaders {
+		out[c] = h
+	}
+	for _, ch := range p.ClaimHeaders {
+		out[ch.Claim] = ch.Header
+	}
+	return out
+}
+
+// AllClaims are Claims and ClaimRules together.
+func (a RouteAuth) AllClaims() map[string]string {
+	out := make(map[string]string, len(a.Claims)+len(a.ClaimRules))
+	for c, v := range a.Claims {
+		out[c] = v
+	}
+	for _, r := range a.ClaimRules {
+		out[r.Claim] = r.Contains
+	}
+	return out
 }
 
 // TokenHeader is a header carrying a token, after Prefix ("Bearer ").
@@ -95,6 +137,8 @@ type GatewayRoute struct {
 	Timeout time.Duration `mapstructure:"timeout" yaml:"timeout,omitempty"`
 	Retries RouteRetries  `mapstructure:"retries" yaml:"retries,omitempty"`
 	Auth    RouteAuth     `mapstructure:"auth" yaml:"auth,omitempty"`
+	// CORS answers browsers' cross-origin checks for the route.
+	CORS RouteCORS `mapstructure:"cors" yaml:"cors,omitempty"`
 	// Plaintext also serves the route on the HTTP listener; otherwise
 	// requests there are redirected to HTTPS.
 	Plaintext bool `mapstructure:"plaintext" yaml:"plaintext,omitempty"`
@@ -175,7 +219,24 @@ type RouteAuth struct {
 	APIKey  bool              `mapstructure:"api_key" yaml:"api_key,omitempty"`
 	Require string            `mapstructure:"require" yaml:"require,omitempty"`
 	Claims  map[string]string `mapstructure:"claims" yaml:"claims,omitempty"`
+	// ClaimRules is the same as a list, for claim names a map key cannot
+	// hold (upper case, dots).
+	ClaimRules []ClaimRule `mapstructure:"claim_rules" yaml:"claim_rules,omitempty"`
 }
+
+// RouteCORS is a route's CORS policy; it is on when AllowOrigins is set.
+type RouteCORS struct {
+	// AllowOrigins are exact origins (https://shop.example.com) or "*".
+	AllowOrigins     []string      `mapstructure:"allow_origins" yaml:"allow_origins"`
+	AllowMethods     []string      `mapstructure:"allow_methods" yaml:"allow_methods,omitempty"`
+	AllowHeaders     []string      `mapstructure:"allow_headers" yaml:"allow_headers,omitempty"`
+	ExposeHeaders    []string      `mapstructure:"expose_headers" yaml:"expose_headers,omitempty"`
+	MaxAge           time.Duration `mapstructure:"max_age" yaml:"max_age,omitempty"`
+	AllowCredentials bool          `mapstructure:"allow_credentials" yaml:"allow_credentials,omitempty"`
+}
+
+// Set reports whether the route has a CORS policy.
+func (c RouteCORS) Set() bool { return len(c.AllowOrigins) > 0 }
 
 // Requirement values.
 const (
@@ -229,6 +290,14 @@ func (g *ControlGateway) validate(v *validator) {
 			v.check(fmt.Sprintf("%s.claims_to_headers.%s", at, claim), headerNameRE.MatchString(h) && !reservedHeader(h),
 				"%q is not a header a claim can be forwarded in; write e.g. x-user-id", h)
 		}
+		for j, ch := range jp.ClaimHeaders {
+			cp := fmt.Sprintf("%s.claim_headers[%d]", at, j)
+			v.check(cp+".claim", ch.Claim != "", "is required")
+			_, dup := jp.ClaimsToHeaders[ch.Claim]
+			v.check(cp+".claim", !dup, "%q is also in claims_to_headers", ch.Claim)
+			v.check(cp+".header", headerNameRE.MatchString(ch.Header) && !reservedHeader(ch.Header),
+				"%q is not a header a claim can be forwarded in; write e.g. x-user-id", ch.Header)
+		}
 		for j, h := range jp.FromHeaders {
 			v.check(fmt.Sprintf("%s.from_headers[%d].name", at, j), headerNameRE.MatchString(h.Name), "%q is not a valid HTTP header name", h.Name)
 		}
@@ -251,7 +320,54 @@ func (g *ControlGateway) validate(v *validator) {
 	}
 	for i := range g.Routes {
 		g.Routes[i].validate(v, fmt.Sprintf("%s.routes[%d]", p, i), providers, len(g.APIKeys) > 0)
+		for j := range i {
+			if g.Routes[j].shadows(&g.Routes[i]) {
+				v.add(fmt.Sprintf("%s.routes[%d]", p, i), "can never match: routes[%d] (host %s, %s) comes first and takes every request it would; put the narrower route first",
+					j, cmpOr(g.Routes[j].Host, "*"), g.Routes[j].pathText())
+				break
+			}
+		}
 	}
+}
+
+// shadows reports whether r takes every request later would (routes are
+// tried in order): same host, no method, header or query condition, and
+// a path that covers later's. Regexes are not compared.
+func (r *GatewayRoute) shadows(later *GatewayRoute) bool {
+	if !strings.EqualFold(cmpOr(r.Host, "*"), cmpOr(later.Host, "*")) || len(r.Methods)+len(r.Headers)+len(r.Query) > 0 || r.PathRegex != "" {
+		return false
+	}
+	if r.Plaintext != later.Plaintext && !r.Plaintext {
+		return false // on the HTTP listener the later route may still be served
+	}
+	switch {
+	case r.Path != "":
+		return later.Path == r.Path
+	case r.PathPrefix == "" || r.PathPrefix == "/":
+		return true
+	case later.Path != "":
+		return strings.HasPrefix(later.Path, r.PathPrefix)
+	case later.PathPrefix != "":
+		return strings.HasPrefix(later.PathPrefix, r.PathPrefix)
+	}
+	return false
+}
+
+func (r *GatewayRoute) pathText() string {
+	switch {
+	case r.Path != "":
+		return "path " + r.Path
+	case r.PathPrefix != "":
+		return "path_prefix " + r.PathPrefix
+	}
+	return "every path"
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // reservedHeader: headers a claim may not be forwarded in.
@@ -368,6 +484,27 @@ func (r *GatewayRoute) validate(v *validator, at string, providers map[string]bo
 			v.check(fmt.Sprintf("%s.retries.retry_on[%d]", at, i), slices.Contains(gatewayRetryOn, on), "%q is not one of %s", on, strings.Join(gatewayRetryOn, ", "))
 		}
 	}
+	if cors := r.CORS; cors.Set() || len(cors.AllowMethods)+len(cors.AllowHeaders)+len(cors.ExposeHeaders) > 0 || cors.MaxAge != 0 || cors.AllowCredentials {
+		v.check(at+".cors.allow_origins", cors.Set(), "is required for a CORS policy (e.g. [https://shop.example.com])")
+		for i, o := range cors.AllowOrigins {
+			u, err := url.Parse(o)
+			v.check(fmt.Sprintf("%s.cors.allow_origins[%d]", at, i), o == "*" || (err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && (u.Path == "" || u.Path == "/")),
+				"%q is not an origin (scheme://host[:port]) or *", o)
+		}
+		v.check(at+".cors.allow_credentials", !cors.AllowCredentials || !slices.Contains(cors.AllowOrigins, "*"), "cannot be used with allow_origins *: browsers refuse it")
+		for i, m := range cors.AllowMethods {
+			v.check(fmt.Sprintf("%s.cors.allow_methods[%d]", at, i), methodRE.MatchString(m), "%q is not an HTTP method (upper case)", m)
+		}
+		for _, hs := range []struct {
+			key string
+			hs  []string
+		}{{"allow_headers", cors.AllowHeaders}, {"expose_headers", cors.ExposeHeaders}} {
+			for i, h := range hs.hs {
+				v.check(fmt.Sprintf("%s.cors.%s[%d]", at, hs.key, i), headerNameRE.MatchString(h), "%q is not a valid HTTP header name", h)
+			}
+		}
+		v.check(at+".cors.max_age", cors.MaxAge >= 0, "must not be negative")
+	}
 	a := r.Auth
 	v.check(at+".auth.require", a.Require == "" || slices.Contains([]string{AuthRequired, AuthOptional, AuthNone}, a.Require),
 		"%q is not one of required, optional, none", a.Require)
@@ -375,8 +512,14 @@ func (r *GatewayRoute) validate(v *validator, at string, providers map[string]bo
 	v.check(at+".auth.api_key", !a.APIKey || haveKeys, "no control.gateway.api_keys are configured")
 	req := a.Requirement()
 	v.check(at+".auth.require", req == AuthNone || a.JWT != "" || a.APIKey, "%s needs jwt (a provider) or api_key", req)
-	v.check(at+".auth.require", req != AuthNone || (a.JWT == "" && !a.APIKey && len(a.Claims) == 0), "none cannot name jwt, api_key or claims")
-	v.check(at+".auth.claims", len(a.Claims) == 0 || a.JWT != "", "claim rules need a jwt provider")
+	v.check(at+".auth.require", req != AuthNone || (a.JWT == "" && !a.APIKey && len(a.Claims)+len(a.ClaimRules) == 0), "none cannot name jwt, api_key or claims")
+	v.check(at+".auth.claims", len(a.Claims)+len(a.ClaimRules) == 0 || a.JWT != "", "claim rules need a jwt provider")
+	for i, r := range a.ClaimRules {
+		rp := fmt.Sprintf("%s.auth.claim_rules[%d]", at, i)
+		v.check(rp, r.Claim != "" && r.Contains != "", "claim and contains must not be empty")
+		_, dup := a.Claims[r.Claim]
+		v.check(rp+".claim", !dup, "%q is also in claims", r.Claim)
+	}
 	for c, want := range a.Claims {
 		v.check(fmt.Sprintf("%s.auth.claims.%s", at, c), c != "" && want != "", "claim and value must not be empty")
 	}
@@ -389,4 +532,27 @@ func (v *validator) regex(path, s string) {
 	if _, err := regexp.Compile(s); err != nil {
 		v.add(path, "%q is not an RE2 regular expression: %v", s, strings.TrimPrefix(err.Error(), "error parsing regexp: "))
 	}
+}
+
+// checkFiles reports the providers' jwks_file that mesh control cannot
+// read (it reads them at start and on every reload).
+func (g *ControlGateway) checkFiles() []FieldError {
+	var errs []FieldError
+	for i, p := range g.JWTProviders {
+		if p.JWKSFile == "" {
+			continue
+		}
+		f, err := os.Open(p.JWKSFile)
+		if err == nil {
+			f.Close()
+			continue
+		}
+		msg := err.Error()
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			msg = pe.Err.Error()
+		}
+		errs = append(errs, FieldError{Path: fmt.Sprintf("control.gateway.jwt_providers[%d].jwks_file", i), Msg: fmt.Sprintf("cannot read %q: %s", p.JWKSFile, msg)})
+	}
+	return errs
 }

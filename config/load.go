@@ -80,6 +80,9 @@ func Load(opts Options) (*Config, error) {
 			cfg.Control.CMDB.Token = strings.TrimSpace(string(tok))
 		}
 	}
+	if opts.Role == RoleControl {
+		src.add(cfg.Control.Gateway.checkFiles()...)
+	}
 	if err := cfg.Validate(opts.Role); err != nil {
 		var ce *Error
 		if errors.As(err, &ce) {

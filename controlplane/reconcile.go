@@ -273,7 +273,8 @@ func (r *reconciler) reportConflicts(cs []model.Conflict) {
 	r.metrics.conflicts.Set(float64(len(cs)))
 }
 
-// newTranslator is a translator applying the mTLS policy m.
+// newTranslator is a translator applying the mTLS policy m and giving
+// gateway nodes g.
 func newTranslator(m translate.MTLS, g *translate.Gateway) *translate.Translator {
 	t := translate.NewTranslator()
 	t.MTLS = m

@@ -65,6 +65,7 @@ func TestHostPrecedence(t *testing.T) {
 		vhost("deeper", []string{"*.api.example.com"}, prefix("/", "d")),
 		vhost("pre", []string{"shop.*"}, prefix("/", "p")),
 		vhost("exact", []string{"shop.example.com", "Other.Example.com:8443"}, prefix("/", "e")),
+		vhost("port", []string{"orders:*"}, prefix("/", "o")),
 	)
 	for _, c := range []struct{ host, want string }{
 		{"shop.example.com", "exact/e"},
@@ -80,6 +81,8 @@ func TestHostPrecedence(t *testing.T) {
 		{"shop.example.com.evil", "pre/p"},    // and not the exact one
 		{"elsewhere", "any/a"},                // default
 		{"[::1]:8080", "any/a"},
+		{"orders:15001", "port/o"}, // a wildcard naming a port
+		{"orders", "any/a"},
 	} {
 		if got := matched(tb, req("GET", "/", "host", c.host)); got != c.want {
 			t.Errorf("host %q: got %s, want %s", c.host, got, c.want)

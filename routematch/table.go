@@ -143,7 +143,8 @@ func compileVirtualHost(v *routev3.VirtualHost, outer mutations, innerWins bool)
 // ("*.example.com"), then the longest prefix wildcard ("shop.*"), then
 // "*". Domains compare case-insensitively; a host with a port matches a
 // domain naming that port exactly, and is otherwise matched without it
-// (Envoy's strip_any_host_port).
+// (Envoy's strip_any_host_port), then as written against wildcards that
+// name a port ("orders:*").
 func (t *Table) Host(host string) *VirtualHost {
 	if hasUpper(host) {
 		host = strings.ToLower(host)
@@ -152,7 +153,14 @@ func (t *Table) Host(host string) *VirtualHost {
 		if vh, ok := t.exact[host]; ok {
 			return vh
 		}
-		host = h
+		if vh := t.host(h); vh != nil {
+			return vh
+		}
+		// A wildcard that names a port ("orders:*").
+		if vh := t.host(host); vh != nil {
+			return vh
+		}
+		return t.any
 	}
 	if vh := t.host(host); vh != nil {
 		return vh

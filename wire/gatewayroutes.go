@@ -15,6 +15,12 @@ const (
 	// forwarded in, so they cannot be forged.
 	HeaderMutationFilter = "envoy.filters.http.header_mutation"
 
+	// CORSFilter answers CORS preflights and decorates responses of the
+	// routes whose typed_per_filter_config carries a CorsPolicy; it comes
+	// before jwt_authn, which lets preflights through
+	// (bypass_cors_preflight).
+	CORSFilter = "envoy.filters.http.cors"
+
 	// JWTPayloadMetadataKey is where jwt_authn writes a verified token's
 	// payload (payload_in_metadata, in the filter's dynamic metadata
 	// namespace JWTAuthnFilter); the per-route RBAC claim rules match it.

@@ -19,6 +19,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/header_mutation/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
@@ -172,7 +173,7 @@ func typedFilter(name string, m proto.Message) (*hcmv3.HttpFilter, error) {
 func gatewayFilters(c config.ControlGateway, jwt *jwtv3.JwtAuthentication) ([]*hcmv3.HttpFilter, error) {
 	var strip []string
 	for _, p := range c.JWTProviders {
-		for _, h := range p.ClaimsToHeaders {
+		for _, h := range p.AllClaimHeaders() {
 			strip = append(strip, strings.ToLower(h))
 		}
 	}
@@ -190,6 +191,14 @@ func gatewayFilters(c config.ControlGateway, jwt *jwtv3.JwtAuthentication) ([]*h
 			return nil, err
 		}
 		out = append(out, f)
+	}
+	if anyCORS(c) {
+		f, err := typedFilter(wire.CORSFilter, &corsv3.Cors{})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+		jwt.BypassCorsPreflight = true
 	}
 	f, err := typedFilter(wire.JWTAuthnFilter, jwt)
 	if err != nil {
@@ -255,8 +264,9 @@ func jwtAuthn(in *Gateway, g *gatewayBuild) (*jwtv3.JwtAuthentication, error) {
 		for _, h := range p.FromHeaders {
 			jp.FromHeaders = append(jp.FromHeaders, &jwtv3.JwtHeader{Name: strings.ToLower(h.Name), ValuePrefix: h.Prefix})
 		}
-		for _, claim := range sortedKeys(p.ClaimsToHeaders) {
-			jp.ClaimToHeaders = append(jp.ClaimToHeaders, &jwtv3.JwtClaimToHeader{ClaimName: claim, HeaderName: strings.ToLower(p.ClaimsToHeaders[claim])})
+		headers := p.AllClaimHeaders()
+		for _, claim := range sortedKeys(headers) {
+			jp.ClaimToHeaders = append(jp.ClaimToHeaders, &jwtv3.JwtClaimToHeader{ClaimName: claim, HeaderName: strings.ToLower(headers[claim])})
 		}
 		if p.JWKSFile != "" {
 			keys, ok := in.JWKS[p.Name]
@@ -464,6 +474,11 @@ func gatewayRoute(cr *config.GatewayRoute, i int, c config.ControlGateway, m *Me
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
 	}
+	if cr.CORS.Set() {
+		if pf[wire.CORSFilter], err = deterministicAny(corsPolicy(cr.CORS)); err != nil {
+			return nil, fmt.Errorf("cors: %w", err)
+		}
+	}
 	r.TypedPerFilterConfig = pf
 	return r, nil
 }
@@ -507,7 +522,9 @@ func gatewayMatch(cr *config.GatewayRoute) *routev3.RouteMatch {
 			StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: strings.Join(quoted, "|")}}}}})
 	}
 	for _, h := range cr.Headers {
-		hm := &routev3.HeaderMatcher{Name: strings.ToLower(h.Name), InvertMatch: h.Invert}
+		// An inverted match also holds for a missing header ("not yes"
+		// includes absent), which Envoy needs told.
+		hm := &routev3.HeaderMatcher{Name: strings.ToLower(h.Name), InvertMatch: h.Invert, TreatMissingHeaderAsEmpty: h.Invert && (h.Exact != "" || h.Prefix != "" || h.Regex != "")}
 		switch {
 		case h.Exact != "":
 			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: h.Exact}}}
@@ -671,8 +688,8 @@ func gatewayAuth(a config.RouteAuth, c config.ControlGateway) (map[string]*anypb
 			return nil, err
 		}
 	}
-	if len(a.Claims) > 0 {
-		rules, err := claimRules(a.Claims)
+	if claims := a.AllClaims(); len(claims) > 0 {
+		rules, err := claimRules(claims)
 		if err != nil {
 			return nil, err
 		}
@@ -721,4 +738,32 @@ func deterministicAny(m proto.Message) (*anypb.Any, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+func anyCORS(c config.ControlGateway) bool {
+	for _, r := range c.Routes {
+		if r.CORS.Set() {
+			return true
+		}
+	}
+	return false
+}
+
+// corsPolicy is a route's CORS policy; "*" is Envoy's any origin.
+func corsPolicy(c config.RouteCORS) *corsv3.CorsPolicy {
+	p := &corsv3.CorsPolicy{
+		AllowMethods:  strings.Join(c.AllowMethods, ","),
+		AllowHeaders:  strings.ToLower(strings.Join(c.AllowHeaders, ",")),
+		ExposeHeaders: strings.ToLower(strings.Join(c.ExposeHeaders, ",")),
+	}
+	for _, o := range c.AllowOrigins {
+		p.AllowOriginStringMatch = append(p.AllowOriginStringMatch, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: o}})
+	}
+	if c.MaxAge > 0 {
+		p.MaxAge = strconv.Itoa(int(c.MaxAge / time.Second))
+	}
+	if c.AllowCredentials {
+		p.AllowCredentials = wrapperspb.Bool(true)
+	}
+	return p
 }

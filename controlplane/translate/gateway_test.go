@@ -41,7 +41,8 @@ func gatewayConfig(t *testing.T) *translate.Gateway {
 			Routes: []config.GatewayRoute{
 				{Name: "orders-read", Host: "shop.example.com", PathPrefix: "/api/orders", Methods: []string{"GET", "HEAD"}, Service: "orders",
 					Rewrite: "/orders", Timeout: 5 * time.Second,
-					Auth: config.RouteAuth{JWT: "idp", Require: "required", Claims: map[string]string{"scope": "orders:read"}}},
+					Auth: config.RouteAuth{JWT: "idp", Require: "required", Claims: map[string]string{"scope": "orders:read"},
+						ClaimRules: []config.ClaimRule{{Claim: "https://example.com/Roles", Contains: "Buyer"}}}},
 				{Host: "shop.example.com", PathPrefix: "/api/orders", Methods: []string{"POST"},
 					Split:   []config.SplitTarget{{Service: "orders", Weight: 90}, {Service: "orders-v2", Weight: 10}},
 					Headers: []config.HeaderMatch{{Name: "x-tester", Exact: "yes", Invert: true}},
@@ -53,11 +54,13 @@ func gatewayConfig(t *testing.T) *translate.Gateway {
 					HeadersToRemove:      []string{"x-internal"},
 					ResponseHeadersToAdd: map[string]string{"strict-transport-security": "max-age=31536000"},
 					Query:                []config.QueryMatch{{Name: "debug", Exact: "1"}, {Name: "trace"}},
-					Auth:                 config.RouteAuth{JWT: "partners", APIKey: true}},
+					Auth:                 config.RouteAuth{JWT: "partners", APIKey: true},
+					CORS: config.RouteCORS{AllowOrigins: []string{"https://shop.example.com", "https://admin.example.com"}, AllowMethods: []string{"GET", "POST"},
+						AllowHeaders: []string{"Authorization", "X-Api-Key"}, ExposeHeaders: []string{"x-request-id"}, MaxAge: 10 * time.Minute, AllowCredentials: true}},
 				{Name: "search", Host: "shop.example.com", PathPrefix: "/search", Service: "search", HostRewrite: "search.internal",
 					Headers: []config.HeaderMatch{{Name: "x-debug", Absent: true}, {Name: "user-agent", Regex: "curl/.*"}},
 					Auth:    config.RouteAuth{APIKey: true, Require: "optional"}},
-				{Name: "old-shop", Host: "old.example.com", Redirect: config.RouteRedirect{Host: "shop.example.com", Prefix: "/", Code: 308}, PathPrefix: "/shop", Plaintext: true},
+				{Name: "old-shop", Host: "old.example.com", Redirect: config.RouteRedirect{Host: "shop.example.com", Prefix: "/", Code: 308}, PathPrefix: "/shop/", Plaintext: true},
 				{Name: "robots", Path: "/robots.txt", DirectResponse: config.DirectResponse{Status: 200, Body: "User-agent: *\nDisallow: /api\n"}, Plaintext: true},
 			},
 		},
@@ -135,7 +138,7 @@ func TestGatewayNode(t *testing.T) {
 	for _, f := range hcm.GetHttpFilters() {
 		filters = append(filters, f.GetName())
 	}
-	if got, want := strings.Join(filters, ","), strings.Join([]string{wire.HeaderMutationFilter, wire.JWTAuthnFilter, wire.APIKeyFilter, wire.RBACFilter, wire.RouterFilter}, ","); got != want {
+	if got, want := strings.Join(filters, ","), strings.Join([]string{wire.HeaderMutationFilter, wire.CORSFilter, wire.JWTAuthnFilter, wire.APIKeyFilter, wire.RBACFilter, wire.RouterFilter}, ","); got != want {
 		t.Errorf("filters %s, want %s", got, want)
 	}
 	if hcm.GetRds().GetRouteConfigName() != wire.GatewayRoute {

@@ -71,12 +71,12 @@ type Mesh struct {
 	// appPorts maps a service to the app_port its instances register, by
 	// node name, for nodes whose metadata omits app_port.
 	appPorts map[string]map[string]int
-	// gateway is what gateway nodes get (gateway.go).
-	gateway *gatewayBuild
 	// mtls is the mTLS policy; mtlsNodes the nodes, by service, whose
 	// registration says they take mTLS (mtls.go).
 	mtls      MTLS
 	mtlsNodes map[string]map[string]bool
+	// gateway is what gateway nodes get (gateway.go).
+	gateway *gatewayBuild
 }
 
 // Resources are one node's resources by type.
@@ -101,12 +101,12 @@ type Translator struct {
 	outbound  *routev3.RouteConfiguration
 	validated map[proto.Message]bool
 	memo      *memo
-	// gatewayIn is the gateway input (SetGateway), gateway its last build.
-	gatewayIn *Gateway
-	gateway   *gatewayBuild
 	// MTLS is the mTLS policy the next Translate applies (mtls.go).
 	MTLS     MTLS
 	prevMTLS MTLS
+	// gatewayIn is the gateway input (SetGateway), gateway its last build.
+	gatewayIn *Gateway
+	gateway   *gatewayBuild
 }
 
 type entry struct {
@@ -200,7 +200,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 	if out.gateway, err = buildGateway(t.gatewayIn, out, t.gateway); err != nil {
 		return nil, err
 	}
-	t.prev, t.outbound, t.validated, t.memo, t.gateway, t.prevMTLS = next, out.Outbound, validated, out.memo, out.gateway, t.MTLS
+	t.prev, t.outbound, t.validated, t.memo, t.prevMTLS, t.gateway = next, out.Outbound, validated, out.memo, t.MTLS, out.gateway
 	return out, nil
 }
 

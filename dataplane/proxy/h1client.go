@@ -79,6 +79,9 @@ func (cl *h1Client) get(ctx context.Context, addr string) (*clientConn, error) {
 	}
 	cc := &clientConn{cl: cl, addr: addr, c: c}
 	cc.rd.Reset(c)
+	// Only a conn whose bytes are the descriptor's (plain TCP) may be read
+	// through it: a wrapper that decrypts or buffers (TLS, a peeked
+	// prefix) must not expose SyscallConn.
 	if sc, ok := c.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			cc.raw = rc

@@ -150,6 +150,9 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) newConn(nc net.Conn) *serverConn {
 	c := &serverConn{s: s, c: nc}
 	c.rd.Reset(nc)
+	// Only a conn whose bytes are the descriptor's (plain TCP) may be read
+	// through it: a wrapper that decrypts or buffers (TLS, a peeked
+	// prefix) must not expose SyscallConn.
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.raw = rc
