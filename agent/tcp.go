@@ -79,6 +79,7 @@ func (a *Agent) inboundRelay(app string) (*tcpproxy.Relay, error) {
 			in := a.handlers.Current().Table().Inbound
 			return tcpproxy.Limits{RateLimit: in.RateLimit, MaxConns: in.MaxRequests}
 		},
+		Authorize: a.authorizeConn,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("inbound: %w", err)

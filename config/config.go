@@ -95,6 +95,8 @@ func Default() Config {
 			Kubernetes: Kubernetes{Namespaces: []string{}, Nodes: true},
 			MTLS:       MTLS{DefaultMode: wire.MTLSPermissive},
 			Services:   map[string]ServiceSettings{},
+
+			Authorization: []Authorization{},
 		},
 		Gateway: DefaultGateway(),
 		Policies: Policies{

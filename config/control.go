@@ -33,6 +33,10 @@ type Control struct {
 	Services map[string]ServiceSettings `mapstructure:"services" yaml:"services"`
 	// Gateway holds the routes and authentication pushed to mesh gateways.
 	Gateway ControlGateway `mapstructure:"gateway" yaml:"gateway"`
+	// Authorization has the access policy of each callee service that
+	// has one (authorization.go); a service without one serves every
+	// caller.
+	Authorization []Authorization `mapstructure:"authorization" yaml:"authorization"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -155,6 +159,7 @@ func (c *Control) validate(v *validator) {
 	c.validateMTLS(v)
 	c.XDS.validate(v)
 	c.Gateway.validate(v)
+	validateAuthorization(v, c.Authorization)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)

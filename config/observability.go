@@ -69,6 +69,7 @@ var AccessLogFields = []string{
 	"trace_id", "span_id", "request_id", "direction", "local_service", "method", "authority",
 	"path", "protocol", "status", "grpc_status", "reason", "bytes_in", "bytes_out",
 	"duration_ms", "upstream_service", "endpoint", "retries", "caller", "user_agent",
+	"peer_identity", "authz_rule",
 }
 
 // TracePropagators are the values tracing.propagators accepts.

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/controlplane/xds"
@@ -92,6 +93,8 @@ type dump struct {
 	// CA is the CA's roots, the xDS server certificate and how many
 	// certificates were issued (never a key).
 	CA *caDump `json:"ca,omitempty"`
+	// Authorization is control.authorization in force, per callee.
+	Authorization []config.Authorization `json:"authorization"`
 }
 
 // nodeDump is /config_dump?node=ID: one node's resources as protobuf JSON,
@@ -107,7 +110,8 @@ type nodeDump struct {
 func (c *Control) configDump(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("node")
 	if id == "" {
-		d := dump{Ready: c.Ready(), Sources: map[string]source.Status{}, Nodes: c.xds.Nodes(), Model: c.Model(), CA: c.prot.dump()}
+		d := dump{Ready: c.Ready(), Sources: map[string]source.Status{}, Nodes: c.xds.Nodes(), Model: c.Model(), CA: c.prot.dump(),
+			Authorization: c.config().Control.Authorization}
 		for _, s := range c.sources {
 			if !active(s) {
 				continue

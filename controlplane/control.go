@@ -167,6 +167,7 @@ func settingsOf(cfg config.Config) settings {
 			DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
 			Policies:         cfg.Policies,
 		},
+		authz: translate.NewAuthorization(cfg.Control),
 	}
 }
 

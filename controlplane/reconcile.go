@@ -37,6 +37,7 @@ type reconciler struct {
 	// was given last (SetGateway).
 	translator *translate.Translator
 	gateway    *translate.Gateway
+	authz      translate.Authorization // the translator's
 	// reconf carries reloads to the Run goroutine; done is closed when
 	// Run returns.
 	reconf chan reconfig
@@ -58,6 +59,7 @@ type settings struct {
 	merge    model.MergeOptions
 	// gateway is what gateway nodes get (gatewaySettings).
 	gateway *translate.Gateway
+	authz   translate.Authorization
 }
 
 // reconfig asks the Run goroutine to apply settings; it answers on result.
@@ -67,6 +69,8 @@ type reconfig struct {
 }
 
 func newReconciler(log zerolog.Logger, inputs []input, s settings, firstWait time.Duration, xs *xds.Server, m *metrics) *reconciler {
+	tr := newTranslator(s.mtls, s.gateway)
+	tr.SetAuthorization(s.authz)
 	return &reconciler{
 		log:        log,
 		inputs:     inputs,
@@ -75,8 +79,9 @@ func newReconciler(log zerolog.Logger, inputs []input, s settings, firstWait tim
 		opts:       s.merge,
 		xds:        xs,
 		metrics:    m,
-		translator: newTranslator(s.mtls, s.gateway),
+		translator: tr,
 		gateway:    s.gateway,
+		authz:      s.authz,
 		reconf:     make(chan reconfig),
 		done:       make(chan struct{}),
 	}
@@ -105,15 +110,17 @@ func (r *reconciler) reconfigure(ctx context.Context, s settings) error {
 // whose service the model does not know may have changed. On failure the
 // previous settings are put back and nothing was pushed.
 func (r *reconciler) apply(ctx context.Context, s settings, views []*model.View, canBuild bool) error {
-	prev := settings{debounce: r.debounce, merge: r.opts, mtls: r.translator.MTLS, gateway: r.gateway}
-	r.debounce, r.opts, r.translator.MTLS = s.debounce, s.merge, s.mtls
+	prev := settings{debounce: r.debounce, merge: r.opts, mtls: r.translator.MTLS, gateway: r.gateway, authz: r.authz}
+	r.debounce, r.opts, r.translator.MTLS, r.authz = s.debounce, s.merge, s.mtls, s.authz
 	r.setGateway(s.gateway)
+	r.translator.SetAuthorization(s.authz)
 	if !canBuild {
 		return nil
 	}
 	if err := r.build(ctx, views, true); err != nil {
-		r.debounce, r.opts, r.translator.MTLS = prev.debounce, prev.merge, prev.mtls
+		r.debounce, r.opts, r.translator.MTLS, r.authz = prev.debounce, prev.merge, prev.mtls, prev.authz
 		r.setGateway(prev.gateway)
+		r.translator.SetAuthorization(prev.authz)
 		return err
 	}
 	return nil

@@ -218,7 +218,18 @@ func run(ctx context.Context, every time.Duration) error {
 		"sent) and limits each client IP to a burst of 10.")
 	ed.show(ctx)
 
-	phase("5. Steady traffic until Ctrl-C", "")
+	phase("5. Authorization: a call refused by a rule, then allowed once the rule is added",
+		"mesh control's YAML gets control.authorization for orders: default deny, only /health open;",
+		"a reload (SIGHUP) pushes it as RBAC filters to the orders agents: web's calls get 403 rbac-denied.")
+	if err := d.authorization(control, policies, cfgText, authzDenyAll, http.StatusForbidden, every); err != nil {
+		return err
+	}
+	fmt.Println("\n    The rule {name: reads, action: allow, methods: [GET], paths: [/orders/]} is added and reloaded:")
+	if err := d.authorization(control, policies, cfgText, authzAllowReads, http.StatusOK, every); err != nil {
+		return err
+	}
+
+	phase("6. Steady traffic until Ctrl-C", "")
 	d.steady(0, every)
 	summary(d.stats, d.lat)
 	observed(vms, tr)

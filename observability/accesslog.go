@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/identity"
 )
 
 // accessLog writes one line per request (or per sampled request) through
@@ -55,6 +56,8 @@ const (
 	fRetries
 	fCaller
 	fUserAgent
+	fPeerIdentity
+	fAuthzRule
 )
 
 // maxLoggedLen bounds the caller-controlled strings in a line.
@@ -205,6 +208,13 @@ func (a *accessLog) write(rec *Record, r *http.Request, status int, reason strin
 			e.Str("user_agent", clip(ua[0]))
 		}
 	}
+	if f&fPeerIdentity != 0 && rec.Peer.Service != "" {
+		var b [256]byte
+		e.Bytes("peer_identity", appendID(b[:0], rec.Peer))
+	}
+	if f&fAuthzRule != 0 && rec.AuthzRule != "" {
+		e.Str("authz_rule", rec.AuthzRule)
+	}
 	e.Send()
 }
 
@@ -218,6 +228,16 @@ func grpcStatus(h http.Header) string {
 		return v[0]
 	}
 	return ""
+}
+
+// appendID appends id's SPIFFE URI without building a string.
+func appendID(b []byte, id identity.ID) []byte {
+	b = append(b, "spiffe://"...)
+	b = append(b, id.TrustDomain...)
+	b = append(b, "/ns/"...)
+	b = append(b, id.Namespace...)
+	b = append(b, "/svc/"...)
+	return append(b, id.Service...)
 }
 
 func clip(s string) string {

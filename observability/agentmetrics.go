@@ -42,6 +42,9 @@ type Metrics struct {
 	consulReg     prometheus.Gauge
 	consulErrors  prometheus.Counter
 
+	rbacDecisions *prometheus.CounterVec // authzmetrics.go
+	rules         *labelGuard
+
 	names        *labelGuard
 	endpointsSrc atomic.Pointer[func(yield func(service string, healthy int))]
 	endpointsMu  sync.Mutex // one scrape fills the endpoints gauge at a time
@@ -83,12 +86,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "1 while the app is registered in Consul, else 0."}),
 		consulErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "consul_registration_errors_total",
 			Help: "Failed Consul (re-)registration attempts."}),
-		names: newLabelGuard(1000),
+		names:         newLabelGuard(1000),
+		rules:         newLabelGuard(maxRuleLabels),
+		rbacDecisions: counter("rbac_decisions_total", "Authorization decisions on the inbound side, by service, action (allow, deny) and the rule that decided (default: none matched).", "service", "action", "rule"),
 	}
 	var errs []error
 	for _, c := range []**prometheus.CounterVec{&m.rateLimited, &m.concurrencyLimited, &m.retries, &m.budgetExhausted,
 		&m.timeouts, &m.breakerTransitions, &m.breakerRejected, &m.ejections, &m.connOpened, &m.connFailed,
-		&m.xdsAcks, &m.xdsNacks} {
+		&m.xdsAcks, &m.xdsNacks, &m.rbacDecisions} {
 		errs = append(errs, register(reg, c))
 	}
 	for _, g := range []**prometheus.GaugeVec{&m.breakerState, &m.ejected, &m.connActive,

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/meshvm/mesh/identity"
 )
 
 // Record is what is known about one request while it crosses a listener.
@@ -39,6 +41,11 @@ type Record struct {
 	Reason string
 	// Retries is how many times the request was sent again.
 	Retries int
+	// Peer is the caller's verified identity (zero: none known), and
+	// AuthzRule the authorization rule that decided on the request
+	// (empty: no authorization ran); set by the inbound side.
+	Peer      identity.ID
+	AuthzRule string
 
 	start     time.Time
 	requestID string
@@ -86,6 +93,14 @@ func (r *Record) SetUpstream(service, endpoint string) {
 func (r *Record) SetReason(reason string) {
 	if r != nil {
 		r.Reason = reason
+	}
+}
+
+// SetAuthz records the caller's identity (zero: none) and the rule
+// that decided on the request.
+func (r *Record) SetAuthz(peer identity.ID, rule string) {
+	if r != nil {
+		r.Peer, r.AuthzRule = peer, rule
 	}
 }
 

@@ -21,6 +21,9 @@ type TCPConn struct {
 	// ("upstream-connect-failure", "no-healthy-endpoint", "idle-timeout"),
 	// empty when either side closed it.
 	Reason string
+	// PeerIdentity is the caller's verified SPIFFE ID ("" if none) and
+	// AuthzRule the authorization rule that decided ("" if none ran).
+	PeerIdentity, AuthzRule string
 }
 
 // LogTCP writes the access log line of one relayed TCP connection
@@ -64,6 +67,12 @@ func (o *Observer) LogTCP(c TCPConn) {
 	}
 	if f&fCaller != 0 {
 		e.Str("caller", c.Caller)
+	}
+	if f&fPeerIdentity != 0 && c.PeerIdentity != "" {
+		e.Str("peer_identity", c.PeerIdentity)
+	}
+	if f&fAuthzRule != 0 && c.AuthzRule != "" {
+		e.Str("authz_rule", c.AuthzRule)
 	}
 	e.Send()
 }

@@ -113,7 +113,7 @@ func TestGoldenProxylessResources(t *testing.T) {
 // from.
 func TestGoldenRoundTrip(t *testing.T) {
 	for _, name := range []string{wiretest.AgentPayments, wiretest.AgentClientOnly, wiretest.GRPCProxyless, wiretest.AgentTuned,
-		wiretest.AgentMTLSStrict, wiretest.AgentMTLSPermissive, wiretest.Gateway} {
+		wiretest.AgentMTLSStrict, wiretest.AgentMTLSPermissive, wiretest.Gateway, wiretest.AgentAuthz, wiretest.AgentAuthzTCP} {
 		t.Run(name, func(t *testing.T) {
 			r := wiretest.Load(t, name)
 			b, err := wiretest.Encode(resources(r))

@@ -136,10 +136,15 @@ type ownInputs struct {
 	mtlsMode string
 	// gateway is a gateway node's shared build.
 	gateway *gatewayBuild
+	// authz is the authorization of the node's service; protocol its app
+	// protocol (authz.go).
+	authz    authzInputs
+	protocol string
 }
 
 func (a ownInputs) equal(b ownInputs) bool {
-	return a.node == b.node && a.appPort == b.appPort && a.mtlsMode == b.mtlsMode && reflect.DeepEqual(a.policy, b.policy) && a.gateway == b.gateway
+	return a.node == b.node && a.appPort == b.appPort && a.mtlsMode == b.mtlsMode && reflect.DeepEqual(a.policy, b.policy) && a.gateway == b.gateway &&
+		a.protocol == b.protocol && reflect.DeepEqual(a.authz, b.authz)
 }
 
 func (m *Mesh) ownInputs(n model.Node) ownInputs {
@@ -165,6 +170,8 @@ func (m *Mesh) ownInputs(n model.Node) ownInputs {
 	if m.mtlsNodes[n.Service][n.ID] {
 		in.mtlsMode = m.mtls.Mode(n.Service)
 	}
+	in.authz = m.authz.inputs(n.Service)
+	in.protocol = m.protocols[n.Service]
 	return in
 }
 
@@ -239,7 +246,7 @@ func ownResources(in ownInputs) (Resources, error) {
 	if err != nil {
 		return Resources{}, err
 	}
-	inbound, err := inboundListener(cmpOr(n.InboundAddr, wire.DefaultInboundAddr), in.policy)
+	inbound, err := inboundListenerFor(in)
 	if err != nil {
 		return Resources{}, err
 	}

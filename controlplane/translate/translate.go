@@ -77,6 +77,10 @@ type Mesh struct {
 	mtlsNodes map[string]map[string]bool
 	// gateway is what gateway nodes get (gateway.go).
 	gateway *gatewayBuild
+	// authz is control.authorization (authz.go); protocols the app
+	// protocol of each service (a tcp callee gets L4 rules).
+	authz     Authorization
+	protocols map[string]string
 }
 
 // Resources are one node's resources by type.
@@ -107,7 +111,13 @@ type Translator struct {
 	// gatewayIn is the gateway input (SetGateway), gateway its last build.
 	gatewayIn *Gateway
 	gateway   *gatewayBuild
+	authz     Authorization
 }
+
+// SetAuthorization sets the authorization the next Translate applies
+// (control.authorization); nodes whose callee's rules changed get new
+// inbound listeners, the others keep theirs.
+func (t *Translator) SetAuthorization(a Authorization) { t.authz = a }
 
 type entry struct {
 	svc         model.Service
@@ -142,6 +152,8 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		appPorts:     make(map[string]map[string]int, n),
 		mtls:         t.MTLS,
 		mtlsNodes:    map[string]map[string]bool{},
+		authz:        t.authz,
+		protocols:    make(map[string]string, n),
 	}
 	next := make(map[string]*entry, n)
 	vhosts := make([]*routev3.VirtualHost, 0, n)
@@ -163,6 +175,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 			sameVhosts = false
 		}
 		out.policies[s.Name] = s.Policy
+		out.protocols[s.Name] = serviceProtocol(s)
 		for _, ep := range s.Endpoints {
 			if ep.AppPort > 0 && ep.Node != "" {
 				if out.appPorts[s.Name] == nil {
@@ -603,8 +616,10 @@ func outboundListener(addr string) (*listenerv3.Listener, error) {
 	})
 }
 
-func inboundListener(addr string, p config.Policy) (*listenerv3.Listener, error) {
-	var filters []*hcmv3.HttpFilter
+// inboundListener is the HTTP inbound listener; first are filters to run
+// before the callee-side policies (authorization).
+func inboundListener(addr string, p config.Policy, first ...*hcmv3.HttpFilter) (*listenerv3.Listener, error) {
+	filters := first
 	if rl := p.RateLimit; rl.MaxTokens > 0 {
 		cfg, err := anypb.New(&localratelimitv3.LocalRateLimit{
 			StatPrefix: "inbound_rate_limit",

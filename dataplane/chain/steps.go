@@ -8,7 +8,7 @@ package chain
 //
 // Inbound (the agent's own service, before the app):
 //
-//	rate-limit → concurrency-limit → app
+//	authorization → rate-limit → concurrency-limit → app
 //
 // Outbound (per upstream service, after routing by Host or the
 // per-upstream listener):
@@ -23,6 +23,7 @@ package chain
 func DefaultSteps() Steps {
 	return Steps{
 		Inbound: []InboundBuilder{
+			{Name: "authorization", Build: buildAuthorization},
 			{Name: "rate-limit", Build: buildRateLimit},
 			{Name: "concurrency-limit", Build: buildInboundLimit},
 			{Name: "app", Build: buildApp},

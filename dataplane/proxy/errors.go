@@ -83,6 +83,7 @@ func Retryable(err error) bool {
 const (
 	grpcCancelled         = 1
 	grpcDeadlineExceeded  = 4
+	grpcPermissionDenied  = 7
 	grpcResourceExhausted = 8
 	grpcUnavailable       = 14
 )
@@ -110,6 +111,8 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 			code = grpcDeadlineExceeded
 		case http.StatusTooManyRequests:
 			code = grpcResourceExhausted
+		case http.StatusForbidden:
+			code = grpcPermissionDenied
 		case StatusClientClosedRequest:
 			code = grpcCancelled
 		}

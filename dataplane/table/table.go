@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/dataplane/endpoint"
+	"github.com/meshvm/mesh/dataplane/rbac"
 )
 
 // Table is one complete, immutable routing configuration.
@@ -54,6 +55,9 @@ type Inbound struct {
 	// plane's Listener (wire.MTLSStrict, wire.MTLSPermissive); empty means
 	// the local config's.
 	MTLSMode string
+	// Authorization is the service's RBAC policy (nil: every caller is
+	// served).
+	Authorization *rbac.Policy `json:"authorization,omitempty"`
 }
 
 // Policy returns the policy of service.

@@ -27,6 +27,7 @@ import (
 	"github.com/meshvm/mesh/governance/balancer"
 	"github.com/meshvm/mesh/governance/outlier"
 	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/wire"
 )
 
 // DefaultIdleTimeout closes a connection that carried no byte either way
@@ -49,6 +50,8 @@ const (
 	ReasonNoRoute           = "no-route"
 	ReasonIdleTimeout       = "idle-timeout"
 	ReasonShutdown          = "shutdown"
+	// ReasonRBACDenied: the L4 authorization refused the caller.
+	ReasonRBACDenied = wire.ReasonRBACDenied
 )
 
 // Options configure a Relay.
@@ -81,6 +84,19 @@ type Options struct {
 	// the peer agent: mtls.Dialer.Wrap). Without it, both sides of a
 	// relay are TCP connections and bytes move by splice(2).
 	WrapDial func(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Authorize, if set, decides on each connection before anything is
+	// dialed (the inbound side's L4 authorization); a refused connection
+	// is closed with reason rbac-denied.
+	Authorize func(client net.Conn) Authorization
+}
+
+// Authorization is Authorize's decision on one connection, and what the
+// access log records of it.
+type Authorization struct {
+	Allowed bool
+	// PeerIdentity is the caller's verified SPIFFE ID ("" for none), Rule
+	// the rule that decided ("" when no authorization applies).
+	PeerIdentity, Rule string
 }
 
 // Relay serves one TCP listener. Serve runs it; Shutdown stops it.
@@ -334,8 +350,14 @@ func (r *Relay) handle(c *conn) {
 	}()
 	defer c.client.Close()
 	r.m.opened()
+	var az Authorization
 	endpointAddr := ""
-	if why := r.admit(); why != "" {
+	if r.o.Authorize != nil {
+		az = r.o.Authorize(c.client)
+	}
+	if r.o.Authorize != nil && !az.Allowed {
+		c.setReason(ReasonRBACDenied) // closed at once: nothing reaches the app
+	} else if why := r.admit(); why != "" {
 		c.setReason(why) // closed at once: nothing reaches the app
 	} else {
 		if r.o.Limits != nil {
@@ -358,6 +380,7 @@ func (r *Relay) handle(c *conn) {
 			UpstreamService: r.o.Service, Endpoint: endpointAddr,
 			Caller: c.client.RemoteAddr().String(), Start: c.start, End: time.Now(),
 			BytesIn: c.in.Load(), BytesOut: c.out.Load(), Reason: reason,
+			PeerIdentity: az.PeerIdentity, AuthzRule: az.Rule,
 		})
 	}
 }

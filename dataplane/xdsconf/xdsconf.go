@@ -19,8 +19,10 @@
 //   - the ClusterLoadAssignment of each: endpoints with HEALTHY, DEGRADED or
 //     UNKNOWN health are routable, others are not; locality gives the zone;
 //   - the inbound Listener (wire.InboundListener): its
-//     wire.LocalRateLimitFilter token bucket, and its mTLS mode from the
-//     filter chains (mtls.go);
+//     wire.LocalRateLimitFilter token bucket, its mTLS mode from the
+//     filter chains (mtls.go), and its RBAC filters (wire.RBACFilter in
+//     the connection manager, wire.RBACNetworkFilter before a TCP proxy)
+//     as the service's authorization (rbac.go);
 //   - a Cluster's transport_socket: an UpstreamTlsContext's URI SAN is
 //     the SPIFFE ID the service's agents must prove over mTLS.
 package xdsconf
@@ -95,6 +97,11 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 			return nil, fmt.Errorf("listener %q: %w", wire.InboundListener, err)
 		}
 		t.Inbound.MTLSMode = mode
+		authz, err := inboundAuthorization(l)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", wire.InboundListener, err)
+		}
+		t.Inbound.Authorization = authz
 		for _, hcm := range xdsclient.HTTPConnectionManagers(l) {
 			for _, f := range hcm.GetHttpFilters() {
 				if f.GetName() != wire.LocalRateLimitFilter && !f.GetTypedConfig().MessageIs(&localratelimitv3.LocalRateLimit{}) {

@@ -22,9 +22,12 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	// Typed configs the golden resources carry, so their Any values resolve.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
@@ -61,6 +64,14 @@ const (
 	// AgentMTLSPermissive is an agent fronting payments in the same
 	// model, permissive (the default mode): TLS and raw_buffer chains.
 	AgentMTLSPermissive = "agent-mtls-permissive"
+	// AgentAuthz is an agent fronting orders (an HTTP app) whose
+	// control.authorization entry has deny and allow rules by caller,
+	// method, path and header under default deny: RBAC filters DENY then
+	// ALLOW on its inbound listener.
+	AgentAuthz = "agent-authz"
+	// AgentAuthzTCP is an agent fronting cache (a tcp app) with L4 rules:
+	// its inbound listener is a TCP proxy after RBAC network filters.
+	AgentAuthzTCP = "agent-authz-tcp"
 )
 
 // Resources are a node's resources by type and name.
