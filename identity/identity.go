@@ -105,3 +105,18 @@ func fromURIs(uris []*url.URL) (ID, error) {
 	}
 	return ID{}, fmt.Errorf("%d URI SANs: a workload certificate carries exactly one SPIFFE ID", len(uris))
 }
+
+// ForService is the identity of a mesh service name: orders in the given
+// default namespace, orders.shop (a Kubernetes service orders in
+// namespace shop) in shop. Every place that turns a service name into a
+// SPIFFE ID (the CA, the mTLS peer check, authorization rules) uses it,
+// so they agree.
+func ForService(trustDomain, defaultNamespace, service string) (ID, error) {
+	name, ns, dotted := strings.Cut(service, ".")
+	if !dotted {
+		ns = defaultNamespace
+	} else if strings.Contains(ns, ".") {
+		return ID{}, fmt.Errorf("service name %q: at most one '.' (service.namespace)", service)
+	}
+	return NewID(trustDomain, ns, name)
+}

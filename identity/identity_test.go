@@ -198,3 +198,19 @@ func TestToken(t *testing.T) {
 		})
 	}
 }
+
+// TestForService: the one mapping from mesh service names to SPIFFE IDs.
+func TestForService(t *testing.T) {
+	for in, want := range map[string]string{
+		"orders":      "spiffe://mesh.local/ns/default/svc/orders",
+		"orders.shop": "spiffe://mesh.local/ns/shop/svc/orders",
+	} {
+		id, err := identity.ForService("mesh.local", "default", in)
+		if err != nil || id.String() != want {
+			t.Errorf("ForService(%q) = %v, %v; want %s", in, id, err, want)
+		}
+	}
+	if _, err := identity.ForService("mesh.local", "default", "a.b.c"); err == nil {
+		t.Error("a.b.c accepted")
+	}
+}

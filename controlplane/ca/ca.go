@@ -304,10 +304,10 @@ func (c *CA) loadTokenKey() error {
 // TrustDomain is the trust domain of the identities the CA issues.
 func (c *CA) TrustDomain() string { return c.cfg.TrustDomain }
 
-// ID returns the identity of service in the CA's trust domain and
-// namespace.
+// ID returns the identity of service in the CA's trust domain: in its
+// namespace, or for a dotted name (orders.shop) in the name's.
 func (c *CA) ID(service string) (identity.ID, error) {
-	return identity.NewID(c.cfg.TrustDomain, c.cfg.Namespace, service)
+	return identity.ForService(c.cfg.TrustDomain, c.cfg.Namespace, service)
 }
 
 // BundlePEM is the trust bundle: every root a workload must trust.

@@ -56,16 +56,6 @@ func (a Authorization) inputs(service string) authzInputs {
 	return authzInputs{entry: &e, trustDomain: a.TrustDomain, namespace: a.Namespace}
 }
 
-// ServiceID is the SPIFFE ID of a mesh service name: orders in the
-// default namespace, orders.shop (a Kubernetes service) in shop.
-func ServiceID(trustDomain, namespace, service string) (identity.ID, error) {
-	name, ns, ok := strings.Cut(service, ".")
-	if !ok {
-		ns = namespace
-	}
-	return identity.NewID(trustDomain, ns, name)
-}
-
 // rbacSets turns an entry into Envoy's two RBAC configs: the DENY set
 // (nil without deny rules), evaluated first, and the ALLOW set (nil when
 // everything not denied is served). Under default allow the ALLOW set
@@ -128,7 +118,7 @@ func rbacPrincipals(in authzInputs, from []string) ([]*rbacconfigv3.Principal, e
 	for _, f := range from {
 		auth := &rbacconfigv3.Principal_Authenticated{}
 		if f != config.AuthzAnyCaller {
-			id, err := ServiceID(in.trustDomain, in.namespace, f)
+			id, err := identity.ForService(in.trustDomain, in.namespace, f)
 			if err != nil {
 				return nil, fmt.Errorf("caller %s: %w", f, err)
 			}

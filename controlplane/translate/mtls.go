@@ -61,8 +61,11 @@ func (m MTLS) Mode(service string) string {
 
 // ID is the SPIFFE ID service's agents present.
 func (m MTLS) ID(service string) string {
-	return identity.ID{TrustDomain: cmpOr(m.TrustDomain, identity.DefaultTrustDomain),
-		Namespace: cmpOr(m.Namespace, identity.DefaultNamespace), Service: service}.String()
+	td, ns := cmpOr(m.TrustDomain, identity.DefaultTrustDomain), cmpOr(m.Namespace, identity.DefaultNamespace)
+	if id, err := identity.ForService(td, ns, service); err == nil {
+		return id.String()
+	}
+	return identity.ID{TrustDomain: td, Namespace: ns, Service: service}.String()
 }
 
 // takesMTLS reports whether every endpoint of s is an agent that takes
