@@ -24,6 +24,7 @@ import (
 	"github.com/meshvm/mesh/cmdb"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/kubeexport"
+	"github.com/meshvm/mesh/controlplane/loadstats"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/controlplane/source/cmdbsource"
@@ -65,6 +66,7 @@ type Control struct {
 	opts    Options
 	reg     *prometheus.Registry
 	xds     *xds.Server
+	load    *loadstats.Server
 	rec     *reconciler
 	cmdb    *cmdbSlot
 	sources []source.Source
@@ -141,6 +143,8 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 		return nil, err
 	}
 	s.gateway = gw
+	c.load = loadstats.New(log.With().Str("component", "loadstats").Logger(), c.reg,
+		loadstats.Options{Interval: cfg.Control.LoadReportingInterval})
 	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, s,
 		opts.FirstWait, c.xds, newMetrics(c.reg, c.sources))
 	if c.export != nil {
@@ -212,6 +216,7 @@ func (c *Control) Run(ctx context.Context) error {
 		al.Close()
 		return err
 	}
+	c.load.Register(g) // LRS next to ADS, on the same server
 	admin := &http.Server{Handler: c.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 
 	// The watchdog keeps pinging through the graceful stop.
