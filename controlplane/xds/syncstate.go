@@ -148,6 +148,9 @@ func (s *Server) Proxies() []meshapi.Proxy {
 				default:
 					row.Want = want[typeURL]
 				}
+				if typeURL == resourcev3.EndpointType && !c.delta && ts.nack == "" && ts.acked != sent && s.eds.holdsCurrent(id) {
+					row.Want = ts.acked
+				}
 				switch {
 				case ts.nack != "":
 					row.State = meshapi.NACKed
