@@ -429,4 +429,3 @@ func adsFetch(t *testing.T, addr string, v *vm) adsResult {
 	}
 	return r
 }
-

@@ -39,7 +39,7 @@ type State struct {
 	pushed    chan struct{} // wakes Run after a compile
 
 	metrics *observability.Metrics // nil: not instrumented
-	load    *loadreport.Store       // nil: no load reports
+	load    *loadreport.Store      // nil: no load reports
 }
 
 // NewState returns empty state. clk may be nil for the system clock; the
