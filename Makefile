@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-mtls bench-gateway demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
+.PHONY: test-ui all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-mtls bench-gateway demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
 
 all: build
 
@@ -78,6 +78,13 @@ test: build $(CONSUL) $(JAEGER) $(PEBBLE) $(H2SPEC) lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) fuzz
 	$(MAKE) test-packaging-fast
+
+# The dashboard (/ui/ on mesh control's admin listener) in a real headless
+# Chromium (Debian's chromium; build tag browser): mesh control, agents,
+# apps and Consul as real processes. ~1 minute.
+test-ui: $(CONSUL)
+	$(GO) vet -tags browser ./meshctl/
+	$(GO) test -count=1 -tags browser -timeout 10m -run TestDashboardInChromium -v ./meshctl/
 
 # The Kubernetes source's end-to-end tests against a real kube-apiserver
 # and etcd (build tag kube; a missing binary fails them). ~4 minutes to

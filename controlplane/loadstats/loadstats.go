@@ -63,6 +63,9 @@ var nBuckets = len(wire.LoadLatencyBucketsMs) + 1
 const slotWidth = time.Second
 
 type edge struct {
+	// first is when its first report arrived: rates over a window
+	// longer than the edge's life are measured over its life.
+	first      time.Time
 	total      meshapi.Totals
 	localities map[string]*meshapi.Totals
 	// inFlight is each reporter's requests in progress at its last report.
@@ -162,7 +165,7 @@ func (s *Server) add(caller, node string, stats []*endpointv3.ClusterStats) {
 				s.m.dropped.Inc()
 				continue
 			}
-			e = &edge{localities: map[string]*meshapi.Totals{}, inFlight: map[string]uint64{},
+			e = &edge{first: s.opts.Now(), localities: map[string]*meshapi.Totals{}, inFlight: map[string]uint64{},
 				slots: make([]slot, int(s.opts.Window/slotWidth))}
 			s.edges[k] = e
 			s.m.edges.Set(float64(len(s.edges)))
@@ -247,7 +250,9 @@ func (s *Server) Traffic() meshapi.Traffic {
 	s.mu.Lock()
 	out.Edges = make([]meshapi.Edge, 0, len(s.edges))
 	for k, e := range s.edges {
-		out.Edges = append(out.Edges, e.summary(k, from, s.opts.RateWindow.Seconds()))
+		// A report covers the interval before it arrived.
+		window := min(s.opts.RateWindow, now.Sub(e.first)+s.opts.Interval)
+		out.Edges = append(out.Edges, e.summary(k, from, window.Seconds()))
 	}
 	s.mu.Unlock()
 	sort.Slice(out.Edges, func(i, j int) bool {
