@@ -48,19 +48,26 @@ type Server struct {
 	log  zerolog.Logger
 	opts Options
 	m    *metrics
+	// slot is the granularity of the window, in seconds: one reporting
+	// interval (at least 1 s); reports arriving within one slot are added
+	// together.
+	slot int64
 
 	mu    sync.Mutex
 	edges map[edgeKey]*edge
+	seen  uint64 // reports added (tests, benchmarks)
+}
+
+func (s *Server) reportsSeen() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen
 }
 
 type edgeKey struct{ caller, callee string }
 
 // nBuckets is the latency histogram's size, the "inf" bucket included.
 var nBuckets = len(wire.LoadLatencyBucketsMs) + 1
-
-// slotWidth is the granularity of the window: reports arriving within
-// one slot are added together.
-const slotWidth = time.Second
 
 type edge struct {
 	// first is when its first report arrived: rates over a window
@@ -70,7 +77,7 @@ type edge struct {
 	localities map[string]*meshapi.Totals
 	// inFlight is each reporter's requests in progress at its last report.
 	inFlight map[string]uint64
-	// slots is a ring of per-second sums, len = window / slotWidth.
+	// slots is a ring of per-slot sums, len = window / slot.
 	slots []slot
 }
 
@@ -100,7 +107,8 @@ func New(log zerolog.Logger, reg prometheus.Registerer, o Options) *Server {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Server{log: log, opts: o, m: newMetrics(reg), edges: map[edgeKey]*edge{}}
+	slot := max(int64(o.Interval/time.Second), 1)
+	return &Server{log: log, opts: o, m: newMetrics(reg), slot: slot, edges: map[edgeKey]*edge{}}
 }
 
 // Register adds the LRS service to g.
@@ -154,9 +162,10 @@ func (s *Server) add(caller, node string, stats []*endpointv3.ClusterStats) {
 		return
 	}
 	s.m.reports.Inc()
-	now := s.opts.Now().Unix()
+	now := s.opts.Now().Unix() / s.slot
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.seen++
 	for _, cs := range stats {
 		k := edgeKey{caller, cs.GetClusterName()}
 		e := s.edges[k]
@@ -166,7 +175,7 @@ func (s *Server) add(caller, node string, stats []*endpointv3.ClusterStats) {
 				continue
 			}
 			e = &edge{first: s.opts.Now(), localities: map[string]*meshapi.Totals{}, inFlight: map[string]uint64{},
-				slots: make([]slot, int(s.opts.Window/slotWidth))}
+				slots: make([]slot, max(int(int64(s.opts.Window/time.Second)/s.slot), 1))}
 			s.edges[k] = e
 			s.m.edges.Set(float64(len(s.edges)))
 		}
@@ -245,7 +254,7 @@ func (s *Server) forget(node string) {
 // over the rate window.
 func (s *Server) Traffic() meshapi.Traffic {
 	now := s.opts.Now()
-	from := now.Add(-s.opts.RateWindow).Unix()
+	from := now.Add(-s.opts.RateWindow).Unix() / s.slot
 	out := meshapi.Traffic{GeneratedAt: now.UTC(), WindowSeconds: s.opts.RateWindow.Seconds(), IntervalSeconds: s.opts.Interval.Seconds()}
 	s.mu.Lock()
 	out.Edges = make([]meshapi.Edge, 0, len(s.edges))
@@ -265,8 +274,8 @@ func (s *Server) Traffic() meshapi.Traffic {
 	return out
 }
 
-// summary is e over the slots since from (unix seconds, exclusive), a
-// span of window seconds.
+// summary is e over the slots after slot number from, a span of window
+// seconds.
 func (e *edge) summary(k edgeKey, from int64, window float64) meshapi.Edge {
 	out := meshapi.Edge{Caller: k.caller, Callee: k.callee, Total: e.total}
 	var issued, errored, finished uint64
