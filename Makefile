@@ -84,7 +84,7 @@ test: build $(CONSUL) $(JAEGER) $(PEBBLE) $(H2SPEC) lint
 # apps and Consul as real processes. ~1 minute.
 test-ui: $(CONSUL)
 	$(GO) vet -tags browser ./meshctl/
-	$(GO) test -count=1 -tags browser -timeout 10m -run TestDashboardInChromium -v ./meshctl/
+	$(GO) test -count=1 -tags browser -timeout 10m -run 'TestDashboard' -v ./meshctl/
 
 # The Kubernetes source's end-to-end tests against a real kube-apiserver
 # and etcd (build tag kube; a missing binary fails them). ~4 minutes to
