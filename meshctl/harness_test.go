@@ -63,15 +63,16 @@ func (v *vm) admin() string    { return v.ip + ":15000" }
 // nodeID is the agent's xDS node id: <service>-<node>-<app port>.
 func (v *vm) nodeID() string { return v.service + "-" + v.name + "-8080" }
 
-// startControl runs mesh control with 1 s load reports.
-func startControl(t *testing.T) *mesh {
+// startControl runs mesh control with 1 s load reports; extra is YAML
+// added to its config (policies:).
+func startControl(t *testing.T, extra ...string) *mesh {
 	t.Helper()
 	m := &mesh{t: t, vms: map[string]*vm{},
 		xdsAddr:   "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1")),
 		adminAddr: "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1"))}
 	cfg := filepath.Join(t.TempDir(), "control.yaml")
 	body := fmt.Sprintf("log:\n  level: warn\nconsul:\n  addr: %s\ncontrol:\n  xds_addr: %s\n  admin_addr: %s\n  debounce: 20ms\n  load_reporting_interval: 1s\n",
-		testConsul.Addr, m.xdsAddr, m.adminAddr)
+		testConsul.Addr, m.xdsAddr, m.adminAddr) + strings.Join(extra, "")
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +96,8 @@ func (m *mesh) addVM(name, ip, service string) *vm {
 		case "/health":
 		case "/fail":
 			http.Error(w, "failing on purpose", http.StatusInternalServerError)
+		case "/slow":
+			time.Sleep(time.Second)
 		default:
 			fmt.Fprintf(w, "%s on %s\n", service, name)
 		}
