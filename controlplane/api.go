@@ -105,6 +105,10 @@ func (c *Control) serveEvents(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	var last []byte
 	lastWrite := time.Time{}
+	var stop <-chan struct{}
+	if ctx := c.events.Load(); ctx != nil {
+		stop = (*ctx).Done()
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -134,6 +138,8 @@ func (c *Control) serveEvents(w http.ResponseWriter, r *http.Request) {
 		}
 		select {
 		case <-r.Context().Done():
+			return
+		case <-stop:
 			return
 		case <-t.C:
 		}

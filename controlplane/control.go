@@ -82,6 +82,8 @@ type Control struct {
 	notified atomic.Bool
 	// prot secures the xDS port (identity.go).
 	prot *protection
+	// events ends the admin listener's event streams (set by Run).
+	events atomic.Pointer[context.Context]
 }
 
 // New builds the control plane from cfg; it starts nothing.
@@ -216,8 +218,13 @@ func (c *Control) Run(ctx context.Context) error {
 		al.Close()
 		return err
 	}
-	c.load.Register(g) // LRS next to ADS, on the same server
+	c.load.Register(streams, g) // LRS next to ADS, on the same server
 	admin := &http.Server{Handler: c.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	// Event streams (the dashboard's) end when the admin server shuts down.
+	events, endEvents := context.WithCancel(context.Background())
+	defer endEvents()
+	c.events.Store(&events)
+	admin.RegisterOnShutdown(endEvents)
 
 	// The watchdog keeps pinging through the graceful stop.
 	wdCtx, stopWatchdog := context.WithCancel(context.WithoutCancel(ctx))

@@ -7,6 +7,7 @@
 package loadstats
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math"
@@ -52,6 +53,8 @@ type Server struct {
 	// interval (at least 1 s); reports arriving within one slot are added
 	// together.
 	slot int64
+
+	ctx context.Context // set by Register; ends the streams
 
 	mu    sync.Mutex
 	edges map[edgeKey]*edge
@@ -111,8 +114,12 @@ func New(log zerolog.Logger, reg prometheus.Registerer, o Options) *Server {
 	return &Server{log: log, opts: o, m: newMetrics(reg), slot: slot, edges: map[edgeKey]*edge{}}
 }
 
-// Register adds the LRS service to g.
-func (s *Server) Register(g *grpc.Server) { lrsv3.RegisterLoadReportingServiceServer(g, s) }
+// Register adds the LRS service to g. ctx bounds every stream: cancel
+// it before a graceful stop (a reporting proxy never ends its stream).
+func (s *Server) Register(ctx context.Context, g *grpc.Server) {
+	s.ctx = ctx
+	lrsv3.RegisterLoadReportingServiceServer(g, s)
+}
 
 // StreamLoadStats implements the LRS service: the first request names the
 // node; the server answers with the interval and "send all clusters", then
@@ -141,15 +148,32 @@ func (s *Server) StreamLoadStats(st lrsv3.LoadReportingService_StreamLoadStatsSe
 		return err
 	}
 	s.add(caller, id, first.GetClusterStats())
-	for {
-		req, err := st.Recv()
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			req, err := st.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			s.add(caller, id, req.GetClusterStats())
+		}
+	}()
+	done := st.Context().Done()
+	var stop <-chan struct{}
+	if s.ctx != nil {
+		stop = s.ctx.Done()
+	}
+	select {
+	case err := <-errc:
 		if err == io.EOF {
 			return nil
 		}
-		if err != nil {
-			return err
-		}
-		s.add(caller, id, req.GetClusterStats())
+		return err
+	case <-done:
+		return nil
+	case <-stop: // shutting down: returning ends the stream, and Recv
+		return nil
 	}
 }
 

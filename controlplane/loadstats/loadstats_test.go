@@ -30,7 +30,7 @@ func serve(tb testing.TB, s *Server) string {
 		tb.Fatal(err)
 	}
 	g := grpc.NewServer()
-	s.Register(g)
+	s.Register(context.Background(), g)
 	go func() { _ = g.Serve(ln) }()
 	tb.Cleanup(g.Stop)
 	return ln.Addr().String()
