@@ -91,7 +91,7 @@ $(PROMETHEUS): tools/prometheus/go.mod tools/prometheus/go.sum
 # docs/prometheus.yml against that Prometheus: agents found through Consul
 # and scraped, every dashboard expression returns data (build tag
 # prometheus). ~2 minutes once built.
-test-prometheus: $(PROMETHEUS) $(CONSUL)
+test-prometheus: $(PROMETHEUS) $(CONSUL) $(JAEGER)
 	$(GO) vet -tags prometheus ./meshctl/
 	$(GO) test -count=1 -tags prometheus -timeout 10m -run TestPrometheusScrapesTheMesh -v ./meshctl/
 

@@ -49,6 +49,8 @@ type mesh struct {
 	xdsAddr, adminAddr string
 	control            *meshtest.Process
 	vms                map[string]*vm
+	// agentEnv is added to each agent's environment (MESH_* settings).
+	agentEnv []string
 }
 
 // vm is one simulated machine: an app and its agent.
@@ -105,7 +107,7 @@ func (m *mesh) addVM(name, ip, service string) *vm {
 	go func() { _ = app.Serve(ln) }()
 	t.Cleanup(func() { _ = app.Close() })
 	v := &vm{name: name, ip: ip, service: service}
-	v.agent = meshtest.StartProcess(t, nil, meshBin, "agent",
+	v.agent = meshtest.StartProcess(t, m.agentEnv, meshBin, "agent",
 		"--service", service, "--app-address", ip, "--app-port", "8080", "--app-health", "/health", "--app-protocol", "http1",
 		"--inbound-addr", ip+":15006", "--outbound-addr", v.outbound(), "--admin-addr", v.admin(),
 		"--advertise-addr", ip, "--node", name, "--consul-addr", testConsul.Addr,

@@ -50,6 +50,14 @@ func TestPrometheusScrapesTheMesh(t *testing.T) {
       rate_limit: {max_tokens: 5, tokens_per_fill: 5, fill_interval: 1s}
       circuit_breaker: {error_percent_threshold: 30, request_volume_threshold: 5, sleep_window: 1s}
 `)
+	// Spans go to a real Jaeger, so the tracing series exist and move.
+	j, err := meshtest.StartJaeger()
+	if err != nil {
+		t.Fatalf("this test needs a real Jaeger (make jaeger): %v", err)
+	}
+	t.Cleanup(j.Stop)
+	m.agentEnv = []string{"MESH_OBSERVABILITY_TRACING_EXPORTER=otlp-grpc", "MESH_OBSERVABILITY_TRACING_ENDPOINT=" + j.OTLPGRPC,
+		"MESH_OBSERVABILITY_TRACING_SAMPLE_RATIO=1"}
 	web := m.addVM("web1", "127.0.16.61", "web")
 	m.addVM("orders1", "127.0.16.63", "orders")
 	m.waitInSync(t, 2)
