@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
+
 	"github.com/meshvm/mesh/meshtest"
 )
 
@@ -31,7 +33,8 @@ func prometheusBinary(t *testing.T) string {
 // conditional are dashboard expressions that are empty unless their event
 // happens, and why the test traffic does not cause it.
 var conditional = map[string]string{
-	"count(max by (instance) (mesh_xds_client_connected) == 0)": "counts agents disconnected from every control plane: none are",
+	"count(max by (instance) (mesh_xds_client_connected) == 0)":                                                 "counts agents disconnected from every control plane: none are",
+	`sum by (service, direction) (rate(mesh_concurrency_limited_total{service=~"$service"}[$__rate_interval]))`: "not provoked yet: the test's policy sets no concurrency limit",
 }
 
 // TestPrometheusScrapesTheMesh: a real Prometheus with docs/prometheus.yml
@@ -61,6 +64,16 @@ func TestPrometheusScrapesTheMesh(t *testing.T) {
 	web := m.addVM("web1", "127.0.16.61", "web")
 	m.addVM("orders1", "127.0.16.63", "orders")
 	m.waitInSync(t, 2)
+	// An instance with a host name for an address: the agents NACK it,
+	// so the NACK series exist on both sides.
+	cc, err := consulapi.NewClient(&consulapi.Config{Address: testConsul.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cc.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{ID: "broken-1", Name: "broken", Address: "broken.invalid", Port: 8080}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Agent().ServiceDeregister("broken-1") })
 
 	cfg, err := os.ReadFile(filepath.Join(meshtest.RepoRoot(), "docs", "prometheus.yml"))
 	if err != nil {
