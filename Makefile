@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-mtls bench-gateway demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
+.PHONY: prometheus test-prometheus test-ui all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-mtls bench-gateway demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
 
 all: build
 
@@ -78,6 +78,29 @@ test: build $(CONSUL) $(JAEGER) $(PEBBLE) $(H2SPEC) lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 	$(MAKE) fuzz
 	$(MAKE) test-packaging-fast
+
+# A real Prometheus (v3.16, module v0.316.0) from the module proxy, for
+# docs/prometheus.yml and docs/grafana-dashboard.json. Its own module: a big
+# graph (cloud SDKs for service discovery); the first build takes minutes.
+PROMETHEUS := bin/prometheus
+prometheus: $(PROMETHEUS)
+$(PROMETHEUS): tools/prometheus/go.mod tools/prometheus/go.sum
+	cd tools/prometheus && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o ../../$(PROMETHEUS) github.com/prometheus/prometheus/cmd/prometheus
+	@touch $(PROMETHEUS)
+
+# docs/prometheus.yml against that Prometheus: agents found through Consul
+# and scraped, every dashboard expression returns data (build tag
+# prometheus). ~2 minutes once built.
+test-prometheus: $(PROMETHEUS) $(CONSUL) $(JAEGER)
+	$(GO) vet -tags prometheus ./meshctl/
+	$(GO) test -count=1 -tags prometheus -timeout 10m -run TestPrometheusScrapesTheMesh -v ./meshctl/
+
+# The dashboard (/ui/ on mesh control's admin listener) in a real headless
+# Chromium (Debian's chromium; build tag browser): mesh control, agents,
+# apps and Consul as real processes. ~1 minute.
+test-ui: $(CONSUL)
+	$(GO) vet -tags browser ./meshctl/
+	$(GO) test -count=1 -tags browser -timeout 10m -run 'TestDashboard' -v ./meshctl/
 
 # The Kubernetes source's end-to-end tests against a real kube-apiserver
 # and etcd (build tag kube; a missing binary fails them). ~4 minutes to

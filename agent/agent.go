@@ -30,6 +30,7 @@ import (
 	"github.com/meshvm/mesh/dataplane/tcpproxy"
 	"github.com/meshvm/mesh/identity"
 	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/observability/loadreport"
 	"github.com/meshvm/mesh/sdnotify"
 	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/xdsclient"
@@ -56,7 +57,11 @@ type Agent struct {
 	cached   xdsclient.Resources // the disk cache the agent started from
 	saver    *cacheSaver
 	xds      *xdsclient.Client // nil without a control plane
-	swapMu   sync.Mutex        // orders handler swaps by xDS and by reload
+	// load counts requests per upstream and locality; lrs reports them to
+	// the control plane (nil without one).
+	load   *loadreport.Store
+	lrs    *loadreport.Client
+	swapMu sync.Mutex // orders handler swaps by xDS and by reload
 
 	registry *prometheus.Registry
 	reloads  *prometheus.CounterVec
@@ -126,11 +131,13 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 		nodeName: node,
 		local:    chain.Local{Service: cfg.Agent.Service, Region: cfg.Agent.Locality.Region, Zone: cfg.Agent.Locality.Zone},
 		state:    chain.NewState(nil).WithMetrics(m),
+		load:     loadreport.NewStore(),
 		registry: registry,
 		obs:      obs,
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "mesh", Name: "config_reloads_total",
 			Help: "Config reloads (SIGHUP) by result: ok, or error (the running config stays)."}, []string{"result"}),
 	}
+	a.state.WithLoad(a.load)
 	if err := a.setupIdentity(cfg); err != nil {
 		_ = obs.Close(context.Background())
 		return nil, err
@@ -212,6 +219,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.secureXDS(&opts)
 			a.xds, err = xdsclient.New(opts)
 		}
+		if err == nil {
+			a.lrs, err = loadreport.NewClient(loadreport.Options{Servers: c.ControlPlane, Node: node, Store: a.load,
+				Log: a.base.With().Str("component", "loadreport").Logger()})
+		}
 		if err != nil {
 			closeAll(lns)
 			_ = a.obs.Close(ctx)
@@ -255,6 +266,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
+		goRun("load reports", func() error { return a.lrs.Run(bg) })
 		goRun("xds cache", func() error {
 			return a.saver.run(bg, func(err error) { a.log.Warn().Err(err).Msg("could not save the xds cache") })
 		})

@@ -68,6 +68,8 @@ func Default() Config {
 			XDSAddr:   "0.0.0.0:18000",
 			AdminAddr: "127.0.0.1:19000",
 			Debounce:  100 * time.Millisecond,
+			// LRS: Envoy's examples and Istio's use 10s.
+			LoadReportingInterval: 10 * time.Second,
 			CA: CA{
 				Dir:         "/var/lib/mesh/ca",
 				TrustDomain: identity.DefaultTrustDomain,

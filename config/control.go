@@ -18,7 +18,10 @@ type Control struct {
 	AdminAddr string `mapstructure:"admin_addr" yaml:"admin_addr"`
 	// Debounce coalesces source updates before a snapshot is rebuilt.
 	Debounce time.Duration `mapstructure:"debounce" yaml:"debounce"`
-	CMDB     CMDB          `mapstructure:"cmdb" yaml:"cmdb"`
+	// LoadReportingInterval is how often proxies report their load (LRS
+	// load_reporting_interval).
+	LoadReportingInterval time.Duration `mapstructure:"load_reporting_interval" yaml:"load_reporting_interval" min:"1s"`
+	CMDB                  CMDB          `mapstructure:"cmdb" yaml:"cmdb"`
 	// CA is the certificate authority issuing workload identities.
 	CA CA `mapstructure:"ca" yaml:"ca"`
 	// XDS secures the xDS port: TLS with a certificate from CA, and who
@@ -163,6 +166,7 @@ func (c *Control) validate(v *validator) {
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)
+	v.positive("control.load_reporting_interval", c.LoadReportingInterval)
 	if c.CMDB.URL != "" {
 		u, err := url.Parse(c.CMDB.URL)
 		v.check("control.cmdb.url", err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "",

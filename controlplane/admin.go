@@ -15,15 +15,24 @@ import (
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/controlplane/xds"
+	"github.com/meshvm/mesh/dashboard"
+	"github.com/meshvm/mesh/meshapi"
 	"github.com/meshvm/mesh/observability"
 )
 
-// adminHandler serves /ready, /metrics, /config_dump and /debug/pprof/.
+// adminHandler serves /ready, /metrics, /config_dump, the JSON API mesh
+// status and the dashboard read (/api/v1/, package meshapi), the
+// dashboard (/ui/) and /debug/pprof/.
 func (c *Control) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", observability.ReadyHandler(c.Readiness))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(c.reg, promhttp.HandlerOpts{Registry: c.reg}))
 	mux.HandleFunc("GET /config_dump", c.configDump)
+	mux.HandleFunc("GET "+meshapi.StatusPath, c.serveStatus)
+	mux.HandleFunc("GET "+meshapi.TrafficPath, c.serveTraffic)
+	mux.HandleFunc("GET "+meshapi.EventsPath, c.serveEvents)
+	mux.Handle("GET /ui/", http.StripPrefix("/ui", dashboard.Handler()))
+	mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusFound))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -10,17 +10,18 @@ import (
 
 // flagKeys maps `mesh control` flags onto config keys.
 var flagKeys = map[string]string{
-	"xds-addr":        "control.xds_addr",
-	"admin-addr":      "control.admin_addr",
-	"consul-addr":     "consul.addr",
-	"cmdb-url":        "control.cmdb.url",
-	"cmdb-interval":   "control.cmdb.interval",
-	"cmdb-format":     "control.cmdb.format",
-	"cmdb-token-file": "control.cmdb.token_file",
-	"debounce":        "control.debounce",
-	"kubeconfig":      "control.kubernetes.kubeconfig",
-	"log-level":       "log.level",
-	"log-format":      "log.format",
+	"xds-addr":                "control.xds_addr",
+	"admin-addr":              "control.admin_addr",
+	"consul-addr":             "consul.addr",
+	"cmdb-url":                "control.cmdb.url",
+	"cmdb-interval":           "control.cmdb.interval",
+	"cmdb-format":             "control.cmdb.format",
+	"cmdb-token-file":         "control.cmdb.token_file",
+	"debounce":                "control.debounce",
+	"load-reporting-interval": "control.load_reporting_interval",
+	"kubeconfig":              "control.kubernetes.kubeconfig",
+	"log-level":               "log.level",
+	"log-format":              "log.format",
 }
 
 // NewCommand returns `mesh control`.
@@ -46,7 +47,7 @@ func NewCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.String("xds-addr", "0.0.0.0:18000", "xDS gRPC listener (ADS, state-of-the-world and delta)")
-	f.String("admin-addr", "127.0.0.1:19000", "admin listener: /ready, /metrics, /config_dump, /debug/pprof/")
+	f.String("admin-addr", "127.0.0.1:19000", "admin listener: /ready, /metrics, /config_dump, /api/v1/ (mesh status), /ui/ (dashboard), /debug/pprof/")
 	f.String("consul-addr", "127.0.0.1:8500", "Consul agent HTTP address (CONSUL_HTTP_ADDR)")
 	f.String("cmdb-url", "", "CMDB URL: a JSON host list (generic) or NetBox's base URL (netbox); empty disables")
 	f.Duration("cmdb-interval", 0, "CMDB poll interval (default 30s)")
@@ -54,6 +55,7 @@ func NewCommand() *cobra.Command {
 	f.String("cmdb-token-file", "", "file holding the CMDB API token (or set MESH_CMDB_TOKEN)")
 	f.String("kubeconfig", "", "kubeconfig file; turns the Kubernetes source on (control.kubernetes: in a pod, set enabled instead)")
 	f.Duration("debounce", 0, "coalesce source changes for this long before pushing (default 100ms)")
+	f.Duration("load-reporting-interval", 0, "how often proxies send load reports (LRS; default 10s)")
 	f.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	f.String("log-format", "json", "log format: json or text")
 	cmd.AddCommand(newTokenCommand(), newCACommand())

@@ -24,6 +24,7 @@ import (
 	"github.com/meshvm/mesh/cmdb"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/kubeexport"
+	"github.com/meshvm/mesh/controlplane/loadstats"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/controlplane/source/cmdbsource"
@@ -65,6 +66,7 @@ type Control struct {
 	opts    Options
 	reg     *prometheus.Registry
 	xds     *xds.Server
+	load    *loadstats.Server
 	rec     *reconciler
 	cmdb    *cmdbSlot
 	sources []source.Source
@@ -80,6 +82,8 @@ type Control struct {
 	notified atomic.Bool
 	// prot secures the xDS port (identity.go).
 	prot *protection
+	// events ends the admin listener's event streams (set by Run).
+	events atomic.Pointer[context.Context]
 }
 
 // New builds the control plane from cfg; it starts nothing.
@@ -141,6 +145,8 @@ func New(cfg config.Config, log zerolog.Logger, opts Options) (*Control, error) 
 		return nil, err
 	}
 	s.gateway = gw
+	c.load = loadstats.New(log.With().Str("component", "loadstats").Logger(), c.reg,
+		loadstats.Options{Interval: cfg.Control.LoadReportingInterval})
 	c.rec = newReconciler(log.With().Str("component", "reconcile").Logger(), inputs, s,
 		opts.FirstWait, c.xds, newMetrics(c.reg, c.sources))
 	if c.export != nil {
@@ -213,7 +219,13 @@ func (c *Control) Run(ctx context.Context) error {
 		al.Close()
 		return err
 	}
+	c.load.Register(streams, g) // LRS next to ADS, on the same server
 	admin := &http.Server{Handler: c.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	// Event streams (the dashboard's) end when the admin server shuts down.
+	events, endEvents := context.WithCancel(context.Background())
+	defer endEvents()
+	c.events.Store(&events)
+	admin.RegisterOnShutdown(endEvents)
 
 	// The watchdog keeps pinging through the graceful stop.
 	wdCtx, stopWatchdog := context.WithCancel(context.WithoutCancel(ctx))

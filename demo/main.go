@@ -195,6 +195,7 @@ func run(ctx context.Context, every time.Duration) error {
 	}
 
 	whereToLook(vms, dir, tr)
+	printStatus(ctx)
 	d := &demo{ctx: ctx, web: vms[0], orders: vms[1:], client: &http.Client{Timeout: 5 * time.Second}}
 
 	phase("1. Steady traffic",
@@ -552,6 +553,8 @@ func summary(stats map[string]int, lat []time.Duration) {
 func whereToLook(vms []*vm, dir string, tr traces) {
 	fmt.Println()
 	fmt.Println("Where to look while the demo runs:")
+	fmt.Println("  mesh dashboard:     http://127.0.0.1:19000/ui/   (live service map, services, proxies)")
+	fmt.Println("  mesh status:        bin/mesh status   ·   bin/mesh inspect --service orders   ·   bin/mesh inspect " + vms[0].service + "-" + vms[0].name + "-8080")
 	fmt.Println("  Consul UI:          http://127.0.0.1:8500/ui/")
 	fmt.Println("  mesh control:       http://127.0.0.1:19000/config_dump  http://127.0.0.1:19000/metrics")
 	fmt.Println("  Consul API:         curl -s 'http://127.0.0.1:8500/v1/health/service/orders?passing' | jq")
@@ -575,6 +578,23 @@ func whereToLook(vms []*vm, dir string, tr traces) {
 	}
 	fmt.Println("  call it yourself:   curl -s -H 'Host: orders' http://127.0.0.11:15001/orders/1")
 	fmt.Println("  as a proxy:         curl -s -x http://127.0.0.11:15001 http://orders/orders/1")
+}
+
+// printStatus prints `mesh status` once every proxy is in sync (or after
+// 10 s, as it is then).
+func printStatus(ctx context.Context) {
+	var out []byte
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var err error
+		out, err = exec.CommandContext(ctx, "bin/mesh", "status").CombinedOutput()
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	fmt.Println()
+	fmt.Println("$ bin/mesh status")
+	fmt.Print(string(out))
 }
 
 // startApp runs a tiny demo app on v.ip:8080 that says who it is.
@@ -649,6 +669,8 @@ func controlConfig(gateway string) string {
 control:
   xds_addr: 127.0.0.1:18000
   admin_addr: 127.0.0.1:19000
+  # the dashboard's rates move every 2 s
+  load_reporting_interval: 2s
 ` + gateway + controlPolicies
 }
 

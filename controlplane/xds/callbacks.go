@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -72,7 +73,7 @@ func (s *Server) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 
 func (s *Server) openStream(ctx context.Context, k streamKey) {
 	s.smu.Lock()
-	s.streams[k] = &streamState{ctx: ctx, sent: map[string]sent{}}
+	s.streams[k] = &streamState{ctx: ctx, sent: map[string]sent{}, opened: time.Now(), types: map[string]*typeSync{}}
 	s.metrics.streams.Set(float64(len(s.streams)))
 	s.smu.Unlock()
 }
@@ -120,6 +121,7 @@ func (s *Server) firstNode(k streamKey, n *corev3.Node) error {
 	s.smu.Lock()
 	if st := s.streams[k]; st != nil {
 		st.nodeID = node.ID
+		st.kind = kindOf(n)
 		s.smu.Unlock()
 		return nil
 	}
@@ -137,6 +139,7 @@ func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 	if err := s.firstNode(k, req.GetNode()); err != nil {
 		return err
 	}
+	s.track(k, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	if req.GetErrorDetail() == nil {
 		return nil
 	}
@@ -173,6 +176,7 @@ func (s *Server) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryReq
 	if err := s.firstNode(streamKey{delta: true, id: id}, req.GetNode()); err != nil {
 		return err
 	}
+	s.trackDelta(streamKey{delta: true, id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
 	if req.GetErrorDetail() != nil {
 		s.metrics.nacks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
 		s.log.Warn().Str("node", req.GetNode().GetId()).Str("type", typeName(req.GetTypeUrl())).
@@ -183,7 +187,16 @@ func (s *Server) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryReq
 }
 
 // OnStreamDeltaResponse implements the server callbacks.
-func (s *Server) OnStreamDeltaResponse(_ int64, req *discovery.DeltaDiscoveryRequest, _ *discovery.DeltaDiscoveryResponse) {
+func (s *Server) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRequest, _ *discovery.DeltaDiscoveryResponse) {
+	s.smu.Lock()
+	if st := s.streams[streamKey{delta: true, id: id}]; st != nil {
+		if ts := st.types[req.GetTypeUrl()]; ts != nil {
+			ts.pending = true
+		} else {
+			st.types[req.GetTypeUrl()] = &typeSync{pending: true}
+		}
+	}
+	s.smu.Unlock()
 	s.metrics.pushes.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
 }
 

@@ -196,3 +196,36 @@ func (r *edsResponse) GetResponseVersion() string { return r.version }
 func (r *edsResponse) GetReturnedResources() map[string]string { return r.returned }
 
 func (r *edsResponse) GetContext() context.Context { return context.Background() }
+
+// holdsCurrent reports whether a state-of-the-world client of node is
+// waiting (an open watch) while holding the current version of every
+// assignment it subscribes to: it is in sync even when the version it
+// ACKed is not the last one sent, as after a rejected update whose cause
+// went away (removals send nothing; see update).
+func (c *endpointCache) holdsCurrent(node string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	found := false
+	for _, w := range c.watches {
+		if w.req.GetNode().GetId() != node {
+			continue
+		}
+		found = true
+		returned := w.sub.ReturnedResources()
+		check := func(name string, e *edsEntry) bool { return returned[name] == e.version }
+		if w.sub.IsWildcard() {
+			for name, e := range c.res {
+				if !check(name, e) {
+					return false
+				}
+			}
+			continue
+		}
+		for name := range w.sub.SubscribedResources() {
+			if e, ok := c.res[name]; ok && !check(name, e) {
+				return false
+			}
+		}
+	}
+	return found
+}

@@ -93,6 +93,10 @@ type streamState struct {
 	nodeID string
 	// sent is the last response per type URL on a SotW stream.
 	sent map[string]sent
+	// The sync state shown by mesh status (syncstate.go).
+	kind   string
+	opened time.Time
+	types  map[string]*typeSync
 }
 
 type sent struct{ nonce, version string }

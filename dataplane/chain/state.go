@@ -17,6 +17,7 @@ import (
 	"github.com/meshvm/mesh/governance/registry"
 	"github.com/meshvm/mesh/governance/retry"
 	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/observability/loadreport"
 )
 
 // inboundKey is the registry key of the agent's own token bucket.
@@ -38,6 +39,7 @@ type State struct {
 	pushed    chan struct{} // wakes Run after a compile
 
 	metrics *observability.Metrics // nil: not instrumented
+	load    *loadreport.Store      // nil: no load reports
 }
 
 // NewState returns empty state. clk may be nil for the system clock; the
@@ -48,7 +50,13 @@ func NewState(clk clock.Clock) *State {
 	*s = State{
 		clk: clk,
 		services: registry.New(
-			func(name string, p config.Policy) (*service, error) { return newService(name, p, clk, s.metrics) },
+			func(name string, p config.Policy) (*service, error) {
+				svc, err := newService(name, p, clk, s.metrics)
+				if svc != nil {
+					svc.load = s.load
+				}
+				return svc, err
+			},
 			(*service).update,
 		),
 		buckets: registry.New(
@@ -68,6 +76,14 @@ func NewState(clk clock.Clock) *State {
 // before the first Compile. It returns s.
 func (s *State) WithMetrics(m *observability.Metrics) *State {
 	s.metrics = m
+	return s
+}
+
+// WithLoad makes the outbound path count each request in store, per
+// upstream and locality, for load reports. Call it before the first
+// Compile. It returns s.
+func (s *State) WithLoad(store *loadreport.Store) *State {
+	s.load = store
 	return s
 }
 
@@ -178,6 +194,8 @@ type service struct {
 	limited     *observability.LimitMetrics
 	breakerSeen atomic.Uint32
 
+	load *loadreport.Store // nil: no load reports
+
 	mu    sync.Mutex
 	hosts map[string]*host // by endpoint address
 }
@@ -283,6 +301,7 @@ func budgetConfig(p config.Policy) (percent float64, minConcurrency int64) {
 type endpointSet struct {
 	eps    []endpoint.Endpoint
 	hosts  []*host
+	loads  []*loadreport.Locality // per endpoint; nil entries without load reports
 	picker *balancer.Picker
 }
 
@@ -292,7 +311,7 @@ type endpointSet struct {
 func (s *service) endpointSet(eps []endpoint.Endpoint, opts balancer.Options) (*endpointSet, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	set := &endpointSet{eps: eps, hosts: make([]*host, len(eps))}
+	set := &endpointSet{eps: eps, hosts: make([]*host, len(eps)), loads: make([]*loadreport.Locality, len(eps))}
 	bes := make([]balancer.Endpoint, len(eps))
 	seen := make(map[string]bool, len(eps))
 	dets := make([]*outlier.Host, 0, len(eps))
@@ -304,6 +323,7 @@ func (s *service) endpointSet(eps []endpoint.Endpoint, opts balancer.Options) (*
 			s.hosts[addr] = h
 		}
 		set.hosts[i] = h
+		set.loads[i] = s.load.Locality(s.name, eps[i].Region, eps[i].Zone)
 		bes[i] = balancer.Endpoint{Zone: eps[i].Zone, Active: &h.active, Health: &h.Host}
 		if !seen[addr] {
 			seen[addr] = true

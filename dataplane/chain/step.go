@@ -10,6 +10,7 @@ import (
 	"github.com/meshvm/mesh/dataplane/proxy"
 	"github.com/meshvm/mesh/dataplane/table"
 	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/observability/loadreport"
 )
 
 // Step is one named stage of a request path: a policy (rate limit,
@@ -83,6 +84,10 @@ type Exchange struct {
 	deadline time.Time    // the route timeout's; zero: none
 	outcome  outcome      // what the request says about its upstream
 	aborted  bool         // the response broke off after it started
+	// load counts the request for load reports, from its first try: the
+	// first endpoint's locality (nil: not counted).
+	load      *loadreport.Locality
+	loadStart time.Time
 }
 
 var exchanges = sync.Pool{New: func() any { return new(Exchange) }}

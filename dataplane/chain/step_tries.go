@@ -31,6 +31,9 @@ func (*tries) Name() string { return "tries" }
 func (s *tries) Serve(x *Exchange, _ Next) error {
 	out, aborted, err := s.u.exchange(x)
 	x.outcome, x.aborted = out, aborted
+	if x.load != nil { // the load report's count, begun at the first try
+		x.load.End(out == succeeded || (out == abandoned && x.R.Context().Err() != nil), time.Since(x.loadStart))
+	}
 	return err
 }
 
@@ -54,6 +57,10 @@ func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) 
 	retrying := false // this try holds a slot of the retry budget
 	for {
 		i := set.pick(prev)
+		if prev < 0 && i < len(set.loads) && set.loads[i] != nil {
+			x.load, x.loadStart = set.loads[i], time.Now()
+			x.load.Begin()
+		}
 		prev = i
 		addr, hst := set.eps[i].Addr, set.hosts[i]
 		rec.SetUpstream(u.name, addr)
