@@ -16,6 +16,7 @@ import (
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane"
 	"github.com/meshvm/mesh/gateway"
+	"github.com/meshvm/mesh/redirect"
 )
 
 func main() {
@@ -33,7 +34,7 @@ func main() {
 		return usageError{err}
 	})
 	root.AddCommand(agent.NewCommand(), config.NewCommand(), buildinfo.NewCommand())
-	root.AddCommand(controlplane.NewCommand(), gateway.NewCommand())
+	root.AddCommand(controlplane.NewCommand(), gateway.NewCommand(), redirect.NewCommand())
 	if err := root.Execute(); err != nil {
 		// A command that says what it found by its exit status alone
 		// (`mesh config diff`) has printed what it had to.

@@ -82,6 +82,7 @@ type Agent struct {
 	files     *identity.Files
 	dialer    *mtls.Dialer
 	mtlsM     *mtls.Metrics
+	icept     *interception // nil unless agent.interception.enabled (intercept.go)
 
 	tcpOnce sync.Once // the TCP relays' metrics, registered by the first relay
 	tcpM    *tcpproxy.Metrics
@@ -253,6 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.ident != nil {
 		goRun("identity", func() error { return a.ident.rot.Run(bg) })
 	}
+	a.runInterception(bg, goRun)
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
 		goRun("xds cache", func() error {
@@ -380,7 +382,12 @@ func (a *Agent) bind() ([]listener, error) {
 		}
 		lns = append(lns, listener{name: s.name, ln: ln, srv: srv})
 	}
-	return lns, nil
+	more, err := a.bindInterception()
+	if err != nil {
+		closeAll(lns)
+		return nil, err
+	}
+	return append(lns, more...), nil
 }
 
 // notifyReady tells systemd READY=1 once the listeners are up and the app

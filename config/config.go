@@ -63,6 +63,7 @@ func Default() Config {
 			Upstreams:       []Upstream{},
 			ControlPlane:    []string{},
 			TLS:             AgentTLS{PeerIdentityHeader: wire.PeerIdentityHeader},
+			Interception:    DefaultInterception(),
 		},
 		Control: Control{
 			XDSAddr:   "0.0.0.0:18000",
@@ -95,6 +96,7 @@ func Default() Config {
 			Kubernetes: Kubernetes{Namespaces: []string{}, Nodes: true},
 			MTLS:       MTLS{DefaultMode: wire.MTLSPermissive},
 			Services:   map[string]ServiceSettings{},
+			VirtualIPs: VirtualIPs{CIDR: DefaultVirtualIPCIDR},
 		},
 		Gateway: DefaultGateway(),
 		Policies: Policies{

@@ -33,6 +33,8 @@ type Control struct {
 	Services map[string]ServiceSettings `mapstructure:"services" yaml:"services"`
 	// Gateway holds the routes and authentication pushed to mesh gateways.
 	Gateway ControlGateway `mapstructure:"gateway" yaml:"gateway"`
+	// VirtualIPs is the allocation of service virtual IPs (interception.go).
+	VirtualIPs VirtualIPs `mapstructure:"virtual_ips" yaml:"virtual_ips"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -155,6 +157,7 @@ func (c *Control) validate(v *validator) {
 	c.validateMTLS(v)
 	c.XDS.validate(v)
 	c.Gateway.validate(v)
+	c.VirtualIPs.validate(v)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)
