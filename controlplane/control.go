@@ -166,6 +166,7 @@ func settingsOf(cfg config.Config) settings {
 		merge: model.MergeOptions{
 			DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
 			Policies:         cfg.Policies,
+			VirtualIPCIDR:    cfg.Control.VirtualIPs.CIDR,
 		},
 	}
 }
