@@ -194,6 +194,12 @@ func TestInterception(t *testing.T) {
 		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept outbound"`, `result="service"`); n < 1 {
 			t.Fatalf("vm1 counted %v intercepted connections to a service", n)
 		}
+		if n := w.vm1.metric("127.0.0.1:15000", "mesh_requests_total", `direction="outbound"`); n < 1 {
+			t.Fatalf("vm1's mesh_requests_total outbound: %v", n)
+		}
+		if n := w.vm2.metric("127.0.0.1:15000", "mesh_requests_total", `direction="inbound"`); n < 1 {
+			t.Fatalf("vm2's mesh_requests_total inbound: %v", n)
+		}
 	})
 
 	t.Run("curl http://orders.mesh/ resolves the virtual IP through the agent's DNS", func(t *testing.T) {
@@ -220,12 +226,15 @@ func TestInterception(t *testing.T) {
 		}
 	})
 
-	t.Run("redis-cli by the real address goes through the TCP relays", func(t *testing.T) {
+	t.Run("redis-cli by the real address and by cache.mesh goes through the TCP relays", func(t *testing.T) {
 		if out := w.vm1.must("redis-cli", "-h", vm2IP, "-p", "6379", "SET", "k", "through-the-mesh"); !strings.Contains(out, "OK") {
 			t.Fatalf("SET: %s", out)
 		}
 		if out := w.vm1.must("redis-cli", "-h", vm2IP, "-p", "6379", "GET", "k"); !strings.Contains(out, "through-the-mesh") {
 			t.Fatalf("GET: %s", out)
+		}
+		if out := w.vm1.must("redis-cli", "-h", "cache.mesh", "-p", "6379", "GET", "k"); !strings.Contains(out, "through-the-mesh") {
+			t.Fatalf("GET through cache.mesh: %s", out)
 		}
 		eventually(t, "vm1's access log shows TCP connections to cache", 10*time.Second, func() error {
 			return logHas(w.web, `"upstream_service":"cache"`)
