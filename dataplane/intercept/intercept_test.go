@@ -64,7 +64,10 @@ func TestNotRedirectedIsClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := New(Options{Name: "test", Log: zerolog.Nop(),
-		Route: func(netip.AddrPort, string) Route { t.Error("routed a connection that was not redirected"); return Route{} }})
+		Route: func(netip.AddrPort, string) Route {
+			t.Error("routed a connection that was not redirected")
+			return Route{}
+		}})
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ln) }()
 	c, err := net.Dial("tcp", ln.Addr().String())
