@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshvm/mesh/wire"
 )
@@ -23,4 +24,14 @@ func clusterVirtualIP(c *clusterv3.Cluster) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("metadata %s.%s: %q is not an IPv4 address", wire.VirtualIPNamespace, wire.VirtualIPAddress, s)
 	}
 	return ip, nil
+}
+
+// copyAppPort copies the instance's app port from the endpoint's Consul
+// meta (metadata mesh.meta.app_port) into its metadata, where
+// Consul-direct discovery has it too: transparent interception maps a
+// connection to an instance's app port onto its service.
+func copyAppPort(dst map[string]string, md *structpb.Struct) {
+	if p := md.GetFields()[wire.EndpointMeta].GetStructValue().GetFields()[wire.MetaAppPort].GetStringValue(); p != "" {
+		dst[wire.MetaAppPort] = p
+	}
 }

@@ -37,3 +37,19 @@ func TestClusterVirtualIP(t *testing.T) {
 		})
 	}
 }
+
+func TestCopyAppPort(t *testing.T) {
+	md := &structpb.Struct{Fields: map[string]*structpb.Value{
+		wire.EndpointMeta: structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			wire.MetaAppPort: structpb.NewStringValue("8080")}})}}
+	got := map[string]string{}
+	copyAppPort(got, md)
+	if got[wire.MetaAppPort] != "8080" {
+		t.Fatalf("got %v", got)
+	}
+	none := map[string]string{}
+	copyAppPort(none, &structpb.Struct{})
+	if len(none) != 0 {
+		t.Fatalf("got %v from no meta", none)
+	}
+}

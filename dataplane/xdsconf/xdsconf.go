@@ -283,6 +283,7 @@ func endpoints(cla *endpointv3.ClusterLoadAssignment) ([]endpoint.Endpoint, erro
 					}
 				}
 				ep.Node = ep.Meta[wire.EndpointNode]
+				copyAppPort(ep.Meta, md)
 			}
 			out = append(out, ep)
 		}

@@ -2,8 +2,9 @@
 
 // Package netnstest runs transparent interception end to end on real
 // netfilter: two "VMs" as network namespaces joined by a veth pair, a real
-// Consul (a dev server on vm1, a client agent on vm2), a mesh agent per VM
-// running as its own uid, rules installed by `mesh redirect-traffic`, and
+// Consul (a dev server on vm1, a client agent on vm2), mesh control on vm1
+// (vm1's agent takes its table and virtual IPs over xDS; vm2's agents read
+// Consul directly), a mesh agent per VM running as its own uid, rules installed by `mesh redirect-traffic`, and
 // unmodified clients (curl, Python's urllib, redis-cli). It needs root:
 // `make test-netns`. A missing part fails, it never skips.
 package netnstest
@@ -203,9 +204,12 @@ func TestInterception(t *testing.T) {
 	})
 
 	t.Run("curl http://orders.mesh/ resolves the virtual IP through the agent's DNS", func(t *testing.T) {
+		// vm1's agent takes the virtual IP the control plane allocated
+		// (control.virtual_ips.cidr 240.10.0.0/16), not its own default
+		// range.
 		addr := w.vm1.must("python3", "-c", "import socket; print(socket.gethostbyname('orders.mesh'))")
-		if !strings.HasPrefix(strings.TrimSpace(addr), "24") && !strings.HasPrefix(strings.TrimSpace(addr), "25") {
-			t.Fatalf("orders.mesh resolved to %q, want an address in 240.0.0.0/4", addr)
+		if !strings.HasPrefix(strings.TrimSpace(addr), "240.10.") {
+			t.Fatalf("orders.mesh resolved to %q, want the control plane's address in 240.10.0.0/16", addr)
 		}
 		out := w.vm1.must("curl", "-sS", "--max-time", "10", "http://orders.mesh/hello.txt")
 		if !strings.Contains(out, "hello from orders") {
@@ -547,6 +551,7 @@ agent:
   app_protocol: http1
   advertise_addr: `+vm1IP+`
   node: vm1
+  control_plane: [127.0.0.1:18000]
   cache_dir: `+cache("cache-web")+`
   drain_period: 0s
   health_interval: 1s
@@ -554,6 +559,22 @@ agent:
     enabled: true
     dns: {enabled: true}
 `)
+	controlCfg := cfg("control.yaml", `
+consul: {addr: 127.0.0.1:8500}
+control:
+  xds_addr: 127.0.0.1:18000
+  admin_addr: 127.0.0.1:19000
+  ca: {dir: `+cache("ca")+`}
+  virtual_ips: {cidr: 240.10.0.0/16}
+`)
+	control := w.vm1.start("control", agentUID, dir, w.mesh, "control", "--config", controlCfg)
+	eventually(t, "mesh control ready", 60*time.Second, func() error {
+		out, err := w.vm1.run("curl", "-sf", "--max-time", "2", "http://127.0.0.1:19000/ready")
+		if err != nil {
+			return fmt.Errorf("%v %s\n%s", err, out, tail(control.out.String(), 10))
+		}
+		return nil
+	})
 	w.orders = w.vm2.start("orders agent", agentUID, dir, w.mesh, "agent", "--config", w.ordersCfg)
 	w.cache = w.vm2.start("cache agent", agentUID, dir, w.mesh, "agent", "--config", cacheCfg)
 	w.web = w.vm1.start("web agent", agentUID, dir, w.mesh, "agent", "--config", w.webCfg)
