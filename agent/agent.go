@@ -490,6 +490,9 @@ func (a *Agent) configDump() map[string]any {
 	if a.ident != nil {
 		dump["identity"] = a.ident.dump()
 	}
+	if a.icept != nil {
+		dump["interception"] = a.interceptionDump()
+	}
 	return dump
 }
 

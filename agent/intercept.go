@@ -258,3 +258,18 @@ func (a *Agent) inboundBackend(_ string, kind intercept.Kind) (intercept.Backend
 	}
 	return proxy.NewServer(a.obs.Instrument(observability.Inbound, c.Service, a.handlers.Inbound(app)), a.base), nil
 }
+
+// interceptionDump is what /config_dump shows of interception: every
+// service's virtual IP and the instance addresses that map to services.
+func (a *Agent) interceptionDump() map[string]any {
+	idx := a.icept.index.Load()
+	vips := make(map[string]string, len(idx.vipOf))
+	for name, ip := range idx.vipOf {
+		vips[name] = ip.String()
+	}
+	addrs := make(map[string]string, len(idx.byAddr))
+	for ap, name := range idx.byAddr {
+		addrs[ap.String()] = name
+	}
+	return map[string]any{"virtual_ips": vips, "addresses": addrs, "built_at": idx.builtAt}
+}

@@ -70,6 +70,9 @@ func NewCommand() *cobra.Command {
 			if cfg != nil {
 				ic := cfg.Agent.Interception
 				s.InboundPort, s.OutboundPort = uint16(ic.InboundPort), uint16(ic.OutboundPort)
+				if ic.DNS.Enabled && !f.Changed("redirect-dns") {
+					redirectDNS = true // the responder runs: send the app's queries to it
+				}
 				if ic.DNS.Enabled && redirectDNS && !f.Changed("dns-port") {
 					_, p, _ := net.SplitHostPort(ic.DNS.Addr)
 					n, _ := strconv.Atoi(p)
@@ -148,7 +151,7 @@ func NewCommand() *cobra.Command {
 	f.StringVar(&proxyUID, "proxy-uid", ProxyUser, "user (name or uid) the agent runs as; its connections are never redirected")
 	f.IntVar(&inPort, "inbound-port", DefaultInboundPort, "agent's inbound intercept listener (agent.interception.inbound_port)")
 	f.IntVar(&outPort, "outbound-port", DefaultOutboundPort, "agent's outbound intercept listener (agent.interception.outbound_port)")
-	f.BoolVar(&redirectDNS, "redirect-dns", false, "redirect the app's DNS queries (UDP and TCP 53) to the agent's responder")
+	f.BoolVar(&redirectDNS, "redirect-dns", false, "redirect the app's DNS queries (UDP and TCP 53) to the agent's responder (default with --config: agent.interception.dns.enabled)")
 	f.IntVar(&dnsPort, "dns-port", DefaultDNSPort, "the agent's DNS responder port (agent.interception.dns.addr)")
 	f.StringArrayVar(&excludePorts, "exclude-port", nil, "destination port or range N-M left alone both ways, added to the defaults (repeatable, comma-separated)")
 	f.StringArrayVar(&inboundPorts, "inbound-ports", nil, "only redirect inbound connections to these ports (default: every port not excluded)")

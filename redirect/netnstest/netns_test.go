@@ -215,6 +215,10 @@ func TestInterception(t *testing.T) {
 		if !strings.Contains(out, "hello from orders") {
 			t.Fatalf("curl orders.mesh: %s", out)
 		}
+		dump := w.vm1.must("curl", "-s", "--max-time", "5", "http://127.0.0.1:15000/config_dump")
+		if !strings.Contains(dump, `"interception"`) || !strings.Contains(dump, strings.TrimSpace(addr)) {
+			t.Fatalf("config_dump does not show orders' virtual IP %s", addr)
+		}
 		eventually(t, "vm1's access log shows authority orders.mesh", 10*time.Second, func() error {
 			return logHas(w.web, `"authority":"orders.mesh"`, `"upstream_service":"orders"`)
 		})
@@ -603,7 +607,8 @@ control:
 	}
 
 	// The rules, as the systemd unit installs them.
-	w.vm1.must(w.mesh, "redirect-traffic", "--config", w.webCfg, "--proxy-uid", strconv.Itoa(agentUID), "--redirect-dns", "--exclude-uid", strconv.Itoa(excludedUID))
+	// (DNS redirection comes from the file: agent.interception.dns.enabled.)
+	w.vm1.must(w.mesh, "redirect-traffic", "--config", w.webCfg, "--proxy-uid", strconv.Itoa(agentUID), "--exclude-uid", strconv.Itoa(excludedUID))
 	w.vm2.must(w.mesh, "redirect-traffic", "--config", w.ordersCfg, "--proxy-uid", strconv.Itoa(agentUID))
 	t.Cleanup(func() {
 		_, _ = w.vm1.run(w.mesh, "redirect-traffic", "--undo")
