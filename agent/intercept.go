@@ -38,8 +38,9 @@ type destIndex struct {
 
 // bindInterception opens the intercept listeners when
 // agent.interception.enabled: outbound on loopback (IPv4, and IPv6 where
-// the VM has it), inbound on every address (REDIRECT in prerouting
-// rewrites to the receiving interface's address).
+// the VM has it: REDIRECT in output rewrites to 127.0.0.1 or ::1), inbound
+// on every address (in prerouting it rewrites to the receiving
+// interface's address).
 func (a *Agent) bindInterception() ([]listener, error) {
 	c := a.config().Agent
 	ic := c.Interception
@@ -72,7 +73,8 @@ func (a *Agent) bindInterception() ([]listener, error) {
 	}{
 		{"intercept outbound", net.JoinHostPort("127.0.0.1", strconv.Itoa(ic.OutboundPort)), out, false},
 		{"intercept outbound ipv6", net.JoinHostPort("::1", strconv.Itoa(ic.OutboundPort)), out, true},
-		{"intercept inbound", net.JoinHostPort("0.0.0.0", strconv.Itoa(ic.InboundPort)), in, false},
+		// Every address, IPv4 and IPv6 (one dual-stack socket).
+		{"intercept inbound", ":" + strconv.Itoa(ic.InboundPort), in, false},
 	}
 	for _, s := range specs {
 		ln, err := net.Listen("tcp", s.addr)

@@ -30,6 +30,8 @@ const (
 	excludedUID = 15998 // a user redirect-traffic leaves alone
 	vm1IP       = "10.77.0.1"
 	vm2IP       = "10.77.0.2"
+	vm1IP6      = "fd77::1"
+	vm2IP6      = "fd77::2"
 )
 
 // vm is one network namespace.
@@ -310,6 +312,27 @@ print(dict(c))
 		})
 	})
 
+	t.Run("IPv6: original destinations recovered both ways", func(t *testing.T) {
+		// vm1: [fd77::2]:8080 is no known instance address (orders
+		// registered its IPv4 one), so vm1's agent passes it on; vm2's
+		// inbound intercept takes it (its app port) into the inbound path.
+		before1 := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `result="passed"`)
+		before2 := w.vm2.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept inbound"`, `result="service"`)
+		out := w.vm1.must("curl", "-sS", "--max-time", "10", "http://["+vm2IP6+"]:8080/v6.txt")
+		if !strings.Contains(out, "hello from orders") && !strings.Contains(out, "rate-limited") {
+			t.Fatalf("curl over IPv6: %s", out)
+		}
+		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `result="passed"`) - before1; n != 1 {
+			t.Fatalf("vm1 passed %v IPv6 connections, want 1", n)
+		}
+		if n := w.vm2.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept inbound"`, `result="service"`) - before2; n != 1 {
+			t.Fatalf("vm2's inbound intercept took %v IPv6 connections to its app, want 1", n)
+		}
+		eventually(t, "vm2's access log shows the IPv6 request inbound", 10*time.Second, func() error {
+			return logHas(w.orders, `"direction":"inbound"`, `"path":"/v6.txt"`)
+		})
+	})
+
 	t.Run("SSH port traffic is untouched", func(t *testing.T) {
 		before := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total")
 		before2 := w.vm2.metric("127.0.0.1:15000", "mesh_intercept_connections_total")
@@ -440,10 +463,12 @@ func setup(t *testing.T, consul string) *world {
 		v      vm
 		dev    string
 		ip, gw string
-	}{{w.vm1, "mv1-" + suffix, vm1IP, vm2IP}, {w.vm2, "mv2-" + suffix, vm2IP, vm1IP}} {
+		ip6    string
+	}{{w.vm1, "mv1-" + suffix, vm1IP, vm2IP, vm1IP6}, {w.vm2, "mv2-" + suffix, vm2IP, vm1IP, vm2IP6}} {
 		x.v.must("ip", "link", "set", "lo", "up")
 		x.v.must("ip", "addr", "add", x.ip+"/24", "dev", x.dev)
 		x.v.must("ip", "link", "set", x.dev, "up")
+		x.v.must("ip", "-6", "addr", "add", x.ip6+"/64", "dev", x.dev, "nodad")
 		// A default route, as any VM has: virtual IPs (240.0.0.0/4) need
 		// one to be dialable before netfilter redirects them.
 		x.v.must("ip", "route", "add", "default", "via", x.gw)
@@ -479,7 +504,7 @@ func setup(t *testing.T, consul string) *world {
 	if err := os.MkdirAll(www, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"hello.txt", "outside.txt", "self.txt"} {
+	for _, f := range []string{"hello.txt", "outside.txt", "self.txt", "v6.txt"} {
 		writeFile(t, filepath.Join(www, f), "hello from orders\n")
 	}
 	w.vm2.start("orders app", 0, www, "python3", "-m", "http.server", "8080", "--bind", "0.0.0.0")
