@@ -20,7 +20,7 @@ const ProxyUser = "mesh"
 func NewCommand() *cobra.Command {
 	var (
 		undo, dryRun, ifEnabled, redirectDNS, noInbound, noOutbound bool
-		proxyUID                                                    string
+		proxyUID, backend                                           string
 		inPort, outPort, dnsPort                                    int
 		excludePorts, inboundPorts, excludeCIDRs                    []string
 		excludeUIDs                                                 []string
@@ -48,6 +48,10 @@ func NewCommand() *cobra.Command {
 				cfg = c
 			}
 			out := cmd.OutOrStdout()
+			if backend != "nftables" && backend != "iptables" {
+				return usage(fmt.Sprintf("--backend %q is not nftables or iptables", backend))
+			}
+			iptables := backend == "iptables"
 			if ifEnabled {
 				if cfg == nil {
 					return usage("--if-enabled needs --config FILE")
@@ -56,14 +60,14 @@ func NewCommand() *cobra.Command {
 					if undo {
 						// Rules from an earlier, enabled config must not
 						// outlive the agent either.
-						return removeIfNotDry(dryRun, out)
+						return removeIfNotDry(dryRun, iptables, out)
 					}
 					fmt.Fprintln(out, "agent.interception.enabled is false: no rules installed")
 					return nil
 				}
 			}
 			if undo {
-				return removeIfNotDry(dryRun, out)
+				return removeIfNotDry(dryRun, iptables, out)
 			}
 			s := Spec{NoInbound: noInbound, NoOutbound: noOutbound}
 			f := cmd.Flags()
@@ -134,17 +138,29 @@ func NewCommand() *cobra.Command {
 				return usage(err.Error())
 			}
 			if dryRun {
-				_, err := fmt.Fprint(out, s.Text())
+				text := s.Text()
+				if iptables {
+					text = "# iptables-restore --noflush\n" + s.IptablesText(false) + "# ip6tables-restore --noflush\n" + s.IptablesText(true)
+				}
+				_, err := fmt.Fprint(out, text)
 				return err
 			}
-			if err := Install(s); err != nil {
+			where := "table inet " + TableName
+			if iptables {
+				where = "iptables chains " + IptablesOutput + ", " + IptablesPrerouting
+				err = InstallIptables(s)
+			} else {
+				err = Install(s)
+			}
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "installed table inet %s (outbound -> :%d, inbound -> :%d, proxy uid %d)\n", TableName, s.OutboundPort, s.InboundPort, s.ProxyUID)
+			fmt.Fprintf(out, "installed %s (outbound -> :%d, inbound -> :%d, proxy uid %d)\n", where, s.OutboundPort, s.InboundPort, s.ProxyUID)
 			return nil
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&backend, "backend", "nftables", "nftables (table inet mesh, one transaction) or iptables (chains MESH_OUTPUT/MESH_PREROUTING in the nat table, IPv4 and IPv6)")
 	f.BoolVar(&undo, "undo", false, "remove the rules (delete table inet mesh)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the rules in nft syntax instead of installing them")
 	f.BoolVar(&ifEnabled, "if-enabled", false, "with --config: do nothing unless agent.interception.enabled (with --undo: always remove)")
@@ -162,15 +178,23 @@ func NewCommand() *cobra.Command {
 	return cmd
 }
 
-func removeIfNotDry(dry bool, out interface{ Write([]byte) (int, error) }) error {
+func removeIfNotDry(dry, iptables bool, out interface{ Write([]byte) (int, error) }) error {
+	what := "table inet " + TableName
+	if iptables {
+		what = "iptables chains " + IptablesOutput + ", " + IptablesPrerouting
+	}
 	if dry {
-		_, err := fmt.Fprintf(out, "delete table inet %s\n", TableName)
+		_, err := fmt.Fprintf(out, "would remove %s\n", what)
 		return err
 	}
-	if err := Remove(); err != nil {
+	remove := Remove
+	if iptables {
+		remove = RemoveIptables
+	}
+	if err := remove(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(out, "removed table inet %s\n", TableName)
+	_, err := fmt.Fprintf(out, "removed %s\n", what)
 	return err
 }
 

@@ -55,6 +55,23 @@ func TestExprsForEveryTerm(t *testing.T) {
 	}
 }
 
+func TestIptablesText(t *testing.T) {
+	s := Spec{ProxyUID: 999, InboundPort: 15008, OutboundPort: 15002,
+		ExcludePorts: []PortRange{{8300, 8302}},
+		ExcludeCIDRs: []netip.Prefix{netip.MustParsePrefix("10.20.0.0/14"), netip.MustParsePrefix("fd00::/8")}}
+	v4, v6 := s.IptablesText(false), s.IptablesText(true)
+	for _, want := range []string{"-A MESH_OUTPUT -m owner --uid-owner 999 -j RETURN", "-A MESH_OUTPUT -d 127.0.0.0/8 -j RETURN",
+		"-A MESH_OUTPUT -p tcp -m tcp --dport 8300:8302 -j RETURN", "-A MESH_OUTPUT -d 10.20.0.0/14 -j RETURN",
+		"-A MESH_PREROUTING -p tcp -j REDIRECT --to-ports 15008", "-A OUTPUT -j MESH_OUTPUT", "-A PREROUTING -j MESH_PREROUTING"} {
+		if !strings.Contains(v4, want) {
+			t.Errorf("IPv4 lacks %q:\n%s", want, v4)
+		}
+	}
+	if strings.Contains(v4, "fd00::") || strings.Contains(v6, "10.20.") || strings.Contains(v6, "127.0.0.0") || !strings.Contains(v6, "-d ::1/128 -j RETURN") {
+		t.Errorf("addresses in the wrong family:\n%s\n%s", v4, v6)
+	}
+}
+
 func TestParsePortsAndValidate(t *testing.T) {
 	got, err := ParsePorts([]string{"22,8300-8302", " 9000 "})
 	if err != nil || len(got) != 3 || got[1] != (PortRange{8300, 8302}) {
