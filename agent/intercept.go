@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,8 +24,9 @@ import (
 // destinations are mesh services (an index rebuilt from the table or
 // Consul), and the virtual IPs the DNS responder answers.
 type interception struct {
-	vips  virtualip.Range
-	index atomic.Pointer[destIndex]
+	vips        virtualip.Range
+	index       atomic.Pointer[destIndex]
+	prefetching sync.Map // service -> true while its first lookup runs
 }
 
 // destIndex maps original destinations to services.
@@ -138,13 +140,18 @@ func (a *Agent) prefetch(ctx context.Context) {
 	}
 	known := a.resolver.Snapshot()
 	for _, name := range a.resolver.Services() {
-		if _, ok := known[name]; !ok && name != "consul" {
-			go func() {
-				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				defer cancel()
-				_, _ = a.resolver.Resolve(rctx, name)
-			}()
+		if _, ok := known[name]; ok || name == "consul" {
+			continue
 		}
+		if _, busy := a.icept.prefetching.LoadOrStore(name, true); busy {
+			continue // one lookup per service at a time
+		}
+		go func() {
+			defer a.icept.prefetching.Delete(name)
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, _ = a.resolver.Resolve(rctx, name)
+		}()
 	}
 }
 
