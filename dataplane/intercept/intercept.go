@@ -19,6 +19,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -388,6 +389,18 @@ func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 	m, err := c.TCPConn.WriteTo(w)
 	return n + m, err
 }
+
+// SyscallConn hides the descriptor while bytes read by detection are
+// pending: a server reading the descriptor directly (proxy.Server waits on
+// it without a buffer) would skip them.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) {
+	if len(c.pre) > 0 {
+		return nil, errReplayPending
+	}
+	return c.TCPConn.SyscallConn()
+}
+
+var errReplayPending = errors.New("intercept: replayed bytes pending; read through the connection")
 
 // LocalAddr is the original destination, as the client sees it.
 func (c *Conn) LocalAddr() net.Addr { return net.TCPAddrFromAddrPort(c.Dst) }

@@ -36,6 +36,9 @@ func TestConnReplaysFirstBytes(t *testing.T) {
 	for _, viaWriteTo := range []bool{false, true} {
 		client, server := tcpPair(t)
 		c := &Conn{TCPConn: server, pre: []byte("GET / HT"), Dst: netip.MustParseAddrPort("10.0.0.2:8080")}
+		if _, err := c.SyscallConn(); err == nil {
+			t.Fatal("the descriptor is exposed while replayed bytes are pending")
+		}
 		if _, err := client.Write([]byte("TP/1.1\r\n\r\n")); err != nil {
 			t.Fatal(err)
 		}
@@ -49,6 +52,9 @@ func TestConnReplaysFirstBytes(t *testing.T) {
 		}
 		if err != nil || got.String() != "GET / HTTP/1.1\r\n\r\n" {
 			t.Fatalf("WriteTo=%v: %q %v", viaWriteTo, got.String(), err)
+		}
+		if _, err := c.SyscallConn(); err != nil {
+			t.Fatalf("descriptor hidden after the replay: %v", err)
 		}
 		if c.LocalAddr().String() != "10.0.0.2:8080" {
 			t.Fatalf("LocalAddr %s, want the original destination", c.LocalAddr())

@@ -167,6 +167,13 @@ func TestInterception(t *testing.T) {
 		t.Fatalf("consul: %v (make consul)", err)
 	}
 	w := setup(t, consul)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range []*proc{w.web, w.orders, w.cache} {
+				t.Logf("last lines of %s:\n%s", p.name, tail(p.out.String(), 25))
+			}
+		}
+	})
 
 	t.Run("rules installed twice are the same, dry-run prints them", func(t *testing.T) {
 		first := w.vm1.must("nft", "list", "table", "inet", "mesh")
