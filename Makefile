@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: prometheus test-prometheus test-ui all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-mtls bench-gateway demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
+.PHONY: prometheus test-prometheus test-ui all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-wrk bench-cpu bench-redis bench-mtls bench-gateway bench-intercept test-netns demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
 
 all: build
 
@@ -109,6 +109,14 @@ test-k8s: $(KUBE_APISERVER) $(ETCD) $(CONSUL)
 	$(GO) vet -tags kube ./controlplane/kubetest/
 	$(GO) test -count=1 -tags kube -timeout 15m -v ./controlplane/kubetest/
 
+# Transparent interception end to end (as root, ~1-2 minutes): two network
+# namespaces joined by veth, real nftables, a real Consul server and client,
+# agents under their own uid, rules from `mesh redirect-traffic`, curl,
+# urllib and redis-cli unmodified (build tag netns; a missing part fails).
+test-netns: $(CONSUL)
+	$(GO) vet -tags netns ./redirect/netnstest/
+	$(GO) test -count=1 -tags netns -timeout 10m -v ./redirect/netnstest/
+
 # Every fuzz target (any `func Fuzz...` in a _test.go file, found anew each
 # run), for a fixed number of executions so the work does not depend on the
 # machine's load: about a minute in all on 2 cores, once the instrumented
@@ -140,6 +148,11 @@ bench-redis: build
 # request and req/s, keep-alive and a new connection per request.
 bench-gateway: build $(CONSUL)
 	bench/gateway.sh
+
+# Two-hop CPU per request: transparent interception vs the explicit
+# outbound listener, same run, in network namespaces (as root).
+bench-intercept: build
+	bench/intercept.sh
 
 # CPU per request per hop of the mesh vs nginx, latency added, memory per connection.
 bench-cpu: build

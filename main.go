@@ -17,6 +17,7 @@ import (
 	"github.com/meshvm/mesh/controlplane"
 	"github.com/meshvm/mesh/gateway"
 	"github.com/meshvm/mesh/meshctl"
+	"github.com/meshvm/mesh/redirect"
 )
 
 func main() {
@@ -34,7 +35,7 @@ func main() {
 		return usageError{err}
 	})
 	root.AddCommand(agent.NewCommand(), config.NewCommand(), buildinfo.NewCommand())
-	root.AddCommand(controlplane.NewCommand(), gateway.NewCommand())
+	root.AddCommand(controlplane.NewCommand(), gateway.NewCommand(), redirect.NewCommand())
 	root.AddCommand(meshctl.NewStatusCommand(), meshctl.NewInspectCommand())
 	if err := root.Execute(); err != nil {
 		// A command that says what it found by its exit status alone

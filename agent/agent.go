@@ -87,6 +87,7 @@ type Agent struct {
 	files     *identity.Files
 	dialer    *mtls.Dialer
 	mtlsM     *mtls.Metrics
+	icept     *interception // nil unless agent.interception.enabled (intercept.go)
 
 	tcpOnce sync.Once // the TCP relays' metrics, registered by the first relay
 	tcpM    *tcpproxy.Metrics
@@ -264,6 +265,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.ident != nil {
 		goRun("identity", func() error { return a.ident.rot.Run(bg) })
 	}
+	a.runInterception(bg, goRun)
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
 		goRun("load reports", func() error { return a.lrs.Run(bg) })
@@ -392,7 +394,12 @@ func (a *Agent) bind() ([]listener, error) {
 		}
 		lns = append(lns, listener{name: s.name, ln: ln, srv: srv})
 	}
-	return lns, nil
+	more, err := a.bindInterception()
+	if err != nil {
+		closeAll(lns)
+		return nil, err
+	}
+	return append(lns, more...), nil
 }
 
 // notifyReady tells systemd READY=1 once the listeners are up and the app
@@ -494,6 +501,9 @@ func (a *Agent) configDump() map[string]any {
 	}
 	if a.ident != nil {
 		dump["identity"] = a.ident.dump()
+	}
+	if a.icept != nil {
+		dump["interception"] = a.interceptionDump()
 	}
 	return dump
 }

@@ -81,6 +81,8 @@ type Agent struct {
 	// ResyncInterval is how often the agent checks that Consul still holds
 	// its registration (at least 100ms).
 	ResyncInterval time.Duration `mapstructure:"resync_interval" yaml:"resync_interval" min:"100ms"`
+	// Interception is transparent interception (interception.go).
+	Interception Interception `mapstructure:"interception" yaml:"interception"`
 }
 
 // Upstream is one per-upstream local listener. On the command line and in
@@ -193,4 +195,5 @@ func (a *Agent) validate(v *validator, requireService bool) {
 	v.positive("agent.resync_interval", a.ResyncInterval)
 	v.nonNegative("agent.tcp_idle_timeout", a.TCPIdleTimeout)
 	a.TLS.validate(v)
+	a.Interception.validate(v)
 }

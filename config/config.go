@@ -63,6 +63,7 @@ func Default() Config {
 			Upstreams:       []Upstream{},
 			ControlPlane:    []string{},
 			TLS:             AgentTLS{PeerIdentityHeader: wire.PeerIdentityHeader},
+			Interception:    DefaultInterception(),
 		},
 		Control: Control{
 			XDSAddr:   "0.0.0.0:18000",
@@ -99,6 +100,7 @@ func Default() Config {
 			Services:   map[string]ServiceSettings{},
 
 			Authorization: []Authorization{},
+			VirtualIPs:    VirtualIPs{CIDR: DefaultVirtualIPCIDR},
 		},
 		Gateway: DefaultGateway(),
 		Policies: Policies{

@@ -40,6 +40,8 @@ type Control struct {
 	// has one (authorization.go); a service without one serves every
 	// caller.
 	Authorization []Authorization `mapstructure:"authorization" yaml:"authorization"`
+	// VirtualIPs is the allocation of service virtual IPs (interception.go).
+	VirtualIPs VirtualIPs `mapstructure:"virtual_ips" yaml:"virtual_ips"`
 }
 
 // CA configures mesh control's certificate authority (controlplane/ca).
@@ -163,6 +165,7 @@ func (c *Control) validate(v *validator) {
 	c.XDS.validate(v)
 	c.Gateway.validate(v)
 	validateAuthorization(v, c.Authorization)
+	c.VirtualIPs.validate(v)
 	v.hostPort("control.xds_addr", c.XDSAddr)
 	v.hostPort("control.admin_addr", c.AdminAddr)
 	v.nonNegative("control.debounce", c.Debounce)

@@ -45,6 +45,7 @@ var agentRestartOnly = []restartSetting{
 	{"agent.identity_dir", func(c *Config) any { return &c.Agent.IdentityDir }},
 	{"agent.locality", func(c *Config) any { return &c.Agent.Locality }},
 	{"agent.tls", func(c *Config) any { return &c.Agent.TLS }},
+	{"agent.interception", func(c *Config) any { return &c.Agent.Interception }},
 	{"consul.addr", func(c *Config) any { return &c.Consul.Addr }},
 	{"consul.token", func(c *Config) any { return &c.Consul.Token }},
 	{"consul.datacenter", func(c *Config) any { return &c.Consul.Datacenter }},

@@ -172,6 +172,7 @@ func settingsOf(cfg config.Config) settings {
 		merge: model.MergeOptions{
 			DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
 			Policies:         cfg.Policies,
+			VirtualIPCIDR:    cfg.Control.VirtualIPs.CIDR,
 		},
 		authz: translate.NewAuthorization(cfg.Control),
 	}

@@ -43,4 +43,13 @@ const (
 	EndpointSource        = "source"
 	EndpointNamespaceName = "namespace"
 	EndpointIdentity      = "identity"
+
+	// VirtualIPNamespace is a Cluster's filter_metadata entry holding the
+	// service's virtual IP, allocated by the control plane from
+	// control.virtual_ips.cidr: field VirtualIPAddress (a dotted IPv4
+	// string). Transparent interception routes connections to it, and the
+	// agent's DNS responder answers <service>.mesh with it. Absent: the
+	// agent computes it itself.
+	VirtualIPNamespace = "mesh.virtual_ip"
+	VirtualIPAddress   = "address"
 )

@@ -17,6 +17,9 @@ type MergeOptions struct {
 	// the host's endpoints Draining.
 	DrainingStatuses []string
 	Policies         config.Policies
+	// VirtualIPCIDR is the range services' virtual IPs come from
+	// (control.virtual_ips.cidr); empty means none (virtualip.go).
+	VirtualIPCIDR string
 }
 
 // Merge joins the sources' views into one model. Registry instances become
@@ -69,6 +72,7 @@ func Merge(views []View, opts MergeOptions) Model {
 	slices.SortFunc(m.Conflicts, func(a, b Conflict) int {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Address, b.Address), cmp.Compare(a.Dropped, b.Dropped))
 	})
+	assignVirtualIPs(&m, opts.VirtualIPCIDR)
 	return m
 }
 

@@ -147,6 +147,9 @@ type Service struct {
 	Name      string        `json:"name"`
 	Policy    config.Policy `json:"policy"`
 	Endpoints []Endpoint    `json:"endpoints"`
+	// VirtualIP is the service's stable virtual IP (virtualip.go); zero
+	// without a range.
+	VirtualIP netip.Addr `json:"virtual_ip,omitzero"`
 }
 
 // Model is the merged view the translator consumes. Services are sorted by

@@ -223,7 +223,8 @@ func (t *Translator) entry(s *model.Service) (*entry, error) {
 	prev := t.prev[s.Name]
 	e := &entry{svc: *s}
 	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy) && serviceProtocol(&prev.svc) == serviceProtocol(s) &&
-		sameMTLS(t.prevMTLS, t.MTLS, &prev.svc, s)
+		sameMTLS(t.prevMTLS, t.MTLS, &prev.svc, s) &&
+		prev.svc.VirtualIP == s.VirtualIP
 	if samePolicy {
 		e.cluster, e.vhost, e.apiRoute, e.apiListener, e.apiCluster = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener, prev.apiCluster
 	} else {
@@ -328,6 +329,7 @@ func Cluster(s *model.Service) (*clusterv3.Cluster, error) {
 	if err := setProtocol(c, serviceProtocol(s)); err != nil {
 		return nil, fmt.Errorf("cluster %s: protocol options: %w", s.Name, err)
 	}
+	setVirtualIP(c, s.VirtualIP)
 	return c, nil
 }
 

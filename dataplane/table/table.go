@@ -7,6 +7,7 @@ package table
 
 import (
 	"context"
+	"net/netip"
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/dataplane/endpoint"
@@ -43,6 +44,9 @@ type Service struct {
 	// to them is mTLS. MTLSMode is the service's inbound mode as the
 	// Cluster's metadata repeats it (for /config_dump).
 	MTLSIdentity, MTLSMode string
+	// VirtualIP is the service's virtual IP as the control plane
+	// allocated it (xDS); zero when it sent none.
+	VirtualIP netip.Addr
 }
 
 // Inbound is the policy of the agent's own inbound listener.

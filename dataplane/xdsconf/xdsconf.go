@@ -82,7 +82,11 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", name, err)
 		}
-		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps, MTLSIdentity: id, MTLSMode: mode}
+		vip, err := clusterVirtualIP(c)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", name, err)
+		}
+		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps, MTLSIdentity: id, MTLSMode: mode, VirtualIP: vip}
 	}
 	if rc := r.Routes[wire.OutboundRoute]; rc != nil {
 		for _, vh := range rc.GetVirtualHosts() {
@@ -286,6 +290,7 @@ func endpoints(cla *endpointv3.ClusterLoadAssignment) ([]endpoint.Endpoint, erro
 					}
 				}
 				ep.Node = ep.Meta[wire.EndpointNode]
+				copyAppPort(ep.Meta, md)
 			}
 			out = append(out, ep)
 		}

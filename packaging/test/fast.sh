@@ -29,7 +29,7 @@ cp -a /lib/systemd/system "$root/lib/systemd/"
 cp systemd/*.service "$root/lib/systemd/system/"
 cp "$mesh" "$root/usr/bin/mesh"
 cp /bin/kill "$root/bin/kill"
-for unit in mesh-control.service mesh-agent@orders.service mesh-gateway.service; do
+for unit in mesh-control.service mesh-agent@orders.service mesh-gateway.service mesh-redirect@orders.service; do
 	if ! out=$(systemd-analyze verify --root="$root" "$unit" 2>&1) || [ -n "$out" ]; then
 		fail "systemd-analyze verify $unit: $out"
 	fi
