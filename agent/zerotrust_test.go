@@ -311,3 +311,33 @@ func TestZeroTrustPermissive(t *testing.T) {
 		t.Fatalf("inbound connections %v, want both mtls and plaintext counted", s)
 	}
 }
+
+// TestZeroTrustInstanceWithoutCertificate: a second ztorders instance
+// whose join token mesh control refuses holds no certificate, so it can
+// serve no mTLS; it is registered (and in web's endpoints) all the same,
+// but in strict mode it serves nothing and web's calls fail over to the
+// instance that has one: no request fails.
+func TestZeroTrustInstanceWithoutCertificate(t *testing.T) {
+	p := startZTPair(t, wire.MTLSStrict, "1h", false)
+	p.call(t)
+	const second = "127.0.0.153"
+	bad := startApp(t, second, "ztorders-nocert", nil)
+	// A token for another service: mesh control signs nothing for it.
+	ba := startAgent(t, second, "ztorders", bad, withIdentity(p.cp, p.webTok, t.TempDir()))
+	waitPassing(t, "ztorders", 2)
+	waitEndpoints(t, p.web, "ztorders", 2)
+	url := "http://" + p.web.Addr("outbound") + "/x"
+	l := startLoad(url, "ztorders")
+	for i := 0; i < 10; i++ {
+		burst(t, url, "ztorders", 4)
+		time.Sleep(200 * time.Millisecond)
+	}
+	l.stop()
+	t.Logf("%d requests ok, %d failed (%v), served by the instance without a certificate: %d; its handshake errors %v; web's endpoints %v",
+		l.ok.Load(), l.failed.Load(), l.errs, bad.served.Load(),
+		seriesOf(scrapeAgent(t, ba.Addr("admin")), "mesh_tls_handshake_errors_total"), configDump(t, p.web).Services["ztorders"])
+	l.check(t, "an instance without a certificate beside one with")
+	if n := bad.served.Load(); n != 0 {
+		t.Errorf("the instance without a certificate served %d requests in strict mode", n)
+	}
+}
