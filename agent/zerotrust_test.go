@@ -29,11 +29,11 @@ const ztWebID = "spiffe://mesh.local/ns/default/svc/ztweb"
 // ztOrdersApp answers 200 only to a caller handed to it as ztweb's
 // verified identity (so every request of a load proves mTLS), 500 else;
 // with plaintextOK a caller without an identity is served too.
-func ztOrdersApp(t *testing.T, plaintextOK bool) *app {
+func ztOrdersApp(t *testing.T, plaintextOK bool, webID string) *app {
 	return startApp(t, ztOrders, "ztorders", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-App", "ztorders")
 		peer := r.Header.Get(wire.PeerIdentityHeader)
-		if peer != ztWebID && (!plaintextOK || peer != "") {
+		if peer != webID && (!plaintextOK || peer != "") {
 			http.Error(w, "peer="+peer, http.StatusInternalServerError)
 			return
 		}
@@ -54,13 +54,28 @@ type ztPair struct {
 }
 
 func startZTPair(t *testing.T, mode, ttl string, plaintextOK bool) *ztPair {
+	return startZTPairIn(t, mode, ttl, plaintextOK, "", ztWebID)
+}
+
+// startZTPairIn is startZTPair with control.ca fields caExtra, orders
+// serving only webID (and plain text with plaintextOK).
+func startZTPairIn(t *testing.T, mode, ttl string, plaintextOK bool, caExtra, webID string) *ztPair {
 	t.Helper()
 	p := &ztPair{caDir: filepath.Join(t.TempDir(), "ca"), webCache: t.TempDir(), ordersCache: t.TempDir()}
-	p.cp = newControl(t, controlOptions{caDir: p.caDir, certTTL: ttl, auth: "required",
+	p.cp = newControl(t, controlOptions{caDir: p.caDir, certTTL: ttl, auth: "required", caExtra: caExtra,
 		extra: "  mtls: {default_mode: " + mode + "}\n"})
-	p.ordersTok = mintToken(t, p.cp.bin, p.caDir, "ztorders", "1h")
-	p.webTok = mintToken(t, p.cp.bin, p.caDir, "ztweb", "1h")
-	p.ordersApp = ztOrdersApp(t, plaintextOK)
+	// Tokens minted from mesh control's own config (control.ca: its
+	// directory, trust domain and namespace), as an operator would.
+	mint := func(service string) string {
+		file := filepath.Join(t.TempDir(), service+".token")
+		out, err := exec.Command(p.cp.bin, "control", "token", "create", "--service", service, "--ttl", "1h", "--config", p.cp.cfgPath, "--output", file).CombinedOutput()
+		if err != nil {
+			t.Fatalf("token create: %v\n%s", err, out)
+		}
+		return file
+	}
+	p.ordersTok, p.webTok = mint("ztorders"), mint("ztweb")
+	p.ordersApp = ztOrdersApp(t, plaintextOK, webID)
 	p.orders = startZTAgent(t, ztOrders, "ztorders", p.ordersApp, p.cp, p.ordersTok, p.ordersCache)
 	waitPassing(t, "ztorders", 1)
 	p.webApp = startApp(t, ztWeb, "ztweb", nil)
@@ -339,5 +354,19 @@ func TestZeroTrustInstanceWithoutCertificate(t *testing.T) {
 	l.check(t, "an instance without a certificate beside one with")
 	if n := bad.served.Load(); n != 0 {
 		t.Errorf("the instance without a certificate served %d requests in strict mode", n)
+	}
+}
+
+// TestZeroTrustOwnTrustDomain: with control.ca trust_domain and namespace
+// set, the issued SPIFFE IDs carry them and the Cluster's
+// UpstreamTlsContext asks for the same: strict mTLS flows.
+func TestZeroTrustOwnTrustDomain(t *testing.T) {
+	const webID = "spiffe://corp.example/ns/prod/svc/ztweb"
+	p := startZTPairIn(t, wire.MTLSStrict, "1h", false, "trust_domain: corp.example, namespace: prod", webID)
+	if d := identityOf(t, p.orders); d.Identity.SPIFFEID != "spiffe://corp.example/ns/prod/svc/ztorders" {
+		t.Errorf("orders holds %q", d.Identity.SPIFFEID)
+	}
+	if body := p.call(t); body != "peer="+webID {
+		t.Fatalf("web → orders: %q, want peer=%s", body, webID)
 	}
 }
