@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -368,5 +369,11 @@ func TestZeroTrustOwnTrustDomain(t *testing.T) {
 	}
 	if body := p.call(t); body != "peer="+webID {
 		t.Fatalf("web → orders: %q, want peer=%s", body, webID)
+	}
+	// A token minted against the directory alone (default trust domain)
+	// would ask for identities this CA never issues: refused, naming why.
+	out, err := exec.Command(p.cp.bin, "control", "token", "create", "--service", "ztweb", "--ca-dir", p.caDir, "--output", filepath.Join(t.TempDir(), "t")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "is for trust domain corp.example, not control.ca.trust_domain mesh.local") {
+		t.Fatalf("token create --ca-dir for a corp.example CA: %v\n%s", err, out)
 	}
 }
