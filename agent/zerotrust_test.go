@@ -3,6 +3,7 @@ package agent_test
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -106,11 +107,18 @@ func (p *ztPair) call(t *testing.T) string {
 	var body string
 	// The first call may race the Cluster's UpstreamTlsContext reaching web.
 	meshtest.Eventually(t, 30*time.Second, func() error {
-		resp, b := get(t, "http://"+p.web.Addr("outbound")+"/x", "ztorders")
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("web → orders: %d %s %q", resp.StatusCode, resp.Header.Get("x-mesh-reason"), b)
+		req, _ := http.NewRequest(http.MethodGet, "http://"+p.web.Addr("outbound")+"/x", nil)
+		req.Host = "ztorders"
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			return err
 		}
-		body = b
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("web → orders: %d %s %q %v", resp.StatusCode, resp.Header.Get("x-mesh-reason"), b, err)
+		}
+		body = string(b)
 		return nil
 	})
 	return body
