@@ -53,6 +53,8 @@ type controlOptions struct {
 	// caDir is control.ca.dir (default a fresh directory); certTTL and
 	// auth set control.ca.cert_ttl and control.xds.auth when not empty.
 	caDir, certTTL, auth string
+	// caExtra is added to control.ca's flow mapping ("trust_domain: x").
+	caExtra string
 }
 
 func newControl(t *testing.T, opts controlOptions) *control {
@@ -78,6 +80,9 @@ func newControl(t *testing.T, opts controlOptions) *control {
 	cfg += opts.extra
 	if opts.certTTL != "" {
 		cfg = strings.Replace(cfg, "  ca: {dir: "+opts.caDir+"}", "  ca: {dir: "+opts.caDir+", cert_ttl: "+opts.certTTL+"}", 1)
+	}
+	if opts.caExtra != "" {
+		cfg = strings.Replace(cfg, "  ca: {dir: "+opts.caDir, "  ca: {dir: "+opts.caDir+", "+opts.caExtra, 1)
 	}
 	if opts.auth != "" {
 		cfg += "  xds: {auth: " + opts.auth + "}\n"

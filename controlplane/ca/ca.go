@@ -163,6 +163,16 @@ func (c *CA) setSigner(certs []*x509.Certificate, key crypto.Signer) error {
 	if now := c.now(); now.After(ca.NotAfter) {
 		return fmt.Errorf("ca: certificate %q expired at %s", ca.Subject, ca.NotAfter.UTC().Format(time.RFC3339))
 	}
+	// A CA naming its trust domain (mesh's roots do, as SPIRE's do) must
+	// name the configured one: else tokens minted against the directory
+	// with the default trust domain would ask for identities it never
+	// issues (and agents would refuse mesh control's certificate).
+	for _, u := range ca.URIs {
+		if u.Scheme == "spiffe" && u.Host != "" && u.Host != c.cfg.TrustDomain {
+			return fmt.Errorf("ca: certificate %q is for trust domain %s, not control.ca.trust_domain %s (give --trust-domain %s or --config)",
+				ca.Subject, u.Host, c.cfg.TrustDomain, u.Host)
+		}
+	}
 	// The chain sent with each certificate: the signing CA when it is an
 	// intermediate, and the intermediates above it; the root goes in the
 	// bundle, not the chain.

@@ -334,3 +334,19 @@ func TestBadMaterial(t *testing.T) {
 		t.Fatalf("mismatched key: %v", err)
 	}
 }
+
+// A CA directory created for one trust domain, opened with another (the
+// default, as `mesh control token create --ca-dir` without --trust-domain
+// does), is refused naming both: tokens minted so would ask for
+// identities the CA never issues.
+func TestOpenRefusesAnotherTrustDomain(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	open(t, ca.Config{Dir: dir, TrustDomain: "corp.example"}, &clock{t: time.Now()})
+	_, err := ca.Open(ca.Config{Dir: dir}, nil)
+	if err == nil || !strings.Contains(err.Error(), "is for trust domain corp.example, not control.ca.trust_domain mesh.local") {
+		t.Fatalf("open with the default trust domain: %v", err)
+	}
+	if _, err := ca.Open(ca.Config{Dir: dir, TrustDomain: "corp.example"}, nil); err != nil {
+		t.Fatalf("open with its own trust domain: %v", err)
+	}
+}
