@@ -6,10 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,16 +16,11 @@ import (
 	"github.com/meshvm/mesh/wire"
 )
 
-// writeAuthz rewrites the control plane's config with authorization (a
-// YAML list, indented under control:) and reloads it with SIGHUP.
+// writeAuthz replaces the control plane's authorization (a YAML list,
+// indented under control:) and reloads it with SIGHUP.
 func (c *control) writeAuthz(t *testing.T, authorization string) {
 	t.Helper()
-	cfg := fmt.Sprintf("log:\n  level: warn\nconsul:\n  addr: %s\ncontrol:\n  xds_addr: %s\n  admin_addr: %s\n  debounce: 20ms\n  authorization:\n%s",
-		consul.Addr, c.xdsAddr, c.adminAddr, authorization)
-	if err := os.WriteFile(c.cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.proc.Signal(syscall.SIGHUP)
+	c.reload(t, "  authorization:\n"+authorization)
 }
 
 // TestAuthorizationRulesPushedLive: rules in mesh control's YAML reach

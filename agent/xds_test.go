@@ -41,6 +41,19 @@ type control struct {
 	bin, cfgPath       string
 	xdsAddr, adminAddr string
 	proc               *meshtest.Process
+	// base is the config it started with; reload appends to it.
+	base string
+}
+
+// reload rewrites the control plane's config as its starting config plus
+// extra (lines of the control section, indented by two) and applies it
+// with SIGHUP.
+func (c *control) reload(t *testing.T, extra string) {
+	t.Helper()
+	if err := os.WriteFile(c.cfgPath, []byte(c.base+extra), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.proc.Signal(syscall.SIGHUP)
 }
 
 // controlOptions are the parts of the control plane's config a test sets.
@@ -90,6 +103,7 @@ func newControl(t *testing.T, opts controlOptions) *control {
 	if err := os.WriteFile(c.cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	c.base = cfg
 	c.start()
 	return c
 }
