@@ -1,12 +1,14 @@
 package agent_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"testing"
 	"time"
 
+	"github.com/meshvm/mesh/meshapi"
 	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/wire"
 )
@@ -20,6 +22,28 @@ import (
 func TestZeroTrustAuthorization(t *testing.T) {
 	p := startZTPair(t, wire.MTLSStrict, "1h", false)
 	p.call(t) // mTLS up, no rules yet
+
+	// mesh status shows each agent's certificate expiry, from what the
+	// control plane issued it.
+	meshtest.Eventually(t, 20*time.Second, func() error {
+		var st meshapi.Status
+		if err := json.Unmarshal([]byte(fetch(t, "http://"+p.cp.adminAddr+meshapi.StatusPath)), &st); err != nil {
+			return err
+		}
+		for _, px := range st.Proxies {
+			if px.Service != "ztweb" {
+				continue
+			}
+			if px.CertExpiry == nil {
+				return fmt.Errorf("ztweb's proxy shows no certificate expiry")
+			}
+			if left := time.Until(*px.CertExpiry); left <= 0 || left > time.Hour+time.Minute {
+				return fmt.Errorf("ztweb's certificate expires in %s, want within its 1h lifetime", left)
+			}
+			return nil
+		}
+		return fmt.Errorf("no proxy for ztweb in %+v", st.Proxies)
+	})
 
 	call := func(method, path string) (int, string) {
 		req, _ := http.NewRequest(method, "http://"+p.web.Addr("outbound")+path, nil)

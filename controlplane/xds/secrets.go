@@ -74,12 +74,33 @@ func (s *secrets) setChain(id string, chain []byte) {
 }
 
 func expired(chain []byte, now time.Time) bool {
+	notAfter, ok := leafExpiry(chain)
+	return !ok || now.After(notAfter)
+}
+
+// leafExpiry is the NotAfter of a PEM chain's first certificate.
+func leafExpiry(chain []byte) (time.Time, bool) {
 	b, _ := pem.Decode(chain)
 	if b == nil {
-		return true
+		return time.Time{}, false
 	}
 	c, err := x509.ParseCertificate(b.Bytes)
-	return err != nil || now.After(c.NotAfter)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return c.NotAfter, true
+}
+
+// expiry is when the certificate this control plane issued node id
+// expires, when it issued one that is still held.
+func (s *secrets) expiry(id string) (time.Time, bool) {
+	s.mu.Lock()
+	chain := s.chains[id]
+	s.mu.Unlock()
+	if chain == nil {
+		return time.Time{}, false
+	}
+	return leafExpiry(chain)
 }
 
 func (s *secrets) connect(id string) {

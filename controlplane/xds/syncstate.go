@@ -166,6 +166,10 @@ func (s *Server) Proxies() []meshapi.Proxy {
 				}
 			}
 		}
+		if exp, ok := s.secrets.expiry(id); ok {
+			exp = exp.UTC()
+			p.CertExpiry = &exp
+		}
 		if len(p.Types) == 0 {
 			p.State = meshapi.Stale
 			p.Reason = "subscribed to nothing yet"
