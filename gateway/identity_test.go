@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -76,7 +77,11 @@ control:
 		"--app-protocol", "http1", "--log-format", "text",
 		"--control-plane", xdsAddr, "--join-token-file", ordersToken)
 	meshtest.Eventually(t, 30*time.Second, func() error {
-		if !strings.Contains(getBody(t, "http://"+net.JoinHostPort(host, strconv.Itoa(ports[2]))+"/config_dump"), `"inbound_mode":"strict"`) {
+		b, err := fetchBody("http://" + net.JoinHostPort(host, strconv.Itoa(ports[2])) + "/config_dump")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(b, `"inbound_mode": "strict"`) {
 			return fmt.Errorf("orders agent not strict yet")
 		}
 		return nil
@@ -106,7 +111,7 @@ control:
 			return nil
 		})
 		dump := getBody(t, "http://"+g.g.Addr("admin")+"/config_dump")
-		if !strings.Contains(dump, `"spiffe_id":"spiffe://mesh.local/ns/default/svc/mesh-gateway"`) || strings.Contains(dump, "PRIVATE KEY") {
+		if !strings.Contains(dump, `"spiffe_id": "spiffe://mesh.local/ns/default/svc/mesh-gateway"`) || strings.Contains(dump, "PRIVATE KEY") {
 			t.Errorf("config_dump identity: %s", dump)
 		}
 		if m := getBody(t, "http://"+g.g.Addr("admin")+"/metrics"); !strings.Contains(m, `mesh_cert_expiry_seconds{cert="workload"}`) {
@@ -147,19 +152,19 @@ func mintGatewayTestToken(t *testing.T, caDir, service string) string {
 
 func getBody(t *testing.T, url string) string {
 	t.Helper()
-	resp, err := http.Get(url)
+	b, err := fetchBody(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
+	return b
+}
+
+func fetchBody(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
 	}
-	return b.String()
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
