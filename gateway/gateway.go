@@ -136,7 +136,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Gateway, error) {
 		return fail(err)
 	}
 	g.forwarder = proxy.NewForwarder(proxy.Options{Log: log, WrapDial: func(d observability.DialFunc) observability.DialFunc {
-		return observability.DialFunc(g.dialer.Wrap(mtls.DialFunc(m.Dialer(d))))
+		return observability.DialFunc(g.dialer.Wrap(g.refuseStrict(mtls.DialFunc(m.Dialer(d)))))
 	}})
 	if g.certs, err = g.newCertStore(gc.TLS, gc.CacheDir); err != nil {
 		return fail(err)

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"path/filepath"
 
 	"github.com/meshvm/mesh/dataplane/endpoint"
@@ -39,6 +41,42 @@ func (g *Gateway) setupIdentity() error {
 	g.ident.RegisterMetrics(g.registry)
 	g.dialer.Creds = g.ident.Credentials()
 	return nil
+}
+
+// refuseStrict wraps dial: an endpoint of a service taking mTLS only
+// (strict) is not dialed while the gateway holds no certificate (no
+// gateway.join_token_file, or none issued yet), so the request fails at
+// once with a reason naming what to fix instead of the peer resetting it.
+func (g *Gateway) refuseStrict(dial mtls.DialFunc) mtls.DialFunc {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if g.ident == nil || g.ident.Credentials().Leaf() == nil {
+			if svc := g.strictService(addr); svc != "" {
+				why := "the gateway has no mesh identity (set gateway.join_token_file to a token minted for " + g.cfg.Gateway.Name + ")"
+				if g.ident != nil {
+					why = "the gateway holds no certificate yet: " + identity.ErrNoIdentity.Error()
+				}
+				return nil, fmt.Errorf("service %s takes mTLS only (strict) and %s", svc, why)
+			}
+		}
+		return dial(ctx, network, addr)
+	}
+}
+
+// strictService is the service whose endpoint addr is, when it takes mTLS
+// only ("" otherwise).
+func (g *Gateway) strictService(addr string) string {
+	t := g.served.Load().table
+	if t == nil {
+		return ""
+	}
+	for name, s := range t.Services {
+		for _, ep := range s.Endpoints {
+			if ep.Addr == addr && (s.MTLSMode == wire.MTLSStrict || ep.Meta[wire.MetaMTLS] == wire.MTLSStrict) {
+				return name
+			}
+		}
+	}
+	return ""
 }
 
 // peerOf says whether the endpoint at addr takes mTLS and the identity it

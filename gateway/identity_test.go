@@ -130,8 +130,8 @@ control:
 		})
 		start := time.Now()
 		resp, _ := g.get(t, "shop.test", "/orders/1", nil)
-		if (resp.StatusCode != 502 && resp.StatusCode != 503) || resp.Header.Get("x-mesh-reason") == "" {
-			t.Fatalf("got %d reason %q, want 502/503 with x-mesh-reason", resp.StatusCode, resp.Header.Get("x-mesh-reason"))
+		if (resp.StatusCode != 502 && resp.StatusCode != 503) || resp.Header.Get("x-mesh-reason") != "upstream-connect-failure" {
+			t.Fatalf("got %d reason %q, want 502/503 upstream-connect-failure (the gateway refuses to dial a strict service in plain text)", resp.StatusCode, resp.Header.Get("x-mesh-reason"))
 		}
 		if d := time.Since(start); d > 8*time.Second {
 			t.Fatalf("took %s", d)
