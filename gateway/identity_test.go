@@ -17,7 +17,8 @@ import (
 	"github.com/meshvm/mesh/meshtest"
 )
 
-// TestGatewayReachesStrictServiceWithItsIdentity: service orders takes
+// TestGatewayReachesStrictServiceWithItsIdentity: service secure-orders
+// (a name no other test of the package registers in the shared Consul) takes
 // mTLS only (strict), behind an agent holding a join-token identity. The
 // gateway with its own join token (minted for its name) gets a
 // certificate from mesh control, routes a request to orders over mTLS
@@ -42,11 +43,11 @@ control:
   mtls:
     default_mode: permissive
   services:
-    orders:
+    secure-orders:
       mtls_mode: strict
   gateway:
     routes:
-      - {host: shop.test, path_prefix: /orders, service: orders}
+      - {host: shop.test, path_prefix: /orders, service: secure-orders}
 `, consul.Addr, xdsAddr, adminAddr, caDir)
 	if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
@@ -63,13 +64,13 @@ control:
 		}
 		return nil
 	})
-	ordersToken := mintGatewayTestToken(t, caDir, "orders")
+	ordersToken := mintGatewayTestToken(t, caDir, "secure-orders")
 	gwToken := mintGatewayTestToken(t, caDir, "mesh-gateway")
 
 	host := "127.0.0.96"
 	app := startApp(t, host, "orders-1")
 	ports := meshtest.FreePorts(host, 3)
-	meshtest.StartProcess(t, nil, mesh(t), "agent", "--service", "orders", "--app-port", strconv.Itoa(app),
+	meshtest.StartProcess(t, nil, mesh(t), "agent", "--service", "secure-orders", "--app-port", strconv.Itoa(app),
 		"--app-address", host, "--inbound-addr", net.JoinHostPort(host, strconv.Itoa(ports[0])),
 		"--outbound-addr", net.JoinHostPort(host, strconv.Itoa(ports[1])),
 		"--admin-addr", net.JoinHostPort(host, strconv.Itoa(ports[2])),
