@@ -28,6 +28,7 @@ import (
 	"github.com/meshvm/mesh/dataplane/proxy"
 	"github.com/meshvm/mesh/dataplane/table"
 	"github.com/meshvm/mesh/dataplane/tcpproxy"
+	"github.com/meshvm/mesh/enroll"
 	"github.com/meshvm/mesh/identity"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/observability/loadreport"
@@ -96,7 +97,7 @@ type Agent struct {
 	// ident is the workload identity (identity.go), nil without
 	// agent.join_token_file; creds are its current credentials (nil
 	// likewise), for the data path's mTLS.
-	ident *agentIdentity
+	ident *enroll.Enrollment
 	creds *identity.Credentials
 }
 
@@ -153,8 +154,8 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	if a.ident != nil {
-		a.creds = a.ident.creds
-		a.ident.registerMetrics(a.registry)
+		a.creds = a.ident.Credentials()
+		a.ident.RegisterMetrics(a.registry)
 		a.dialer.Creds = a.creds
 	}
 	m.EndpointsFrom(a.endpointCounts)
@@ -263,7 +264,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		goRun("identity files", func() error { return a.files.Watch(bg) })
 	}
 	if a.ident != nil {
-		goRun("identity", func() error { return a.ident.rot.Run(bg) })
+		goRun("identity", func() error { return a.ident.Run(bg) })
 	}
 	a.runInterception(bg, goRun)
 	if a.xds != nil {
@@ -500,7 +501,7 @@ func (a *Agent) configDump() map[string]any {
 		dump["xds"] = a.xds.State()
 	}
 	if a.ident != nil {
-		dump["identity"] = a.ident.dump()
+		dump["identity"] = a.ident.Dump()
 	}
 	if a.icept != nil {
 		dump["interception"] = a.interceptionDump()

@@ -25,7 +25,7 @@ func (a *Agent) Readiness() observability.Readiness {
 	conds := []observability.Condition{a.listenersCondition(), a.registrationCondition(),
 		a.controlPlaneCondition(), a.app.condition()}
 	if a.ident != nil {
-		conds = append(conds, a.ident.condition())
+		conds = append(conds, a.ident.Condition())
 	}
 	return observability.NewReadiness(conds...)
 }

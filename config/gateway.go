@@ -140,6 +140,8 @@ func (g *Gateway) validate(v *validator, required bool) {
 	for i, cp := range g.ControlPlane {
 		v.hostPort(fmt.Sprintf("gateway.control_plane[%d]", i), cp)
 	}
+	v.check("gateway.join_token_file", g.JoinTokenFile == "" || len(g.ControlPlane) > 0,
+		"needs gateway.control_plane (the identity is signed by mesh control)")
 	v.check("gateway.cache_dir", g.CacheDir != "", "is required")
 	v.nonNegative("gateway.drain_period", g.DrainPeriod)
 	v.positive("gateway.shutdown_timeout", g.ShutdownTimeout)

@@ -60,7 +60,11 @@ func (g *Gateway) Readiness() observability.Readiness {
 			cp.Detail += "; not connected"
 		}
 	}
-	return observability.NewReadiness(ls, reg, cp)
+	conds := []observability.Condition{ls, reg, cp}
+	if g.ident != nil {
+		conds = append(conds, g.ident.Condition())
+	}
+	return observability.NewReadiness(conds...)
 }
 
 // configDump is what the gateway serves now: version, listeners, routes,
@@ -102,6 +106,7 @@ func (g *Gateway) configDump() map[string]any {
 		"edge_steps":    s.edge.Steps(),
 		"certificates":  g.certs.Expiries(),
 		"governance":    g.state.Status(),
+		"identity":      g.identityDump(),
 	}
 	if g.xds != nil {
 		dump["xds"] = g.xds.State()

@@ -34,7 +34,9 @@ import (
 	"github.com/meshvm/mesh/certstore"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/dataplane/chain"
+	"github.com/meshvm/mesh/dataplane/mtls"
 	"github.com/meshvm/mesh/dataplane/proxy"
+	"github.com/meshvm/mesh/enroll"
 	"github.com/meshvm/mesh/governance/ratelimit"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/registration"
@@ -75,6 +77,12 @@ type Gateway struct {
 	obs      *observability.Observer
 	metrics  *metrics
 
+	// ident is the gateway's mesh identity (identity.go), nil without
+	// gateway.join_token_file; dialer dials the services' endpoints,
+	// with mTLS where they take it.
+	ident  *enroll.Enrollment
+	dialer *mtls.Dialer
+
 	reg       *registration.Registrar
 	listening atomic.Bool
 	draining  atomic.Bool
@@ -108,15 +116,14 @@ func New(cfg config.Config, log zerolog.Logger) (*Gateway, error) {
 	}
 	m := obs.Metrics()
 	g := &Gateway{
-		cfg:       cfg,
-		log:       log.With().Str("component", "gateway").Logger(),
-		base:      log,
-		consul:    client,
-		forwarder: proxy.NewForwarder(proxy.Options{Log: log, WrapDial: m.Dialer}),
-		state:     chain.NewState(nil).WithMetrics(m),
-		node:      node,
-		registry:  registry,
-		obs:       obs,
+		cfg:      cfg,
+		log:      log.With().Str("component", "gateway").Logger(),
+		base:     log,
+		consul:   client,
+		state:    chain.NewState(nil).WithMetrics(m),
+		node:     node,
+		registry: registry,
+		obs:      obs,
 	}
 	fail := func(err error) (*Gateway, error) {
 		_ = obs.Close(context.Background())
@@ -125,6 +132,12 @@ func New(cfg config.Config, log zerolog.Logger) (*Gateway, error) {
 	if g.metrics, err = newMetrics(registry); err != nil {
 		return fail(err)
 	}
+	if err := g.setupIdentity(); err != nil {
+		return fail(err)
+	}
+	g.forwarder = proxy.NewForwarder(proxy.Options{Log: log, WrapDial: func(d observability.DialFunc) observability.DialFunc {
+		return observability.DialFunc(g.dialer.Wrap(g.refuseStrict(mtls.DialFunc(m.Dialer(d)))))
+	}})
 	if g.certs, err = g.newCertStore(gc.TLS, gc.CacheDir); err != nil {
 		return fail(err)
 	}
@@ -199,6 +212,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 		authCtx, cancel := context.WithCancel(bg)
 		cur.stop = cancel
 		cur.auth.run(authCtx)
+	}
+	if g.ident != nil {
+		goRun("identity", func() error { return g.ident.Run(bg) })
 	}
 	goRun("registration", func() error { return g.reg.Run(bg) })
 	goRun("certificates", func() error { return g.certs.Run(bg, gc.TLS.ReloadInterval) })

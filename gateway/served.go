@@ -24,6 +24,7 @@ type served struct {
 	routes   *routematch.Table
 	auth     *auth
 	cors     map[*routematch.Route]*corsPolicy
+	retries  map[*routematch.Route]*chain.Retries // routes with a retry_policy
 	edge     *chain.EdgePath
 	// plainHTTP: the HTTP listener runs the edge path too.
 	plainHTTP bool
@@ -43,6 +44,9 @@ func (g *Gateway) parseResources(res xdsclient.Resources) (*served, error) {
 		if s.routes, err = routematch.Compile(rc); err != nil {
 			return nil, fmt.Errorf("route %s: %w", wire.GatewayRoute, err)
 		}
+	}
+	if s.retries, err = routeRetries(s.routes); err != nil {
+		return nil, fmt.Errorf("route %s: %w", wire.GatewayRoute, err)
 	}
 	if s.cors, err = corsPolicies(s.routes); err != nil {
 		return nil, fmt.Errorf("route %s: cors: %w", wire.GatewayRoute, err)

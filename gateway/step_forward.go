@@ -10,14 +10,17 @@ import (
 // forward ends the edge path: a redirect or direct-response route is
 // answered here; a forwarding route picks its cluster (weighted split),
 // applies its rewrites and header mutations and hands the request to that
-// service's outbound path under the route's timeout.
-type forward struct{}
+// service's outbound path under the route's timeout and, when the route
+// has one, its retry policy (else the service's applies).
+type forward struct {
+	retries map[*routematch.Route]*chain.Retries
+}
 
-func buildForward(*Gateway, *served) chain.Step { return forward{} }
+func buildForward(_ *Gateway, s *served) chain.Step { return forward{retries: s.retries} }
 
 func (forward) Name() string { return "forward" }
 
-func (forward) Serve(x *chain.Exchange, _ chain.Next) error {
+func (f forward) Serve(x *chain.Exchange, _ chain.Next) error {
 	rt := edgeOf(x).route
 	w, r := x.W, x.R
 	switch rt.Kind {
@@ -42,5 +45,6 @@ func (forward) Serve(x *chain.Exchange, _ chain.Next) error {
 	if rt.TimeoutSet && rt.Timeout > 0 {
 		o.Timeout = rt.Timeout
 	}
+	o.Retries = f.retries[rt]
 	return x.Forward(cluster, o)
 }

@@ -52,7 +52,7 @@ func (g *Gateway) newXDSClient() (*xdsclient.Client, error) {
 	}
 	m := g.obs.Metrics()
 	servers := g.cfg.Gateway.ControlPlane
-	return xdsclient.New(xdsclient.Options{
+	opts := xdsclient.Options{
 		Servers: servers, Node: node, Apply: g.applyXDS,
 		Listeners: []string{wire.GatewayHTTPSListener, wire.GatewayHTTPListener},
 		Initial:   g.cached, Log: g.base.With().Str("component", "xds").Logger(),
@@ -64,7 +64,11 @@ func (g *Gateway) newXDSClient() (*xdsclient.Client, error) {
 			}
 		},
 		OnResponse: m.XDSUpdate,
-	})
+	}
+	if g.ident != nil {
+		g.ident.SecureXDS(&opts)
+	}
+	return xdsclient.New(opts)
 }
 
 func (g *Gateway) cachePath() string {

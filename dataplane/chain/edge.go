@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/meshvm/mesh/dataplane/proxy"
+	"github.com/meshvm/mesh/governance/retry"
 	"github.com/meshvm/mesh/observability"
 )
 
@@ -47,6 +48,17 @@ type ForwardOptions struct {
 	// Timeout, if positive, is the request's deadline instead of the
 	// service's route timeout.
 	Timeout time.Duration
+	// Retries, if set, replaces the service's retry policy for this
+	// request (a gateway route's retry_policy).
+	Retries *Retries
+}
+
+// Retries is a retry policy for one request: the conditions, how many
+// retries (0: none) and the per-try timeout (0: none).
+type Retries struct {
+	Policy   retry.Policy
+	Attempts int
+	PerTry   time.Duration
 }
 
 // Forward runs the outbound path of service (endpoints, breaker,
@@ -65,5 +77,6 @@ func (x *Exchange) Forward(service string, o ForwardOptions) error {
 	if o.Timeout > 0 {
 		x.deadline = time.Now().Add(o.Timeout)
 	}
+	x.retries = o.Retries
 	return u.path.first.Serve(x)
 }

@@ -82,6 +82,7 @@ type Exchange struct {
 
 	set      *endpointSet // chosen by the endpoints step
 	deadline time.Time    // the route timeout's; zero: none
+	retries  *Retries     // the route's retry policy (Forward); nil: the service's
 	outcome  outcome      // what the request says about its upstream
 	aborted  bool         // the response broke off after it started
 	// load counts the request for load reports, from its first try: the

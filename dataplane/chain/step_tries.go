@@ -46,8 +46,13 @@ func (s *tries) Serve(x *Exchange, _ Next) error {
 func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) {
 	w, r, deadline, set := x.W, x.R, x.deadline, x.set
 	svc := u.svc
+	attempts, retryOn, perTry, replay := u.pol.attempts, &u.pol.retryOn, u.pol.perTry, u.pol.replay
+	if rp := x.retries; rp != nil {
+		attempts, retryOn, perTry = rp.Attempts, &rp.Policy, rp.PerTry
+		replay = attempts > 0 && rp.Policy.On&^retry.OnConnectFailure != 0
+	}
 	body := requestBody{has: r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0}
-	if body.has && u.pol.replay && r.ContentLength <= maxReplay {
+	if body.has && replay && r.ContentLength <= maxReplay {
 		body.rb = newReplayBody(r.Body, r.ContentLength)
 	}
 	rec := x.Rec
@@ -64,7 +69,7 @@ func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) 
 		prev = i
 		addr, hst := set.eps[i].Addr, set.hosts[i]
 		rec.SetUpstream(u.name, addr)
-		tryCtx, cancelTry := u.tryContext(r.Context(), deadline)
+		tryCtx, cancelTry := tryContextFor(r.Context(), deadline, perTry)
 		att.Ctx = tryCtx
 		att.Body = body.next()
 		att.Protocol = set.eps[i].Protocol
@@ -88,8 +93,8 @@ func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) 
 			}
 			svc.report(hst, outlier.LocalFailure)
 			body.tried(f)
-			if !expired(deadline) && retries < u.pol.attempts &&
-				u.pol.retryOn.Retriable(retry.Attempt{Failure: f, GRPCStatus: retry.NoGRPCStatus}) &&
+			if !expired(deadline) && retries < attempts &&
+				retryOn.Retriable(retry.Attempt{Failure: f, GRPCStatus: retry.NoGRPCStatus}) &&
 				body.replayable() && u.acquireRetry() {
 				retries++
 				retrying = true
@@ -110,10 +115,10 @@ func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) 
 		status := resp.StatusCode
 		gs := grpcStatus(resp.Header) // a trailers-only gRPC response
 		eff := effectiveStatus(status, gs)
-		if retries < u.pol.attempts && (eff >= 400 || gs > 0) {
+		if retries < attempts && (eff >= 400 || gs > 0) {
 			a := retry.Attempt{Status: status, GRPCStatus: gs, RateLimited: rateLimited(resp.Header)}
 			body.tried(retry.NoFailure)
-			if u.pol.retryOn.Retriable(a) && !expired(deadline) && body.replayable() && u.acquireRetry() {
+			if retryOn.Retriable(a) && !expired(deadline) && body.replayable() && u.acquireRetry() {
 				svc.report(hst, outlier.Classify(eff, false))
 				proxy.Discard(resp)
 				u.endTry(cancelTry, retrying, hst)
@@ -158,12 +163,18 @@ func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) 
 
 // tryContext returns the context of one try: ctx (the request's) ending
 // at the earlier of the route deadline (zero: none) and the per-try
-// timeout from now. It is one context per try, none per request, since
+// timeout (zero: none) from now. It is one context per try, none per request, since
 // each context.WithDeadline costs a timer and a few allocations. cancel is
 // nil when there is no deadline.
 func (u *upstream) tryContext(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
-	if u.pol.perTry > 0 {
-		if d := time.Now().Add(u.pol.perTry); deadline.IsZero() || d.Before(deadline) {
+	return tryContextFor(ctx, deadline, u.pol.perTry)
+}
+
+// tryContextFor is tryContext with a per-try timeout other than the
+// service's (a route's retry policy).
+func tryContextFor(ctx context.Context, deadline time.Time, perTry time.Duration) (context.Context, context.CancelFunc) {
+	if perTry > 0 {
+		if d := time.Now().Add(perTry); deadline.IsZero() || d.Before(deadline) {
 			deadline = d
 		}
 	}

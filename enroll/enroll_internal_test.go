@@ -1,4 +1,4 @@
-package agent
+package enroll
 
 import (
 	"crypto/rand"
@@ -53,17 +53,17 @@ func TestIdentityReadyWarnsNearExpiry(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			now := time.Now()
 			cert, key := selfSigned(t, id, now.Add(tc.before), now.Add(tc.after))
-			ai := &agentIdentity{id: id, creds: &identity.Credentials{}, log: zerolog.Nop()}
+			ai := &Enrollment{id: id, creds: &identity.Credentials{}, log: zerolog.Nop()}
 			ai.rot = &identity.Rotator{ID: id, Creds: ai.creds, Dir: t.TempDir()}
 			// Set verifies against now; install at a time the certificate is valid.
 			if err := ai.creds.Set(cert, key, cert, now.Add(tc.before).Add(time.Minute)); err != nil {
 				t.Fatal(err)
 			}
-			c := ai.condition()
+			c := ai.Condition()
 			if c.Required || c.OK != tc.ok || !strings.Contains(c.Detail, tc.detail) {
 				t.Errorf("condition %+v, want ok=%v and %q", c, tc.ok, tc.detail)
 			}
-			b, _ := json.Marshal(ai.dump())
+			b, _ := json.Marshal(ai.Dump())
 			if strings.Contains(string(b), "PRIVATE KEY") || !strings.Contains(string(b), `"serial":"7"`) {
 				t.Errorf("dump %s", b)
 			}
