@@ -56,7 +56,7 @@ type Agent struct {
 	state    *chain.State
 	handlers *chain.Switch
 	cached   xdsclient.Resources // the disk cache the agent started from
-	saver    *cacheSaver
+	saver    *xdsclient.CacheSaver
 	xds      *xdsclient.Client // nil without a control plane
 	// load counts requests per upstream and locality; lrs reports them to
 	// the control plane (nil without one).
@@ -167,7 +167,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Agent, error) {
 	}
 	a.handlers = chain.NewSwitch(h)
 	a.cached = cached
-	a.saver = newCacheSaver(a.cachePath())
+	a.saver = xdsclient.NewCacheSaver(a.cachePath())
 	return a, nil
 }
 
@@ -271,7 +271,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
 		goRun("load reports", func() error { return a.lrs.Run(bg) })
 		goRun("xds cache", func() error {
-			return a.saver.run(bg, func(err error) { a.log.Warn().Err(err).Msg("could not save the xds cache") })
+			return a.saver.Run(bg, func(err error) { a.log.Warn().Err(err).Msg("could not save the xds cache") })
 		})
 	}
 	for _, l := range lns {

@@ -1,13 +1,11 @@
 package agent
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"path/filepath"
 	"strconv"
-	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -94,55 +92,6 @@ func (a *Agent) applyXDS(res xdsclient.Resources) error {
 	}
 	a.handlers.Swap(h)
 	a.log.Info().Str("version", t.Version).Int("services", len(t.Services)).Msg("applied control-plane config")
-	a.saver.offer(res)
+	a.saver.Offer(res)
 	return nil
-}
-
-// cacheSaver writes the latest accepted resources to disk in the
-// background, coalescing bursts of updates into one write.
-type cacheSaver struct {
-	path string
-	save func(path string, r xdsclient.Resources) error
-
-	mu     sync.Mutex
-	latest *xdsclient.Resources
-	wake   chan struct{}
-}
-
-func newCacheSaver(path string) *cacheSaver {
-	return &cacheSaver{path: path, save: xdsclient.SaveCache, wake: make(chan struct{}, 1)}
-}
-
-func (s *cacheSaver) offer(r xdsclient.Resources) {
-	s.mu.Lock()
-	s.latest = &r
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// run saves until ctx is done, then saves what is pending once more.
-func (s *cacheSaver) run(ctx context.Context, onErr func(error)) error {
-	flush := func() {
-		s.mu.Lock()
-		r := s.latest
-		s.latest = nil
-		s.mu.Unlock()
-		if r != nil {
-			if err := s.save(s.path, *r); err != nil {
-				onErr(err)
-			}
-		}
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			flush()
-			return nil
-		case <-s.wake:
-			flush()
-		}
-	}
 }

@@ -65,7 +65,7 @@ type Gateway struct {
 	served atomic.Pointer[served] // what requests are served by now
 	swapMu sync.Mutex
 	cached xdsclient.Resources
-	saver  *cacheSaver
+	saver  *xdsclient.CacheSaver
 	xds    *xdsclient.Client
 	// A config held until its routed clusters' endpoints arrive
 	// (warming.go), under swapMu.
@@ -158,7 +158,7 @@ func New(cfg config.Config, log zerolog.Logger) (*Gateway, error) {
 	s, cached := g.initialServed()
 	g.served.Store(s)
 	g.cached = cached
-	g.saver = newCacheSaver(g.cachePath())
+	g.saver = xdsclient.NewCacheSaver(g.cachePath())
 	return g, nil
 }
 
@@ -229,7 +229,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.xds != nil {
 		goRun("xds client", func() error { return g.xds.Run(bg) })
 		goRun("xds cache", func() error {
-			return g.saver.run(bg, func(err error) { g.log.Warn().Err(err).Msg("could not save the xds cache") })
+			return g.saver.Run(bg, func(err error) { g.log.Warn().Err(err).Msg("could not save the xds cache") })
 		})
 	}
 	for _, l := range lns {

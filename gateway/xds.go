@@ -1,12 +1,9 @@
 package gateway
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"path/filepath"
-	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -143,7 +140,7 @@ func (g *Gateway) applyXDS(res xdsclient.Resources) error {
 	}
 	g.metrics.applied.Inc()
 	g.log.Info().Str("version", s.version).Int("services", len(s.table.Services)).Int("routes", routes).Msg("applied control-plane config")
-	g.saver.offer(res)
+	g.saver.Offer(res)
 	return nil
 }
 
@@ -159,52 +156,5 @@ func (g *Gateway) applyWarming() {
 	}
 	if err := g.applyXDS(*res); err != nil {
 		g.log.Warn().Err(err).Msg("held config no longer applies")
-	}
-}
-
-// cacheSaver writes the latest accepted resources to disk in the
-// background, coalescing bursts of updates into one write.
-type cacheSaver struct {
-	path   string
-	mu     sync.Mutex
-	latest *xdsclient.Resources
-	wake   chan struct{}
-}
-
-func newCacheSaver(path string) *cacheSaver {
-	return &cacheSaver{path: path, wake: make(chan struct{}, 1)}
-}
-
-func (s *cacheSaver) offer(r xdsclient.Resources) {
-	s.mu.Lock()
-	s.latest = &r
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// run saves until ctx is done, then saves what is pending once more.
-func (s *cacheSaver) run(ctx context.Context, onErr func(error)) error {
-	flush := func() {
-		s.mu.Lock()
-		r := s.latest
-		s.latest = nil
-		s.mu.Unlock()
-		if r != nil {
-			if err := xdsclient.SaveCache(s.path, *r); err != nil {
-				onErr(fmt.Errorf("save %s: %w", s.path, err))
-			}
-		}
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			flush()
-			return nil
-		case <-s.wake:
-			flush()
-		}
 	}
 }
