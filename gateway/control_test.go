@@ -45,7 +45,7 @@ control:
     routes:
       - {host: shop.test, path_prefix: /api/orders, service: shop-orders, auth: {jwt: idp, claims: {scope: "orders:read"}}}
       - {host: shop.test, path_prefix: /billing, service: shop-orders, auth: {api_key: true}}
-      - {host: shop.test, path_prefix: /public, %s}
+      - {host: shop.test, path_prefix: /public, %s, response_headers_to_remove: [x-internal-build], response_headers_to_add: {x-edge: shop}}
 `, consul.Addr, xdsAddr, adminAddr, filepath.Join(dir, "ca"), is.iss, is.jwks, authn.HashAPIKey("s3cret-key"), publicTarget)
 		if err := os.WriteFile(cfgPath, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
@@ -74,6 +74,16 @@ control:
 			return fmt.Errorf("public route: %d %s %v", resp.StatusCode, resp.Header.Get("x-mesh-reason"), body["app"])
 		}
 		return nil
+	})
+
+	t.Run("response headers: the service's removed, the route's added", func(t *testing.T) {
+		resp, _ := g.get(t, "shop.test", "/public/x", nil)
+		if got := resp.Header.Get("X-Internal-Build"); got != "" {
+			t.Errorf("the service's X-Internal-Build %q reached the client; the route removes it", got)
+		}
+		if got := resp.Header.Get("X-Edge"); got != "shop" {
+			t.Errorf("X-Edge %q, want shop (the route adds it)", got)
+		}
 	})
 
 	cases := []struct {

@@ -92,6 +92,7 @@ func startApp(t *testing.T, host, name string) int {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Internal-Build", "1234") // a header routes may strip
 		_ = json.NewEncoder(w).Encode(map[string]any{"app": name, "path": r.URL.Path, "headers": r.Header})
 	})}
 	go srv.Serve(ln)

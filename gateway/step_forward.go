@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"math/rand/v2"
+	"net/http"
 
 	"github.com/meshvm/mesh/dataplane/chain"
 	"github.com/meshvm/mesh/routematch"
@@ -40,7 +41,11 @@ func (f forward) Serve(x *chain.Exchange, _ chain.Next) error {
 	cluster := rt.Pick(rand.Uint64())
 	rt.Rewrite(r)
 	rt.ApplyRequestHeaders(r.Header, cluster)
-	rt.ApplyResponseHeaders(w.Header(), cluster)
+	if rt.MutatesResponse(cluster) {
+		// The service's response headers arrive later: mutate them as
+		// the head goes out, as Envoy's router does.
+		x.W = &responseMutator{ResponseWriter: w, rt: rt, cluster: cluster}
+	}
 	var o chain.ForwardOptions
 	if rt.TimeoutSet && rt.Timeout > 0 {
 		o.Timeout = rt.Timeout
@@ -48,3 +53,39 @@ func (f forward) Serve(x *chain.Exchange, _ chain.Next) error {
 	o.Retries = f.retries[rt]
 	return x.Forward(cluster, o)
 }
+
+// responseMutator applies a route's response header mutations to the
+// head the service answered with, just before it is written.
+type responseMutator struct {
+	http.ResponseWriter
+	rt      *routematch.Route
+	cluster string
+	wrote   bool
+}
+
+func (m *responseMutator) WriteHeader(code int) {
+	if !m.wrote && code >= 200 {
+		m.wrote = true
+		m.rt.ApplyResponseHeaders(m.ResponseWriter.Header(), m.cluster)
+	}
+	m.ResponseWriter.WriteHeader(code)
+}
+
+func (m *responseMutator) Write(b []byte) (int, error) {
+	if !m.wrote {
+		m.WriteHeader(http.StatusOK)
+	}
+	return m.ResponseWriter.Write(b)
+}
+
+// Flush passes flushes on, so streamed responses stay prompt.
+func (m *responseMutator) Flush() {
+	if !m.wrote {
+		m.WriteHeader(http.StatusOK)
+	}
+	http.NewResponseController(m.ResponseWriter).Flush() //nolint:errcheck // best effort, as http.Flusher
+}
+
+// Unwrap lets http.ResponseController reach the connection (upgrades,
+// deadlines).
+func (m *responseMutator) Unwrap() http.ResponseWriter { return m.ResponseWriter }

@@ -209,6 +209,16 @@ func (rt *Route) ApplyResponseHeaders(h http.Header, cluster string) {
 	rt.mut.applyResponse(h)
 }
 
+// MutatesResponse reports whether ApplyResponseHeaders has anything to
+// do for a request sent to cluster.
+func (rt *Route) MutatesResponse(cluster string) bool {
+	if len(rt.mut.respAdd)+len(rt.mut.respRemove) > 0 {
+		return true
+	}
+	wc := rt.weighted(cluster)
+	return wc != nil && len(wc.mut.respAdd)+len(wc.mut.respRemove) > 0
+}
+
 func (rt *Route) weighted(cluster string) *WeightedCluster {
 	for i := range rt.Clusters {
 		if rt.Clusters[i].Name == cluster && !rt.Clusters[i].mut.empty() {
