@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/daemon"
 	"github.com/meshvm/mesh/dataplane/chain"
 	"github.com/meshvm/mesh/dataplane/discovery"
 	"github.com/meshvm/mesh/dataplane/endpoint"
@@ -303,31 +304,12 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) shutdown(lns []listener) {
 	c := a.config().Agent
 	a.draining.Store(true)
-	_ = sdnotify.Stopping()
-	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if err := a.reg.deregister(dctx); err != nil {
-		a.log.Warn().Err(err).Msg("deregister failed; Consul's health check will take the instance out")
-	}
-	cancel()
-	if c.DrainPeriod > 0 {
-		a.log.Info().Dur("drain_period", c.DrainPeriod).Msg("draining: still serving while callers learn we are gone")
-		time.Sleep(c.DrainPeriod)
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), c.ShutdownTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
+	servers := make([]daemon.Named, 0, len(lns))
 	for _, l := range lns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := l.srv.Shutdown(sctx); err != nil {
-				a.log.Warn().Err(err).Str("listener", l.name).Msg("in-flight requests cut at shutdown timeout")
-				_ = l.srv.Close()
-			}
-		}()
+		servers = append(servers, daemon.Named{Name: l.name, Server: l.srv})
 	}
-	wg.Wait()
-	a.log.Info().Msg("stopped")
+	daemon.Drain{Log: a.log, Deregister: a.reg.deregister, Period: c.DrainPeriod, Timeout: c.ShutdownTimeout,
+		Audience: "callers"}.Run(servers)
 }
 
 // bind opens every listener: inbound first (its port is registered),

@@ -33,6 +33,7 @@ import (
 
 	"github.com/meshvm/mesh/certstore"
 	"github.com/meshvm/mesh/config"
+	"github.com/meshvm/mesh/daemon"
 	"github.com/meshvm/mesh/dataplane/chain"
 	"github.com/meshvm/mesh/dataplane/mtls"
 	"github.com/meshvm/mesh/dataplane/proxy"
@@ -260,31 +261,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 func (g *Gateway) shutdown(lns []*listener) {
 	gc := g.cfg.Gateway
 	g.draining.Store(true)
-	_ = sdnotify.Stopping()
-	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if err := g.reg.Deregister(dctx); err != nil {
-		g.log.Warn().Err(err).Msg("deregister failed; Consul's health check will take the gateway out")
-	}
-	cancel()
-	if gc.DrainPeriod > 0 {
-		g.log.Info().Dur("drain_period", gc.DrainPeriod).Msg("draining: still serving while the load balancer learns we are gone")
-		time.Sleep(gc.DrainPeriod)
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), gc.ShutdownTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
+	servers := make([]daemon.Named, 0, len(lns))
 	for _, l := range lns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := l.srv.Shutdown(sctx); err != nil {
-				g.log.Warn().Err(err).Str("listener", l.name).Msg("in-flight requests cut at shutdown timeout")
-				_ = l.srv.Close()
-			}
-		}()
+		servers = append(servers, daemon.Named{Name: l.name, Server: l.srv})
 	}
-	wg.Wait()
-	g.log.Info().Msg("stopped")
+	daemon.Drain{Log: g.log, Deregister: g.reg.Deregister, Period: gc.DrainPeriod, Timeout: gc.ShutdownTimeout,
+		Audience: "the load balancer"}.Run(servers)
 }
 
 // registrationSpec registers the gateway as a service of kind gateway:
