@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -116,7 +115,7 @@ func New(o Options) (*Enrollment, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", o.CAField, err)
 		}
-		roots, err := parseCerts(data)
+		roots, err := identity.ParseCertificates(data)
 		if err != nil {
 			return nil, fmt.Errorf("%s %s: %w", o.CAField, o.CAFile, err)
 		}
@@ -155,34 +154,11 @@ func cachedID(dir string) (identity.ID, error) {
 	if err != nil {
 		return identity.ID{}, err
 	}
-	certs, err := parseCerts(data)
+	certs, err := identity.ParseCertificates(data)
 	if err != nil {
 		return identity.ID{}, err
 	}
 	return identity.FromCertificate(certs[0])
-}
-
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no PEM certificate")
-	}
-	return out, nil
 }
 
 // validCert is the current certificate when it is still valid.
@@ -345,7 +321,7 @@ func (ai *Enrollment) issueFrom(ctx context.Context, server string, csr []byte) 
 func (ai *Enrollment) OnSecrets(s map[string]*tlsv3.Secret) error {
 	if b := s[wire.SecretTrustBundle].GetValidationContext().GetTrustedCa().GetInlineBytes(); len(b) > 0 {
 		if string(b) != string(ai.creds.BundlePEM()) && ai.creds.Leaf() != nil {
-			if _, err := parseCerts(b); err != nil {
+			if _, err := identity.ParseCertificates(b); err != nil {
 				return fmt.Errorf("secret %s: %w", wire.SecretTrustBundle, err)
 			}
 			if err := ai.rot.InstallBundle(b); err != nil {

@@ -113,27 +113,36 @@ func (c *Credentials) TLSCertificate() *tls.Certificate {
 	return nil
 }
 
-// parseBundle reads a trust bundle's PEM certificates.
-func parseBundle(bundlePEM []byte) (*x509.CertPool, []*x509.Certificate, error) {
+// ParseCertificates reads every CERTIFICATE block of a PEM text, in
+// order (other blocks are skipped); it is an error when there is none.
+func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
-	rest := bundlePEM
 	for {
 		var b *pem.Block
-		b, rest = pem.Decode(rest)
+		b, data = pem.Decode(data)
 		if b == nil {
 			break
 		}
 		if b.Type != "CERTIFICATE" {
 			continue
 		}
-		cert, err := x509.ParseCertificate(b.Bytes)
+		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return nil, nil, fmt.Errorf("identity: trust bundle: %w", err)
+			return nil, err
 		}
-		certs = append(certs, cert)
+		certs = append(certs, c)
 	}
 	if len(certs) == 0 {
-		return nil, nil, errors.New("identity: trust bundle holds no PEM certificate")
+		return nil, errors.New("no PEM certificate")
+	}
+	return certs, nil
+}
+
+// parseBundle reads a trust bundle's PEM certificates.
+func parseBundle(bundlePEM []byte) (*x509.CertPool, []*x509.Certificate, error) {
+	certs, err := ParseCertificates(bundlePEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity: trust bundle: %w", err)
 	}
 	pool := x509.NewCertPool()
 	for _, cert := range certs {
