@@ -6,7 +6,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -240,17 +239,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { obsDone <- a.obs.Run(obsCtx) }()
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
-	var wg sync.WaitGroup
-	errc := make(chan error, len(lns)+8)
-	goRun := func(name string, run func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
+	group := daemon.NewGroup()
+	goRun := group.Go
 	goRun("discovery", func() error { return a.resolver.Run(bg) })
 	a.setupAppProtocol()
 	a.reg = newRegistrar(bg, a, a.registrationSpec(a.config()))
@@ -285,13 +275,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		a.log.Info().Msg("shutting down: deregistering, then draining")
-	case runErr = <-errc:
+	case <-group.Failed():
+		runErr = group.Err()
 		a.log.Error().Err(runErr).Msg("shutting down after a fatal error")
 	}
 	a.shutdown(lns)
 	stopBG()
 	a.reg.wait()
-	wg.Wait()
+	group.Wait()
 	a.forwarder.CloseIdleConnections()
 	stopObs()
 	if err := <-obsDone; err != nil {

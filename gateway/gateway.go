@@ -17,10 +17,8 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"sync"
@@ -198,17 +196,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	go func() { obsDone <- g.obs.Run(obsCtx) }()
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
-	var wg sync.WaitGroup
-	errc := make(chan error, len(lns)+8)
-	goRun := func(name string, run func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := run(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
+	group := daemon.NewGroup()
+	goRun := group.Go
 	if cur := g.served.Load(); cur.auth != nil { // the cached config's JWKS refresh
 		authCtx, cancel := context.WithCancel(bg)
 		cur.stop = cancel
@@ -243,12 +232,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		g.log.Info().Msg("shutting down: deregistering, then draining")
-	case runErr = <-errc:
+	case <-group.Failed():
+		runErr = group.Err()
 		g.log.Error().Err(runErr).Msg("shutting down after a fatal error")
 	}
 	g.shutdown(lns)
 	stopBG()
-	wg.Wait()
+	group.Wait()
 	g.forwarder.CloseIdleConnections()
 	stopObs()
 	if err := <-obsDone; err != nil {
