@@ -294,6 +294,14 @@ func TestZeroTrustControlDown(t *testing.T) {
 	p := startZTPair(t, wire.MTLSStrict, "1h", false)
 	p.call(t)
 	serial := identityOf(t, p.web).Identity.Serial
+	// Strict reaches orders with its inbound listener from mesh control;
+	// the control-down phase starts once orders holds it.
+	meshtest.Eventually(t, 30*time.Second, func() error {
+		if dump := strings.ReplaceAll(fetch(t, "http://"+p.orders.Addr("admin")+"/config_dump"), " ", ""); !strings.Contains(dump, `"inbound_mode":"strict"`) {
+			return fmt.Errorf("orders' inbound mode is not strict yet")
+		}
+		return nil
+	})
 	p.cp.stop()
 	for i := 0; i < 20; i++ {
 		if body := p.call(t); body != "peer="+ztWebID {
