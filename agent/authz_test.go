@@ -23,6 +23,36 @@ func (c *control) writeAuthz(t *testing.T, authorization string) {
 	c.reload(t, "  authorization:\n"+authorization)
 }
 
+// expectAuthz waits until every call (method, path) through the outbound
+// address to host gets its status, and a 403 says rbac-denied (a push
+// takes effect within the debounce and the xDS round trip).
+func expectAuthz(t *testing.T, outbound, host, phase string, calls map[[2]string]int) {
+	t.Helper()
+	call := func(method, path string) (int, string) {
+		req, _ := http.NewRequest(method, "http://"+outbound+path, nil)
+		req.Host = host
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, resp.Header.Get(wire.ReasonHeader)
+	}
+	meshtest.Eventually(t, 30*time.Second, func() error {
+		for c, want := range calls {
+			status, reason := call(c[0], c[1])
+			if status != want {
+				return fmt.Errorf("%s: %s %s got %d %q, want %d", phase, c[0], c[1], status, reason, want)
+			}
+			if want == http.StatusForbidden && reason != wire.ReasonRBACDenied {
+				return fmt.Errorf("%s: %s %s refused with x-mesh-reason %q, want %s", phase, c[0], c[1], reason, wire.ReasonRBACDenied)
+			}
+		}
+		return nil
+	})
+}
+
 // TestAuthorizationRulesPushedLive: rules in mesh control's YAML reach
 // the callee's agent as RBAC filters and a change applies live (SIGHUP,
 // no restart): a call flips from 403 rbac-denied to 200 and back, as the
@@ -38,33 +68,9 @@ func TestAuthorizationRulesPushedLive(t *testing.T) {
 	caller := startAgent(t, "127.0.0.112", "web", web, withControlPlane(cp.xdsAddr))
 	waitEndpoints(t, caller, "orders", 1)
 
-	call := func(method, path string) (int, string) {
-		req, _ := http.NewRequest(method, "http://"+caller.Addr("outbound")+path, nil)
-		req.Host = "orders"
-		resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode, resp.Header.Get(wire.ReasonHeader)
-	}
-	// expect waits until every call gets its status (a push takes effect
-	// within the debounce and the xDS round trip).
 	expect := func(phase string, calls map[[2]string]int) {
 		t.Helper()
-		meshtest.Eventually(t, 20*time.Second, func() error {
-			for c, want := range calls {
-				status, reason := call(c[0], c[1])
-				if status != want {
-					return fmt.Errorf("%s: %s %s got %d %q, want %d", phase, c[0], c[1], status, reason, want)
-				}
-				if want == http.StatusForbidden && reason != wire.ReasonRBACDenied {
-					return fmt.Errorf("%s: %s %s refused with x-mesh-reason %q, want %s", phase, c[0], c[1], reason, wire.ReasonRBACDenied)
-				}
-			}
-			return nil
-		})
+		expectAuthz(t, caller.Addr("outbound"), "orders", phase, calls)
 	}
 	get, post := http.MethodGet, http.MethodPost
 

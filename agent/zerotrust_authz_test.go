@@ -3,7 +3,6 @@ package agent_test
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -45,31 +44,9 @@ func TestZeroTrustAuthorization(t *testing.T) {
 		return fmt.Errorf("no proxy for ztweb in %+v", st.Proxies)
 	})
 
-	call := func(method, path string) (int, string) {
-		req, _ := http.NewRequest(method, "http://"+p.web.Addr("outbound")+path, nil)
-		req.Host = "ztorders"
-		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.StatusCode, resp.Header.Get(wire.ReasonHeader)
-	}
 	expect := func(phase string, calls map[[2]string]int) {
 		t.Helper()
-		meshtest.Eventually(t, 30*time.Second, func() error {
-			for c, want := range calls {
-				status, reason := call(c[0], c[1])
-				if status != want {
-					return fmt.Errorf("%s: %s %s got %d %q, want %d", phase, c[0], c[1], status, reason, want)
-				}
-				if want == http.StatusForbidden && reason != wire.ReasonRBACDenied {
-					return fmt.Errorf("%s: %s %s refused with %q, want %s", phase, c[0], c[1], reason, wire.ReasonRBACDenied)
-				}
-			}
-			return nil
-		})
+		expectAuthz(t, p.web.Addr("outbound"), "ztorders", phase, calls)
 	}
 	get, post := http.MethodGet, http.MethodPost
 
