@@ -59,3 +59,11 @@ const (
 	ReasonHeader      = "x-mesh-reason"
 	ReasonRateLimited = "rate-limited"
 )
+
+// HTTP filters an agent's outbound connection manager carries before the
+// router, configured per route (Route.typed_per_filter_config) under
+// these names.
+const (
+	// FaultFilter injects delays and aborts (envoy.extensions.filters.http.fault.v3.HTTPFault).
+	FaultFilter = "envoy.filters.http.fault"
+)
