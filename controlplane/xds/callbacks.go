@@ -8,6 +8,9 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshvm/mesh/controlplane/model"
@@ -51,8 +54,26 @@ func NodeFromProto(n *corev3.Node) model.Node {
 	return out
 }
 
+// errStarting refuses a stream before the first complete view is served.
+var errStarting = status.Error(codes.Unavailable, "mesh control is starting: its first complete view is not built yet; try another control plane")
+
+// serving refuses streams until the first model is set: a replica that is
+// starting never serves an empty or partial view, and an agent whose
+// stream it refuses fails over at once to another control plane in its
+// list instead of waiting on this one (decisions.md).
+func (s *Server) serving() error {
+	if s.ready.Load() {
+		return nil
+	}
+	s.metrics.startRefused.Inc()
+	return errStarting
+}
+
 // OnStreamOpen implements the server callbacks.
 func (s *Server) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	if err := s.serving(); err != nil {
+		return err
+	}
 	s.openStream(ctx, streamKey{id: id})
 	return nil
 }
@@ -62,6 +83,9 @@ func (s *Server) OnStreamClosed(id int64, _ *corev3.Node) { s.closeStream(stream
 
 // OnDeltaStreamOpen implements the server callbacks.
 func (s *Server) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	if err := s.serving(); err != nil {
+		return err
+	}
 	s.openStream(ctx, streamKey{delta: true, id: id})
 	return nil
 }
@@ -167,6 +191,7 @@ func (s *Server) OnStreamResponse(_ context.Context, id int64, req *discovery.Di
 	}
 	s.smu.Unlock()
 	s.metrics.pushes.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
+	s.metrics.resources.WithLabelValues(typeName(req.GetTypeUrl())).Add(float64(len(resp.GetResources())))
 }
 
 // OnStreamDeltaRequest implements the server callbacks. The delta server
@@ -186,8 +211,15 @@ func (s *Server) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryReq
 	return nil
 }
 
-// OnStreamDeltaResponse implements the server callbacks.
-func (s *Server) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRequest, _ *discovery.DeltaDiscoveryResponse) {
+// OnStreamDeltaResponse implements the server callbacks. A load
+// assignment response's system_version_info, a per-process counter of the
+// shared delta EDS cache, is replaced by the content version of the
+// assignments it was built from (as the server sets the nonce, just
+// before sending), so every replica sends the same versions.
+func (s *Server) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+	if resp.GetTypeUrl() == resourcev3.EndpointType {
+		resp.SystemVersionInfo = s.deltaVersion(resp.GetSystemVersionInfo())
+	}
 	s.smu.Lock()
 	if st := s.streams[streamKey{delta: true, id: id}]; st != nil {
 		if ts := st.types[req.GetTypeUrl()]; ts != nil {
@@ -198,6 +230,7 @@ func (s *Server) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRe
 	}
 	s.smu.Unlock()
 	s.metrics.pushes.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
+	s.metrics.resources.WithLabelValues(typeName(req.GetTypeUrl())).Add(float64(len(resp.GetResources())))
 }
 
 // OnFetchRequest implements the server callbacks (REST fetch is not served).

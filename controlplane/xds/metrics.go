@@ -10,6 +10,10 @@ type metrics struct {
 	nacks     *prometheus.CounterVec
 	setTime   prometheus.Histogram
 	refused   prometheus.Counter
+	// resources counts the resources sent (a failover without a resync
+	// sends none); startRefused the streams refused before the first view.
+	resources    *prometheus.CounterVec
+	startRefused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -39,9 +43,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "mesh", Subsystem: "xds", Name: "refused_nodes_total",
 			Help: "xDS streams ended because their node was not allowed for the identity that presented it.",
 		}),
+		resources: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mesh", Subsystem: "xds", Name: "resources_sent_total",
+			Help: "Resources sent in xDS responses, by resource type.",
+		}, []string{"type"}),
+		startRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "mesh", Subsystem: "xds", Name: "refused_not_ready_total",
+			Help: "xDS streams refused (UNAVAILABLE) because the first complete view was not built yet.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.streams, m.pushes, m.nacks, m.setTime, m.refused)
+		reg.MustRegister(m.connected, m.streams, m.pushes, m.nacks, m.setTime, m.refused, m.resources, m.startRefused)
 	}
 	return m
 }

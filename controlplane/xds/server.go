@@ -13,8 +13,10 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
@@ -63,6 +65,17 @@ type Server struct {
 	smu     sync.Mutex
 	streams map[streamKey]*streamState
 
+	// ready is set once the first model has been set: before, streams are
+	// refused (UNAVAILABLE) so an agent fails over to a replica that
+	// serves (decisions.md). edsUpdates counts deltaEDS's updates, whose
+	// system versions are a per-process counter; edsVersions maps the
+	// latest of them to the content version of the set they hold, so no
+	// replica-specific version leaves the server (deltaVersion).
+	ready       atomic.Bool
+	edsUpdates  uint64 // under mu
+	vmu         sync.Mutex
+	edsVersions map[string]string
+
 	// admit, if set, checks each stream's node against who authenticated;
 	// secrets serves SDS.
 	admit   Admission
@@ -110,6 +123,8 @@ func New(log zerolog.Logger, reg prometheus.Registerer) *Server {
 		nodes:   map[string]*nodeState{},
 		streams: map[streamKey]*streamState{},
 		secrets: newSecrets(log),
+
+		edsVersions: map[string]string{},
 	}
 	// ads=false: the ADS flag's only other effect is to hold any named
 	// request that does not name every resource of its type, which a gRPC
@@ -157,12 +172,9 @@ func (s *Server) Register(ctx context.Context, g *grpc.Server) {
 	routeservice.RegisterRouteDiscoveryServiceServer(g, srv)
 }
 
-// Ready reports whether a model has been set.
-func (s *Server) Ready() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.mesh != nil
-}
+// Ready reports whether a model has been set and pushed: the server
+// serves xDS streams from then on.
+func (s *Server) Ready() bool { return s.ready.Load() }
 
 // Update sets every connected node's snapshot from a new translation:
 // translate gives each node's complete, validated output (Mesh.Node); the
@@ -209,6 +221,7 @@ func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 		}
 	}
 	s.metrics.setTime.Observe(time.Since(start).Seconds())
+	s.ready.Store(true)
 	return nil
 }
 
@@ -240,7 +253,25 @@ func (s *Server) setEndpoints(prev, next *Set) error {
 	if err := s.deltaEDS.UpdateResources(changed, gone); err != nil {
 		return fmt.Errorf("set load assignments: %w", err)
 	}
+	s.edsUpdates++
+	s.vmu.Lock()
+	s.edsVersions[strconv.FormatUint(s.edsUpdates, 10)] = next.Version
+	delete(s.edsVersions, strconv.FormatUint(s.edsUpdates-edsVersionsKept, 10))
+	s.vmu.Unlock()
 	return nil
+}
+
+// edsVersionsKept bounds edsVersions: a response is sent right after the
+// update it carries, or later with a newer one.
+const edsVersionsKept = 64
+
+// deltaVersion is the content version to send as a delta EDS response's
+// system_version_info in place of deltaEDS's per-process counter, or ""
+// when that update is no longer known.
+func (s *Server) deltaVersion(counter string) string {
+	s.vmu.Lock()
+	defer s.vmu.Unlock()
+	return s.edsVersions[counter]
 }
 
 // nodeSnapshot builds a node's snapshot from its translation in the
