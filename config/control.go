@@ -162,6 +162,7 @@ type CMDBFields struct {
 func (c *Control) validate(v *validator) {
 	c.CA.validate(v)
 	c.validateMTLS(v)
+	c.validateTraffic(v)
 	c.XDS.validate(v)
 	c.Gateway.validate(v)
 	validateAuthorization(v, c.Authorization)

@@ -100,10 +100,17 @@ type GatewayAPIKey struct {
 	Hash    string `mapstructure:"hash" yaml:"hash"`
 }
 
-// GatewayRoute is one route into the mesh. Routes of one host are tried
-// in order; a request's host picks its routes first (an exact host before
-// a wildcard, as Envoy does).
-type GatewayRoute struct {
+// GatewayRoute is one route into the mesh from a gateway
+// (control.gateway.routes): a Route whose host picks it.
+type GatewayRoute = Route
+
+// Route is one route, of a gateway (control.gateway.routes) or of a
+// service (control.services.<name>.routes): one schema and one
+// translation to Envoy routes serve both. Routes are tried in order; on
+// a gateway a request's host picks its routes first (an exact host
+// before a wildcard, as Envoy does). Host, Auth, CORS and Plaintext are
+// the gateway's; Subset, Mirror and Fault a service's (traffic.go).
+type Route struct {
 	// Name labels the route in metrics and logs (default route-<index>).
 	Name string `mapstructure:"name" yaml:"name,omitempty"`
 	// Host is exact (shop.example.com), a wildcard (*.example.com) or "*"
@@ -118,8 +125,16 @@ type GatewayRoute struct {
 	Headers    []HeaderMatch `mapstructure:"headers" yaml:"headers,omitempty"`
 	Query      []QueryMatch  `mapstructure:"query" yaml:"query,omitempty"`
 	Service    string        `mapstructure:"service" yaml:"service,omitempty"`
-	Split      []SplitTarget `mapstructure:"split" yaml:"split,omitempty"`
-	Redirect   RouteRedirect `mapstructure:"redirect" yaml:"redirect,omitempty"`
+	// Subset sends to one subset of Service (of the route's own service
+	// when Service is empty): the cluster orders/v2.
+	Subset   string        `mapstructure:"subset" yaml:"subset,omitempty"`
+	Split    []SplitTarget `mapstructure:"split" yaml:"split,omitempty"`
+	Redirect RouteRedirect `mapstructure:"redirect" yaml:"redirect,omitempty"`
+	// Mirror copies a share of the route's requests to another service
+	// or subset; the copy's response is discarded.
+	Mirror RouteMirror `mapstructure:"mirror" yaml:"mirror,omitempty"`
+	// Fault injects delays and aborts into the route's requests.
+	Fault RouteFault `mapstructure:"fault" yaml:"fault,omitempty"`
 	// DirectResponse answers without calling a service.
 	DirectResponse DirectResponse `mapstructure:"direct_response" yaml:"direct_response,omitempty"`
 	// Rewrite replaces the matched path_prefix (or the whole path of an
@@ -163,10 +178,14 @@ type QueryMatch struct {
 	Regex string `mapstructure:"regex" yaml:"regex,omitempty"`
 }
 
-// SplitTarget is one service of a weighted split; weights sum to 100.
+// SplitTarget is one service (or subset) of a weighted split; weights
+// are positive and sum to 100.
 type SplitTarget struct {
-	Service string `mapstructure:"service" yaml:"service"`
-	Weight  int    `mapstructure:"weight" yaml:"weight"`
+	Service string `mapstructure:"service" yaml:"service,omitempty"`
+	// Subset is a subset of Service (of the route's own service when
+	// Service is empty).
+	Subset string `mapstructure:"subset" yaml:"subset,omitempty"`
+	Weight int    `mapstructure:"weight" yaml:"weight"`
 }
 
 // RegexRewrite replaces every match of Pattern (RE2) with Substitution
@@ -318,12 +337,35 @@ func (g *ControlGateway) validate(v *validator) {
 			hashes[k.Hash] = i
 		}
 	}
-	for i := range g.Routes {
-		g.Routes[i].validate(v, fmt.Sprintf("%s.routes[%d]", p, i), providers, len(g.APIKeys) > 0)
+	validateRoutes(v, p+".routes", g.Routes, &routeScope{gateway: true, providers: providers, haveKeys: len(g.APIKeys) > 0})
+}
+
+// routeScope is what a route's validation needs to know of where it is:
+// a gateway's (its providers and keys) or a service's (its own name and
+// the subsets configured for every service).
+type routeScope struct {
+	gateway   bool
+	providers map[string]bool
+	haveKeys  bool
+	// owner is the service whose routes these are; subsets are the
+	// configured subsets by service.
+	owner   string
+	subsets map[string]map[string]bool
+}
+
+// validateRoutes checks an ordered list of routes, each on its own and
+// against those before it (a route an earlier one shadows never fires).
+func validateRoutes(v *validator, at string, routes []Route, sc *routeScope) {
+	for i := range routes {
+		routes[i].validate(v, fmt.Sprintf("%s[%d]", at, i), sc)
 		for j := range i {
-			if g.Routes[j].shadows(&g.Routes[i]) {
-				v.add(fmt.Sprintf("%s.routes[%d]", p, i), "can never match: routes[%d] (host %s, %s) comes first and takes every request it would; put the narrower route first",
-					j, cmpOr(g.Routes[j].Host, "*"), g.Routes[j].pathText())
+			if routes[j].shadows(&routes[i]) {
+				what := routes[j].pathText()
+				if sc.gateway {
+					what = "host " + cmpOr(routes[j].Host, "*") + ", " + what
+				}
+				v.add(fmt.Sprintf("%s[%d]", at, i), "can never match: routes[%d] (%s) comes first and takes every request it would; put the narrower route first",
+					j, what)
 				break
 			}
 		}
@@ -333,12 +375,18 @@ func (g *ControlGateway) validate(v *validator) {
 // shadows reports whether r takes every request later would (routes are
 // tried in order): same host, no method, header or query condition, and
 // a path that covers later's. Regexes are not compared.
-func (r *GatewayRoute) shadows(later *GatewayRoute) bool {
-	if !strings.EqualFold(cmpOr(r.Host, "*"), cmpOr(later.Host, "*")) || len(r.Methods)+len(r.Headers)+len(r.Query) > 0 || r.PathRegex != "" {
+func (r *Route) shadows(later *Route) bool {
+	if !strings.EqualFold(cmpOr(r.Host, "*"), cmpOr(later.Host, "*")) {
 		return false
 	}
 	if r.Plaintext != later.Plaintext && !r.Plaintext {
 		return false // on the HTTP listener the later route may still be served
+	}
+	if r.sameMatch(later) {
+		return true
+	}
+	if len(r.Methods)+len(r.Headers)+len(r.Query) > 0 || r.PathRegex != "" {
+		return false
 	}
 	switch {
 	case r.Path != "":
@@ -353,12 +401,36 @@ func (r *GatewayRoute) shadows(later *GatewayRoute) bool {
 	return false
 }
 
-func (r *GatewayRoute) pathText() string {
+// sameMatch reports whether r and o match the very same requests as
+// written: the same path condition and the same methods, headers and
+// query conditions, in any order.
+func (r *Route) sameMatch(o *Route) bool {
+	if r.Path != o.Path || cmpOr(r.PathPrefix, "/") != cmpOr(o.PathPrefix, "/") && r.Path == "" && r.PathRegex == "" || r.PathRegex != o.PathRegex {
+		return false
+	}
+	return sameSet(r.Methods, o.Methods) && sameSet(r.Headers, o.Headers) && sameSet(r.Query, o.Query)
+}
+
+func sameSet[T comparable](a, b []T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *Route) pathText() string {
 	switch {
 	case r.Path != "":
 		return "path " + r.Path
 	case r.PathPrefix != "":
 		return "path_prefix " + r.PathPrefix
+	case r.PathRegex != "":
+		return "path_regex " + r.PathRegex
 	}
 	return "every path"
 }
@@ -379,7 +451,13 @@ func reservedHeader(h string) bool {
 	return strings.HasPrefix(h, ":")
 }
 
-func (r *GatewayRoute) validate(v *validator, at string, providers map[string]bool, haveKeys bool) {
+func (r *Route) validate(v *validator, at string, sc *routeScope) {
+	providers, haveKeys := sc.providers, sc.haveKeys
+	if !sc.gateway {
+		r.validateService(v, at, sc)
+	} else {
+		r.validateGatewayOnly(v, at)
+	}
 	if r.Host != "" && r.Host != "*" {
 		h := strings.TrimPrefix(r.Host, "*.")
 		v.check(at+".host", hostnameRE.MatchString(h) && !strings.Contains(h, "*"),
@@ -417,24 +495,32 @@ func (r *GatewayRoute) validate(v *validator, at string, providers map[string]bo
 		v.regex(qp+".regex", q.Regex)
 	}
 	actions := 0
-	for _, set := range []bool{r.Service != "", len(r.Split) > 0, r.Redirect.Set(), r.DirectResponse.Status != 0} {
+	for _, set := range []bool{r.Service != "" || r.Subset != "", len(r.Split) > 0, r.Redirect.Set(), r.DirectResponse.Status != 0} {
 		if set {
 			actions++
 		}
 	}
-	v.check(at, actions == 1, "needs exactly one of service, split, redirect and direct_response (has %d)", actions)
+	if sc.gateway {
+		v.check(at, actions == 1, "needs exactly one of service, split, redirect and direct_response (has %d)", actions)
+	} else {
+		// No action: the service's own default (its default_subset).
+		v.check(at, actions <= 1, "service (or subset), split, redirect and direct_response: at most one (has %d)", actions)
+	}
 	if r.Service != "" {
-		v.serviceName(at+".service", r.Service)
+		v.meshServiceName(at+".service", r.Service)
 	}
 	if len(r.Split) > 0 {
 		sum := 0
-		seen := map[string]bool{}
+		seen := map[SplitTarget]bool{}
 		for i, s := range r.Split {
 			sp := fmt.Sprintf("%s.split[%d]", at, i)
-			v.serviceName(sp+".service", s.Service)
-			v.check(sp+".service", !seen[s.Service], "%q is listed twice", s.Service)
-			seen[s.Service] = true
-			v.check(sp+".weight", s.Weight >= 0, "must not be negative, got %d", s.Weight)
+			if sc.gateway || s.Service != "" {
+				v.meshServiceName(sp+".service", s.Service)
+			}
+			key := SplitTarget{Service: cmpOr(s.Service, sc.owner), Subset: s.Subset}
+			v.check(sp, !seen[key], "%s is listed twice", targetText(key.Service, key.Subset))
+			seen[key] = true
+			v.check(sp+".weight", s.Weight > 0, "must be more than 0, got %d", s.Weight)
 			sum += s.Weight
 		}
 		v.check(at+".split", sum == 100, "weights must add up to 100, got %d", sum)
@@ -450,7 +536,7 @@ func (r *GatewayRoute) validate(v *validator, at string, providers map[string]bo
 	if d := r.DirectResponse; d.Status != 0 {
 		v.check(at+".direct_response.status", d.Status >= 200 && d.Status <= 599, "must be an HTTP status from 200 to 599, got %d", d.Status)
 	}
-	forwards := r.Service != "" || len(r.Split) > 0
+	forwards := r.Service != "" || r.Subset != "" || len(r.Split) > 0 || !sc.gateway && !r.Redirect.Set() && r.DirectResponse.Status == 0
 	for _, f := range []struct {
 		key string
 		set bool

@@ -67,6 +67,7 @@ func Load(opts Options) (*Config, error) {
 		src.add(decodeFieldErrors(err, "")...)
 	}
 	src.add(mergeServicePolicies(v, &cfg)...)
+	src.add(mergeSubsetPolicies(v, &cfg)...)
 	if cfg.Control.CMDB.Token == "" && cfg.Control.CMDB.TokenFile != "" {
 		tok, err := os.ReadFile(cfg.Control.CMDB.TokenFile)
 		if err != nil {
@@ -238,6 +239,51 @@ func mergeServicePolicies(v *viper.Viper, cfg *Config) []FieldError {
 			errs = append(errs, decodeFieldErrors(err, "policies.services."+name)...)
 		}
 		cfg.Policies.Services[name] = p
+	}
+	return errs
+}
+
+// mergeSubsetPolicies decodes each control.services.<name>.subsets[i].policy
+// on top of the service's effective policy, so a subset only states what
+// differs; a subset without one keeps the zero Policy (the service's).
+func mergeSubsetPolicies(v *viper.Viper, cfg *Config) []FieldError {
+	raw, _ := v.Get("control.services").(map[string]any)
+	var errs []FieldError
+	for key, body := range raw {
+		name := unescapeKey(key)
+		m, _ := body.(map[string]any)
+		subs, _ := m["subsets"].([]any)
+		settings, ok := cfg.Control.Services[name]
+		if !ok {
+			continue
+		}
+		for i, sb := range subs {
+			sm, _ := sb.(map[string]any)
+			pol, ok := sm["policy"]
+			if !ok || pol == nil || i >= len(settings.Subsets) {
+				continue
+			}
+			p := cfg.Policies.For(name)
+			p.Retries.RetryOn = append([]string(nil), p.Retries.RetryOn...)
+			if pm, ok := pol.(map[string]any); ok {
+				if r, ok := pm["retries"].(map[string]any); ok && r["retry_on"] != nil {
+					p.Retries.RetryOn = nil
+				}
+				if lb, ok := pm["load_balancer"].(map[string]any); ok && lb["hash"] != nil {
+					p.LoadBalancer.Hash = HashKey{}
+				}
+			}
+			dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+				DecodeHook: decodeHook, Result: &p, WeaklyTypedInput: true,
+			})
+			if err == nil {
+				err = dec.Decode(pol)
+			}
+			if err != nil {
+				errs = append(errs, decodeFieldErrors(err, fmt.Sprintf("control.services.%s.subsets[%d].policy", name, i))...)
+			}
+			settings.Subsets[i].Policy = p
+		}
 	}
 	return errs
 }

@@ -42,6 +42,13 @@ type ServiceSettings struct {
 	// MTLSMode overrides control.mtls.default_mode for the service's
 	// inbound listeners.
 	MTLSMode string `mapstructure:"mtls_mode" yaml:"mtls_mode,omitempty"`
+	// Subsets group the service's instances, each into a cluster of its
+	// own (orders/v2); DefaultSubset, when set, takes the requests no
+	// route takes (else the whole service does); Routes are tried in
+	// order before that (traffic.go).
+	Subsets       []Subset `mapstructure:"subsets" yaml:"subsets,omitempty"`
+	DefaultSubset string   `mapstructure:"default_subset" yaml:"default_subset,omitempty"`
+	Routes        []Route  `mapstructure:"routes" yaml:"routes,omitempty"`
 }
 
 // MTLSMode is the inbound mTLS mode of service.

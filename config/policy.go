@@ -75,11 +75,16 @@ type OutlierDetection struct {
 
 // LoadBalancer picks endpoints.
 type LoadBalancer struct {
-	// Policy is round_robin, least_request or random.
+	// Policy is round_robin, least_request, random, or a consistent hash
+	// of Hash: ring_hash or maglev (traffic.go).
 	Policy string `mapstructure:"policy" yaml:"policy"`
 	// LocalityAware prefers endpoints in the caller's zone and spills over
 	// when that zone is unhealthy.
 	LocalityAware bool `mapstructure:"locality_aware" yaml:"locality_aware"`
+	// Hash is what ring_hash and maglev hash (traffic.go).
+	Hash HashKey `mapstructure:"hash" yaml:"hash,omitempty"`
+	// RingSize is ring_hash's minimum ring size (0: 1024).
+	RingSize int `mapstructure:"ring_size" yaml:"ring_size,omitempty"`
 }
 
 // RateLimit is Envoy's local_ratelimit token bucket on the callee's
@@ -152,7 +157,8 @@ func (p *Policy) validate(v *validator, path string) {
 	v.nonNegative(path+".outlier_detection.interval", od.Interval)
 	v.nonNegative(path+".outlier_detection.base_ejection_time", od.BaseEjectionTime)
 	v.check(path+".outlier_detection.max_ejection_percent", od.MaxEjectionPercent >= 0 && od.MaxEjectionPercent <= 100, "must be between 0 and 100, got %d", od.MaxEjectionPercent)
-	v.oneOf(path+".load_balancer.policy", p.LoadBalancer.Policy, "round_robin", "least_request", "random")
+	v.oneOf(path+".load_balancer.policy", p.LoadBalancer.Policy, "round_robin", "least_request", "random", "ring_hash", "maglev")
+	p.LoadBalancer.validateHash(v, path+".load_balancer")
 	rl := p.RateLimit
 	if rl.MaxTokens != 0 {
 		v.check(path+".rate_limit.max_tokens", rl.MaxTokens > 0, "must not be negative, got %d", rl.MaxTokens)

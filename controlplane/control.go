@@ -172,6 +172,7 @@ func settingsOf(cfg config.Config) settings {
 		merge: model.MergeOptions{
 			DrainingStatuses: cfg.Control.CMDB.DrainingStatuses,
 			Policies:         cfg.Policies,
+			Services:         cfg.Control.Services,
 			VirtualIPCIDR:    cfg.Control.VirtualIPs.CIDR,
 		},
 		authz: translate.NewAuthorization(cfg.Control),

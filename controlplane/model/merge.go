@@ -20,6 +20,9 @@ type MergeOptions struct {
 	// VirtualIPCIDR is the range services' virtual IPs come from
 	// (control.virtual_ips.cidr); empty means none (virtualip.go).
 	VirtualIPCIDR string
+	// Services are the per-service settings (control.services): their
+	// subsets, default subset and routes (subsets.go).
+	Services map[string]config.ServiceSettings
 }
 
 // Merge joins the sources' views into one model. Registry instances become
@@ -73,6 +76,9 @@ func Merge(views []View, opts MergeOptions) Model {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Address, b.Address), cmp.Compare(a.Dropped, b.Dropped))
 	})
 	assignVirtualIPs(&m, opts.VirtualIPCIDR)
+	for i := range m.Services {
+		applyTraffic(&m.Services[i], opts.Services[m.Services[i].Name])
+	}
 	return m
 }
 

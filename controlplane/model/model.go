@@ -150,6 +150,12 @@ type Service struct {
 	// VirtualIP is the service's stable virtual IP (virtualip.go); zero
 	// without a range.
 	VirtualIP netip.Addr `json:"virtual_ip,omitzero"`
+	// Subsets are the configured subsets with the endpoints each holds
+	// (subsets.go); DefaultSubset and Routes are the service's
+	// (control.services.<name>).
+	Subsets       []Subset       `json:"subsets,omitempty"`
+	DefaultSubset string         `json:"default_subset,omitempty"`
+	Routes        []config.Route `json:"routes,omitempty"`
 }
 
 // Model is the merged view the translator consumes. Services are sorted by
@@ -264,7 +270,7 @@ func (m *Model) Equal(o *Model) bool {
 	}
 	for i := range m.Services {
 		a, b := &m.Services[i], &o.Services[i]
-		if a.Name != b.Name || !EqualEndpoints(a.Endpoints, b.Endpoints) || !reflect.DeepEqual(a.Policy, b.Policy) {
+		if a.Name != b.Name || !EqualEndpoints(a.Endpoints, b.Endpoints) || !reflect.DeepEqual(a.Policy, b.Policy) || !a.EqualTraffic(b) {
 			return false
 		}
 	}

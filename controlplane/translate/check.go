@@ -198,8 +198,15 @@ func listenerHCMs(l *listenerv3.Listener) ([]*hcmv3.HttpConnectionManager, error
 func routeClusters(rc *routev3.RouteConfiguration, clusters union) error {
 	for _, vh := range rc.GetVirtualHosts() {
 		for _, r := range vh.GetRoutes() {
-			if c := r.GetRoute().GetCluster(); c != "" {
-				if !clusters.has(c) {
+			names := []string{r.GetRoute().GetCluster()}
+			for _, w := range r.GetRoute().GetWeightedClusters().GetClusters() {
+				names = append(names, w.GetName())
+			}
+			for _, mp := range r.GetRoute().GetRequestMirrorPolicies() {
+				names = append(names, mp.GetCluster())
+			}
+			for _, c := range names {
+				if c != "" && !clusters.has(c) {
 					return fmt.Errorf("virtual host %q: no cluster %q", vh.GetName(), c)
 				}
 			}

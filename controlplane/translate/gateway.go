@@ -438,38 +438,14 @@ func httpsRedirect(port int) *routev3.Route_Redirect {
 	}}
 }
 
-func gatewayRouteName(cr *config.GatewayRoute, i int) string {
-	if cr.Name != "" {
-		return cr.Name
-	}
-	return "route-" + strconv.Itoa(i)
-}
-
 func gatewayRoute(cr *config.GatewayRoute, i int, c config.ControlGateway, m *Mesh, g *gatewayBuild) (*routev3.Route, error) {
-	r := &routev3.Route{Name: gatewayRouteName(cr, i), Match: gatewayMatch(cr)}
-	switch {
-	case cr.Redirect.Set():
-		r.Action = &routev3.Route_Redirect{Redirect: gatewayRedirect(cr)}
-	case cr.DirectResponse.Status != 0:
-		r.Action = &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{
-			Status: uint32(cr.DirectResponse.Status),
-			Body:   &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: cr.DirectResponse.Body}},
-		}}
-	default:
-		a, err := gatewayForward(cr, m, g)
-		if err != nil {
-			return nil, err
-		}
-		r.Action = &routev3.Route_Route{Route: a}
+	r, err := buildRoute(cr, routeName(cr, i), &routeCtx{
+		policyOf: m.policyOf,
+		ensure:   func(cluster string) error { return m.gatewayEnsureCluster(cluster, g) },
+	})
+	if err != nil {
+		return nil, err
 	}
-	for _, h := range sortedKeys(cr.HeadersToAdd) {
-		r.RequestHeadersToAdd = append(r.RequestHeadersToAdd, setHeader(h, cr.HeadersToAdd[h]))
-	}
-	for _, h := range sortedKeys(cr.ResponseHeadersToAdd) {
-		r.ResponseHeadersToAdd = append(r.ResponseHeadersToAdd, setHeader(h, cr.ResponseHeadersToAdd[h]))
-	}
-	r.RequestHeadersToRemove = lowerAll(cr.HeadersToRemove)
-	r.ResponseHeadersToRemove = lowerAll(cr.ResponseHeadersToRemove)
 	pf, err := gatewayAuth(cr.Auth, c)
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
@@ -481,152 +457,6 @@ func gatewayRoute(cr *config.GatewayRoute, i int, c config.ControlGateway, m *Me
 	}
 	r.TypedPerFilterConfig = pf
 	return r, nil
-}
-
-func lowerAll(in []string) []string {
-	var out []string
-	for _, s := range in {
-		out = append(out, strings.ToLower(s))
-	}
-	return out
-}
-
-func setHeader(k, v string) *corev3.HeaderValueOption {
-	// Envoy reads % as the start of a substitution: %% is a literal %.
-	return &corev3.HeaderValueOption{
-		Header:       &corev3.HeaderValue{Key: strings.ToLower(k), Value: strings.ReplaceAll(v, "%", "%%")},
-		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
-	}
-}
-
-func gatewayMatch(cr *config.GatewayRoute) *routev3.RouteMatch {
-	m := &routev3.RouteMatch{}
-	switch {
-	case cr.Path != "":
-		m.PathSpecifier = &routev3.RouteMatch_Path{Path: cr.Path}
-	case cr.PathRegex != "":
-		m.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: cr.PathRegex}}
-	default:
-		m.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: cmpOr(cr.PathPrefix, "/")}
-	}
-	switch len(cr.Methods) {
-	case 0:
-	case 1:
-		m.Headers = append(m.Headers, exactHeader(":method", cr.Methods[0]))
-	default:
-		quoted := make([]string, len(cr.Methods))
-		for i, s := range cr.Methods {
-			quoted[i] = regexp.QuoteMeta(s)
-		}
-		m.Headers = append(m.Headers, &routev3.HeaderMatcher{Name: ":method", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
-			StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: strings.Join(quoted, "|")}}}}})
-	}
-	for _, h := range cr.Headers {
-		// An inverted match also holds for a missing header ("not yes"
-		// includes absent), which Envoy needs told.
-		hm := &routev3.HeaderMatcher{Name: strings.ToLower(h.Name), InvertMatch: h.Invert, TreatMissingHeaderAsEmpty: h.Invert && (h.Exact != "" || h.Prefix != "" || h.Regex != "")}
-		switch {
-		case h.Exact != "":
-			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: h.Exact}}}
-		case h.Prefix != "":
-			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: h.Prefix}}}
-		case h.Regex != "":
-			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: h.Regex}}}}
-		default:
-			hm.HeaderMatchSpecifier = &routev3.HeaderMatcher_PresentMatch{PresentMatch: !h.Absent}
-		}
-		m.Headers = append(m.Headers, hm)
-	}
-	for _, q := range cr.Query {
-		qm := &routev3.QueryParameterMatcher{Name: q.Name}
-		switch {
-		case q.Exact != "":
-			qm.QueryParameterMatchSpecifier = &routev3.QueryParameterMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: q.Exact}}}
-		case q.Regex != "":
-			qm.QueryParameterMatchSpecifier = &routev3.QueryParameterMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: q.Regex}}}}
-		default:
-			qm.QueryParameterMatchSpecifier = &routev3.QueryParameterMatcher_PresentMatch{PresentMatch: true}
-		}
-		m.QueryParameters = append(m.QueryParameters, qm)
-	}
-	return m
-}
-
-func exactHeader(name, v string) *routev3.HeaderMatcher {
-	return &routev3.HeaderMatcher{Name: name, HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
-		StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: v}}}}
-}
-
-func gatewayRedirect(cr *config.GatewayRoute) *routev3.RedirectAction {
-	rd := cr.Redirect
-	a := &routev3.RedirectAction{HostRedirect: rd.Host, PortRedirect: uint32(rd.Port), StripQuery: rd.StripQuery}
-	if rd.Scheme != "" {
-		a.SchemeRewriteSpecifier = &routev3.RedirectAction_SchemeRedirect{SchemeRedirect: rd.Scheme}
-	}
-	switch {
-	case rd.Path != "":
-		a.PathRewriteSpecifier = &routev3.RedirectAction_PathRedirect{PathRedirect: rd.Path}
-	case rd.Prefix != "":
-		a.PathRewriteSpecifier = &routev3.RedirectAction_PrefixRewrite{PrefixRewrite: rd.Prefix}
-	}
-	switch rd.Code {
-	case 302:
-		a.ResponseCode = routev3.RedirectAction_FOUND
-	case 303:
-		a.ResponseCode = routev3.RedirectAction_SEE_OTHER
-	case 307:
-		a.ResponseCode = routev3.RedirectAction_TEMPORARY_REDIRECT
-	case 308:
-		a.ResponseCode = routev3.RedirectAction_PERMANENT_REDIRECT
-	}
-	return a
-}
-
-// gatewayForward is a route to a service or a split; timeout and retries
-// default to the (first) service's policy, as the agents' routes have.
-func gatewayForward(cr *config.GatewayRoute, m *Mesh, g *gatewayBuild) (*routev3.RouteAction, error) {
-	services := []string{cr.Service}
-	a := &routev3.RouteAction{}
-	if len(cr.Split) > 0 {
-		services = services[:0]
-		wc := &routev3.WeightedCluster{}
-		for _, s := range cr.Split {
-			services = append(services, s.Service)
-			wc.Clusters = append(wc.Clusters, &routev3.WeightedCluster_ClusterWeight{Name: s.Service, Weight: wrapperspb.UInt32(uint32(s.Weight))})
-		}
-		a.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: wc}
-	} else {
-		a.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: cr.Service}
-	}
-	for _, s := range services {
-		if err := m.gatewayEnsureCluster(s, g); err != nil {
-			return nil, err
-		}
-	}
-	p := m.policyOf(services[0])
-	a.Timeout = durationpb.New(p.Timeout)
-	if cr.Timeout > 0 {
-		a.Timeout = durationpb.New(cr.Timeout)
-	}
-	retries := p.Retries
-	if cr.Retries.Set() {
-		retries = config.Retries{Attempts: cr.Retries.Attempts, PerTryTimeout: cr.Retries.PerTryTimeout, RetryOn: cr.Retries.RetryOn}
-		if len(retries.RetryOn) == 0 {
-			retries.RetryOn = []string{"5xx", "connect-failure"}
-		}
-	}
-	a.RetryPolicy = retryPolicy(retries, false)
-	switch {
-	case cr.Rewrite != "":
-		a.PrefixRewrite = cr.Rewrite
-	case cr.RewriteRegex.Pattern != "":
-		a.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{
-			Pattern: &matcherv3.RegexMatcher{Regex: cr.RewriteRegex.Pattern}, Substitution: cr.RewriteRegex.Substitution}
-	}
-	if cr.HostRewrite != "" {
-		a.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: cr.HostRewrite}
-	}
-	return a, nil
 }
 
 func (m *Mesh) policyOf(service string) config.Policy {

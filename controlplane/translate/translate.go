@@ -197,6 +197,9 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 			}
 		}
 	}
+	if err := addTraffic(m, out, vhosts, t.MTLS); err != nil {
+		return nil, err
+	}
 	if sameVhosts && t.outbound != nil {
 		out.Outbound = t.outbound
 	} else {
@@ -224,7 +227,7 @@ func (t *Translator) entry(s *model.Service) (*entry, error) {
 	e := &entry{svc: *s}
 	samePolicy := prev != nil && reflect.DeepEqual(prev.svc.Policy, s.Policy) && serviceProtocol(&prev.svc) == serviceProtocol(s) &&
 		sameMTLS(t.prevMTLS, t.MTLS, &prev.svc, s) &&
-		prev.svc.VirtualIP == s.VirtualIP
+		prev.svc.VirtualIP == s.VirtualIP && !prev.svc.HasTraffic() && !s.HasTraffic()
 	if samePolicy {
 		e.cluster, e.vhost, e.apiRoute, e.apiListener, e.apiCluster = prev.cluster, prev.vhost, prev.apiRoute, prev.apiListener, prev.apiCluster
 	} else {
@@ -239,7 +242,7 @@ func (t *Translator) entry(s *model.Service) (*entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		e.apiCluster = ac
+		e.apiCluster = grpcHashLB(ac)
 		l, err := APIListener(s.Name)
 		if err != nil {
 			return nil, err
@@ -308,8 +311,10 @@ func Cluster(s *model.Service) (*clusterv3.Cluster, error) {
 			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: wire.LBRandom, TypedConfig: rnd}},
 			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: wire.LBRoundRobin, TypedConfig: rr}},
 		}}
+	case "ring_hash", "maglev":
+		setHashLB(c, p.LoadBalancer)
 	}
-	if p.LoadBalancer.LocalityAware {
+	if p.LoadBalancer.LocalityAware && !p.LoadBalancer.Hashed() {
 		c.CommonLbConfig = &clusterv3.Cluster_CommonLbConfig{
 			LocalityConfigSpecifier: &clusterv3.Cluster_CommonLbConfig_ZoneAwareLbConfig_{
 				ZoneAwareLbConfig: &clusterv3.Cluster_CommonLbConfig_ZoneAwareLbConfig{
@@ -537,6 +542,7 @@ func virtualHost(s *model.Service, api bool) *routev3.VirtualHost {
 		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: s.Name},
 		Timeout:          durationpb.New(p.Timeout),
 		RetryPolicy:      retryPolicy(p.Retries, api),
+		HashPolicy:       hashPolicy(p.LoadBalancer),
 	}
 	if api && p.Timeout > 0 {
 		action.MaxStreamDuration = &routev3.RouteAction_MaxStreamDuration{MaxStreamDuration: durationpb.New(p.Timeout)}
@@ -595,7 +601,7 @@ func APIListener(service string) (*listenerv3.Listener, error) {
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource: adsSource(), RouteConfigName: service,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{router},
+		HttpFilters: []*hcmv3.HttpFilter{faultFilter(), router},
 	})
 	if err != nil {
 		return nil, err
@@ -614,7 +620,7 @@ func outboundListener(addr string) (*listenerv3.Listener, error) {
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource: adsSource(), RouteConfigName: wire.OutboundRoute,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{router},
+		HttpFilters: []*hcmv3.HttpFilter{faultFilter(), router},
 	})
 }
 

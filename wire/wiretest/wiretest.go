@@ -21,6 +21,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	// Typed configs the golden resources carry, so their Any values resolve.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -72,6 +73,26 @@ const (
 	// AgentAuthzTCP is an agent fronting cache (a tcp app) with L4 rules:
 	// its inbound listener is a TCP proxy after RBAC network filters.
 	AgentAuthzTCP = "agent-authz-tcp"
+	// AgentTraffic is an agent fronting no service in a model with
+	// traffic management (controlplane/translate/traffic_test.go):
+	// orders has subsets v1 (2 instances, the default subset) and v2
+	// (1), is ring-hashed on the header x-user, and has routes in order:
+	// testers (header x-canary: 1 → orders/v2), canary (path_prefix /api:
+	// 90 orders/v1, 10 orders/v2, 5% mirrored to orders/v2, timeout 2s,
+	// 1 retry on 5xx), fault (header x-fault present: 1s delay to 10%,
+	// abort 503 to 5%, only with x-fault), grpc-fault (path_prefix
+	// /grpc.health.v1.Health/: abort grpc_status 14 to 50%), legacy
+	// (path /old: redirect to /new, 302), health (path /mesh-health:
+	// direct response 200 "ok"), pay (path_regex ^/pay/(.*)$, POST, query
+	// dry_run: to payments with a regex rewrite to /\1 and header
+	// changes), then the catch-all to orders/v1. payments is Maglev on
+	// source_ip; search has a subset "canary" (tag canary) with a policy
+	// override (timeout 1s, least_request).
+	AgentTraffic = "agent-traffic"
+	// GRPCTraffic is a gRPC proxyless client in the same model: orders'
+	// route configuration "orders" has the same routes (gRPC's forms),
+	// and payments' cluster is RING_HASH (gRPC has no Maglev).
+	GRPCTraffic = "grpc-traffic"
 )
 
 // Resources are a node's resources by type and name.
