@@ -3,12 +3,24 @@ package translate_test
 import (
 	"bytes"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/translate"
+	"github.com/meshvm/mesh/identity"
+	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/wire/wiretest"
 )
 
@@ -118,5 +130,192 @@ func TestGoldenTraffic(t *testing.T) {
 				t.Errorf("%s differs from the translation; diff it with go test -update and git diff", path)
 			}
 		})
+	}
+}
+
+// TestTrafficTranslation checks, case by case, what callers rely on.
+func TestTrafficTranslation(t *testing.T) {
+	m := trafficModel()
+	// Every orders agent takes mTLS: the subsets' clusters verify orders'
+	// own identity.
+	for i := range m.Services {
+		s := &m.Services[i]
+		if s.Name != "orders" {
+			continue
+		}
+		for _, eps := range [][]model.Endpoint{s.Endpoints, s.Subsets[0].Endpoints, s.Subsets[1].Endpoints} {
+			for j := range eps {
+				meta := map[string]string{wire.MetaMTLS: "strict"}
+				for k, v := range eps[j].Metadata.Meta {
+					meta[k] = v
+				}
+				eps[j].Metadata.Meta = meta
+			}
+		}
+	}
+	// A route to a service the model does not know yet.
+	orders := &m.Services[slices.IndexFunc(m.Services, func(s model.Service) bool { return s.Name == "orders" })]
+	orders.Routes = append([]config.Route{{Name: "soon", Path: "/soon", Split: []config.SplitTarget{{Service: "inventory", Weight: 50}, {Weight: 50}}}}, orders.Routes...)
+	tr := translate.NewTranslator()
+	tr.MTLS = goldenMTLS()
+	mesh, err := tr.Translate(&m, policies())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := func(set translate.Set, name string) *clusterv3.Cluster {
+		c, _ := set[name].(*clusterv3.Cluster)
+		return c
+	}
+	routesOf := func(rc proto.Message) []*routev3.Route {
+		return rc.(*routev3.RouteConfiguration).GetVirtualHosts()[0].GetRoutes()
+	}
+	var outbound []*routev3.Route
+	for _, vh := range mesh.Outbound.GetVirtualHosts() {
+		if vh.GetName() == "orders" {
+			outbound = vh.GetRoutes()
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		ok   func() bool
+	}{
+		{"subset clusters verify the service's SPIFFE ID", func() bool {
+			u := upstreamTLS(t, cluster(mesh.Clusters, "orders/v2"))
+			want := "spiffe://" + identity.DefaultTrustDomain + "/ns/" + identity.DefaultNamespace + "/svc/orders"
+			return u != nil && u.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchTypedSubjectAltNames()[0].GetMatcher().GetExact() == want
+		}},
+		{"subset load assignments hold only the matching endpoints", func() bool {
+			v1 := mesh.Endpoints["orders/v1"].(*endpointv3.ClusterLoadAssignment)
+			v2 := mesh.Endpoints["orders/v2"].(*endpointv3.ClusterLoadAssignment)
+			all := mesh.Endpoints["orders"].(*endpointv3.ClusterLoadAssignment)
+			return len(v1.GetEndpoints()[0].GetLbEndpoints()) == 2 && len(v2.GetEndpoints()[0].GetLbEndpoints()) == 1 &&
+				len(all.GetEndpoints()[0].GetLbEndpoints()) == 3 && v2.GetClusterName() == "orders/v2"
+		}},
+		{"a subset's policy override", func() bool {
+			c := cluster(mesh.Clusters, "search/canary")
+			return c.GetLbPolicy() == clusterv3.Cluster_LEAST_REQUEST && cluster(mesh.Clusters, "search").GetLbPolicy() == clusterv3.Cluster_ROUND_ROBIN
+		}},
+		{"ring hash with its ring size, no zone-aware routing", func() bool {
+			c := cluster(mesh.Clusters, "orders/v1")
+			return c.GetLbPolicy() == clusterv3.Cluster_RING_HASH && c.GetRingHashLbConfig().GetMinimumRingSize().GetValue() == 2048 && c.GetCommonLbConfig() == nil
+		}},
+		{"maglev for agents, ring hash for gRPC", func() bool {
+			return cluster(mesh.Clusters, "payments").GetLbPolicy() == clusterv3.Cluster_MAGLEV && cluster(mesh.APIClusters, "payments").GetLbPolicy() == clusterv3.Cluster_RING_HASH
+		}},
+		{"a hashed service without routes hashes its catch-all", func() bool {
+			for _, vh := range mesh.Outbound.GetVirtualHosts() {
+				if vh.GetName() == "payments" {
+					hp := vh.GetRoutes()[0].GetRoute().GetHashPolicy()
+					return len(hp) == 1 && hp[0].GetConnectionProperties().GetSourceIp()
+				}
+			}
+			return false
+		}},
+		{"routes in order before the catch-all to the default subset", func() bool {
+			var names []string
+			for _, r := range outbound {
+				names = append(names, r.GetName())
+			}
+			last := outbound[len(outbound)-1]
+			return strings.Join(names, ",") == "soon,testers,canary,fault,grpc-fault,legacy,health,pay,orders" && last.GetRoute().GetCluster() == "orders/v1"
+		}},
+		{"the API route configuration has the same routes", func() bool {
+			api := routesOf(mesh.APIRoutes[wire.ServiceRoute("orders")])
+			return len(api) == len(outbound) && api[2].GetRoute().GetWeightedClusters().GetClusters()[1].GetName() == "orders/v2" &&
+				api[2].GetRoute().GetMaxStreamDuration().GetMaxStreamDuration().AsDuration() == 2*time.Second
+		}},
+		{"a target not in the model gets an empty cluster", func() bool {
+			cla, ok := mesh.Endpoints["inventory"].(*endpointv3.ClusterLoadAssignment)
+			return cluster(mesh.Clusters, "inventory") != nil && ok && len(cla.GetEndpoints()) == 0
+		}},
+		{"fault per route, filter before the router", func() bool {
+			f := &faultv3.HTTPFault{}
+			if err := outbound[3].GetTypedPerFilterConfig()[wire.FaultFilter].UnmarshalTo(f); err != nil {
+				return false
+			}
+			return f.GetAbort().GetHttpStatus() == 503 && f.GetAbort().GetPercentage().GetNumerator() == 50_000 &&
+				f.GetDelay().GetFixedDelay().AsDuration() == time.Second && f.GetHeaders()[0].GetName() == "x-fault"
+		}},
+		{"mirror fraction", func() bool {
+			mp := outbound[2].GetRoute().GetRequestMirrorPolicies()
+			return len(mp) == 1 && mp[0].GetCluster() == "orders/v2" && mp[0].GetRuntimeFraction().GetDefaultValue().GetNumerator() == 50_000
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !tc.ok() {
+				t.Error("does not hold")
+			}
+		})
+	}
+	for _, n := range []model.Node{{ID: "vm-9"}, {ID: "grpc-1", Proxyless: true}} {
+		out, err := mesh.Node(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := out.Resources()
+		if err := translate.Validate(res); err != nil {
+			t.Fatalf("node %s: %v", n.ID, err)
+		}
+		l := res.Listeners[wire.OutboundListener]
+		if n.Proxyless {
+			l = res.Listeners["orders"]
+		}
+		if got := httpFilters(t, l.(*listenerv3.Listener)); got != wire.FaultFilter+","+wire.RouterFilter {
+			t.Errorf("node %s: http filters %s, want the fault filter then the router", n.ID, got)
+		}
+	}
+}
+
+func httpFilters(t *testing.T, l *listenerv3.Listener) string {
+	t.Helper()
+	var hcm *hcmv3.HttpConnectionManager
+	if a := l.GetApiListener().GetApiListener(); a != nil {
+		hcm = &hcmv3.HttpConnectionManager{}
+		if err := a.UnmarshalTo(hcm); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		hcm = &hcmv3.HttpConnectionManager{}
+		if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	for _, f := range hcm.GetHttpFilters() {
+		names = append(names, f.GetName())
+	}
+	return strings.Join(names, ",")
+}
+
+// TestTrafficIncremental: a translator that reused a service's resources
+// rebuilds them when its routes change, and drops its subsets' clusters
+// when its subsets go.
+func TestTrafficIncremental(t *testing.T) {
+	tr := translate.NewTranslator()
+	m := trafficModel()
+	if _, err := tr.Translate(&m, policies()); err != nil {
+		t.Fatal(err)
+	}
+	next := trafficModel()
+	for i := range next.Services {
+		s := &next.Services[i]
+		if s.Name == "orders" {
+			s.Routes = s.Routes[:1]
+		}
+		if s.Name == "search" {
+			s.Subsets = nil
+		}
+	}
+	mesh, err := tr.Translate(&next, policies())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vh := range mesh.Outbound.GetVirtualHosts() {
+		if vh.GetName() == "orders" && len(vh.GetRoutes()) != 2 {
+			t.Errorf("orders has %d routes, want testers and the catch-all", len(vh.GetRoutes()))
+		}
+	}
+	if _, ok := mesh.Clusters["search/canary"]; ok {
+		t.Error("search/canary is still served after its subset went")
 	}
 }
