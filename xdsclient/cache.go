@@ -21,6 +21,9 @@ type cacheFile struct {
 type cachedType struct {
 	Version   string            `json:"version"`
 	Resources []json.RawMessage `json:"resources"`
+	// ResourceVersions are the delta versions of the resources, sent
+	// back to the control plane after a restart.
+	ResourceVersions map[string]string `json:"resource_versions,omitempty"`
 }
 
 // SaveCache writes r to path atomically (temp file, fsync, rename), so a
@@ -28,7 +31,7 @@ type cachedType struct {
 func SaveCache(path string, r Resources) error {
 	cf := cacheFile{Types: map[string]cachedType{}}
 	add := func(typeURL string, msgs []proto.Message) error {
-		ct := cachedType{Version: r.Versions[typeURL]}
+		ct := cachedType{Version: r.Versions[typeURL], ResourceVersions: r.ResourceVersions[typeURL]}
 		for _, m := range msgs {
 			a, err := anypb.New(m)
 			if err != nil {
@@ -99,6 +102,9 @@ func LoadCache(path string) (Resources, error) {
 	ensureMaps(&r)
 	for typeURL, ct := range cf.Types {
 		r.Versions[typeURL] = ct.Version
+		if len(ct.ResourceVersions) > 0 {
+			r.ResourceVersions[typeURL] = ct.ResourceVersions
+		}
 		for _, raw := range ct.Resources {
 			a := &anypb.Any{}
 			if err := protojson.Unmarshal(raw, a); err != nil {

@@ -1,7 +1,9 @@
-// Package xdsclient is mesh's xDS client: one aggregated (ADS)
-// state-of-the-world stream to one of several control planes, subscribing
-// to listeners and clusters (wildcard) and to the routes and endpoints they
-// name. After every response it hands the whole current resource set to a
+// Package xdsclient is mesh's xDS client: one aggregated (ADS) stream to
+// one of several control planes. In state-of-the-world mode it subscribes
+// to listeners and clusters (wildcard) and to the routes and endpoints
+// they name; in delta mode (Options.Delta, delta.go) it subscribes by name
+// to what it is told (Subscribe, Unsubscribe) and receives only changes.
+// After every response it hands the whole current resource set to a
 // callback; a callback error NACKs the response with that error as the
 // detail and the last good set stays in force. It fails over between
 // control planes with exponential backoff and jitter.
@@ -47,6 +49,10 @@ type Resources struct {
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment
 	// Versions holds the version_info of each type URL.
 	Versions map[string]string
+	// ResourceVersions holds, per type URL, each resource's version as
+	// a delta server sent it; a delta client sends them back when it
+	// reconnects (initial_resource_versions) so only changes are resent.
+	ResourceVersions map[string]map[string]string
 }
 
 // Clone returns a copy whose maps can be changed without touching r.
@@ -57,6 +63,13 @@ func (r Resources) Clone() Resources {
 		Clusters:  cloneMap(r.Clusters),
 		Endpoints: cloneMap(r.Endpoints),
 		Versions:  cloneMap(r.Versions),
+		ResourceVersions: func() map[string]map[string]string {
+			out := make(map[string]map[string]string, len(r.ResourceVersions))
+			for t, m := range r.ResourceVersions {
+				out[t] = cloneMap(m)
+			}
+			return out
+		}(),
 	}
 }
 
@@ -100,6 +113,19 @@ type Options struct {
 	// error NACKs it), not to Apply nor the disk cache.
 	Secrets   []string
 	OnSecrets func(map[string]*tlsv3.Secret) error
+
+	// Delta selects incremental ADS (DeltaAggregatedResources, delta.go):
+	// the client subscribes by name to Listeners, to Clusters and Routes
+	// (changed while running with Subscribe and Unsubscribe) and to the
+	// load assignments of the clusters it holds, never to a wildcard;
+	// acknowledgements carry no resource lists, and a reconnect sends
+	// the versions held so the server resends only what changed.
+	Delta    bool
+	Clusters []string
+	Routes   []string
+	// OnResources, if set, is called for each delta response with its
+	// type URL and how many resources it updated and removed.
+	OnResources func(typeURL string, updated, removed int)
 }
 
 // State is what the client reports about its connection.
@@ -120,6 +146,16 @@ type Client struct {
 	state State
 
 	acks, nacks atomic.Uint64
+
+	// Delta subscriptions (delta.go): want holds the names per type URL;
+	// wake tells the running stream they changed.
+	subMu sync.Mutex
+	want  map[string]map[string]bool
+	wake  chan struct{}
+	// secretsHeld and secretVersions are the delta stream's secrets
+	// (touched only by Run's goroutine).
+	secretsHeld    map[string]*tlsv3.Secret
+	secretVersions map[string]string
 }
 
 // New returns a client; it connects nothing until Run.
@@ -139,7 +175,14 @@ func New(o Options) (*Client, error) {
 	if o.BackoffMax <= 0 {
 		o.BackoffMax = 15 * time.Second
 	}
-	return &Client{opts: o}, nil
+	c := &Client{opts: o, wake: make(chan struct{}, 1), want: map[string]map[string]bool{}}
+	for t, names := range map[string][]string{resource.ClusterType: o.Clusters, resource.RouteType: o.Routes, resource.ListenerType: o.Listeners} {
+		c.want[t] = map[string]bool{}
+		for _, n := range names {
+			c.want[t][n] = true
+		}
+	}
+	return c, nil
 }
 
 // State returns the connection state.
@@ -160,7 +203,12 @@ func (c *Client) Run(ctx context.Context) error {
 	for i := 0; ; i++ {
 		server := c.opts.Servers[i%len(c.opts.Servers)]
 		start := time.Now()
-		err := c.stream(ctx, server, &held)
+		var err error
+		if c.opts.Delta {
+			err = c.deltaStream(ctx, server, &held)
+		} else {
+			err = c.stream(ctx, server, &held)
+		}
 		c.setConnected(server, false)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -217,7 +265,7 @@ type subscription struct {
 }
 
 // stream runs one ADS stream to server until it fails or ctx is done.
-func (c *Client) stream(ctx context.Context, server string, held *Resources) error {
+func (c *Client) dial(server string) (*grpc.ClientConn, error) {
 	dialOpts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// A state-of-the-world response carries every cluster or endpoint
@@ -226,7 +274,15 @@ func (c *Client) stream(ctx context.Context, server string, held *Resources) err
 	}, c.opts.DialOptions...)
 	conn, err := grpc.NewClient(server, dialOpts...)
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", server, err)
+		return nil, fmt.Errorf("dial %s: %w", server, err)
+	}
+	return conn, nil
+}
+
+func (c *Client) stream(ctx context.Context, server string, held *Resources) error {
+	conn, err := c.dial(server)
+	if err != nil {
+		return err
 	}
 	defer conn.Close()
 	sctx, cancel := context.WithCancel(ctx)
@@ -530,6 +586,9 @@ func ensureMaps(r *Resources) {
 	}
 	if r.Versions == nil {
 		r.Versions = map[string]string{}
+	}
+	if r.ResourceVersions == nil {
+		r.ResourceVersions = map[string]map[string]string{}
 	}
 }
 
