@@ -2,7 +2,8 @@
 // request goes to: round robin, least request (the better of two random
 // choices by requests in flight) or random, optionally locality-aware
 // (prefer the caller's zone, spill over to the others when the zone is
-// unhealthy or overloaded). A Picker works over an immutable slice of
+// unhealthy or overloaded); or by a request's 64-bit hash, consistently
+// (ring hash, ringhash.go; Maglev, maglev.go). A Picker works over an immutable slice of
 // endpoints whose live state (requests in flight, ejection) it reads
 // through pointers, so a pick allocates nothing and takes no lock.
 package balancer
@@ -24,6 +25,12 @@ const (
 	LeastRequest
 	// Random picks an endpoint uniformly at random.
 	Random
+	// RingHash picks by a request hash on Envoy's ketama-like ring
+	// (ringhash.go).
+	RingHash
+	// Maglev picks by a request hash in a Maglev lookup table
+	// (maglev.go).
+	Maglev
 )
 
 // ParsePolicy reads a policy by its configuration name.
@@ -35,6 +42,10 @@ func ParsePolicy(name string) (Policy, error) {
 		return LeastRequest, nil
 	case "random":
 		return Random, nil
+	case "ring_hash":
+		return RingHash, nil
+	case "maglev":
+		return Maglev, nil
 	}
 	return 0, fmt.Errorf("parse load balancing policy: unknown policy %q", name)
 }
@@ -47,6 +58,10 @@ func (p Policy) String() string {
 		return "least_request"
 	case Random:
 		return "random"
+	case RingHash:
+		return "ring_hash"
+	case Maglev:
+		return "maglev"
 	}
 	return fmt.Sprintf("Policy(%d)", uint8(p))
 }
@@ -68,6 +83,11 @@ type HealthVersion interface {
 // to its live state, shared with whoever updates it.
 type Endpoint struct {
 	Zone string
+	// Key is what the hashing policies place the endpoint by (its
+	// address, host:port, as Envoy hashes it); Weight is its relative
+	// weight there (0 means 1).
+	Key    string
+	Weight uint32
 	// Active counts the requests in flight to the endpoint; the caller
 	// increments it when it sends a request and decrements it when the
 	// request ends. nil reads as zero.
@@ -110,6 +130,9 @@ type Options struct {
 	Version HealthVersion
 	// Rand returns uniformly random numbers; nil means math/rand/v2.
 	Rand func() uint64
+	// MinRingSize and MaxRingSize bound the RingHash ring (Envoy's
+	// ring_hash_lb_config); zero means Envoy's defaults, 1024 and 8M.
+	MinRingSize, MaxRingSize uint64
 }
 
 // Picker picks endpoints. It is safe for concurrent use.
@@ -126,6 +149,8 @@ type Picker struct {
 	overprov    float64
 	spillActive int64
 	version     HealthVersion
+	// hashing state (RingHash, Maglev; see hash.go).
+	hash hashing
 	// localShare packs the local zone's share of requests (high 32 bits,
 	// out of 2^32-1) with the low 32 bits of the health version it was
 	// computed at; the lowest bit of the share field marks "computed".
@@ -148,7 +173,7 @@ func (g *group) at(k int) int {
 
 // New returns a picker over endpoints, which it keeps and never modifies.
 func New(endpoints []Endpoint, opts Options) (*Picker, error) {
-	if opts.Policy > Random {
+	if opts.Policy > Maglev {
 		return nil, fmt.Errorf("new picker: unknown policy %d", opts.Policy)
 	}
 	if opts.Overprovisioning < 0 {
@@ -169,6 +194,10 @@ func New(endpoints []Endpoint, opts Options) (*Picker, error) {
 		p.overprov = DefaultOverprovisioning
 	}
 	p.all.n = len(endpoints)
+	if p.policy.Hashing() {
+		// Consistent hashing places endpoints by key alone: no locality.
+		return p, p.hash.init(p, opts)
+	}
 	if opts.LocalZone != "" {
 		for i := range endpoints {
 			if endpoints[i].Zone == opts.LocalZone {
@@ -191,6 +220,10 @@ func (p *Picker) Endpoints() []Endpoint { return p.eps }
 // endpoint is ejected the picker ignores ejection rather than fail
 // (Envoy's panic mode).
 func (p *Picker) Pick() int {
+	if p.policy.Hashing() {
+		// A request without a hash goes to a random place, as in Envoy.
+		return p.PickHash(p.rnd(), 0)
+	}
 	if p.locality {
 		if i := p.pickLocality(); i >= 0 {
 			return i

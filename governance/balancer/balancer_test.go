@@ -74,7 +74,9 @@ func TestParsePolicy(t *testing.T) {
 		{name: "empty is round robin", in: "", want: RoundRobin},
 		{name: "least request", in: "least_request", want: LeastRequest},
 		{name: "random", in: "random", want: Random},
-		{name: "unknown", in: "ring_hash", wantErr: true},
+		{name: "ring hash", in: "ring_hash", want: RingHash},
+		{name: "maglev", in: "maglev", want: Maglev},
+		{name: "unknown", in: "consistent", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

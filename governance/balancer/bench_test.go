@@ -70,3 +70,25 @@ func BenchmarkPickParallel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPickHash is the cost of a hashing pick (the request's hash
+// already computed), every tenth endpoint ejected.
+func BenchmarkPickHash(b *testing.B) {
+	for _, pol := range []Policy{RingHash, Maglev} {
+		for _, n := range []int{10, 100} {
+			b.Run(fmt.Sprintf("%s/%d", pol, n), func(b *testing.B) {
+				p := benchPicker(b, n, Options{Policy: pol})
+				for i := range p.eps {
+					p.eps[i].Key = fmt.Sprintf("10.0.0.%d:15006", i)
+				}
+				p, _ = New(p.eps, Options{Policy: pol, Version: p.version})
+				b.ReportAllocs()
+				h := uint64(0x9e3779b97f4a7c15)
+				for b.Loop() {
+					h = h*6364136223846793005 + 1442695040888963407
+					sink = p.PickHash(h, 0)
+				}
+			})
+		}
+	}
+}
