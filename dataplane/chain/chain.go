@@ -96,6 +96,7 @@ func CompileSteps(t *table.Table, res endpoint.Resolver, local Local, fwd *proxy
 		if err != nil {
 			return nil, fmt.Errorf("compile table %s: service %s: %w", t.Version, name, err)
 		}
+		p.lb.MinRingSize, p.lb.MaxRingSize, p.lb.TableSize = s.HashLB.MinRingSize, s.HashLB.MaxRingSize, s.HashLB.MaglevTableSize
 		pols[name] = p
 	}
 	def, err := compilePolicy(t.Default, local)

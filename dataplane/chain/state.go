@@ -324,7 +324,7 @@ func (s *service) endpointSet(eps []endpoint.Endpoint, opts balancer.Options) (*
 		}
 		set.hosts[i] = h
 		set.loads[i] = s.load.Locality(s.name, eps[i].Region, eps[i].Zone)
-		bes[i] = balancer.Endpoint{Zone: eps[i].Zone, Active: &h.active, Health: &h.Host}
+		bes[i] = balancer.Endpoint{Zone: eps[i].Zone, Key: addr, Weight: eps[i].Weight, Active: &h.active, Health: &h.Host}
 		if !seen[addr] {
 			seen[addr] = true
 			dets = append(dets, &h.Host)

@@ -47,6 +47,17 @@ type Service struct {
 	// VirtualIP is the service's virtual IP as the control plane
 	// allocated it (xDS); zero when it sent none.
 	VirtualIP netip.Addr
+	// HashLB sizes the consistent-hash balancer of a ring_hash or maglev
+	// policy (the Cluster's ring_hash_lb_config or maglev_lb_config).
+	HashLB HashLB
+}
+
+// HashLB sizes the consistent-hash balancers; zero fields are Envoy's
+// defaults (a ring of 1024 to 8M points, a Maglev table of 65537 slots).
+type HashLB struct {
+	MinRingSize     uint64 `json:"minimum_ring_size,omitempty"`
+	MaxRingSize     uint64 `json:"maximum_ring_size,omitempty"`
+	MaglevTableSize uint64 `json:"table_size,omitempty"`
 }
 
 // Inbound is the policy of the agent's own inbound listener.

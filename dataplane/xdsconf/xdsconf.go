@@ -67,6 +67,10 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", name, err)
 		}
+		hlb, err := hashLB(c)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %q: %w", name, err)
+		}
 		eps, err := endpoints(r.Endpoints[edsName(c)])
 		if err != nil {
 			return nil, fmt.Errorf("endpoints of cluster %q: %w", name, err)
@@ -86,7 +90,7 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %q: %w", name, err)
 		}
-		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps, MTLSIdentity: id, MTLSMode: mode, VirtualIP: vip}
+		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps, MTLSIdentity: id, MTLSMode: mode, VirtualIP: vip, HashLB: hlb}
 	}
 	if rc := r.Routes[wire.OutboundRoute]; rc != nil {
 		for _, vh := range rc.GetVirtualHosts() {
@@ -206,7 +210,8 @@ func clusterPolicy(c *clusterv3.Cluster) (config.Policy, error) {
 }
 
 // lbPolicy maps lb_policy, or the first load_balancing_policy the agent
-// knows, onto round_robin, least_request or random.
+// knows, onto round_robin, least_request, random, ring_hash or maglev
+// (sized by hashLB).
 func lbPolicy(c *clusterv3.Cluster) (string, error) {
 	if lbp := c.GetLoadBalancingPolicy(); lbp != nil {
 		var names []string
@@ -220,9 +225,13 @@ func lbPolicy(c *clusterv3.Cluster) (string, error) {
 				return "least_request", nil
 			case strings.HasSuffix(name, ".random"):
 				return "random", nil
+			case strings.HasSuffix(name, ".ring_hash"):
+				return "ring_hash", nil
+			case strings.HasSuffix(name, ".maglev"):
+				return "maglev", nil
 			}
 		}
-		return "", fmt.Errorf("none of the load_balancing_policy entries %v is supported (round_robin, least_request, random)", names)
+		return "", fmt.Errorf("none of the load_balancing_policy entries %v is supported (round_robin, least_request, random, ring_hash, maglev)", names)
 	}
 	switch c.GetLbPolicy() {
 	case clusterv3.Cluster_ROUND_ROBIN:
@@ -231,8 +240,12 @@ func lbPolicy(c *clusterv3.Cluster) (string, error) {
 		return "least_request", nil
 	case clusterv3.Cluster_RANDOM:
 		return "random", nil
+	case clusterv3.Cluster_RING_HASH:
+		return "ring_hash", nil
+	case clusterv3.Cluster_MAGLEV:
+		return "maglev", nil
 	}
-	return "", fmt.Errorf("lb_policy %s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)", c.GetLbPolicy())
+	return "", fmt.Errorf("lb_policy %s is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)", c.GetLbPolicy())
 }
 
 // enforced is a consecutive-failure threshold (Envoy's default when

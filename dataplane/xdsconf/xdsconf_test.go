@@ -9,10 +9,15 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	maglevv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/maglev/v3"
+	ringhashv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/dataplane/endpoint"
+	"github.com/meshvm/mesh/dataplane/table"
 	"github.com/meshvm/mesh/dataplane/xdsconf"
 	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/wire/wiretest"
@@ -97,7 +102,20 @@ func TestUnusableResourcesAreRejectedWithTheirName(t *testing.T) {
 		mutate func(r *xdsclient.Resources)
 		want   string
 	}{
-		{"ring hash", func(r *xdsclient.Resources) { r.Clusters["orders"].LbPolicy = clusterv3.Cluster_RING_HASH }, `cluster "orders": lb_policy RING_HASH is not supported`},
+		{"cluster provided lb", func(r *xdsclient.Resources) { r.Clusters["orders"].LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED }, `cluster "orders": lb_policy CLUSTER_PROVIDED is not supported`},
+		{"ring hash murmur", func(r *xdsclient.Resources) {
+			r.Clusters["orders"].LbPolicy = clusterv3.Cluster_RING_HASH
+			r.Clusters["orders"].LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{HashFunction: clusterv3.Cluster_RingHashLbConfig_MURMUR_HASH_2}}
+		}, `cluster "orders": ring_hash_lb_config.hash_function: MURMUR_HASH_2 is not supported`},
+		{"ring hash sizes", func(r *xdsclient.Resources) {
+			r.Clusters["orders"].LbPolicy = clusterv3.Cluster_RING_HASH
+			r.Clusters["orders"].LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{
+				MinimumRingSize: wrapperspb.UInt64(4096), MaximumRingSize: wrapperspb.UInt64(1024)}}
+		}, `cluster "orders": ring_hash_lb_config: new picker: ring hash: minimum ring size 4096 is over the maximum 1024`},
+		{"maglev table size", func(r *xdsclient.Resources) {
+			r.Clusters["orders"].LbPolicy = clusterv3.Cluster_MAGLEV
+			r.Clusters["orders"].LbConfig = &clusterv3.Cluster_MaglevLbConfig_{MaglevLbConfig: &clusterv3.Cluster_MaglevLbConfig{TableSize: wrapperspb.UInt64(65536)}}
+		}, `cluster "orders": maglev_lb_config: new picker: maglev: table size 65536 is not a prime`},
 		{"static cluster", func(r *xdsclient.Resources) {
 			r.Clusters["orders"].ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
 		}, `cluster "orders": discovery type STATIC is not supported`},
@@ -166,5 +184,61 @@ func TestRealisticAgentView(t *testing.T) {
 	}
 	if _, ok := tab.Services[wire.LocalAppCluster]; ok {
 		t.Error("the local app cluster became a service")
+	}
+}
+
+// Ring hash and Maglev clusters are accepted (they used to be NACKed),
+// by lb_policy or by load_balancing_policy, with their sizes.
+func TestConsistentHashClusters(t *testing.T) {
+	ringCfg, err := anypb.New(&ringhashv3.RingHash{MinimumRingSize: wrapperspb.UInt64(2048), MaximumRingSize: wrapperspb.UInt64(4096)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	maglevCfg, err := anypb.New(&maglevv3.Maglev{TableSize: wrapperspb.UInt64(251)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policies := func(name string, cfg *anypb.Any) *clusterv3.LoadBalancingPolicy {
+		return &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{
+			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "envoy.load_balancing_policies.client_side_weighted_round_robin"}},
+			{TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: name, TypedConfig: cfg}},
+		}}
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(c *clusterv3.Cluster)
+		policy string
+		hash   table.HashLB
+	}{
+		{"RING_HASH defaults", func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_RING_HASH }, "ring_hash", table.HashLB{}},
+		{"RING_HASH sized", func(c *clusterv3.Cluster) {
+			c.LbPolicy = clusterv3.Cluster_RING_HASH
+			c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{
+				MinimumRingSize: wrapperspb.UInt64(512), MaximumRingSize: wrapperspb.UInt64(65536)}}
+		}, "ring_hash", table.HashLB{MinRingSize: 512, MaxRingSize: 65536}},
+		{"MAGLEV", func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_MAGLEV }, "maglev", table.HashLB{}},
+		{"MAGLEV sized", func(c *clusterv3.Cluster) {
+			c.LbPolicy = clusterv3.Cluster_MAGLEV
+			c.LbConfig = &clusterv3.Cluster_MaglevLbConfig_{MaglevLbConfig: &clusterv3.Cluster_MaglevLbConfig{TableSize: wrapperspb.UInt64(1009)}}
+		}, "maglev", table.HashLB{MaglevTableSize: 1009}},
+		{"ring_hash extension", func(c *clusterv3.Cluster) {
+			c.LoadBalancingPolicy = policies("envoy.load_balancing_policies.ring_hash", ringCfg)
+		}, "ring_hash", table.HashLB{MinRingSize: 2048, MaxRingSize: 4096}},
+		{"maglev extension", func(c *clusterv3.Cluster) {
+			c.LoadBalancingPolicy = policies("envoy.load_balancing_policies.maglev", maglevCfg)
+		}, "maglev", table.HashLB{MaglevTableSize: 251}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := wiretest.Load(t, wiretest.AgentClientOnly)
+			tc.mutate(res.Clusters["orders"])
+			tab, err := xdsconf.Translate(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := tab.Services["orders"]
+			if s.Policy.LoadBalancer.Policy != tc.policy || s.HashLB != tc.hash {
+				t.Errorf("policy %q %+v, want %q %+v", s.Policy.LoadBalancer.Policy, s.HashLB, tc.policy, tc.hash)
+			}
+		})
 	}
 }

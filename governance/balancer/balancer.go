@@ -133,6 +133,9 @@ type Options struct {
 	// MinRingSize and MaxRingSize bound the RingHash ring (Envoy's
 	// ring_hash_lb_config); zero means Envoy's defaults, 1024 and 8M.
 	MinRingSize, MaxRingSize uint64
+	// TableSize is the Maglev table's size, a prime; zero means
+	// MaglevTableSize.
+	TableSize uint64
 }
 
 // Picker picks endpoints. It is safe for concurrent use.

@@ -21,7 +21,14 @@ func (hs *hashing) init(p *Picker, opts Options) error {
 		}
 		hs.ring = r
 	case Maglev:
-		hs.maglev = newMaglev(p, MaglevTableSize)
+		size := opts.TableSize
+		if size == 0 {
+			size = MaglevTableSize
+		}
+		if !prime(size) || size > maxMaglevTableSize {
+			return fmt.Errorf("new picker: maglev: table size %d is not a prime up to %d", size, maxMaglevTableSize)
+		}
+		hs.maglev = newMaglev(p, size)
 	}
 	return nil
 }
@@ -69,4 +76,17 @@ func weightOf(e *Endpoint) uint64 {
 		return 1
 	}
 	return uint64(e.Weight)
+}
+
+// prime says whether n is a prime (trial division: table sizes are small).
+func prime(n uint64) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
 }

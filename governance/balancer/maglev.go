@@ -11,6 +11,9 @@ import (
 // a prime).
 const MaglevTableSize = 65537
 
+// maxMaglevTableSize is the largest table Envoy accepts.
+const maxMaglevTableSize = 5000011
+
 // maglev is Maglev consistent hashing (Eisenbud et al., NSDI 2016, as
 // Envoy's MAGLEV lb_policy does it): every endpoint has a permutation of
 // the table's slots (an offset and a skip from two xxHash64s of its key);
