@@ -68,6 +68,14 @@ type Route struct {
 	// JWT is the route's requirement for the jwt_authn filter (from
 	// typed_per_filter_config, the route's over its virtual host's).
 	JWT JWTPerRoute
+	// Fault is the route's fault injection (typed_per_filter_config
+	// [FaultFilter], the route's over its virtual host's); nil for none.
+	Fault *Fault
+	// Mirrors are the route's request_mirror_policies (a Forward route's).
+	Mirrors []Mirror
+	// HashPolicies are the route's hash_policy, in order (see Hash).
+	HashPolicies []HashPolicy
+
 	// PerFilterConfig is the route's typed_per_filter_config merged over
 	// its virtual host's, for filters this package does not decode.
 	PerFilterConfig map[string]*anypb.Any
@@ -273,6 +281,13 @@ func (rt *Route) compilePerFilter(vhost, route map[string]*anypb.Any) error {
 	for k, v := range route {
 		rt.PerFilterConfig[k] = v
 	}
+	if a, ok := rt.PerFilterConfig[FaultFilter]; ok {
+		f, err := compileFault(a)
+		if err != nil {
+			return fmt.Errorf("typed_per_filter_config[%s]: %w", FaultFilter, err)
+		}
+		rt.Fault = f
+	}
 	a, ok := rt.PerFilterConfig[JWTAuthnFilter]
 	if !ok {
 		return nil
@@ -294,10 +309,6 @@ func (rt *Route) compileForward(a *routev3.RouteAction) error {
 		return fmt.Errorf("cluster_header: not supported")
 	case a.GetClusterSpecifierPlugin() != "" || a.GetInlineClusterSpecifierPlugin() != nil:
 		return fmt.Errorf("cluster_specifier_plugin: not supported")
-	case len(a.GetRequestMirrorPolicies()) > 0:
-		return fmt.Errorf("request_mirror_policies: not supported")
-	case len(a.GetHashPolicy()) > 0:
-		return fmt.Errorf("hash_policy: not supported")
 	case a.GetPathRewritePolicy() != nil:
 		return fmt.Errorf("path_rewrite_policy: not supported")
 	case a.GetHostRewriteHeader() != "" || a.GetHostRewritePathRegex() != nil:
@@ -321,6 +332,13 @@ func (rt *Route) compileForward(a *routev3.RouteAction) error {
 		}
 	case nil:
 		return fmt.Errorf("cluster: missing (cluster or weighted_clusters)")
+	}
+	var err error
+	if rt.Mirrors, err = compileMirrors(a.GetRequestMirrorPolicies()); err != nil {
+		return err
+	}
+	if rt.HashPolicies, err = compileHashPolicies(a.GetHashPolicy()); err != nil {
+		return err
 	}
 	if a.GetPrefixRewrite() != "" && a.GetRegexRewrite() != nil {
 		return fmt.Errorf("prefix_rewrite and regex_rewrite: at most one")

@@ -384,9 +384,9 @@ func TestCompileErrors(t *testing.T) {
 		}), `routes[1] "r1": match: headers[0] "x": safe_regex_match: bad regex`},
 		{"weights sum to 0", bad(func(r *routev3.Route) { r.Action = weighted("a", 0, "b", 0).Action }), `weighted_clusters: clusters: the weights sum to 0`},
 		{"no action", bad(func(r *routev3.Route) { r.Action = nil }), `routes[1] "r1": action: missing`},
-		{"mirror", bad(func(r *routev3.Route) {
-			r.GetRoute().RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "m"}}
-		}), `request_mirror_policies: not supported`},
+		{"mirror by header", bad(func(r *routev3.Route) {
+			r.GetRoute().RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{ClusterHeader: "x-mirror"}}
+		}), `routes[1] "r1": route: request_mirror_policies[0]: cluster_header: not supported`},
 		{"header command", bad(func(r *routev3.Route) {
 			r.RequestHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-ip", Value: "%DOWNSTREAM_REMOTE_ADDRESS%"}}}
 		}), `request_headers_to_add[0] "x-ip": value "%DOWNSTREAM_REMOTE_ADDRESS%": %COMMAND% substitutions are not supported`},

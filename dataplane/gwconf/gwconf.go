@@ -175,6 +175,10 @@ func Parse(r xdsclient.Resources) (*Config, error) {
 	clusters := map[string]bool{}
 	for _, vh := range t.VirtualHosts() {
 		for _, rt := range vh.Routes {
+			if rt.Fault != nil || len(rt.Mirrors) > 0 || len(rt.HashPolicies) > 0 {
+				// The agents' steps; the gateway's path has none of them.
+				return nil, fmt.Errorf("route configuration %s: virtual host %q route %d %q: fault injection, request_mirror_policies and hash_policy are not supported by the gateway", wire.GatewayRoute, rt.VirtualHost, rt.Index, rt.Name)
+			}
 			if err := c.routeAuth(rt, filters); err != nil {
 				return nil, fmt.Errorf("route configuration %s: virtual host %q route %d %q: %w", wire.GatewayRoute, rt.VirtualHost, rt.Index, rt.Name, err)
 			}
