@@ -13,15 +13,18 @@ import (
 	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	rbacfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshvm/mesh/authn"
 	"github.com/meshvm/mesh/dataplane/gwconf"
+	"github.com/meshvm/mesh/routematch"
 	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/wire/wiretest"
 	"github.com/meshvm/mesh/xdsclient"
@@ -225,8 +228,12 @@ func TestRejects(t *testing.T) {
 			rt.TypedPerFilterConfig[wire.RBACFilter] = mustAny(&pr)
 		}, "typed_per_filter_config[envoy.filters.http.rbac]: rules principal and_ids[0]: claim https://example.com/Roles: want an or_match"},
 		{"unknown per-route filter", func(r xdsclient.Resources) {
-			route(r, "search").TypedPerFilterConfig["envoy.filters.http.fault"] = mustAny(&xdstypev3.TypedStruct{})
-		}, "typed_per_filter_config[envoy.filters.http.fault]: the gateway cannot enforce this filter"},
+			route(r, "search").TypedPerFilterConfig["envoy.filters.http.buffer"] = mustAny(&xdstypev3.TypedStruct{})
+		}, "typed_per_filter_config[envoy.filters.http.buffer]: the gateway cannot enforce this filter"},
+		{"fault injection", func(r xdsclient.Resources) {
+			route(r, "search").TypedPerFilterConfig[routematch.FaultFilter] = mustAny(&faultv3.HTTPFault{Abort: &faultv3.FaultAbort{
+				ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 503}, Percentage: &typev3.FractionalPercent{Numerator: 50}}})
+		}, `route 5 "search": fault injection, request_mirror_policies and hash_policy are not supported by the gateway`},
 		{"bad route regex", func(r xdsclient.Resources) {
 			route(r, "payments").Match.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: "(("}}
 		}, `route configuration mesh_gateway: virtual_hosts[1] "*.example.com": routes[1] "payments": match: safe_regex: bad regex`},
