@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshvm/mesh/routematch"
+	"github.com/meshvm/mesh/wire"
+	"github.com/meshvm/mesh/wire/wiretest"
 )
 
 func pct(n uint32, d typev3.FractionalPercent_DenominatorType) *typev3.FractionalPercent {
@@ -247,5 +249,40 @@ func TestTrafficCompileErrors(t *testing.T) {
 				t.Errorf("got %v, want an error naming the route and containing %q", err, c.want)
 			}
 		})
+	}
+}
+
+// What mesh control sends for issue 17's model (wire/testdata's
+// agent-traffic golden, written by controlplane/translate) compiles: the
+// canary's mirror, the fault route's delay and abort, the hash policies.
+func TestTrafficGoldenCompiles(t *testing.T) {
+	res := wiretest.Load(t, wiretest.AgentTraffic)
+	tb, err := routematch.Compile(res.Routes[wire.OutboundRoute])
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := map[string]*routematch.Route{}
+	for _, vh := range tb.VirtualHosts() {
+		if vh.Name == "orders" {
+			for _, rt := range vh.Routes {
+				routes[rt.Name] = rt
+			}
+		}
+	}
+	if c := routes["canary"]; c == nil || len(c.Mirrors) != 1 || c.Mirrors[0].Cluster != "orders/v2" || c.Mirrors[0].Fraction.String() != "5%" {
+		t.Errorf("canary route %+v", c)
+	}
+	f := routes["fault"]
+	if f == nil || f.Fault == nil || f.Fault.Delay != time.Second || f.Fault.AbortStatus != 503 {
+		t.Fatalf("fault route %+v", f)
+	}
+	if f.Fault.Applies(req("GET", "/"), "orders") || !f.Fault.Applies(req("GET", "/", "X-Fault", "1"), "orders") {
+		t.Error("the fault route's header condition")
+	}
+	if g := routes["grpc-fault"]; g == nil || g.Fault == nil || g.Fault.AbortGRPC != 14 {
+		t.Errorf("grpc-fault route %+v", g)
+	}
+	if len(routes["orders"].HashPolicies) == 0 {
+		t.Error("the catch-all route has no hash policy")
 	}
 }
