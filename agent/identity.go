@@ -19,13 +19,18 @@ func identityDir(c config.Agent) string {
 }
 
 // newIdentity prepares the agent's workload identity (package enroll)
-// from its config: nil without agent.join_token_file.
+// from its config: nil without agent.join_token_file or
+// agent.identity_credential consul_token.
 func newIdentity(cfg config.Config, nodeName, nodeID string, log zerolog.Logger) (*enroll.Enrollment, error) {
 	c := cfg.Agent
-	if c.JoinTokenFile == "" {
+	if !c.HasIdentity() {
 		return nil, nil
 	}
-	return enroll.New(enroll.Options{TokenFile: c.JoinTokenFile, Field: "agent.join_token_file",
+	var consulToken string
+	if c.JoinTokenFile == "" {
+		consulToken = cfg.Consul.Token
+	}
+	return enroll.New(enroll.Options{TokenFile: c.JoinTokenFile, Field: "agent.join_token_file", ConsulToken: consulToken,
 		CAFile: c.ControlPlaneCAFile, CAField: "agent.control_plane_ca_file",
 		Servers: c.ControlPlane, Service: c.Service, NodeName: nodeName, NodeID: nodeID, Dir: identityDir(c), Log: log})
 }

@@ -47,6 +47,12 @@ type Agent struct {
 	// agent a workload identity. Once it holds a certificate it renews
 	// with it, so the token may expire or be removed.
 	JoinTokenFile string `mapstructure:"join_token_file" yaml:"join_token_file,omitempty"`
+	// IdentityCredential is what the agent presents for its first
+	// certificate: "" (a join token, when JoinTokenFile is set) or
+	// IdentityCredentialConsulToken (its Consul ACL token, consul.token,
+	// which mesh control verifies against Consul: service:write on
+	// Service, as Consul Connect authorizes a sidecar's certificate).
+	IdentityCredential string `mapstructure:"identity_credential" yaml:"identity_credential,omitempty"`
 	// ControlPlaneCAFile, when set, is the trust bundle (PEM) the agent
 	// verifies mesh control's TLS certificate against before it has a
 	// bundle of its own; without it, the join token's CA hashes pin it.
@@ -95,6 +101,16 @@ type Upstream struct {
 	Protocol string `mapstructure:"protocol" yaml:"protocol,omitempty"`
 }
 
+// IdentityCredentialConsulToken is agent.identity_credential's value for
+// the agent's Consul ACL token (consul.token) as its credential.
+const IdentityCredentialConsulToken = "consul_token"
+
+// HasIdentity reports whether the agent gets a workload identity from
+// mesh control (a join token, or its Consul ACL token).
+func (a Agent) HasIdentity() bool {
+	return a.JoinTokenFile != "" || a.IdentityCredential == IdentityCredentialConsulToken
+}
+
 // App protocols (agent.app_protocol, and the MetaAppProtocol value).
 const (
 	AppProtocolAuto  = "auto"
@@ -138,7 +154,7 @@ func ParseUpstream(s string) (Upstream, error) {
 	return u, nil
 }
 
-func (a *Agent) validate(v *validator, requireService bool) {
+func (a *Agent) validate(v *validator, requireService bool, consulToken string) {
 	if requireService || a.Service != "" || a.AppPort != 0 {
 		v.check("agent.service", a.Service != "", "is required")
 		if v.check("agent.app_port", a.AppPort != 0, "is required") {
@@ -173,6 +189,20 @@ func (a *Agent) validate(v *validator, requireService bool) {
 		"needs agent.control_plane: certificates are issued by mesh control")
 	v.check("agent.join_token_file", a.JoinTokenFile == "" || !a.TLS.On(),
 		"and agent.tls are two sources of the agent's identity; set one (files from your own PKI, or a join token for mesh control's CA)")
+	switch a.IdentityCredential {
+	case "":
+	case IdentityCredentialConsulToken:
+		v.check("agent.identity_credential", a.JoinTokenFile == "",
+			"is consul_token, and agent.join_token_file is set too: the agent presents one credential; remove one")
+		v.check("agent.identity_credential", len(a.ControlPlane) > 0, "needs agent.control_plane: certificates are issued by mesh control")
+		v.check("agent.identity_credential", consulToken != "", "is consul_token but no Consul ACL token is set (consul.token, MESH_CONSUL_TOKEN or CONSUL_HTTP_TOKEN)")
+		v.check("agent.identity_credential", a.ControlPlaneCAFile != "",
+			"is consul_token: set agent.control_plane_ca_file (mesh control's bundle.crt), since a Consul token pins no CA and is never sent to an unverified server")
+		v.check("agent.identity_credential", !a.TLS.On(),
+			"and agent.tls are two sources of the agent's identity; set one")
+	default:
+		v.add("agent.identity_credential", "must be empty (a join token from agent.join_token_file) or consul_token, got %q", a.IdentityCredential)
+	}
 	seen := map[string]string{
 		a.InboundAddr:  "agent.inbound_addr",
 		a.OutboundAddr: "agent.outbound_addr",

@@ -65,3 +65,35 @@ agent:
 		}
 	}
 }
+
+// agent.identity_credential consul_token needs a Consul token, a control
+// plane and its CA file, and excludes a join token; each problem names
+// the field.
+func TestConsulTokenCredential(t *testing.T) {
+	t.Setenv("CONSUL_HTTP_TOKEN", "")
+	t.Setenv("MESH_CONSUL_TOKEN", "")
+	base := "agent:\n  service: web\n  app_port: 8080\n  identity_credential: consul_token\n"
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"ok", "consul: {token: abc}\n" + base + "  control_plane: [127.0.0.1:18000]\n  control_plane_ca_file: /etc/mesh/bundle.crt\n", ""},
+		{"no token", base + "  control_plane: [127.0.0.1:18000]\n  control_plane_ca_file: /etc/mesh/bundle.crt\n", "no Consul ACL token is set"},
+		{"no ca file", "consul: {token: abc}\n" + base + "  control_plane: [127.0.0.1:18000]\n", "set agent.control_plane_ca_file"},
+		{"no control plane", "consul: {token: abc}\n" + base + "  control_plane_ca_file: /etc/mesh/bundle.crt\n", "needs agent.control_plane"},
+		{"with a join token", "consul: {token: abc}\n" + base + "  control_plane: [127.0.0.1:18000]\n  control_plane_ca_file: /etc/mesh/bundle.crt\n  join_token_file: /etc/mesh/web.token\n", "remove one"},
+		{"unknown", "agent:\n  service: web\n  app_port: 8080\n  identity_credential: kerberos\n", "must be empty (a join token from agent.join_token_file) or consul_token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := load(t, tc.yaml)
+			if tc.want == "" {
+				if err != nil || !cfg.Agent.HasIdentity() {
+					t.Fatalf("got %v (identity %v)", err, cfg != nil && cfg.Agent.HasIdentity())
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "agent.identity_credential") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want agent.identity_credential: ...%s", err, tc.want)
+			}
+		})
+	}
+}

@@ -41,6 +41,7 @@ var agentRestartOnly = []restartSetting{
 	{"agent.control_plane", func(c *Config) any { return &c.Agent.ControlPlane }},
 	{"agent.cache_dir", func(c *Config) any { return &c.Agent.CacheDir }},
 	{"agent.join_token_file", func(c *Config) any { return &c.Agent.JoinTokenFile }},
+	{"agent.identity_credential", func(c *Config) any { return &c.Agent.IdentityCredential }},
 	{"agent.control_plane_ca_file", func(c *Config) any { return &c.Agent.ControlPlaneCAFile }},
 	{"agent.identity_dir", func(c *Config) any { return &c.Agent.IdentityDir }},
 	{"agent.locality", func(c *Config) any { return &c.Agent.Locality }},

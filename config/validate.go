@@ -34,7 +34,7 @@ func (c *Config) Validate(role Role) error {
 	v.oneOf("log.level", c.Log.Level, "trace", "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "text")
 	v.hostPort("consul.addr", strings.TrimPrefix(strings.TrimPrefix(c.Consul.Addr, "http://"), "https://"))
-	c.Agent.validate(v, role == RoleAgent)
+	c.Agent.validate(v, role == RoleAgent, c.Consul.Token)
 	c.Control.validate(v)
 	c.Gateway.validate(v, role == RoleGateway)
 	c.Policies.validate(v)

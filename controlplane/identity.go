@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/ca"
+	"github.com/meshvm/mesh/controlplane/consulacl"
 	"github.com/meshvm/mesh/controlplane/xdsauth"
 	"github.com/meshvm/mesh/identity"
 	"github.com/meshvm/mesh/wire"
@@ -51,7 +52,11 @@ func (c *Control) openProtection(cfg config.Config) error {
 	p.ca = authority
 	dns, ips := serverSANs(cfg.Control.XDSAddr, x.TLSSANs)
 	p.cert = &xdsauth.ServerCert{CA: authority, DNS: dns, IPs: ips, Log: c.log.With().Str("component", "ca").Logger(), Poll: c.opts.CAPoll}
-	p.auth = &xdsauth.Authenticator{Mode: p.mode, CA: authority}
+	verifier, err := consulacl.New(consulacl.Config{Addr: cfg.Consul.Addr, Datacenter: cfg.Consul.Datacenter})
+	if err != nil {
+		return fmt.Errorf("verify Consul ACL tokens: %w", err)
+	}
+	p.auth = &xdsauth.Authenticator{Mode: p.mode, CA: authority, Consul: verifier}
 	p.signer = xdsauth.NewSigner(p.auth, c.log.With().Str("component", "ca").Logger(), c.reg)
 	p.signer.OnIssued = func(nodeID string, iss *ca.Issued) { c.xds.SetNodeCertificate(nodeID, iss.ChainPEM) }
 	p.cert.OnCAChange = func() { c.xds.SetTrustBundle(authority.BundlePEM()) }

@@ -39,6 +39,11 @@ import (
 type Options struct {
 	TokenFile string
 	Field     string
+	// ConsulToken, when TokenFile is empty, is the credential instead: a
+	// Consul ACL token mesh control asks Consul about (service:write on
+	// Service). It carries no CA hashes, so CAFile must pin mesh control,
+	// and the trust domain is read from CAFile's root (its spiffe:// URI).
+	ConsulToken string
 	// CAFile pins mesh control's roots before a bundle is held
 	// (agent.control_plane_ca_file, named by CAField); optional.
 	CAFile   string
@@ -56,12 +61,13 @@ type Options struct {
 // certificate mesh control signs, the trust bundle, their cache on disk,
 // and the TLS the workload dials mesh control with.
 type Enrollment struct {
-	log       zerolog.Logger
-	tokenFile string
-	servers   []string
-	nodeName  string
-	nodeID    string
-	id        identity.ID
+	log         zerolog.Logger
+	tokenFile   string
+	consulToken string
+	servers     []string
+	nodeName    string
+	nodeID      string
+	id          identity.ID
 	// pinned are the roots the control plane is trusted by before the
 	// workload holds a bundle: the CA file's, and caHashes, the join
 	// token's CA fingerprints.
@@ -83,9 +89,29 @@ func New(o Options) (*Enrollment, error) {
 	if field == "" {
 		field = "join_token_file"
 	}
-	ai := &Enrollment{log: o.Log, tokenFile: o.TokenFile, servers: o.Servers, nodeName: o.NodeName, nodeID: o.NodeID,
+	ai := &Enrollment{log: o.Log, tokenFile: o.TokenFile, consulToken: o.ConsulToken, servers: o.Servers, nodeName: o.NodeName, nodeID: o.NodeID,
 		creds: &identity.Credentials{}}
 	dir := o.Dir
+	if o.CAFile != "" {
+		data, err := os.ReadFile(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", o.CAField, err)
+		}
+		roots, err := identity.ParseCertificates(data)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", o.CAField, o.CAFile, err)
+		}
+		ai.pinned = roots
+	}
+	if o.TokenFile == "" && o.ConsulToken != "" {
+		id, err := consulTokenID(ai.pinned, dir, o)
+		if err != nil {
+			return nil, err
+		}
+		ai.id = id
+		ai.rot = &identity.Rotator{ID: ai.id, Dir: dir, Issuer: ai, Creds: ai.creds, Log: o.Log}
+		return ai, nil
+	}
 	tok, terr := ai.token()
 	if terr == nil {
 		claims, err := identity.ReadTokenClaims(tok)
@@ -109,17 +135,6 @@ func New(o Options) (*Enrollment, error) {
 			return nil, fmt.Errorf("%s: %w, and the cached certificate in %s is for %s, not service %s", field, terr, dir, cached, o.Service)
 		}
 		ai.id = cached
-	}
-	if o.CAFile != "" {
-		data, err := os.ReadFile(o.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", o.CAField, err)
-		}
-		roots, err := identity.ParseCertificates(data)
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: %w", o.CAField, o.CAFile, err)
-		}
-		ai.pinned = roots
 	}
 	ai.rot = &identity.Rotator{ID: ai.id, Dir: dir, Issuer: ai, Creds: ai.creds, Log: o.Log}
 	return ai, nil
@@ -147,6 +162,31 @@ func (ai *Enrollment) token() (string, error) {
 		return "", fmt.Errorf("%s is empty", ai.tokenFile)
 	}
 	return t, nil
+}
+
+// consulTokenID is the SPIFFE ID of a workload whose credential is a
+// Consul ACL token: the trust domain of the pinned roots (a mesh root
+// carries spiffe://<trust domain> as its URI), the default namespace, or
+// the cached certificate's when it is for the same service.
+func consulTokenID(pinned []*x509.Certificate, dir string, o Options) (identity.ID, error) {
+	if cached, err := cachedID(dir); err == nil && cached.Service == o.Service {
+		return cached, nil
+	}
+	if len(pinned) == 0 {
+		return identity.ID{}, fmt.Errorf("%s is required with a Consul ACL token as the credential: the token pins no CA to verify mesh control with", o.CAField)
+	}
+	for _, r := range pinned {
+		for _, u := range r.URIs {
+			if u.Scheme == "spiffe" && u.Host != "" && (u.Path == "" || u.Path == "/") {
+				id, err := identity.NewID(u.Host, identity.DefaultNamespace, o.Service)
+				if err != nil {
+					return identity.ID{}, fmt.Errorf("identity: %w", err)
+				}
+				return id, nil
+			}
+		}
+	}
+	return identity.ID{}, fmt.Errorf("%s %s: no root names its trust domain (a spiffe://<trust domain> URI SAN), which a Consul ACL token credential needs", o.CAField, o.CAFile)
 }
 
 func cachedID(dir string) (identity.ID, error) {
@@ -251,6 +291,10 @@ type perRPC struct{ ai *Enrollment }
 func (p perRPC) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
 	md := map[string]string{wire.NodeNameMetadata: p.ai.nodeName, wire.NodeIDMetadata: p.ai.nodeID}
 	if p.ai.validCert() != nil {
+		return md, nil
+	}
+	if p.ai.tokenFile == "" && p.ai.consulToken != "" {
+		md[wire.ConsulTokenMetadata] = p.ai.consulToken
 		return md, nil
 	}
 	tok, err := p.ai.token()
@@ -362,7 +406,12 @@ func (ai *Enrollment) Condition() observability.Condition {
 
 // Dump is the identity's part of /config_dump: never the key.
 func (ai *Enrollment) Dump() map[string]any {
-	d := map[string]any{"spiffe_id": ai.id.String(), "dir": ai.rot.Dir, "join_token_file": ai.tokenFile}
+	d := map[string]any{"spiffe_id": ai.id.String(), "dir": ai.rot.Dir}
+	if ai.tokenFile != "" {
+		d["join_token_file"] = ai.tokenFile
+	} else if ai.consulToken != "" {
+		d["credential"] = "consul_token" // never the token
+	}
 	if leaf := ai.creds.Leaf(); leaf != nil {
 		d["serial"] = leaf.SerialNumber.Text(16)
 		d["not_before"] = leaf.NotBefore

@@ -61,6 +61,21 @@ func StartConsul() (*Consul, error) {
 	return startConsul(ConsulBinary(), func() []int { return FreePorts("127.0.0.1", len(consulPorts)) }, nil)
 }
 
+// StartConsulACL is StartConsul with ACLs enabled, default policy deny
+// and management as the initial management token; Client uses it.
+func StartConsulACL(management string) (*Consul, error) {
+	hcl := fmt.Sprintf(`acl { enabled = true, default_policy = "deny", enable_token_persistence = false, tokens { initial_management = %q, agent = %q } }`, management, management)
+	c, err := startConsul(ConsulBinary(), func() []int { return FreePorts("127.0.0.1", len(consulPorts)) }, []string{"-hcl", hcl})
+	if err != nil {
+		return nil, err
+	}
+	if c.Client, err = consul.NewClient(&consul.Config{Address: c.Addr, Token: management}); err != nil {
+		c.Stop()
+		return nil, fmt.Errorf("consul client for %s: %w", c.Addr, err)
+	}
+	return c, nil
+}
+
 // consulPorts are the ports a dev agent binds, each given explicitly: dev
 // mode would otherwise take fixed ones (8500, 8502, 8503, 8600, ...) and
 // clash with any other Consul on the machine.

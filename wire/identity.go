@@ -53,6 +53,11 @@ const (
 	// issued chain as the SecretWorkloadCert secret.
 	NodeNameMetadata = "x-mesh-node"
 	NodeIDMetadata   = "x-mesh-node-id"
+	// ConsulTokenMetadata carries a Consul ACL token (its secret ID)
+	// before an agent holds a certificate, when the agent's credential is
+	// its Consul token (agent.identity_credential: consul_token) rather
+	// than a join token; mesh control asks Consul what it grants.
+	ConsulTokenMetadata = "x-consul-token"
 )
 
 // ControlPlaneService is the service name in the SPIFFE ID of mesh

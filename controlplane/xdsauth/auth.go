@@ -2,7 +2,8 @@
 // serves TLS (with the control plane's own certificate from its CA) and
 // plaintext on one port, the authentication of every RPC (a mesh
 // certificate presented in the handshake, or a join token as
-// "authorization: Bearer <token>" metadata), the binding of an xDS node to
+// "authorization: Bearer <token>" metadata, or a Consul ACL token as
+// "x-consul-token" metadata, verified against Consul), the binding of an xDS node to
 // the identity that presented it, and the certificate-signing RPC served
 // beside ADS (wire.CertificateService).
 package xdsauth
@@ -10,6 +11,8 @@ package xdsauth
 import (
 	"context"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -22,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshvm/mesh/controlplane/ca"
+	"github.com/meshvm/mesh/controlplane/consulacl"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/identity"
 	"github.com/meshvm/mesh/wire"
@@ -38,12 +42,50 @@ type Principal struct {
 	// Token is the join token presented, Claims what it grants.
 	Token  string
 	Claims identity.Claims
+	// Consul is the Consul ACL token presented (known to Consul), nil
+	// for other credentials. What it allows is Consul's to say, per
+	// service (Allows).
+	Consul *consulacl.Token
 }
 
 // Anonymous reports whether the client presented no credential.
-func (p Principal) Anonymous() bool { return p.Peer == nil && p.Token == "" }
+func (p Principal) Anonymous() bool { return p.Peer == nil && p.Token == "" && p.Consul == nil }
 
-// Services are the services p may act as.
+// Allows reports whether p may act as service: its certificate's
+// service, one its join token names, or one its Consul ACL token grants
+// service:write on (asked of Consul; an error when Consul cannot say).
+func (p Principal) Allows(ctx context.Context, service string) (bool, error) {
+	if p.Consul != nil && p.Peer == nil && p.Token == "" {
+		return p.Consul.AllowsServiceWrite(ctx, service)
+	}
+	return slices.Contains(p.Services(), service), nil
+}
+
+// refusal is the error for a service p does not allow.
+func (p Principal) refusal(service string) string {
+	if p.Consul != nil && p.Peer == nil && p.Token == "" {
+		return fmt.Sprintf("%s does not grant service:write on %s (Consul's ACL policies, roles and service identities decide)", p, service)
+	}
+	return fmt.Sprintf("%s does not allow service %s (it allows %s)", p, service, strings.Join(p.Services(), ", "))
+}
+
+// allowsErr is Allows as a gRPC status: PermissionDenied naming what is
+// refused, Unavailable when Consul cannot be asked.
+func (p Principal) allowsErr(ctx context.Context, service string) error {
+	ok, err := p.Allows(ctx, service)
+	switch {
+	case err != nil && errors.Is(err, consulacl.ErrRefused):
+		return status.Errorf(codes.PermissionDenied, "%s: %v", p, err)
+	case err != nil:
+		return status.Errorf(codes.Unavailable, "%s: %v", p, err)
+	case !ok:
+		return status.Error(codes.PermissionDenied, p.refusal(service))
+	}
+	return nil
+}
+
+// Services are the services p may act as, as far as mesh control knows
+// them (nil for a Consul ACL token: ask Allows).
 func (p Principal) Services() []string {
 	switch {
 	case p.Peer != nil:
@@ -61,12 +103,17 @@ func (p Principal) String() string {
 		return "certificate " + p.ID.String()
 	case p.Token != "":
 		return "join token " + p.Claims.ID
+	case p.Consul != nil:
+		return p.Consul.String()
 	}
 	return "anonymous client"
 }
 
 // Owner is the key a node id is bound to: the services p may act as.
 func (p Principal) Owner() string {
+	if p.Services() == nil && p.Consul != nil {
+		return "consul token " + p.Consul.AccessorID
+	}
 	s := slices.Clone(p.Services())
 	slices.Sort(s)
 	return strings.Join(s, ",")
@@ -91,6 +138,9 @@ type Authenticator struct {
 	// Mode is wire.XDSAuthOff, XDSAuthOptional or XDSAuthRequired.
 	Mode string
 	CA   *ca.CA
+	// Consul verifies Consul ACL tokens (wire.ConsulTokenMetadata); nil
+	// refuses them.
+	Consul *consulacl.Verifier
 	// Now may be nil for time.Now.
 	Now func() time.Time
 }
@@ -118,12 +168,16 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 	if err != nil {
 		return Principal{}, err
 	}
+	ctok, err := consulToken(ctx)
+	if err != nil {
+		return Principal{}, err
+	}
 	if state != nil && len(state.State.PeerCertificates) > 0 {
 		id, cerr := a.CA.VerifyWorkload(state.State.PeerCertificates)
 		if cerr == nil {
 			return Principal{Peer: state.State.PeerCertificates[0], ID: id}, nil
 		}
-		if tok == "" {
+		if tok == "" && ctok == "" {
 			return Principal{}, status.Errorf(codes.Unauthenticated, "%v", cerr)
 		}
 	}
@@ -143,6 +197,22 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 			return Principal{}, status.Errorf(codes.Unauthenticated, "join token %s is for trust domain %s, not %s", claims.ID, claims.TrustDomain, a.CA.TrustDomain())
 		}
 		return Principal{Token: tok, Claims: claims}, nil
+	}
+	if ctok != "" {
+		if state == nil {
+			return Principal{}, status.Error(codes.Unauthenticated, "a Consul ACL token is accepted over TLS only: connect to mesh control with TLS")
+		}
+		if a.Consul == nil {
+			return Principal{}, status.Error(codes.Unauthenticated, "this mesh control does not verify Consul ACL tokens")
+		}
+		t, err := a.Consul.Lookup(ctx, ctok)
+		if errors.Is(err, consulacl.ErrRefused) {
+			return Principal{}, status.Errorf(codes.Unauthenticated, "%v", err)
+		}
+		if err != nil {
+			return Principal{}, status.Errorf(codes.Unavailable, "%v", err)
+		}
+		return Principal{Consul: &t}, nil
 	}
 	if a.Mode == wire.XDSAuthRequired {
 		if state == nil {
@@ -169,6 +239,23 @@ func bearer(ctx context.Context) (string, error) {
 		return "", status.Error(codes.Unauthenticated, "authorization: want \"Bearer <join token>\"")
 	}
 	return strings.TrimSpace(tok), nil
+}
+
+// consulToken returns the Consul ACL token in the RPC's metadata.
+func consulToken(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(wire.ConsulTokenMetadata)
+	switch {
+	case len(vals) == 0:
+		return "", nil
+	case len(vals) > 1:
+		return "", status.Errorf(codes.Unauthenticated, "more than one %s header", wire.ConsulTokenMetadata)
+	}
+	v := strings.TrimSpace(vals[0])
+	if v == "" || len(v) > identity.MaxTokenBytes {
+		return "", status.Errorf(codes.Unauthenticated, "%s: want a Consul ACL token (its secret ID)", wire.ConsulTokenMetadata)
+	}
+	return v, nil
 }
 
 // UnaryInterceptor authenticates every unary RPC and stores the
@@ -209,9 +296,21 @@ func Admit(ctx context.Context, n model.Node) (string, error) {
 	if !ok || p.Anonymous() {
 		return "", nil
 	}
-	if n.Service != "" && !slices.Contains(p.Services(), n.Service) {
-		return "", status.Errorf(codes.PermissionDenied, "%s may not get config as node %q of service %q: it allows %s",
-			p, n.ID, n.Service, strings.Join(p.Services(), ", "))
+	if n.Service != "" {
+		if err := p.allowsErr(ctx, n.Service); err != nil {
+			st := status.Convert(err)
+			if st.Code() != codes.PermissionDenied {
+				return "", err
+			}
+			if p.Consul != nil && p.Services() == nil {
+				return "", status.Errorf(codes.PermissionDenied, "%s may not get config as node %q of service %q: %s", p, n.ID, n.Service, st.Message())
+			}
+			return "", status.Errorf(codes.PermissionDenied, "%s may not get config as node %q of service %q: it allows %s",
+				p, n.ID, n.Service, strings.Join(p.Services(), ", "))
+		}
+		if p.Consul != nil && p.Services() == nil {
+			return n.Service, nil // the owner a certificate for that service has
+		}
 	}
 	return p.Owner(), nil
 }

@@ -2,7 +2,6 @@ package xdsauth
 
 import (
 	"context"
-	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -105,14 +104,18 @@ func (s *Signer) sign(ctx context.Context, in *wrapperspb.BytesValue) (*structpb
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if !slices.Contains(p.Services(), id.Service) {
+	if err := p.allowsErr(ctx, id.Service); err != nil {
 		log.Warn().Str("asked", id.String()).Msg("certificate refused: the credential does not allow this service")
-		return nil, status.Errorf(codes.PermissionDenied, "%s does not allow service %s (it allows %s)", p, id.Service, strings.Join(p.Services(), ", "))
+		return nil, err
 	}
 	if p.Token != "" && p.Claims.Node != "" && p.Claims.Node != node {
 		return nil, status.Errorf(codes.PermissionDenied, "join token %s is bound to node %s, not %q", p.Claims.ID, p.Claims.Node, node)
 	}
-	iss, err := s.Auth.CA.Sign(in.GetValue(), ca.Credential{Token: p.Token, Peer: p.Peer, Node: node})
+	cred := ca.Credential{Token: p.Token, Peer: p.Peer, Node: node}
+	if p.Consul != nil && p.Token == "" && p.Peer == nil {
+		cred.Verified = "consul:" + p.Consul.AccessorID // Consul granted service:write above
+	}
+	iss, err := s.Auth.CA.Sign(in.GetValue(), cred)
 	if err != nil {
 		log.Warn().Err(err).Str("asked", id.String()).Msg("certificate refused")
 		return nil, status.Errorf(codes.PermissionDenied, "%v", err)
