@@ -12,10 +12,12 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/interop"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
 
 	"github.com/meshvm/mesh/config"
@@ -181,4 +183,103 @@ func TestGRPCProxylessTraffic(t *testing.T) {
 		t.Fatalf("reload of a config with an unknown subset: %v; want the field path and unknown subset \"v3\"", err)
 	}
 	share(50)
+}
+
+// TestGRPCProxylessFaultAndHashing: gRPC's xDS client, served by mesh
+// control, injects the route's fault (an abort with a gRPC status to
+// 30% of the requests carrying x-fault: on, within ±3 points over 2,000
+// calls, none without the header), and follows the ring hash on the
+// header x-user: every user's calls land on one instance, and users
+// spread over the instances.
+func TestGRPCProxylessFaultAndHashing(t *testing.T) {
+	names := []string{"a", "b", "c"}
+	for i, name := range names {
+		h := meshtest.LoopbackHost(26 + i)
+		register(t, consulapi.AgentServiceRegistration{ID: "stick-" + name, Name: "stick", Address: h, Port: interopServer(t, h, name),
+			Meta: map[string]string{"mesh_zone": "z1", "mesh_region": "r1"}}, "passing")
+	}
+	p := startPlane(t, "", func(c *config.Config) {
+		pol := c.Policies.Default
+		pol.LoadBalancer = config.LoadBalancer{Policy: "ring_hash", Hash: config.HashKey{Header: "x-user"}}
+		c.Policies.Services = map[string]config.Policy{"stick": pol}
+		c.Control.Services = map[string]config.ServiceSettings{"stick": {Routes: []config.Route{{
+			Name:    "rehearse",
+			Headers: []config.HeaderMatch{{Name: "x-fault", Exact: "on"}},
+			Fault:   config.RouteFault{Abort: config.FaultAbort{GRPCStatus: int(codes.ResourceExhausted), Percent: 30}},
+		}}}}
+	})
+	bootstrap := fmt.Sprintf(`{
+		"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+		"node": {"id": "grpc-traffic-2", "locality": {"region": "r1", "zone": "z1"}}
+	}`, p.xdsAddr)
+	resolver, err := xds.NewXDSResolverWithConfigForTesting([]byte(bootstrap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("xds:///stick", grpc.WithResolvers(resolver), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := testgrpc.NewTestServiceClient(conn)
+	call := func(kv ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ctx = metadata.AppendToOutgoingContext(ctx, kv...)
+		var md metadata.MD
+		if _, err := client.EmptyCall(ctx, &testgrpc.Empty{}, grpc.Header(&md)); err != nil {
+			return "", err
+		}
+		return strings.Join(md.Get("instance"), ","), nil
+	}
+	// Every instance is resolved once users reach all three.
+	meshtest.Eventually(t, 30*time.Second, func() error {
+		seen := map[string]bool{}
+		for u := 0; u < 60; u++ {
+			who, err := call("x-user", fmt.Sprintf("user-%d", u))
+			if err != nil {
+				return err
+			}
+			seen[who] = true
+		}
+		if len(seen) < 3 {
+			return fmt.Errorf("users reach %v only", seen)
+		}
+		return nil
+	})
+	for u := 0; u < 30; u++ {
+		user := fmt.Sprintf("user-%d", u)
+		first, err := call("x-user", user)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 10; i++ {
+			if who, err := call("x-user", user); err != nil || who != first {
+				t.Fatalf("%s call %d: answered by %q (err %v), first by %q; want one instance per user", user, i, who, err, first)
+			}
+		}
+	}
+
+	const n = 2000
+	aborted := 0
+	for i := 0; i < n; i++ {
+		_, err := call("x-fault", "on")
+		switch status.Code(err) {
+		case codes.OK:
+		case codes.ResourceExhausted:
+			aborted++
+		default:
+			t.Fatalf("call %d with x-fault: %v", i, err)
+		}
+	}
+	share := 100 * float64(aborted) / n
+	t.Logf("fault: %d of %d calls aborted (%.1f%%, want 30%%)", aborted, n, share)
+	if share < 27 || share > 33 {
+		t.Fatalf("fault: %.1f%% of %d calls aborted, want 30 ± 3", share, n)
+	}
+	for i := 0; i < 200; i++ {
+		if _, err := call(); err != nil {
+			t.Fatalf("call %d without x-fault: %v; the fault must not apply", i, err)
+		}
+	}
 }
