@@ -35,6 +35,9 @@ type routeCtx struct {
 	// api selects the gRPC proxyless variant (no host-selection retry
 	// predicate; the timeout is also max_stream_duration).
 	api bool
+	// hash sets the targets' hash_policy (a consistent-hash load
+	// balancer's keys); gateways do not hash.
+	hash bool
 	// policyOf is the policy of a cluster (a service's or a subset's).
 	policyOf func(cluster string) config.Policy
 	// ensure is told every cluster the route names.
@@ -246,7 +249,9 @@ func routeForward(cr *config.Route, rc *routeCtx) (*routev3.RouteAction, error) 
 		}
 	}
 	a.RetryPolicy = retryPolicy(retries, rc.api)
-	a.HashPolicy = hashPolicy(p.LoadBalancer)
+	if rc.hash {
+		a.HashPolicy = hashPolicy(p.LoadBalancer)
+	}
 	switch {
 	case cr.Rewrite != "":
 		a.PrefixRewrite = cr.Rewrite

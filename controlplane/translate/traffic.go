@@ -62,6 +62,7 @@ func addTraffic(m *model.Model, out *Mesh, vhosts []*routev3.VirtualHost, mtls M
 				owner:          s.Name,
 				defaultCluster: defaultCluster(s),
 				api:            api,
+				hash:           true,
 				policyOf:       policyOf,
 				ensure:         func(c string) error { needed[c] = true; return nil },
 			})

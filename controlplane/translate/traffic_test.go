@@ -158,6 +158,7 @@ func TestTrafficTranslation(t *testing.T) {
 	orders.Routes = append([]config.Route{{Name: "soon", Path: "/soon", Split: []config.SplitTarget{{Service: "inventory", Weight: 50}, {Weight: 50}}}}, orders.Routes...)
 	tr := translate.NewTranslator()
 	tr.MTLS = goldenMTLS()
+	tr.SetGateway(&translate.Gateway{Config: config.ControlGateway{Routes: []config.Route{{Service: "orders"}}}})
 	mesh, err := tr.Translate(&m, policies())
 	if err != nil {
 		t.Fatal(err)
@@ -235,6 +236,21 @@ func TestTrafficTranslation(t *testing.T) {
 			}
 			return f.GetAbort().GetHttpStatus() == 503 && f.GetAbort().GetPercentage().GetNumerator() == 50_000 &&
 				f.GetDelay().GetFixedDelay().AsDuration() == time.Second && f.GetHeaders()[0].GetName() == "x-fault"
+		}},
+		{"gateway routes to a hashed service carry no hash policy (gateways do not hash)", func() bool {
+			gw, err := mesh.Node(model.Node{ID: "gw-1", Gateway: true})
+			if err != nil {
+				return false
+			}
+			rc := gw.Resources().Routes[wire.GatewayRoute].(*routev3.RouteConfiguration)
+			for _, vh := range rc.GetVirtualHosts() {
+				for _, r := range vh.GetRoutes() {
+					if r.GetRoute().GetCluster() == "orders" {
+						return r.GetRoute().GetHashPolicy() == nil
+					}
+				}
+			}
+			return false
 		}},
 		{"mirror fraction", func() bool {
 			mp := outbound[2].GetRoute().GetRequestMirrorPolicies()
