@@ -61,7 +61,8 @@ func trafficServices(v1, v2 int) map[string]config.ServiceSettings {
 // TestGRPCProxylessTraffic: gRPC's own xDS client, served by mesh control,
 // follows a service's routes: the header route sends every tester's call
 // to v2, the weighted split sends 80/20 (within ±3 points over 2,000
-// calls), a reload to 50/50 is followed, and a reload naming an unknown
+// calls), a reload to 50/50 is followed with no call failing across the
+// change, and a reload naming an unknown
 // subset is refused with the field path while the 50/50 split keeps
 // being served.
 func TestGRPCProxylessTraffic(t *testing.T) {
@@ -145,7 +146,29 @@ func TestGRPCProxylessTraffic(t *testing.T) {
 	}
 	share(20)
 
-	// A reload moves the canary to 50%.
+	// A reload moves the canary to 50%, while calls keep flowing: none
+	// fails across the change.
+	stop := make(chan struct{})
+	type result struct {
+		calls int
+		err   error
+	}
+	during := make(chan result, 1)
+	go func() {
+		var r result
+		for {
+			select {
+			case <-stop:
+				during <- r
+				return
+			default:
+			}
+			if _, err := call(false); err != nil && r.err == nil {
+				r.err = fmt.Errorf("call %d during the reload: %w", r.calls, err)
+			}
+			r.calls++
+		}
+	}()
 	next := cfg
 	next.Control.Services = trafficServices(50, 50)
 	if _, err := p.Reload(context.Background(), next); err != nil {
@@ -161,6 +184,12 @@ func TestGRPCProxylessTraffic(t *testing.T) {
 		}
 		return nil
 	})
+	close(stop)
+	if r := <-during; r.err != nil {
+		t.Fatal(r.err)
+	} else {
+		t.Logf("%d calls during the reload, none failed", r.calls)
+	}
 	share(50)
 
 	// A file naming an unknown subset is refused with its field path; the
