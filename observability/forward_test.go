@@ -56,8 +56,14 @@ func (f *forwarder) Forward(w http.ResponseWriter, r *http.Request, addr string)
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", addr
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     rt,
-		FlushInterval: -1,
+		Transport: rt,
+		// FlushInterval stays 0: ReverseProxy already flushes every write of
+		// a response without a length (streams, gRPC), and a negative one
+		// arms a timer that may flush the headers of an empty response
+		// before the handler returns, turning a gRPC trailers-only response
+		// (HEADERS with END_STREAM) into HEADERS + an empty DATA with
+		// END_STREAM and no trailers: "server closed the stream without
+		// sending trailers" (golang/go#56317).
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			reason := "upstream-reset"
 			var op *net.OpError
