@@ -247,6 +247,14 @@ func (f *Forwarder) Send(w http.ResponseWriter, r *http.Request, addr string, a 
 		}
 		return resp, nil
 	}
+	if out.Body != nil && r.ContentLength > 0 {
+		// A declared length ends the body where it says: the h2 transport
+		// holds the last DATA frame back until the body reports its end
+		// (to set END_STREAM on it), which a client that keeps its stream
+		// open after the declared bytes (a full-duplex call) would delay
+		// for as long as the stream lasts.
+		out.Body = noCloseBody{io.LimitReader(body, r.ContentLength)}
+	}
 	resp, err := f.h2c.RoundTrip(out)
 	if err != nil {
 		return nil, classify(ctx, err)
