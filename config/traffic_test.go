@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +164,28 @@ control:
 			}
 			t.Errorf("got %v, want %s: ...%s", err, c.path, c.want)
 		})
+	}
+}
+
+// TestTrafficDocExample loads the control.services example of
+// docs/configuration.md, so the documented example stays valid.
+func TestTrafficDocExample(t *testing.T) {
+	doc, err := os.ReadFile("../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(doc)
+	i := strings.Index(s, "### `control.services.<name>`")
+	if i < 0 {
+		t.Fatal("no control.services section in docs/configuration.md")
+	}
+	start := strings.Index(s[i:], "```yaml\n") + i + len("```yaml\n")
+	end := strings.Index(s[start:], "```") + start
+	c, err := Load(Options{File: writeFile(t, s[start:end]), Role: RoleControl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := c.Control.Services["orders"]; len(o.Subsets) != 2 || len(o.Routes) != 4 || o.Subsets[1].Policy.Timeout != 2*time.Second {
+		t.Errorf("orders %+v", o)
 	}
 }

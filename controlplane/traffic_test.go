@@ -62,9 +62,8 @@ func trafficServices(v1, v2 int) map[string]config.ServiceSettings {
 // follows a service's routes: the header route sends every tester's call
 // to v2, the weighted split sends 80/20 (within ±3 points over 2,000
 // calls), a reload to 50/50 is followed with no call failing across the
-// change, and a reload naming an unknown
-// subset is refused with the field path while the 50/50 split keeps
-// being served.
+// change, and a reload naming an unknown subset is refused with the
+// field path while the 50/50 split keeps being served.
 func TestGRPCProxylessTraffic(t *testing.T) {
 	h1, h2 := meshtest.LoopbackHost(24), meshtest.LoopbackHost(25)
 	register(t, consulapi.AgentServiceRegistration{ID: "shop-1", Name: "shop", Address: h1, Port: interopServer(t, h1, "v1"),
