@@ -77,8 +77,11 @@ type Agent struct {
 	advertise   string
 	inboundPort int
 	listening   atomic.Bool
-	draining    atomic.Bool
-	addrs       sync.Map // listener name -> bound address
+	// awaitingCert is set while the registration waits for a certificate
+	// (strict mode, awaitCertificate).
+	awaitingCert atomic.Bool
+	draining     atomic.Bool
+	addrs        sync.Map // listener name -> bound address
 
 	probed atomic.Uint32 // endpoint.Protocol found by probeApp (app_protocol auto)
 

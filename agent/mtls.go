@@ -61,6 +61,34 @@ func (a *Agent) inboundMTLSMode() string {
 	return cfg.Control.MTLSMode(cfg.Agent.Service)
 }
 
+// awaitCertificate holds the Consul registration of an agent whose
+// identity comes from mesh control while its inbound mode is strict and
+// it holds no valid certificate: in strict mode it could serve no caller,
+// so no caller must be sent to it. The mode is known before any contact
+// with mesh control: from the cached xDS config, else the local config.
+func (a *Agent) awaitCertificate(ctx context.Context) error {
+	if a.ident == nil {
+		return nil
+	}
+	for {
+		leaf := a.creds.Leaf()
+		if leaf != nil && time.Now().Before(leaf.NotAfter) || a.inboundMTLSMode() != wire.MTLSStrict {
+			if a.awaitingCert.Swap(false) {
+				a.log.Info().Msg("certificate held: registering in consul")
+			}
+			return nil
+		}
+		if !a.awaitingCert.Swap(true) {
+			a.log.Info().Msg("mtls strict: not registering in consul until mesh control issues a certificate")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // secureInbound wraps the inbound listener with mTLS when the agent has
 // an identity.
 func (a *Agent) secureInbound(ln net.Listener) net.Listener {

@@ -80,6 +80,8 @@ func (a *Agent) registrationCondition() observability.Condition {
 		c.Detail = "deregistered (shutting down)"
 	case err != nil:
 		c.Detail = fmt.Sprintf("not registered: %v", err)
+	case a.awaitingCert.Load():
+		c.Detail = "not registered: mtls strict, waiting for a certificate from mesh control"
 	default:
 		c.Detail = "registering in consul at " + addr
 	}

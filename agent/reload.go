@@ -112,7 +112,13 @@ func (r *registrar) startLocked(spec registration.Spec) {
 		reg.Replaces(r.current)
 	}
 	done := make(chan error, 1)
-	go func() { done <- reg.Run(ctx) }()
+	go func() {
+		if err := r.a.awaitCertificate(ctx); err != nil {
+			done <- nil // stopped before it could register
+			return
+		}
+		done <- reg.Run(ctx)
+	}()
 	r.spec, r.current, r.cancel, r.done = spec, reg, cancel, done
 }
 

@@ -11,6 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/rs/zerolog"
+
+	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/identity/identitytest"
 	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/wire"
@@ -325,6 +330,38 @@ func TestZeroTrustControlDown(t *testing.T) {
 	if got, err := rawExchange(p.orders.Addr("inbound")); err == nil {
 		t.Fatalf("plaintext client served in strict mode with mesh control down: %s", got)
 	}
+
+	// orders restarted while mesh control is down starts strict (its
+	// cached xDS config; its own file says permissive): from its first
+	// connection a plaintext client is refused, never served, and it
+	// registers with its cached certificate.
+	// Same inbound port: web's endpoints come from its cached xDS config.
+	inbound := p.orders.Addr("inbound")
+	p.orders.stop(t)
+	ident := withIdentity(p.cp, p.ordersTok, p.ordersCache)
+	p.orders = launchAgent(t, ztOrders, "ztorders", p.ordersApp.port, func(c *config.Config) {
+		ident(c)
+		c.Agent.InboundAddr = inbound
+	}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))
+	refused := 0.0
+	meshtest.Eventually(t, 20*time.Second, func() error {
+		if got, err := rawExchange(p.orders.Addr("inbound")); err == nil {
+			t.Fatalf("restarted orders served a plaintext client with mesh control down: %s", got)
+		}
+		if r, err := metricOf(p.orders.Addr("admin"), "mesh_tls_handshake_errors_total", "side", "server", "reason", "plaintext"); err != nil || r < 1 {
+			return fmt.Errorf("restarted orders has not refused a plaintext client yet (%v, %v)", r, err)
+		} else {
+			refused = r
+		}
+		return nil
+	})
+	t.Logf("restarted orders refused %v plaintext connections", refused)
+	waitPassing(t, "ztorders", 1)
+	for i := 0; i < 10; i++ {
+		if body := p.call(t); body != "peer="+ztWebID {
+			t.Fatalf("web → restarted orders with mesh control down: %q", body)
+		}
+	}
 }
 
 // TestZeroTrustPermissive: in permissive mode web's calls still go over
@@ -345,33 +382,54 @@ func TestZeroTrustPermissive(t *testing.T) {
 }
 
 // TestZeroTrustInstanceWithoutCertificate: a second ztorders instance
-// whose join token mesh control refuses holds no certificate, so it can
-// serve no mTLS; it is registered (and in web's endpoints) all the same,
-// but in strict mode it serves nothing and web's calls fail over to the
-// instance that has one: no request fails.
+// whose join token mesh control refuses holds no certificate, so in
+// strict mode (known from its own config: mesh control refuses it config
+// too) it could serve no caller: it does not register in Consul, says so
+// on /ready, serves nothing, and web's calls all reach the instance that
+// has a certificate: no request fails.
 func TestZeroTrustInstanceWithoutCertificate(t *testing.T) {
 	p := startZTPair(t, wire.MTLSStrict, "1h", false)
 	p.call(t)
 	const second = "127.0.0.153"
 	bad := startApp(t, second, "ztorders-nocert", nil)
 	// A token for another service: mesh control signs nothing for it.
-	ba := startAgent(t, second, "ztorders", bad, withIdentity(p.cp, p.webTok, t.TempDir()))
-	waitPassing(t, "ztorders", 2)
-	waitEndpoints(t, p.web, "ztorders", 2)
+	ident := withIdentity(p.cp, p.webTok, t.TempDir())
+	ba := launchAgent(t, second, "ztorders", bad.port, func(c *config.Config) {
+		ident(c)
+		c.Control.MTLS.DefaultMode = wire.MTLSStrict
+	}, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel))
+	meshtest.Eventually(t, 20*time.Second, func() error {
+		if body, err := getBody("http://" + ba.Addr("admin") + "/ready"); err != nil || !strings.Contains(body, "waiting for a certificate from mesh control") {
+			return fmt.Errorf("/ready of the instance without a certificate: %s %v", body, err)
+		}
+		return nil
+	})
 	url := "http://" + p.web.Addr("outbound") + "/x"
 	l := startLoad(url, "ztorders")
 	for i := 0; i < 10; i++ {
 		burst(t, url, "ztorders", 4)
 		time.Sleep(200 * time.Millisecond)
+		if entries, _, err := consul.Client.Catalog().Service("ztorders", "", nil); err != nil || len(entries) != 1 {
+			t.Fatalf("ztorders in consul: %d instances (%v), want only the one with a certificate", len(entries), err)
+		}
 	}
 	l.stop()
-	t.Logf("%d requests ok, %d failed (%v), served by the instance without a certificate: %d; its handshake errors %v; web's endpoints %v",
-		l.ok.Load(), l.failed.Load(), l.errs, bad.served.Load(),
-		seriesOf(scrapeAgent(t, ba.Addr("admin")), "mesh_tls_handshake_errors_total"), configDump(t, p.web).Services["ztorders"])
+	t.Logf("%d requests ok, %d failed (%v), served by the instance without a certificate: %d", l.ok.Load(), l.failed.Load(), l.errs, bad.served.Load())
 	l.check(t, "an instance without a certificate beside one with")
 	if n := bad.served.Load(); n != 0 {
 		t.Errorf("the instance without a certificate served %d requests in strict mode", n)
 	}
+
+	// A third instance, strict by its own config too, with a good token:
+	// it registers once its certificate arrives.
+	const third = "127.0.0.154"
+	good := startApp(t, third, "ztorders-third", nil)
+	goodIdent := withIdentity(p.cp, p.ordersTok, t.TempDir())
+	startAgent(t, third, "ztorders", good, func(c *config.Config) {
+		goodIdent(c)
+		c.Control.MTLS.DefaultMode = wire.MTLSStrict
+	})
+	waitPassing(t, "ztorders", 2)
 }
 
 // TestZeroTrustOwnTrustDomain: with control.ca trust_domain and namespace
@@ -392,4 +450,31 @@ func TestZeroTrustOwnTrustDomain(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "is for trust domain corp.example, not control.ca.trust_domain mesh.local") {
 		t.Fatalf("token create --ca-dir for a corp.example CA: %v\n%s", err, out)
 	}
+}
+
+// getBody is an HTTP GET's body, or the error (an agent still starting).
+func getBody(url string) (string, error) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// metricOf is one series of an agent's /metrics, or the error while its
+// admin listener is not up.
+func metricOf(admin, name string, kv ...string) (float64, error) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + admin + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	return seriesOf(mfs, name)[lbl(kv...)], nil
 }
