@@ -34,6 +34,8 @@ type Metrics struct {
 	connOpened         *prometheus.CounterVec
 	connFailed         *prometheus.CounterVec
 	endpoints          *prometheus.GaugeVec
+	faults             *prometheus.CounterVec
+	mirrors            *prometheus.CounterVec
 
 	xdsConnected  *prometheus.GaugeVec
 	xdsLastUpdate *prometheus.GaugeVec
@@ -78,6 +80,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		connOpened:         counter("upstream_connections_opened_total", "Connections opened to an upstream's endpoints.", "upstream_service"),
 		connFailed:         counter("upstream_connections_failed_total", "Failed connection attempts to an upstream's endpoints.", "upstream_service"),
 		endpoints:          gauge("discovery_endpoints", "Healthy endpoints known for a service.", "service"),
+		faults:             counter("faults_injected_total", "Requests a route's fault injection delayed or aborted, per upstream cluster.", "upstream_service", "fault"),
+		mirrors:            counter("mirror_requests_total", "Copies of requests for a mirror cluster: sent, dropped (too many in flight, body over the bound) or failed.", "upstream_service", "result"),
 		xdsConnected:       gauge("xds_client_connected", "1 for the control plane the agent streams from, 0 for the others it knows.", "control_plane"),
 		xdsLastUpdate:      gauge("xds_client_last_update_timestamp_seconds", "Unix time of the last accepted xDS update, per resource type.", "type"),
 		xdsAcks:            counter("xds_client_acks_total", "xDS updates accepted (ACKed), per resource type.", "type"),
@@ -93,7 +97,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	var errs []error
 	for _, c := range []**prometheus.CounterVec{&m.rateLimited, &m.concurrencyLimited, &m.retries, &m.budgetExhausted,
 		&m.timeouts, &m.breakerTransitions, &m.breakerRejected, &m.ejections, &m.connOpened, &m.connFailed,
-		&m.xdsAcks, &m.xdsNacks, &m.rbacDecisions} {
+		&m.xdsAcks, &m.xdsNacks, &m.rbacDecisions, &m.faults, &m.mirrors} {
 		errs = append(errs, register(reg, c))
 	}
 	for _, g := range []**prometheus.GaugeVec{&m.breakerState, &m.ejected, &m.connActive,
@@ -326,6 +330,11 @@ func (m *Metrics) Upstream(service string) *UpstreamMetrics {
 		connActive:      m.connActive.WithLabelValues(label),
 		connOpened:      m.connOpened.WithLabelValues(label),
 		connFailed:      m.connFailed.WithLabelValues(label),
+		faultDelays:     m.faults.WithLabelValues(label, "delay"),
+		faultAborts:     m.faults.WithLabelValues(label, "abort"),
+		mirrorSent:      m.mirrors.WithLabelValues(label, "sent"),
+		mirrorDropped:   m.mirrors.WithLabelValues(label, "dropped"),
+		mirrorFailed:    m.mirrors.WithLabelValues(label, "failed"),
 	}
 	for i, s := range breakerStates {
 		u.transitions[i] = m.breakerTransitions.WithLabelValues(label, s)
@@ -349,8 +358,40 @@ var breakerStates = [...]string{"closed", "open", "half-open"}
 type UpstreamMetrics struct {
 	retries, budgetExhausted, timeouts, breakerRejected, ejections prometheus.Counter
 	connOpened, connFailed                                         prometheus.Counter
+	faultDelays, faultAborts                                       prometheus.Counter
+	mirrorSent, mirrorDropped, mirrorFailed                        prometheus.Counter
 	breakerState, ejected, connActive                              prometheus.Gauge
 	transitions                                                    [len(breakerStates)]prometheus.Counter
+}
+
+// FaultDelayed counts one request a fault injection delayed.
+func (u *UpstreamMetrics) FaultDelayed() {
+	if u != nil {
+		u.faultDelays.Inc()
+	}
+}
+
+// FaultAborted counts one request a fault injection aborted.
+func (u *UpstreamMetrics) FaultAborted() {
+	if u != nil {
+		u.faultAborts.Inc()
+	}
+}
+
+// Mirrored counts one copy of a request sent to the upstream as a mirror
+// (sent), dropped before it was sent, or failed (no response).
+func (u *UpstreamMetrics) Mirrored(sent, dropped bool) {
+	if u == nil {
+		return
+	}
+	switch {
+	case dropped:
+		u.mirrorDropped.Inc()
+	case sent:
+		u.mirrorSent.Inc()
+	default:
+		u.mirrorFailed.Inc()
+	}
 }
 
 // Retry counts one retried request.

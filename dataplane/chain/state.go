@@ -196,6 +196,10 @@ type service struct {
 
 	load *loadreport.Store // nil: no load reports
 
+	// mirrors counts the mirrored copies in flight to this service
+	// (step_mirror.go bounds them).
+	mirrors atomic.Int64
+
 	mu    sync.Mutex
 	hosts map[string]*host // by endpoint address
 }

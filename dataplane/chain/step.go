@@ -11,6 +11,7 @@ import (
 	"github.com/meshvm/mesh/dataplane/table"
 	"github.com/meshvm/mesh/observability"
 	"github.com/meshvm/mesh/observability/loadreport"
+	"github.com/meshvm/mesh/routematch"
 )
 
 // Step is one named stage of a request path: a policy (rate limit,
@@ -80,11 +81,12 @@ type Exchange struct {
 	up  *upstream // outbound: the service it was routed to
 	app string    // inbound: the app's address
 
-	set      *endpointSet // chosen by the endpoints step
-	deadline time.Time    // the route timeout's; zero: none
-	retries  *Retries     // the route's retry policy (Forward); nil: the service's
-	outcome  outcome      // what the request says about its upstream
-	aborted  bool         // the response broke off after it started
+	route    *routematch.Route // matched by the route step; nil: none
+	set      *endpointSet      // chosen by the endpoints step
+	deadline time.Time         // the route timeout's; zero: none
+	retries  *Retries          // the route's retry policy (Forward); nil: the service's
+	outcome  outcome           // what the request says about its upstream
+	aborted  bool              // the response broke off after it started
 	// load counts the request for load reports, from its first try: the
 	// first endpoint's locality (nil: not counted).
 	load      *loadreport.Locality
@@ -113,6 +115,11 @@ func (x *Exchange) Service() string {
 	}
 	return x.up.name
 }
+
+// Route is the route the route step matched (nil when the service has
+// no routes, and on an edge path): the steps after it read their
+// per-route configuration from it.
+func (x *Exchange) Route() *routematch.Route { return x.route }
 
 // Direction is observability.Inbound or observability.Outbound.
 func (x *Exchange) Direction() string { return x.dir }

@@ -60,8 +60,15 @@ func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) 
 	prev := -1
 	retries := 0
 	retrying := false // this try holds a slot of the retry budget
+	hash, hashed := requestHash(x, set)
+	w = x.W // requestHash may have wrapped it (a generated cookie)
 	for {
-		i := set.pick(prev)
+		var i int
+		if hashed {
+			i = set.picker.PickHash(hash, retries)
+		} else {
+			i = set.pick(prev)
+		}
 		if prev < 0 && i < len(set.loads) && set.loads[i] != nil {
 			x.load, x.loadStart = set.loads[i], time.Now()
 			x.load.Begin()
@@ -160,6 +167,47 @@ func (u *upstream) exchange(x *Exchange) (out outcome, aborted bool, err error) 
 		return succeeded, false, nil
 	}
 }
+
+// requestHash is the request's hash for a ring hash or Maglev cluster,
+// from its route's hash_policy (hashed false: no hash policy, or none
+// yielded a value, and the balancer picks at random, as Envoy's does). A
+// cookie the policy generated is added to the response.
+func requestHash(x *Exchange, set *endpointSet) (hash uint64, hashed bool) {
+	rt := x.route
+	if rt == nil || len(rt.HashPolicies) == 0 || !set.picker.Policy().Hashing() {
+		return 0, false
+	}
+	h, ok, c := rt.Hash(x.R, x.R.RemoteAddr)
+	if c != nil {
+		x.W = &setCookieWriter{ResponseWriter: x.W, cookie: c.String()}
+	}
+	return h, ok
+}
+
+// setCookieWriter adds a Set-Cookie to the response as its head goes out
+// (after the upstream's headers were copied in).
+type setCookieWriter struct {
+	http.ResponseWriter
+	cookie string
+	done   bool
+}
+
+func (w *setCookieWriter) WriteHeader(code int) {
+	if !w.done {
+		w.done = true
+		w.Header().Add("Set-Cookie", w.cookie)
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *setCookieWriter) Write(p []byte) (int, error) {
+	if !w.done {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *setCookieWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // tryContext returns the context of one try: ctx (the request's) ending
 // at the earlier of the route deadline (zero: none) and the per-try

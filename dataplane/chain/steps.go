@@ -13,7 +13,11 @@ package chain
 // Outbound (per upstream service, after routing by Host or the
 // per-upstream listener):
 //
-//	endpoints → max-requests → circuit-breaker → route-timeout → tries
+//	endpoints → max-requests → circuit-breaker → fault → route-timeout → mirror → tries
+//
+// fault and mirror are there only for the clusters that routes with a
+// fault injection or a mirror policy send to; they read the request's
+// route (Exchange.Route).
 //
 // tries picks an endpoint (load balancing, outlier ejection), applies
 // max_pending and the per-try timeout, sends, and retries within the
@@ -32,7 +36,9 @@ func DefaultSteps() Steps {
 			{Name: "endpoints", Build: buildEndpoints},
 			{Name: "max-requests", Build: buildMaxRequests},
 			{Name: "circuit-breaker", Build: buildBreaker},
+			{Name: "fault", Build: buildFault},
 			{Name: "route-timeout", Build: buildRouteTimeout},
+			{Name: "mirror", Build: buildMirror},
 			{Name: "tries", Build: buildTries},
 		},
 	}

@@ -37,6 +37,9 @@ const (
 	// ReasonProtocolError: the upstream's response broke HTTP/1.1
 	// framing (502).
 	ReasonProtocolError = "upstream-protocol-error"
+	// ReasonFaultInjected: a route's fault injection aborted the request
+	// (its configured HTTP or gRPC status).
+	ReasonFaultInjected = "fault-injected"
 )
 
 // StatusClientClosedRequest is the (non-standard, nginx) status recorded
@@ -57,6 +60,11 @@ type Error struct {
 	// Message, if set, tells the client more than the reason (in the body,
 	// or grpc-message); it must not leak internals.
 	Message string
+	// GRPCStatus, when GRPCSet, is the gRPC status to answer with, as a
+	// trailers-only response whatever the request (a fault injection's
+	// grpc_status); otherwise gRPC calls get one derived from Status.
+	GRPCStatus int
+	GRPCSet    bool
 }
 
 func (e *Error) Error() string {
@@ -104,7 +112,7 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 		secs := int64((pe.RetryAfter + time.Second - 1) / time.Second)
 		h.Set("Retry-After", strconv.FormatInt(secs, 10))
 	}
-	if isGRPC(r) {
+	if pe.GRPCSet || isGRPC(r) {
 		code := grpcUnavailable
 		switch pe.Status {
 		case http.StatusGatewayTimeout:
@@ -115,6 +123,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 			code = grpcPermissionDenied
 		case StatusClientClosedRequest:
 			code = grpcCancelled
+		}
+		if pe.GRPCSet {
+			code = pe.GRPCStatus
 		}
 		h.Del("Content-Length")
 		h.Set("Content-Type", "application/grpc")

@@ -12,6 +12,7 @@ import (
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/dataplane/endpoint"
 	"github.com/meshvm/mesh/dataplane/rbac"
+	"github.com/meshvm/mesh/routematch"
 )
 
 // Table is one complete, immutable routing configuration.
@@ -50,6 +51,10 @@ type Service struct {
 	// HashLB sizes the consistent-hash balancer of a ring_hash or maglev
 	// policy (the Cluster's ring_hash_lb_config or maglev_lb_config).
 	HashLB HashLB
+	// Routes, with a control plane, are the service's virtual host
+	// compiled (its traffic routes in order, then the catch-all); nil
+	// when it has none but the catch-all.
+	Routes *routematch.VirtualHost `json:"-"`
 }
 
 // HashLB sizes the consistent-hash balancers; zero fields are Envoy's

@@ -215,6 +215,9 @@ func New(endpoints []Endpoint, opts Options) (*Picker, error) {
 	return p, nil
 }
 
+// Policy is the picker's policy.
+func (p *Picker) Policy() Policy { return p.policy }
+
 // Endpoints returns the endpoints the picker was made with.
 func (p *Picker) Endpoints() []Endpoint { return p.eps }
 
