@@ -57,6 +57,10 @@ func addTraffic(m *model.Model, out *Mesh, vhosts []*routev3.VirtualHost, mtls M
 				return err
 			}
 		}
+		mine := map[string]bool{}
+		for j := range s.Subsets {
+			mine[wire.SubsetCluster(s.Name, s.Subsets[j].Name)] = true
+		}
 		for _, api := range []bool{false, true} {
 			vh, err := trafficVirtualHost(s, &routeCtx{
 				owner:          s.Name,
@@ -64,7 +68,7 @@ func addTraffic(m *model.Model, out *Mesh, vhosts []*routev3.VirtualHost, mtls M
 				api:            api,
 				hash:           true,
 				policyOf:       policyOf,
-				ensure:         func(c string) error { needed[c] = true; return nil },
+				ensure:         func(c string) error { needed[c], mine[c] = true, true; return nil },
 			})
 			if err != nil {
 				return err
@@ -75,6 +79,11 @@ func addTraffic(m *model.Model, out *Mesh, vhosts []*routev3.VirtualHost, mtls M
 				vhosts[i] = vh
 			}
 		}
+		delete(mine, s.Name)
+		if out.routeClusters == nil {
+			out.routeClusters = map[string][]string{}
+		}
+		out.routeClusters[s.Name] = sortedKeys(mine)
 	}
 	for _, name := range sortedKeys(needed) {
 		if _, ok := out.Clusters[name]; ok {
@@ -91,6 +100,14 @@ func addTraffic(m *model.Model, out *Mesh, vhosts []*routev3.VirtualHost, mtls M
 		out.Endpoints[name] = &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	}
 	return nil
+}
+
+// ServiceClusters are the clusters a caller of service needs: the
+// service's own, its subsets' and every cluster its routes send or
+// mirror to, sorted (the service's first). For an agent that gets only
+// the services it uses.
+func (m *Mesh) ServiceClusters(service string) []string {
+	return append([]string{service}, m.routeClusters[service]...)
 }
 
 // defaultCluster is where a service's catch-all route goes.

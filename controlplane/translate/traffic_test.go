@@ -252,6 +252,10 @@ func TestTrafficTranslation(t *testing.T) {
 			}
 			return false
 		}},
+		{"the clusters a caller of orders needs", func() bool {
+			return strings.Join(mesh.ServiceClusters("orders"), ",") == "orders,inventory,orders/v1,orders/v2,payments" &&
+				strings.Join(mesh.ServiceClusters("payments"), ",") == "payments"
+		}},
 		{"mirror fraction", func() bool {
 			mp := outbound[2].GetRoute().GetRequestMirrorPolicies()
 			return len(mp) == 1 && mp[0].GetCluster() == "orders/v2" && mp[0].GetRuntimeFraction().GetDefaultValue().GetNumerator() == 50_000

@@ -81,6 +81,9 @@ type Mesh struct {
 	// protocol of each service (a tcp callee gets L4 rules).
 	authz     Authorization
 	protocols map[string]string
+	// routeClusters are, by service with traffic settings, the clusters
+	// its virtual host names besides its own (traffic.go).
+	routeClusters map[string][]string
 }
 
 // Resources are one node's resources by type.
