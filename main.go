@@ -15,6 +15,7 @@ import (
 	"github.com/meshvm/mesh/buildinfo"
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane"
+	"github.com/meshvm/mesh/enroll"
 	"github.com/meshvm/mesh/gateway"
 	"github.com/meshvm/mesh/meshctl"
 	"github.com/meshvm/mesh/redirect"
@@ -36,7 +37,7 @@ func main() {
 	})
 	root.AddCommand(agent.NewCommand(), config.NewCommand(), buildinfo.NewCommand())
 	root.AddCommand(controlplane.NewCommand(), gateway.NewCommand(), redirect.NewCommand())
-	root.AddCommand(meshctl.NewStatusCommand(), meshctl.NewInspectCommand())
+	root.AddCommand(meshctl.NewStatusCommand(), meshctl.NewInspectCommand(), enroll.NewCommand())
 	if err := root.Execute(); err != nil {
 		// A command that says what it found by its exit status alone
 		// (`mesh config diff`) has printed what it had to.

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
@@ -17,7 +19,6 @@ import (
 	"google.golang.org/grpc/xds"
 
 	"github.com/meshvm/mesh/config"
-	"github.com/meshvm/mesh/enroll"
 	"github.com/meshvm/mesh/meshtest"
 	"github.com/meshvm/mesh/wire"
 )
@@ -50,25 +51,24 @@ func TestZeroTrustGRPCProxylessStrict(t *testing.T) {
 	})
 	waitPassing(t, "ztgrpc", 1)
 
-	// The client's identity: its key made here, its certificate signed by
-	// mesh control against a join token (enroll, what agents run), cached
-	// as cert.pem, key.pem and bundle.pem for the file watchers.
-	idDir := t.TempDir()
-	e, err := enroll.New(enroll.Options{TokenFile: mintToken(t, cp.bin, caDir, "ztgrpcclient", "1h"), Servers: []string{cp.xdsAddr},
-		Service: "ztgrpcclient", NodeName: "vm-grpc", NodeID: "grpc-zt-client", Dir: idDir, Log: zerolog.New(zerolog.NewTestWriter(t))})
-	if err != nil {
-		t.Fatal(err)
+	// The client's identity from `mesh identity issue`: its key made
+	// here, its certificate signed by mesh control against a join token,
+	// written as cert.pem, key.pem (0600) and bundle.pem for the watchers.
+	idDir := filepath.Join(t.TempDir(), "id")
+	out, err := exec.Command(cp.bin, "identity", "issue", "--join-token-file", mintToken(t, cp.bin, caDir, "ztgrpcclient", "1h"),
+		"--control-plane", cp.xdsAddr, "--service", "ztgrpcclient", "--out-dir", idDir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "issued spiffe://mesh.local/ns/default/svc/ztgrpcclient") {
+		t.Fatalf("mesh identity issue: %v\n%s", err, out)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	meshtest.Eventually(t, 30*time.Second, func() error {
-		if e.Credentials().Leaf() == nil {
-			return fmt.Errorf("the client holds no certificate yet")
-		}
-		return nil
-	})
+	if fi, err := os.Stat(filepath.Join(idDir, "key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key.pem: %v %v, want mode 0600", fi.Mode(), err)
+	}
+	// A token for another service gets nothing, and says why.
+	out, err = exec.Command(cp.bin, "identity", "issue", "--join-token-file", mintToken(t, cp.bin, caDir, "ztother", "1h"),
+		"--control-plane", cp.xdsAddr, "--service", "ztgrpcclient", "--out-dir", t.TempDir()).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "does not allow service ztgrpcclient") {
+		t.Fatalf("mesh identity issue with a token for another service: %v\n%s", err, out)
+	}
 
 	bootstrap := func(nodeID string) []byte {
 		return []byte(fmt.Sprintf(`{
