@@ -86,12 +86,27 @@ func requestHeader(r *http.Request, upgrade string) http.Header {
 		out["Upgrade"] = []string{upgrade}
 	}
 
+	// The values the agent adds share one backing array: one allocation
+	// instead of one per header.
+	xff, hasXFF := "", false
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		hasXFF = true
 		if prior := in["X-Forwarded-For"]; len(prior) > 0 {
-			out["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
+			xff = strings.Join(prior, ", ") + ", " + ip
 		} else {
-			out["X-Forwarded-For"] = []string{ip}
+			xff = ip
 		}
+	}
+	needID := len(in["X-Request-Id"]) == 0
+	switch {
+	case hasXFF && needID:
+		vals := []string{xff, observability.NewRequestID()}
+		out["X-Forwarded-For"] = vals[0:1:1]
+		out["X-Request-Id"] = vals[1:2:2]
+	case hasXFF:
+		out["X-Forwarded-For"] = []string{xff}
+	case needID:
+		out["X-Request-Id"] = []string{observability.NewRequestID()}
 	}
 	if len(in["X-Forwarded-Proto"]) == 0 {
 		if r.TLS != nil {
@@ -99,9 +114,6 @@ func requestHeader(r *http.Request, upgrade string) http.Header {
 		} else {
 			out["X-Forwarded-Proto"] = valHTTP
 		}
-	}
-	if len(in["X-Request-Id"]) == 0 {
-		out["X-Request-Id"] = []string{observability.NewRequestID()}
 	}
 	return out
 }
