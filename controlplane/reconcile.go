@@ -50,6 +50,10 @@ type reconciler struct {
 	// conflicts are the last model's, reported when they change; used by
 	// the Run goroutine only.
 	conflicts map[model.Conflict]bool
+	// changed are the services the views changed since the current model
+	// was built (the sources' View.Changed); nil when a view did not say
+	// (the next build merges everything). Run goroutine only.
+	changed map[string]bool
 }
 
 // settings are the reconciler's knobs a reload can change.
@@ -185,6 +189,7 @@ func (r *reconciler) Run(ctx context.Context) error {
 			continue
 		case u := <-updates:
 			v := u.view
+			r.noteChanged(views[u.i] == nil, v.Changed)
 			views[u.i] = &v
 			pending = true
 			if !armed {
@@ -231,9 +236,16 @@ func (r *reconciler) build(ctx context.Context, views []*model.View, force bool)
 			vs = append(vs, *v)
 		}
 	}
-	m := model.Merge(vs, r.opts)
+	prev := r.current.Load()
+	var m model.Model
+	if changed := r.changed; !force && prev != nil && changed != nil {
+		m = model.MergeChanged(prev, vs, r.opts, changed)
+	} else {
+		m = model.Merge(vs, r.opts)
+	}
 	r.reportConflicts(m.Conflicts)
-	if prev := r.current.Load(); !force && prev != nil && prev.Equal(&m) {
+	if !force && prev != nil && sameModel(prev, &m) {
+		r.changed = map[string]bool{}
 		return nil
 	}
 	mesh, err := r.translator.Translate(&m, r.opts.Policies)
@@ -245,6 +257,7 @@ func (r *reconciler) build(ctx context.Context, views []*model.View, force bool)
 		return err
 	}
 	r.current.Store(&m)
+	r.changed = map[string]bool{}
 	if r.served != nil {
 		r.served(&m)
 	}
@@ -263,6 +276,40 @@ func (r *reconciler) build(ctx context.Context, views []*model.View, force bool)
 	r.metrics.buildTime.Observe(took.Seconds())
 	r.log.Debug().Int("services", services).Dur("took", took).Msg("snapshots updated")
 	return nil
+}
+
+// noteChanged adds a new view's changed services to those since the
+// current model; a view that does not name them (or a source's first)
+// makes the next build a full merge.
+func (r *reconciler) noteChanged(first bool, changed []string) {
+	if first || changed == nil {
+		r.changed = nil
+		return
+	}
+	if r.changed == nil {
+		return
+	}
+	for _, name := range changed {
+		r.changed[name] = true
+	}
+}
+
+// sameModel reports whether m serves what prev does; a model merged
+// incrementally is compared on the services it names only.
+func sameModel(prev, m *model.Model) bool {
+	if m.Changed == nil {
+		return prev.Equal(m)
+	}
+	if len(prev.Services) != len(m.Services) {
+		return false
+	}
+	for _, name := range m.Changed {
+		a, b := prev.Service(name), m.Service(name)
+		if (a == nil) != (b == nil) || a != nil && !a.Equal(b) {
+			return false
+		}
+	}
+	return true
 }
 
 // reportConflicts logs each conflict (two instances of a service on one

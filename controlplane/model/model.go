@@ -97,6 +97,12 @@ type Host struct {
 type View struct {
 	Instances []Instance `json:"instances,omitempty"`
 	Hosts     []Host     `json:"hosts,omitempty"`
+	// Changed names the services whose instances may differ from the
+	// source's previous view (added, changed or gone); nil means any may
+	// have, and Hosts may have changed. A registry that knows what it
+	// fetched sets it, so the merge and the translation touch only those
+	// services (MergeChanged).
+	Changed []string `json:"-"`
 }
 
 // Locality places an endpoint; empty fields mean unknown.
@@ -166,6 +172,10 @@ type Model struct {
 	// same service has the same address and port, sorted by service and
 	// address. Equal ignores them: they change nothing that is served.
 	Conflicts []Conflict `json:"conflicts,omitempty"`
+	// Changed names, sorted, the services that may differ from the model
+	// the merge started from (MergeChanged); nil means any may. Equal
+	// ignores it.
+	Changed []string `json:"-"`
 }
 
 // Conflict is two instances of one service on one address:port: xDS
@@ -269,10 +279,16 @@ func (m *Model) Equal(o *Model) bool {
 		return false
 	}
 	for i := range m.Services {
-		a, b := &m.Services[i], &o.Services[i]
-		if a.Name != b.Name || !EqualEndpoints(a.Endpoints, b.Endpoints) || !reflect.DeepEqual(a.Policy, b.Policy) || !a.EqualTraffic(b) {
+		if !m.Services[i].Equal(&o.Services[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// Equal reports whether two services are the same: name, policy,
+// endpoints, traffic rules and virtual IP.
+func (s *Service) Equal(o *Service) bool {
+	return s.Name == o.Name && s.VirtualIP == o.VirtualIP && EqualEndpoints(s.Endpoints, o.Endpoints) &&
+		reflect.DeepEqual(s.Policy, o.Policy) && s.EqualTraffic(o)
 }

@@ -84,7 +84,21 @@ type Mesh struct {
 	// routeClusters are, by service with traffic settings, the clusters
 	// its virtual host names besides its own (traffic.go).
 	routeClusters map[string][]string
+	// changed names the services whose shared resources may differ from
+	// the previous Mesh of the same Translator; nil means any (Changed).
+	changed []string
+	base    *Mesh
 }
+
+// Changed returns the services whose shared resources (cluster, load
+// assignment, API listener, route and cluster) may differ from those of
+// Base, sorted; nil means any may have (a full
+// translation). The outbound route configuration is compared by pointer.
+func (m *Mesh) Changed() []string { return m.changed }
+
+// Base is the Mesh that Changed is relative to (nil for a full
+// translation).
+func (m *Mesh) Base() *Mesh { return m.base }
 
 // Resources are one node's resources by type.
 type Resources struct {
@@ -115,6 +129,9 @@ type Translator struct {
 	gatewayIn *Gateway
 	gateway   *gatewayBuild
 	authz     Authorization
+	// last is the previous Mesh and what it was built from, for
+	// incremental translations (incremental.go).
+	last *lastBuild
 }
 
 // SetAuthorization sets the authorization the next Translate applies
@@ -142,6 +159,9 @@ func NewTranslator() *Translator {
 // gives each node's complete output. On error the translator's memory is
 // unchanged.
 func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error) {
+	if out, ok, err := t.incremental(m, p); ok || err != nil {
+		return out, err
+	}
 	n := len(m.Services)
 	out := &Mesh{
 		Clusters:     make(Set, n),
@@ -179,24 +199,12 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		}
 		out.policies[s.Name] = s.Policy
 		out.protocols[s.Name] = serviceProtocol(s)
-		for _, ep := range s.Endpoints {
-			if ep.AppPort > 0 && ep.Node != "" {
-				if out.appPorts[s.Name] == nil {
-					out.appPorts[s.Name] = map[string]int{}
-				}
-				out.appPorts[s.Name][ep.Node] = ep.AppPort
+		if ports, mtls := nodePorts(s); ports != nil || mtls != nil {
+			if ports != nil {
+				out.appPorts[s.Name] = ports
 			}
-			if ep.Metadata.Meta[wire.MetaMTLS] != "" {
-				// A node is known by its registration's ID (an agent's
-				// node id) or its VM name.
-				if out.mtlsNodes[s.Name] == nil {
-					out.mtlsNodes[s.Name] = map[string]bool{}
-				}
-				for _, k := range []string{ep.ID, ep.Node} {
-					if k != "" {
-						out.mtlsNodes[s.Name][k] = true
-					}
-				}
+			if mtls != nil {
+				out.mtlsNodes[s.Name] = mtls
 			}
 		}
 	}
@@ -220,6 +228,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		return nil, err
 	}
 	t.prev, t.outbound, t.validated, t.memo, t.prevMTLS, t.gateway = next, out.Outbound, validated, out.memo, t.MTLS, out.gateway
+	t.last = &lastBuild{mesh: out, configured: p, mtls: t.MTLS, authz: t.authz, gatewayIn: t.gatewayIn}
 	return out, nil
 }
 

@@ -42,10 +42,14 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 			}
 			ctx := context.Background()
 			tr := translate.NewTranslator()
+			var prev *model.Model
 			build := func(i int) {
-				// Every build changes one endpoint, as a health change does.
-				view.Instances[i%len(view.Instances)].Check = []model.Check{model.CheckPassing, model.CheckCritical}[i%2]
-				m := model.Merge([]model.View{view}, opts)
+				// Every build changes one endpoint, as a health change does,
+				// and names its service, as the Consul source does
+				// (View.Changed): merge, translate and hash touch it only.
+				in := &view.Instances[i%len(view.Instances)]
+				in.Check = []model.Check{model.CheckPassing, model.CheckCritical}[i%2]
+				m := model.MergeChanged(prev, []model.View{view}, opts, map[string]bool{in.Service: true})
 				mesh, err := tr.Translate(&m, opts.Policies)
 				if err != nil {
 					b.Fatal(err)
@@ -53,6 +57,7 @@ func BenchmarkSnapshotBuild(b *testing.B) {
 				if err := srv.Update(ctx, mesh); err != nil {
 					b.Fatal(err)
 				}
+				prev = &m
 			}
 			build(1) // the first, full build
 			b.ReportAllocs()

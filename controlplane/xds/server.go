@@ -188,9 +188,22 @@ func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.hasher.Rotate()
+	// A Mesh that names its changed services (translate's incremental
+	// translation of the previous one) gets copies of the previous sets
+	// with only those entries hashed again.
+	changed := mesh.Changed()
+	if s.mesh == nil || s.shared == nil || mesh.Base() != s.mesh {
+		changed = nil
+	}
 	sh := map[translate.SharedSet]*Set{}
 	for name, src := range mesh.SharedSets() {
-		set, err := s.hasher.NewSet(src)
+		var set *Set
+		var err error
+		if prev := s.shared[name]; changed != nil && prev != nil && name != translate.SharedOutboundRoutes {
+			set, err = s.hasher.UpdateSet(prev, src, changed)
+		} else {
+			set, err = s.hasher.NewSet(src)
+		}
 		if err != nil {
 			return fmt.Errorf("version shared %s: %w", name, err)
 		}
@@ -209,7 +222,7 @@ func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 	}
 	for i := range Kinds {
 		if Kinds[i] == resourcev3.EndpointType {
-			if err := s.setEndpoints(prevEndpoints, sh[translate.SharedEndpoints]); err != nil {
+			if err := s.setEndpoints(prevEndpoints, sh[translate.SharedEndpoints], changed); err != nil {
 				return err
 			}
 		}
@@ -227,21 +240,36 @@ func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 
 // setEndpoints hands the load assignments that changed between prev and
 // next to the shared EDS caches, which push each to the clients subscribed
-// to it.
-func (s *Server) setEndpoints(prev, next *Set) error {
+// to it. names, when not nil, are the only names that may differ.
+func (s *Server) setEndpoints(prev, next *Set, names []string) error {
 	if prev == nil {
-		prev = emptySet
+		prev, names = emptySet, nil
 	}
 	changed := map[string]types.Resource{}
-	for name, v := range next.versions {
-		if prev.versions[name] != v {
-			changed[name] = next.resources[name]
-		}
-	}
 	var gone []string
-	for name := range prev.versions {
-		if _, ok := next.versions[name]; !ok {
-			gone = append(gone, name)
+	if names != nil {
+		// Only these may differ.
+		for _, name := range names {
+			v, ok := next.versions[name]
+			switch {
+			case ok && prev.versions[name] != v:
+				changed[name] = next.resources[name]
+			case !ok:
+				if _, had := prev.versions[name]; had {
+					gone = append(gone, name)
+				}
+			}
+		}
+	} else {
+		for name, v := range next.versions {
+			if prev.versions[name] != v {
+				changed[name] = next.resources[name]
+			}
+		}
+		for name := range prev.versions {
+			if _, ok := next.versions[name]; !ok {
+				gone = append(gone, name)
+			}
 		}
 	}
 	if len(changed) == 0 && len(gone) == 0 {

@@ -3,7 +3,7 @@ package xds
 import (
 	"encoding/binary"
 	"fmt"
-	"sort"
+	"maps"
 	"strconv"
 
 	"github.com/cespare/xxhash/v2"
@@ -27,6 +27,10 @@ type Set struct {
 	resources map[string]types.Resource
 	withTTL   map[string]types.ResourceWithTTL
 	versions  map[string]string
+	// sum is the sum of the entries' hashes (entryHash), which Version
+	// is made of: adding, removing or changing one entry updates it
+	// without a pass over the others (Hasher.UpdateSet).
+	sum uint64
 }
 
 // Len is the number of resources.
@@ -81,33 +85,65 @@ func (h *Hasher) NewSet(in translate.Set) (*Set, error) {
 		versions:  make(map[string]string, len(in)),
 	}
 	for name, m := range in {
-		v, err := h.hash(m)
-		if err != nil {
-			return nil, fmt.Errorf("hash %s: %w", name, err)
+		if err := h.put(s, name, m); err != nil {
+			return nil, err
 		}
-		s.resources[name] = m
-		s.withTTL[name] = types.ResourceWithTTL{Resource: m}
-		s.versions[name] = v
 	}
-	s.Version = setVersion(s.versions)
+	s.Version = strconv.FormatUint(s.sum, 36)
 	return s, nil
 }
 
-func setVersion(versions map[string]string) string {
-	names := make([]string, 0, len(versions))
-	for n := range versions {
-		names = append(names, n)
+// UpdateSet is NewSet for in when only the names in changed may differ
+// from prev's resources: prev's maps are copied and only those names are
+// hashed again (or removed), so a change to one of 10,000 resources
+// costs no pass over the others. prev is not modified.
+func (h *Hasher) UpdateSet(prev *Set, in translate.Set, changed []string) (*Set, error) {
+	s := &Set{
+		resources: maps.Clone(prev.resources),
+		withTTL:   maps.Clone(prev.withTTL),
+		versions:  maps.Clone(prev.versions),
+		sum:       prev.sum,
 	}
-	sort.Strings(names)
+	for _, name := range changed {
+		if v, ok := s.versions[name]; ok {
+			s.sum -= entryHash(name, v)
+			delete(s.resources, name)
+			delete(s.withTTL, name)
+			delete(s.versions, name)
+		}
+		if m, ok := in[name]; ok {
+			if err := h.put(s, name, m); err != nil {
+				return nil, err
+			}
+		}
+	}
+	s.Version = strconv.FormatUint(s.sum, 36)
+	return s, nil
+}
+
+func (h *Hasher) put(s *Set, name string, m proto.Message) error {
+	v, err := h.hash(m)
+	if err != nil {
+		return fmt.Errorf("hash %s: %w", name, err)
+	}
+	s.resources[name] = m
+	s.withTTL[name] = types.ResourceWithTTL{Resource: m}
+	s.versions[name] = v
+	s.sum += entryHash(name, v)
+	return nil
+}
+
+// entryHash is one entry's part of its set's version: the version is the
+// sum of its entries' hashes, so it does not depend on their order and
+// equal sets have equal versions on every replica.
+func entryHash(name, version string) uint64 {
 	d := xxhash.New()
 	var l [8]byte
-	for _, n := range names {
-		binary.LittleEndian.PutUint64(l[:], uint64(len(n)))
-		_, _ = d.Write(l[:])
-		_, _ = d.WriteString(n)
-		_, _ = d.WriteString(versions[n])
-	}
-	return strconv.FormatUint(d.Sum64(), 36)
+	binary.LittleEndian.PutUint64(l[:], uint64(len(name)))
+	_, _ = d.Write(l[:])
+	_, _ = d.WriteString(name)
+	_, _ = d.WriteString(version)
+	return d.Sum64()
 }
 
 // Layer is a shared Set plus a few node-specific resources: a node's

@@ -63,6 +63,10 @@ type state struct {
 	// dirty services must be fetched; sweep asks for a sweep.
 	dirty map[string]bool
 	sweep bool
+	// changed are the services whose instances changed since the last
+	// view (View.Changed); viewed says a view was made.
+	changed map[string]bool
+	viewed  bool
 
 	// checkWrites maps a Raft index to the services whose checks were
 	// written at it; spans are index ranges in which checks or nodes were
@@ -99,7 +103,7 @@ func newState() *state {
 	return &state{
 		services: map[string][]string{}, checks: map[checkKey]checkInfo{}, failing: map[checkKey]checkInfo{}, nodes: map[string]string{},
 		known: map[string]*fetched{}, nodeServices: map[string]map[string]bool{},
-		dirty: map[string]bool{}, checkWrites: map[uint64]write{},
+		dirty: map[string]bool{}, checkWrites: map[uint64]write{}, changed: map[string]bool{},
 	}
 }
 
@@ -146,6 +150,7 @@ func (s *state) applyServices(r result[map[string][]string], now time.Time) (rem
 			delete(s.dirty, name)
 			if f := s.known[name]; f != nil {
 				s.forget(name, f)
+				s.changed[name] = true
 				removed = true
 			}
 		}
@@ -355,6 +360,10 @@ func (s *state) store(name string, index uint64, instances []model.Instance) boo
 		s.forget(name, old)
 	}
 	s.known[name] = &fetched{index: index, instances: instances}
+	same := old != nil && equalInstances(old.instances, instances)
+	if !same {
+		s.changed[name] = true
+	}
 	for _, in := range instances {
 		if in.Node == "" {
 			continue
@@ -366,7 +375,7 @@ func (s *state) store(name string, index uint64, instances []model.Instance) boo
 		}
 		set[name] = true
 	}
-	return old == nil || !equalInstances(old.instances, instances)
+	return !same
 }
 
 func (s *state) forget(name string, f *fetched) {
@@ -382,8 +391,10 @@ func (s *state) forget(name string, f *fetched) {
 }
 
 // view is the full current view: every listed service's last fetched
-// instances.
+// instances, naming the services changed since the previous view (none
+// for the first).
 func (s *state) view() model.View {
+	defer func() { s.changed, s.viewed = map[string]bool{}, true }()
 	n := 0
 	for _, f := range s.known {
 		n += len(f.instances)
@@ -391,6 +402,9 @@ func (s *state) view() model.View {
 	v := model.View{Instances: make([]model.Instance, 0, n)}
 	for _, f := range s.known {
 		v.Instances = append(v.Instances, f.instances...)
+	}
+	if s.viewed {
+		v.Changed = append([]string{}, slices.Sorted(maps.Keys(s.changed))...)
 	}
 	return v
 }
