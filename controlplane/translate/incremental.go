@@ -21,6 +21,9 @@ type lastBuild struct {
 	mtls       MTLS
 	authz      Authorization
 	gatewayIn  *Gateway
+	// traffic says a service had traffic rules (subsets, routes: added
+	// by addTraffic across services); such models translate in full.
+	traffic bool
 }
 
 // incremental translates m from the previous Mesh when the model names
@@ -32,7 +35,8 @@ type lastBuild struct {
 func (t *Translator) incremental(m *model.Model, p config.Policies) (out *Mesh, ok bool, err error) {
 	l := t.last
 	if m.Changed == nil || l == nil || l.gatewayIn != t.gatewayIn ||
-		!reflect.DeepEqual(l.mtls, t.MTLS) || !reflect.DeepEqual(l.authz, t.authz) || !reflect.DeepEqual(l.configured, p) {
+		!reflect.DeepEqual(l.mtls, t.MTLS) || !reflect.DeepEqual(l.authz, t.authz) || !reflect.DeepEqual(l.configured, p) ||
+		l.traffic || hasTraffic(m) {
 		return nil, false, nil
 	}
 	prev := l.mesh
@@ -152,6 +156,16 @@ func (t *Translator) incremental(m *model.Model, p config.Policies) (out *Mesh, 
 	t.prev, t.outbound, t.memo, t.prevMTLS, t.gateway = next, out.Outbound, out.memo, t.MTLS, out.gateway
 	t.last = &lastBuild{mesh: out, configured: p, mtls: t.MTLS, authz: t.authz, gatewayIn: t.gatewayIn}
 	return out, true, nil
+}
+
+// hasTraffic reports whether a service of m has traffic rules.
+func hasTraffic(m *model.Model) bool {
+	for i := range m.Services {
+		if m.Services[i].HasTraffic() {
+			return true
+		}
+	}
+	return false
 }
 
 // messages are the entry's shared resources, in a fixed order.

@@ -228,7 +228,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 		return nil, err
 	}
 	t.prev, t.outbound, t.validated, t.memo, t.prevMTLS, t.gateway = next, out.Outbound, validated, out.memo, t.MTLS, out.gateway
-	t.last = &lastBuild{mesh: out, configured: p, mtls: t.MTLS, authz: t.authz, gatewayIn: t.gatewayIn}
+	t.last = &lastBuild{mesh: out, configured: p, mtls: t.MTLS, authz: t.authz, gatewayIn: t.gatewayIn, traffic: hasTraffic(m)}
 	return out, nil
 }
 
