@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/meshvm/mesh/dataplane/chain"
-	"github.com/meshvm/mesh/governance/retry"
 	"github.com/meshvm/mesh/routematch"
 )
 
@@ -19,19 +18,13 @@ func routeRetries(t *routematch.Table) (map[*routematch.Route]*chain.Retries, er
 	}
 	for _, vh := range t.VirtualHosts() {
 		for _, rt := range vh.Routes {
-			rp := rt.Retry
-			if rp == nil {
-				continue
-			}
-			on, err := retry.Parse(rp.RetryOn)
+			r, err := chain.RouteRetries(rt.Retry)
 			if err != nil {
-				return nil, fmt.Errorf("route %q: retry_policy: %w", rt.Name, err)
+				return nil, fmt.Errorf("route %q: %w", rt.Name, err)
 			}
-			r := &chain.Retries{Policy: retry.Policy{On: on}, Attempts: int(rp.NumRetries), PerTry: rp.PerTryTimeout}
-			for _, c := range rp.RetriableStatusCodes {
-				r.Policy.StatusCodes = append(r.Policy.StatusCodes, int(c))
+			if r != nil {
+				out[rt] = r
 			}
-			out[rt] = r
 		}
 	}
 	return out, nil

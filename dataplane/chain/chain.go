@@ -235,6 +235,9 @@ func compilePolicy(p config.Policy, local Local) (policy, error) {
 func (h *Handlers) newUpstream(name string, svc *service, p policy) (*upstream, error) {
 	u := &upstream{name: name, svc: svc, pol: p, h: h}
 	target := &UpstreamTarget{Name: name, Policy: h.table.Policy(name), u: u}
+	if s := h.table.Services[name]; s != nil {
+		target.Routes = s.Routes
+	}
 	steps := make([]Step, 0, len(h.steps.Outbound))
 	for _, b := range h.steps.Outbound {
 		s, err := b.Build(target)
@@ -246,6 +249,12 @@ func (h *Handlers) newUpstream(name string, svc *service, p policy) (*upstream, 
 		}
 	}
 	u.path = newPath(steps)
+	u.rest = u.path.first
+	for l := u.path.first.l; l != nil; l = l.next.l {
+		if _, ok := l.step.(*route); ok {
+			u.rest = l.next
+		}
+	}
 	if h.table.Static {
 		var eps []endpoint.Endpoint
 		if s := h.table.Services[name]; s != nil {

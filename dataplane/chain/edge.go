@@ -8,6 +8,7 @@ import (
 	"github.com/meshvm/mesh/dataplane/proxy"
 	"github.com/meshvm/mesh/governance/retry"
 	"github.com/meshvm/mesh/observability"
+	"github.com/meshvm/mesh/routematch"
 )
 
 // The edge path is a third kind of path, beside inbound and outbound, for
@@ -61,8 +62,27 @@ type Retries struct {
 	PerTry   time.Duration
 }
 
+// RouteRetries is the retry policy of a compiled route's retry_policy
+// (nil: nil): its conditions, retriable status codes, number of retries
+// and per-try timeout. An unknown retry_on condition is an error.
+func RouteRetries(rp *routematch.RetryPolicy) (*Retries, error) {
+	if rp == nil {
+		return nil, nil
+	}
+	on, err := retry.Parse(rp.RetryOn)
+	if err != nil {
+		return nil, fmt.Errorf("retry_policy: %w", err)
+	}
+	r := &Retries{Policy: retry.Policy{On: on}, Attempts: int(rp.NumRetries), PerTry: rp.PerTryTimeout}
+	for _, c := range rp.RetriableStatusCodes {
+		r.Policy.StatusCodes = append(r.Policy.StatusCodes, int(c))
+	}
+	return r, nil
+}
+
 // Forward runs the outbound path of service (endpoints, breaker,
-// timeout, tries) for x, as the per-upstream listener does; an unknown
+// timeout, tries) for x, as the per-upstream listener does, but without
+// the service's own routes: the edge route chose the cluster. An unknown
 // service is 503 no-route.
 func (x *Exchange) Forward(service string, o ForwardOptions) error {
 	u, err := x.h.lookup(x.R.Context(), service)
@@ -78,5 +98,5 @@ func (x *Exchange) Forward(service string, o ForwardOptions) error {
 		x.deadline = time.Now().Add(o.Timeout)
 	}
 	x.retries = o.Retries
-	return u.path.first.Serve(x)
+	return u.rest.Serve(x)
 }

@@ -17,6 +17,9 @@ type upstream struct {
 	pol  policy
 	h    *Handlers
 	path path // the service's compiled steps
+	// rest is the path after the route step (the whole path when there
+	// is none): what runs when a route picks this cluster.
+	rest Next
 
 	set   atomic.Pointer[endpointSet]
 	setMu sync.Mutex // rebuilds from a live resolver

@@ -118,7 +118,7 @@ func (x *Exchange) Service() string {
 
 // Route is the route the route step matched (nil when the service has
 // no routes, and on an edge path): the steps after it read their
-// per-route configuration from it.
+// per-route configuration from it (Route.PerFilterConfig).
 func (x *Exchange) Route() *routematch.Route { return x.route }
 
 // Direction is observability.Inbound or observability.Outbound.
@@ -170,6 +170,12 @@ type UpstreamTarget struct {
 	Name string
 	// Policy is its policy as configured (or sent by the control plane).
 	Policy config.Policy
+	// Routes are its compiled routes (table.Service.Routes; nil: none).
+	// A step after the route step that is configured per route builds
+	// what it needs for each of them here, and finds the request's in
+	// Exchange.Route; mind that the path it runs in is the picked
+	// cluster's, whose own Routes may be nil.
+	Routes *routematch.VirtualHost
 
 	u *upstream
 }

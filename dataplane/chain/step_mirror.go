@@ -158,7 +158,8 @@ func (c shadow) send(body []byte) {
 	w := &discardWriter{h: http.Header{}}
 	x := getExchange(w, r, observability.Outbound, to.h)
 	x.up = to
-	err := to.path.first.Serve(x)
+	err := to.rest.Serve(x) // the mirror cluster's own steps, not its routes
+
 	putExchange(x)
 	to.svc.m.Mirrored(err == nil && w.status != 0, false)
 }

@@ -13,11 +13,14 @@ package chain
 // Outbound (per upstream service, after routing by Host or the
 // per-upstream listener):
 //
-//	endpoints → max-requests → circuit-breaker → fault → route-timeout → mirror → tries
+//	route → endpoints → max-requests → circuit-breaker → fault → route-timeout → mirror → tries
 //
-// fault and mirror are there only for the clusters that routes with a
-// fault injection or a mirror policy send to; they read the request's
-// route (Exchange.Route).
+// route (only for a service with traffic routes) matches the service's
+// routes and hands the request to the rest of the path of the cluster it
+// picks (the service, a subset of it, another service); the steps after
+// it run for that cluster. fault and mirror are there only for the
+// clusters that routes with a fault injection or a mirror policy send
+// to; they read the request's route (Exchange.Route).
 //
 // tries picks an endpoint (load balancing, outlier ejection), applies
 // max_pending and the per-try timeout, sends, and retries within the
@@ -33,6 +36,7 @@ func DefaultSteps() Steps {
 			{Name: "app", Build: buildApp},
 		},
 		Outbound: []OutboundBuilder{
+			{Name: "route", Build: buildRoute},
 			{Name: "endpoints", Build: buildEndpoints},
 			{Name: "max-requests", Build: buildMaxRequests},
 			{Name: "circuit-breaker", Build: buildBreaker},

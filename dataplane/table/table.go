@@ -52,8 +52,12 @@ type Service struct {
 	// policy (the Cluster's ring_hash_lb_config or maglev_lb_config).
 	HashLB HashLB
 	// Routes, with a control plane, are the service's virtual host
-	// compiled (its traffic routes in order, then the catch-all); nil
-	// when it has none but the catch-all.
+	// compiled (its traffic routes in order, then the catch-all): the
+	// outbound path's route step matches each request against them and
+	// picks the cluster (the service's, one of its subsets "orders/v2",
+	// another service). Nil when the virtual host is only the catch-all
+	// to the service's own cluster, whose timeout and retries are then
+	// the Policy's.
 	Routes *routematch.VirtualHost `json:"-"`
 }
 

@@ -254,7 +254,7 @@ func handSeeds() [][]byte {
 			}),
 			cla("pay", corev3.HealthStatus_DRAINING, "10.0.0.5")),
 		// refused: a sleep window that is no duration, a STATIC cluster,
-		// a hostname endpoint, a redirect
+		// a hostname endpoint, a route choosing its cluster by header
 		encodeResponse("3", eds("orders", func(c *clusterv3.Cluster) { c.Metadata = governance("soon") })),
 		encodeResponse("4", eds("orders", func(c *clusterv3.Cluster) {
 			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
@@ -263,7 +263,7 @@ func handSeeds() [][]byte {
 		encodeResponse("6", eds("orders", nil), &routev3.RouteConfiguration{Name: wire.OutboundRoute, VirtualHosts: []*routev3.VirtualHost{{
 			Name: "orders", Domains: []string{"orders"}, Routes: []*routev3.Route{{
 				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_ClusterHeader{ClusterHeader: "x-cluster"}}},
 			}},
 		}}}),
 	}

@@ -6,10 +6,15 @@
 //
 // What the agent reads (names and keys from the wire contract, package
 // wire; controlplane/README.md describes the resources):
-//   - the outbound RouteConfiguration (wire.OutboundRoute): one virtual host per
-//     service; the route's cluster names the service, its timeout and
-//     retry_policy become the service's timeout and retries;
-//   - one EDS Cluster per service: connect_timeout, lb_policy (or
+//   - every RouteConfiguration but the gateway's (wire.OutboundRoute, one
+//     virtual host per service, and the per-service wire.ServiceRoute):
+//     each service's virtual host compiled by routematch (routes.go); the
+//     catch-all's timeout and retry_policy become the service's timeout
+//     and retries, and a virtual host with more (traffic routes: splits
+//     over subsets, header routes, rewrites, redirects...) becomes the
+//     service's table.Service.Routes;
+//   - one EDS Cluster per service, and one per subset (wire.SubsetCluster,
+//     "orders/v2": a table service of its own): connect_timeout, lb_policy (or
 //     load_balancing_policy), zone-aware routing, circuit_breakers
 //     thresholds and retry budget, outlier_detection, and the
 //     wire.GovernanceNamespace filter metadata for the error-percentage breaker,
@@ -38,7 +43,6 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	localratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/local_ratelimit/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -92,12 +96,8 @@ func Translate(r xdsclient.Resources) (*table.Table, error) {
 		}
 		t.Services[name] = &table.Service{Name: name, Policy: p, Endpoints: eps, MTLSIdentity: id, MTLSMode: mode, VirtualIP: vip, HashLB: hlb}
 	}
-	if rc := r.Routes[wire.OutboundRoute]; rc != nil {
-		for _, vh := range rc.GetVirtualHosts() {
-			if err := applyVirtualHost(t, vh); err != nil {
-				return nil, fmt.Errorf("route %q virtual host %q: %w", wire.OutboundRoute, vh.GetName(), err)
-			}
-		}
+	if err := applyRoutes(t, r.Routes); err != nil {
+		return nil, err
 	}
 	if l := r.Listeners[wire.InboundListener]; l != nil {
 		mode, err := inboundMTLS(l)
@@ -310,46 +310,4 @@ func endpoints(cla *endpointv3.ClusterLoadAssignment) ([]endpoint.Endpoint, erro
 	}
 	slices.SortStableFunc(out, func(a, b endpoint.Endpoint) int { return strings.Compare(a.Addr, b.Addr) })
 	return out, nil
-}
-
-// applyVirtualHost sets the route-level policy (timeout, retries) of the
-// service its route sends to.
-func applyVirtualHost(t *table.Table, vh *routev3.VirtualHost) error {
-	for _, rt := range vh.GetRoutes() {
-		action := rt.GetRoute()
-		if action == nil {
-			return fmt.Errorf("route %q: only route actions are supported", rt.GetName())
-		}
-		name := action.GetCluster()
-		if name == "" {
-			return fmt.Errorf("route %q: only a single cluster is supported", rt.GetName())
-		}
-		s, ok := t.Services[name]
-		if !ok {
-			continue // its cluster has not arrived yet (CDS comes first; it will)
-		}
-		if d := action.GetTimeout(); d != nil {
-			s.Policy.Timeout = d.AsDuration()
-		} else {
-			s.Policy.Timeout = 15 * time.Second // Envoy's default route timeout
-		}
-		if rp := action.GetRetryPolicy(); rp != nil {
-			s.Policy.Retries.Attempts = int(uintOr(rp.GetNumRetries(), 1))
-			s.Policy.Retries.RetryOn = splitRetryOn(rp.GetRetryOn())
-			if d := rp.GetPerTryTimeout(); d != nil {
-				s.Policy.Retries.PerTryTimeout = d.AsDuration()
-			}
-		}
-	}
-	return nil
-}
-
-func splitRetryOn(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
 }

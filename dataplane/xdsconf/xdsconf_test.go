@@ -128,9 +128,16 @@ func TestUnusableResourcesAreRejectedWithTheirName(t *testing.T) {
 		{"hostname endpoint", func(r *xdsclient.Resources) {
 			r.Endpoints["orders"].Endpoints[0].LbEndpoints[0].GetEndpoint().GetAddress().GetSocketAddress().Address = "orders.example.com"
 		}, `"orders.example.com" is not an IP address`},
-		{"redirect route", func(r *xdsclient.Resources) {
-			r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[0].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
-		}, `only route actions are supported`},
+		{"cluster by header", func(r *xdsclient.Resources) {
+			r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[0].GetRoute().ClusterSpecifier = &routev3.RouteAction_ClusterHeader{ClusterHeader: "x-cluster"}
+		}, `route "mesh_outbound": virtual_hosts[0] "orders": routes[0] "orders": route: cluster_header: not supported`},
+		{"filter the agent lacks", func(r *xdsclient.Resources) {
+			cfg, _ := anypb.New(&routev3.Route{})
+			r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[0].TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.cors": cfg}
+		}, `route "mesh_outbound" virtual host "orders": routes[0] "orders": typed_per_filter_config[envoy.filters.http.cors]: the agent's outbound path has no such filter`},
+		{"unknown retry condition", func(r *xdsclient.Resources) {
+			r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[0].GetRoute().RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx,whenever"}
+		}, `route "mesh_outbound" virtual host "orders": routes[0] "orders": retry_policy: retry_on:`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := wiretest.Load(t, wiretest.AgentClientOnly)
