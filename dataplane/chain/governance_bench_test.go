@@ -2,17 +2,21 @@ package chain
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/dataplane/endpoint"
 	"github.com/meshvm/mesh/dataplane/proxy"
 	"github.com/meshvm/mesh/dataplane/table"
 	"github.com/meshvm/mesh/governance/outlier"
+	"github.com/meshvm/mesh/routematch"
 )
 
 // benchHandlers compiles a static table whose service "b" has three
@@ -175,4 +179,69 @@ func BenchmarkPath(b *testing.B) {
 			h.serveInbound(w, r, "127.0.0.1:1")
 		}
 	})
+}
+
+// BenchmarkRouteStep is the outbound path of BenchmarkPath for a service
+// with n routes (issue 17's route-matching benchmark, through the agent's
+// route step): the request matches the last one, the worst case of
+// Envoy's first-match order, a 90/10 split over two subsets whose paths
+// then run (endpoints, max-requests, circuit-breaker). routes=0 is the
+// service without routes (no route step), BenchmarkPath's case.
+func BenchmarkRouteStep(b *testing.B) {
+	for _, n := range []int{0, 1, 10, 100} {
+		b.Run(fmt.Sprintf("routes=%d", n), func(b *testing.B) {
+			steps := DefaultSteps()
+			steps.Outbound[len(steps.Outbound)-1] = OutboundBuilder{Name: "ok", Build: func(*UpstreamTarget) (Step, error) { return okStep{}, nil }}
+			p := config.DefaultPolicy()
+			p.Timeout = 0
+			eps := []endpoint.Endpoint{{Addr: "127.0.0.42:1", Zone: "a"}, {Addr: "127.0.0.43:1", Zone: "a"}}
+			tbl := &table.Table{Version: "bench", Static: true, Default: p, Services: map[string]*table.Service{
+				"b":    {Name: "b", Policy: p, Endpoints: eps},
+				"b/v1": {Name: "b/v1", Policy: p, Endpoints: eps[:1]},
+				"b/v2": {Name: "b/v2", Policy: p, Endpoints: eps[1:]},
+			}}
+			if n > 0 {
+				tbl.Services["b"].Routes = benchRoutes(b, n)
+			}
+			h, err := CompileSteps(tbl, nil, Local{Service: "a"}, proxy.NewForwarder(proxy.Options{}), NewState(nil), zerolog.Nop(), steps)
+			if err != nil {
+				b.Fatal(err)
+			}
+			w := nopWriter{h: http.Header{}}
+			r, _ := http.NewRequest(http.MethodGet, "http://b/api/orders/42?v=2", nil)
+			r.Header.Set("X-Tester", "1")
+			b.ReportAllocs()
+			for b.Loop() {
+				h.serveOutbound(w, r)
+			}
+		})
+	}
+}
+
+// benchRoutes is a virtual host of n routes whose last one matches
+// BenchmarkRouteStep's request (as routematch's BenchmarkMatch).
+func benchRoutes(b *testing.B, n int) *routematch.VirtualHost {
+	prefix := func(p string) *routev3.RouteMatch {
+		return &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: p}}
+	}
+	get := &routev3.HeaderMatcher{Name: ":method", HeaderMatchSpecifier: &routev3.HeaderMatcher_ExactMatch{ExactMatch: "GET"}}
+	var routes []*routev3.Route
+	for i := range n - 1 {
+		routes = append(routes, &routev3.Route{Name: fmt.Sprintf("r%d", i), Match: &routev3.RouteMatch{
+			PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: fmt.Sprintf("/svc%d/", i)}, Headers: []*routev3.HeaderMatcher{get},
+		}, Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: "b"}}}})
+	}
+	last := prefix("/api/orders")
+	last.Headers = []*routev3.HeaderMatcher{get, {Name: "x-tester", HeaderMatchSpecifier: &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}}}
+	last.QueryParameters = []*routev3.QueryParameterMatcher{{Name: "v"}}
+	routes = append(routes, &routev3.Route{Name: "canary", Match: last, Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+		ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: []*routev3.WeightedCluster_ClusterWeight{
+			{Name: "b/v1", Weight: wrapperspb.UInt32(90)}, {Name: "b/v2", Weight: wrapperspb.UInt32(10)},
+		}}},
+	}}})
+	tb, err := routematch.Compile(&routev3.RouteConfiguration{VirtualHosts: []*routev3.VirtualHost{{Name: "b", Domains: []string{"b"}, Routes: routes}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tb.VirtualHosts()[0]
 }
