@@ -10,11 +10,12 @@ func (rt *Route) CatchAll() bool {
 }
 
 // Plain reports whether the route forwards to its one cluster unchanged:
-// no weighted split, path or host rewrite, header mutation or per-filter
-// configuration.
+// no weighted split, path or host rewrite, header mutation, per-filter
+// configuration (fault injection...), mirror or hash policy.
 func (rt *Route) Plain() bool {
 	return rt.Kind == Forward && len(rt.Clusters) == 0 && rt.PrefixRewrite == "" &&
-		rt.RegexRewrite == nil && rt.HostRewrite == "" && rt.mut.empty() && len(rt.PerFilterConfig) == 0
+		rt.RegexRewrite == nil && rt.HostRewrite == "" && rt.mut.empty() && len(rt.PerFilterConfig) == 0 &&
+		rt.Fault == nil && len(rt.Mirrors) == 0 && len(rt.HashPolicies) == 0
 }
 
 // Respond answers a request matched by a redirect or direct-response

@@ -85,14 +85,16 @@ func applyServiceRoutes(t *table.Table, svc string, vh *routematch.VirtualHost) 
 	if !ok {
 		return nil // its cluster has not arrived yet (CDS comes first; it will)
 	}
+	// The catch-all: the last route that takes every request to the
+	// service's cluster or one of its subsets (the default subset).
 	var catchAll *routematch.Route
 	for _, rt := range slices.Backward(vh.Routes) {
-		if rt.CatchAll() && rt.Plain() && rt.Cluster == svc {
+		if own, _ := wire.SplitCluster(rt.Cluster); rt.CatchAll() && rt.Plain() && own == svc {
 			catchAll = rt
 			break
 		}
 	}
-	if !(len(vh.Routes) == 1 && catchAll != nil) {
+	if !(len(vh.Routes) == 1 && catchAll != nil && catchAll.Cluster == svc) {
 		s.Routes = vh
 	}
 	if catchAll != nil {
@@ -110,8 +112,15 @@ func applyServiceRoutes(t *table.Table, svc string, vh *routematch.VirtualHost) 
 }
 
 // agentCanServe refuses what a compiled route asks that the agent's
-// outbound path does not do.
+// outbound path does not do (yet: fault injection, mirroring and hashing
+// are accepted here when their steps read them from Exchange.Route).
 func agentCanServe(rt *routematch.Route) error {
+	switch {
+	case len(rt.Mirrors) > 0:
+		return fmt.Errorf("route: request_mirror_policies: the agent does not mirror requests")
+	case len(rt.HashPolicies) > 0:
+		return fmt.Errorf("route: hash_policy: the agent does not hash requests")
+	}
 	for name := range rt.PerFilterConfig {
 		if !agentFilters[name] {
 			return fmt.Errorf("typed_per_filter_config[%s]: the agent's outbound path has no such filter", name)
