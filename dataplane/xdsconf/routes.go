@@ -89,12 +89,14 @@ func applyServiceRoutes(t *table.Table, svc string, vh *routematch.VirtualHost) 
 	// service's cluster or one of its subsets (the default subset).
 	var catchAll *routematch.Route
 	for _, rt := range slices.Backward(vh.Routes) {
-		if own, _ := wire.SplitCluster(rt.Cluster); rt.CatchAll() && rt.Plain() && own == svc {
+		if own, _ := wire.SplitCluster(rt.Cluster); rt.CatchAll() && rt.Kind == routematch.Forward && own == svc {
 			catchAll = rt
 			break
 		}
 	}
-	if !(len(vh.Routes) == 1 && catchAll != nil && catchAll.Cluster == svc) {
+	// Only the catch-all, to the service's own cluster and unchanged (no
+	// rewrite, mutation, fault, mirror or hash policy): no route step.
+	if !(len(vh.Routes) == 1 && catchAll != nil && catchAll.Cluster == svc && catchAll.Plain()) {
 		s.Routes = vh
 	}
 	if catchAll != nil {
@@ -112,15 +114,10 @@ func applyServiceRoutes(t *table.Table, svc string, vh *routematch.VirtualHost) 
 }
 
 // agentCanServe refuses what a compiled route asks that the agent's
-// outbound path does not do (yet: fault injection, mirroring and hashing
-// are accepted here when their steps read them from Exchange.Route).
+// outbound path does not do (routematch has refused what no role does;
+// fault injection, mirroring and hash policies are the fault and mirror
+// steps' and the tries step's).
 func agentCanServe(rt *routematch.Route) error {
-	switch {
-	case len(rt.Mirrors) > 0:
-		return fmt.Errorf("route: request_mirror_policies: the agent does not mirror requests")
-	case len(rt.HashPolicies) > 0:
-		return fmt.Errorf("route: hash_policy: the agent does not hash requests")
-	}
 	for name := range rt.PerFilterConfig {
 		if !agentFilters[name] {
 			return fmt.Errorf("typed_per_filter_config[%s]: the agent's outbound path has no such filter", name)

@@ -8,43 +8,23 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshvm/mesh/dataplane/xdsconf"
 	"github.com/meshvm/mesh/routematch"
 	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/wire/wiretest"
-	"github.com/meshvm/mesh/xdsclient"
 )
 
-// withoutFaultsMirrorsHashes is the traffic golden without what the
-// agent's outbound path does not do yet (fault injection, mirroring,
-// hashing), which it refuses.
-func withoutFaultsMirrorsHashes(r xdsclient.Resources) xdsclient.Resources {
-	r = r.Clone()
-	for name, rc := range r.Routes {
-		rc = proto.Clone(rc).(*routev3.RouteConfiguration)
-		for _, vh := range rc.GetVirtualHosts() {
-			for _, rt := range vh.GetRoutes() {
-				delete(rt.TypedPerFilterConfig, wire.FaultFilter)
-				if a := rt.GetRoute(); a != nil {
-					a.HashPolicy, a.RequestMirrorPolicies = nil, nil
-				}
-			}
-		}
-		r.Routes[name] = rc
-	}
-	return r
-}
-
 // The agent reads the traffic golden (wire/testdata/agent-traffic, what
-// mesh control sends for orders' subsets and routes): every subset is a
+// mesh control sends for orders' subsets and routes) whole: every subset is a
 // service of the table with its own endpoints and identity, orders gets
 // its routes in order, and services whose virtual host is only the
 // catch-all get none (their outbound path has no route step).
 func TestTrafficRoutesFromTheGolden(t *testing.T) {
 	golden := wiretest.Load(t, wiretest.AgentTraffic)
-	tab, err := xdsconf.Translate(withoutFaultsMirrorsHashes(golden))
+	tab, err := xdsconf.Translate(golden)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,49 +70,37 @@ func TestTrafficRoutesFromTheGolden(t *testing.T) {
 	if orders.Routes.Routes[4].Kind != routematch.RedirectKind || orders.Routes.Routes[5].Kind != routematch.DirectKind {
 		t.Errorf("legacy and health are not a redirect and a direct response")
 	}
+	if len(canary.Mirrors) != 1 || orders.Routes.Routes[2].Fault == nil || len(orders.Routes.Routes[0].HashPolicies) != 1 {
+		t.Errorf("the canary's mirror, the fault route's fault or the testers' hash policy is lost")
+	}
 	// The catch-all (to the default subset) gives orders its policy.
 	if got := orders.Policy; got.Timeout != 15*time.Second || got.Retries.Attempts != 2 {
 		t.Errorf("orders' policy from its catch-all: timeout %v retries %+v", got.Timeout, got.Retries)
 	}
-	for _, name := range []string{"payments", "search", "orders/v2"} {
+	for _, name := range []string{"search", "orders/v2"} {
 		if tab.Services[name].Routes != nil {
 			t.Errorf("%s has routes, want none (its virtual host is only its catch-all, or it has none)", name)
 		}
+	}
+	// payments' catch-all hashes on the source IP: the route step must
+	// put it on the request for the tries step.
+	if r := tab.Services["payments"].Routes; r == nil || len(r.Routes) != 1 || len(r.Routes[0].HashPolicies) != 1 {
+		t.Errorf("payments' routes %v, want its catch-all with its hash policy", r)
 	}
 	if got := tab.Services["payments"].Policy.Timeout; got != 15*time.Second {
 		t.Errorf("payments' timeout %v, want its catch-all's 15s", got)
 	}
 }
 
-// What the agent cannot do is refused with the route's name, as Envoy
-// refuses an extension it lacks: the golden as it is (hash policies,
-// mirroring, fault injection).
-func TestTrafficGoldenRefusesWhatTheAgentDoesNot(t *testing.T) {
-	golden := wiretest.Load(t, wiretest.AgentTraffic)
-	for _, tc := range []struct {
-		name string
-		res  func() xdsclient.Resources
-		want string
-	}{
-		{"hash policy", func() xdsclient.Resources { return golden },
-			`route "mesh_outbound" virtual host "orders": routes[0] "testers": route: hash_policy: the agent does not hash requests`},
-		{"mirror", func() xdsclient.Resources {
-			r := withoutFaultsMirrorsHashes(golden)
-			r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[1].GetRoute().RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "orders/v2"}}
-			return r
-		}, `routes[1] "canary": route: request_mirror_policies: the agent does not mirror requests`},
-		{"fault", func() xdsclient.Resources {
-			r := withoutFaultsMirrorsHashes(golden)
-			r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[2].TypedPerFilterConfig = golden.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[2].TypedPerFilterConfig
-			return r
-		}, `routes[2] "fault": typed_per_filter_config[envoy.filters.http.fault]: the agent's outbound path has no such filter`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := xdsconf.Translate(tc.res())
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %v, want one containing %q", err, tc.want)
-			}
-		})
+// What the agent's outbound path has no filter for is refused with the
+// route's name, as Envoy refuses an extension it lacks.
+func TestRouteFilterTheAgentLacks(t *testing.T) {
+	r := wiretest.Load(t, wiretest.AgentTraffic)
+	rt := r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[2]
+	rt.TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.cors": rt.TypedPerFilterConfig[wire.FaultFilter]}
+	want := `route "mesh_outbound" virtual host "orders": routes[2] "fault": typed_per_filter_config[envoy.filters.http.cors]: the agent's outbound path has no such filter`
+	if _, err := xdsconf.Translate(r); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("error %v, want one containing %q", err, want)
 	}
 }
 
