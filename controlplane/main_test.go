@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,6 +40,8 @@ type plane struct {
 	*controlplane.Control
 	xdsAddr, adminAddr string
 	logs               *meshtest.SyncBuffer
+	// stop ends it (as at the end of the test) and waits.
+	stop func()
 }
 
 // startPlane runs a control plane on 127.0.0.1 free ports against
@@ -90,7 +93,7 @@ func launchPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *pl
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		cancel()
 		select {
 		case err := <-done:
@@ -101,7 +104,8 @@ func launchPlane(t *testing.T, consulAddr string, edit func(*config.Config)) *pl
 			t.Errorf("control plane did not stop in 10s")
 		}
 	})
-	return &plane{Control: c, xdsAddr: cfg.Control.XDSAddr, adminAddr: cfg.Control.AdminAddr, logs: logs}
+	t.Cleanup(stop)
+	return &plane{Control: c, xdsAddr: cfg.Control.XDSAddr, adminAddr: cfg.Control.AdminAddr, logs: logs, stop: stop}
 }
 
 // register adds a service instance to Consul through its agent API, with

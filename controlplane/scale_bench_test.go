@@ -23,12 +23,14 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/source"
 	"github.com/meshvm/mesh/meshtest"
+	"github.com/meshvm/mesh/wire"
 	"github.com/meshvm/mesh/xdsclient"
 )
 
@@ -41,6 +43,8 @@ const (
 	envClientsAddr     = "MESH_BENCH_ADS_ADDR"
 	envClientsCount    = "MESH_BENCH_ADS_CLIENTS"
 	envClientsServices = "MESH_BENCH_ADS_SERVICES"
+	envClientsFirst    = "MESH_BENCH_ADS_FIRST"
+	envClientsMode     = "MESH_BENCH_ADS_MODE"
 )
 
 // syntheticCatalog is services x instances over 2 zones and 10 nodes, as
@@ -224,79 +228,144 @@ func procStatus(field string) int {
 	return 0
 }
 
-// clientsProc is the child process holding the ADS clients.
+// clientsProc is the child processes holding the ADS clients; client
+// indexes are global across them.
 type clientsProc struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	wg    sync.WaitGroup
+	cmds   []*exec.Cmd
+	stdins []io.WriteCloser
+	wg     sync.WaitGroup
 
 	mu      sync.Mutex
 	changed *sync.Cond
 	eds     []int       // EDS responses ACKed per client after sync
 	last    []time.Time // time of each client's last EDS ACK
-	total   int         // responses of any type after sync
+	bytes   []int64     // bytes received per client after sync
+	od      []time.Duration
+	total   int // responses of any type after sync
 	err     error
 }
 
+// clientsOptions say what startClientsWith runs.
+type clientsOptions struct {
+	n, services int
+	// delta runs scoped delta clients (benchDeltaClient), else
+	// state-of-the-world clients subscribed to everything.
+	delta bool
+	// procs is the number of child processes (default 1).
+	procs int
+}
+
 func startClients(b *testing.B, addr string, n, services int) (*clientsProc, error) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envClientsAddr+"="+addr, envClientsCount+"="+strconv.Itoa(n), envClientsServices+"="+strconv.Itoa(services))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start clients: %w", err)
-	}
-	p := &clientsProc{cmd: cmd, stdin: stdin, eds: make([]int, n), last: make([]time.Time, n)}
+	return startClientsWith(b, addr, clientsOptions{n: n, services: services})
+}
+
+// startClientsWith starts the clients and returns once every one of them
+// has synced.
+func startClientsWith(b *testing.B, addr string, o clientsOptions) (*clientsProc, error) {
+	n := o.n
+	procs := max(o.procs, 1)
+	p := &clientsProc{eds: make([]int, n), last: make([]time.Time, n), bytes: make([]int64, n), od: make([]time.Duration, n)}
 	p.changed = sync.NewCond(&p.mu)
+	mode := "sotw"
+	if o.delta {
+		mode = "delta"
+	}
+	readyc := make(chan int, procs)
+	for k := 0; k < procs; k++ {
+		lo, hi := k*n/procs, (k+1)*n/procs
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), envClientsAddr+"="+addr, envClientsCount+"="+strconv.Itoa(hi-lo),
+			envClientsServices+"="+strconv.Itoa(o.services), envClientsFirst+"="+strconv.Itoa(lo), envClientsMode+"="+mode)
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			p.stop(b)
+			return nil, fmt.Errorf("start clients: %w", err)
+		}
+		p.cmds, p.stdins = append(p.cmds, cmd), append(p.stdins, stdin)
+		p.wg.Add(1)
+		go p.read(stdout, hi-lo, readyc)
+	}
+	ready := 0
+	for k := 0; k < procs; k++ {
+		ready += <-readyc
+	}
+	if ready < n {
+		p.stop(b)
+		return nil, fmt.Errorf("clients: %d of %d synced before a child ended", ready, n)
+	}
+	return p, nil
+}
+
+// read follows one child's output: "ready i" until its want clients
+// synced (then the count goes to readyc), then "r i type unixnano
+// resources bytes" per ACKed response and "od i nanoseconds" per
+// on-demand subscription served.
+func (p *clientsProc) read(stdout io.Reader, want int, readyc chan<- int) {
+	defer p.wg.Done()
 	ready := 0
 	sc := bufio.NewScanner(stdout)
-	for ready < n && sc.Scan() {
+	for ready < want && sc.Scan() {
 		if strings.HasPrefix(sc.Text(), "ready ") {
 			ready++
 		}
 	}
-	if ready < n {
-		p.stop(b)
-		return nil, fmt.Errorf("clients: %d of %d synced before the child ended", ready, n)
-	}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if len(f) != 4 || f[0] != "r" {
-				continue
-			}
-			i, _ := strconv.Atoi(f[1])
+	readyc <- ready
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 {
+			continue
+		}
+		i, _ := strconv.Atoi(f[1])
+		if i < 0 || i >= len(p.eds) {
+			continue
+		}
+		p.mu.Lock()
+		switch {
+		case f[0] == "r" && len(f) >= 4:
 			ns, _ := strconv.ParseInt(f[3], 10, 64)
-			p.mu.Lock()
 			p.total++
-			if f[2] == "eds" && i >= 0 && i < n {
+			if len(f) >= 6 {
+				n, _ := strconv.ParseInt(f[5], 10, 64)
+				p.bytes[i] += n
+			}
+			if f[2] == "eds" {
 				p.eds[i]++
 				p.last[i] = time.Unix(0, ns)
 			}
-			p.mu.Unlock()
-			p.changed.Broadcast()
+		case f[0] == "od":
+			ns, _ := strconv.ParseInt(f[2], 10, 64)
+			p.od[i] = time.Duration(ns)
 		}
-		p.mu.Lock()
-		p.err = fmt.Errorf("clients ended: %v", sc.Err())
 		p.mu.Unlock()
 		p.changed.Broadcast()
-	}()
-	return p, nil
+	}
+	p.mu.Lock()
+	if p.err == nil {
+		p.err = fmt.Errorf("clients ended: %v", sc.Err())
+	}
+	p.mu.Unlock()
+	p.changed.Broadcast()
 }
 
 func (p *clientsProc) counts() []int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return slices.Clone(p.eds)
+}
+
+// received is the bytes each client received after its sync.
+func (p *clientsProc) received() []int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.bytes)
 }
 
 // responses is the number of responses of any type the clients ACKed
@@ -310,10 +379,51 @@ func (p *clientsProc) responses() int {
 // waitEDS waits until every client ACKed an EDS response after before and
 // returns the time of each client's ACK.
 func (p *clientsProc) waitEDS(before []int, timeout time.Duration) ([]time.Time, error) {
+	return p.waitEDSOf(before, nil, timeout)
+}
+
+// waitEDSOf waits until each client in which (all when nil) ACKed an EDS
+// response after before, and returns the time of each one's last ACK.
+func (p *clientsProc) waitEDSOf(before []int, which []int, timeout time.Duration) ([]time.Time, error) {
+	if which == nil {
+		for i := range before {
+			which = append(which, i)
+		}
+	}
+	return p.wait(timeout, "ACKed an EDS update", func() ([]time.Time, bool) {
+		out := make([]time.Time, 0, len(which))
+		for _, i := range which {
+			if p.eds[i] <= before[i] {
+				return nil, false
+			}
+			out = append(out, p.last[i])
+		}
+		return out, true
+	})
+}
+
+// waitOnDemand waits until every client reported its on-demand service
+// served and returns how long each took.
+func (p *clientsProc) waitOnDemand(timeout time.Duration) ([]time.Duration, error) {
+	var out []time.Duration
+	_, err := p.wait(timeout, "got its on-demand service", func() ([]time.Time, bool) {
+		for _, d := range p.od {
+			if d == 0 {
+				return nil, false
+			}
+		}
+		out = slices.Clone(p.od)
+		return nil, true
+	})
+	return out, err
+}
+
+// wait waits, p.mu held, until done says so, the clients fail or timeout.
+func (p *clientsProc) wait(timeout time.Duration, what string, done func() ([]time.Time, bool)) ([]time.Time, error) {
 	timer := time.AfterFunc(timeout, func() {
 		p.mu.Lock()
 		if p.err == nil {
-			p.err = fmt.Errorf("not every client ACKed an EDS update within %v", timeout)
+			p.err = fmt.Errorf("not every client %s within %v", what, timeout)
 		}
 		p.mu.Unlock()
 		p.changed.Broadcast()
@@ -325,56 +435,88 @@ func (p *clientsProc) waitEDS(before []int, timeout time.Duration) ([]time.Time,
 		if p.err != nil {
 			return nil, p.err
 		}
-		all := true
-		for i := range p.eds {
-			if p.eds[i] <= before[i] {
-				all = false
-				break
-			}
-		}
-		if all {
-			return slices.Clone(p.last), nil
+		if out, ok := done(); ok {
+			return out, nil
 		}
 		p.changed.Wait()
 	}
 }
 
+// command sends a line to every child (onDemand: "ondemand").
+func (p *clientsProc) command(line string) error {
+	for _, w := range p.stdins {
+		if _, err := io.WriteString(w, line+"\n"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (p *clientsProc) stop(b *testing.B) {
-	p.stdin.Close()
-	if err := p.cmd.Wait(); err != nil {
-		b.Logf("clients process: %v", err)
+	for _, w := range p.stdins {
+		w.Close()
+	}
+	for _, cmd := range p.cmds {
+		if err := cmd.Wait(); err != nil {
+			b.Logf("clients process: %v", err)
+		}
 	}
 	p.wg.Wait()
 }
 
-// adsClientsMain is the child process: it connects the clients in batches
-// (so their initial syncs do not all overlap), prints "ready i" once client
-// i has ACKed all four types, then "r i type unixnano" after each later ACK,
-// and exits when its stdin closes.
+// adsClientsMain is a child process: it connects its clients in batches
+// (so their initial syncs do not all overlap), prints "ready i" once
+// client i has synced, then "r i type unixnano resources bytes" after each
+// later ACK; on the line "ondemand" on stdin each delta client subscribes
+// to one more service and prints "od i nanoseconds" once it holds it; it
+// exits when its stdin closes.
 func adsClientsMain() int {
 	addr := os.Getenv(envClientsAddr)
 	n, _ := strconv.Atoi(os.Getenv(envClientsCount))
 	services, _ := strconv.Atoi(os.Getenv(envClientsServices))
+	first, _ := strconv.Atoi(os.Getenv(envClientsFirst))
+	delta := os.Getenv(envClientsMode) == "delta"
 	ctx, cancel := context.WithCancel(context.Background())
-	out := make(chan string, 1024)
+	out := make(chan string, 4096)
 	var wg sync.WaitGroup
+	onDemand := make([]chan struct{}, n)
 	const batch = 20
 	for lo := 0; lo < n; lo += batch {
 		var ready sync.WaitGroup
-		for i := lo; i < min(lo+batch, n); i++ {
+		for k := lo; k < min(lo+batch, n); k++ {
 			ready.Add(1)
 			wg.Add(1)
+			onDemand[k] = make(chan struct{}, 1)
 			go func() {
 				defer wg.Done()
-				if err := benchADSClient(ctx, addr, i, services, ready.Done, out); err != nil && ctx.Err() == nil {
-					fmt.Fprintf(os.Stderr, "client %d: %v\n", i, err)
+				var err error
+				if delta {
+					err = benchDeltaClient(ctx, addr, first+k, services, ready.Done, onDemand[k], out)
+				} else {
+					err = benchADSClient(ctx, addr, first+k, services, ready.Done, out)
+				}
+				if err != nil && ctx.Err() == nil {
+					fmt.Fprintf(os.Stderr, "client %d: %v\n", first+k, err)
 					cancel()
 				}
 			}()
 		}
 		ready.Wait()
 	}
-	go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			if sc.Text() == "ondemand" {
+				for _, c := range onDemand {
+					select {
+					case c <- struct{}{}:
+					default:
+					}
+				}
+			}
+		}
+		cancel()
+	}()
 	w := bufio.NewWriter(os.Stdout)
 	flush := time.NewTicker(5 * time.Millisecond)
 	defer flush.Stop()
@@ -429,7 +571,7 @@ func benchADSClient(ctx context.Context, addr string, i, services int, ready fun
 		}
 		now := time.Now()
 		if synced {
-			out <- fmt.Sprintf("r %d %s %d", i, shortType(t), now.UnixNano())
+			out <- fmt.Sprintf("r %d %s %d %d %d", i, shortType(t), now.UnixNano(), len(resp.GetResources()), proto.Size(resp))
 			continue
 		}
 		switch t {
@@ -493,4 +635,155 @@ func shortType(typeURL string) string {
 		return "rds"
 	}
 	return "other"
+}
+
+// fleetHot is how many services every scoped client's popular half is
+// drawn from: each of them is called by a quarter of the fleet.
+const fleetHot = 20
+
+// fleetServices is what scoped client i calls: 5 of the fleetHot popular
+// services (each one subscribed by a quarter of the clients) and 5 of
+// the others, spread so every service has about the same number of
+// callers.
+func fleetServices(i, services int) []string {
+	hot := min(fleetHot, services)
+	out := make([]string, 0, 10)
+	for k := 0; k < 5 && k < hot; k++ {
+		out = append(out, fmt.Sprintf("svc-%05d", (i+k*4)%hot))
+	}
+	if tail := services - hot; tail > 0 {
+		for k := 0; k < 5; k++ {
+			out = append(out, fmt.Sprintf("svc-%05d", hot+(i*5+k)%tail))
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// fleetOnDemand is the service scoped client i meets on its request path
+// later (not in fleetServices), or "" when there is none.
+func fleetOnDemand(i, services int) string {
+	tail := services - min(fleetHot, services)
+	if tail <= 10 {
+		return ""
+	}
+	return fmt.Sprintf("svc-%05d", min(fleetHot, services)+(i*5+tail/2)%tail)
+}
+
+// subscribedTo lists the clients (of n) whose fleetServices hold service.
+func subscribedTo(service string, n, services int) []int {
+	var out []int
+	for i := 0; i < n; i++ {
+		if slices.Contains(fleetServices(i, services), service) {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// benchDeltaClient is a scoped agent's delta ADS stream reduced to what
+// the benchmark needs: it subscribes by name to the clusters and load
+// assignments of fleetServices, to its two listeners, and to those
+// services' own route configurations (wire.ServiceRoute), ACKs every
+// response at once (no resource names in ACKs), and is synced once it
+// holds every subscribed cluster and load assignment and its listeners.
+// On a signal on onDemand it subscribes to fleetOnDemand's cluster and
+// load assignment and reports how long they took to arrive.
+func benchDeltaClient(ctx context.Context, addr string, i, services int, ready func(), onDemand <-chan struct{}, out chan<- string) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1<<30)))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	names := fleetServices(i, services)
+	routes := make([]string, len(names))
+	for k, n := range names {
+		routes[k] = wire.ServiceRoute(n)
+	}
+	node := agentNode(fmt.Sprintf("fleet-%d", i), names[0], 8080)
+	subs := []*discovery.DeltaDiscoveryRequest{
+		{Node: node, TypeUrl: resourcev3.ClusterType, ResourceNamesSubscribe: names},
+		{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: names},
+		{TypeUrl: resourcev3.ListenerType, ResourceNamesSubscribe: wire.AgentListeners()},
+		{TypeUrl: resourcev3.RouteType, ResourceNamesSubscribe: routes},
+	}
+	for _, r := range subs {
+		if err := stream.Send(r); err != nil {
+			return err
+		}
+	}
+	held := map[string]map[string]bool{}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+		held[t] = map[string]bool{}
+	}
+	holds := func(t string, want []string) bool {
+		for _, n := range want {
+			if !held[t][n] {
+				return false
+			}
+		}
+		return true
+	}
+	resps := make(chan *discovery.DeltaDiscoveryResponse, 16)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			resps <- r
+		}
+	}()
+	synced := false
+	var odName string
+	var odStart time.Time
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-onDemand:
+			if odName = fleetOnDemand(i, services); odName == "" || !synced {
+				odName = ""
+				continue
+			}
+			odStart = time.Now()
+			for _, t := range []string{resourcev3.ClusterType, resourcev3.EndpointType} {
+				if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: t, ResourceNamesSubscribe: []string{odName}}); err != nil {
+					return err
+				}
+			}
+		case resp := <-resps:
+			t := resp.GetTypeUrl()
+			if err := stream.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce()}); err != nil {
+				return err
+			}
+			now := time.Now()
+			for _, r := range resp.GetResources() {
+				held[t][r.GetName()] = true
+			}
+			for _, n := range resp.GetRemovedResources() {
+				delete(held[t], n)
+			}
+			if synced {
+				out <- fmt.Sprintf("r %d %s %d %d %d", i, shortType(t), now.UnixNano(), len(resp.GetResources()), proto.Size(resp))
+				if odName != "" && holds(resourcev3.ClusterType, []string{odName}) && holds(resourcev3.EndpointType, []string{odName}) {
+					out <- fmt.Sprintf("od %d %d", i, now.Sub(odStart).Nanoseconds())
+					odName = ""
+				}
+				continue
+			}
+			if holds(resourcev3.ClusterType, names) && holds(resourcev3.EndpointType, names) && len(held[resourcev3.ListenerType]) > 0 {
+				synced = true
+				out <- fmt.Sprintf("ready %d", i)
+				ready()
+			}
+		}
+	}
 }
