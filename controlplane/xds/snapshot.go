@@ -8,6 +8,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -72,7 +73,13 @@ func (h *Hasher) hash(m proto.Message) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	v := strconv.FormatUint(xxhash.Sum64(h.buf), 36)
+	// The version go-control-plane's delta server puts on the wire for
+	// each resource (the SHA-256 of its deterministic encoding, whatever
+	// version map the snapshot gives): with the same function here, the
+	// versions a reconnecting client sends (initial_resource_versions)
+	// compare equal to the snapshot's, so nothing unchanged is resent,
+	// by this replica or another one (decision 61).
+	v := cache.HashResource(h.buf)
 	h.next[m] = v
 	return v, nil
 }
