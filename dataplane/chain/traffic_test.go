@@ -42,33 +42,6 @@ type routedCaller struct {
 	reg      *prometheus.Registry
 }
 
-// matchRoute stands in for the route step: it puts the route of the
-// service's virtual host that matches the request on the exchange.
-type matchRoute struct{ vh *routematch.VirtualHost }
-
-func (matchRoute) Name() string { return "match-route" }
-
-func (s matchRoute) Serve(x *chain.Exchange, next chain.Next) error {
-	if rt, ok := s.vh.Match(x.R); ok {
-		chain.SetRoute(x, rt)
-	}
-	return next.Serve(x)
-}
-
-func routedSteps(tbl *table.Table) chain.Steps {
-	steps := chain.DefaultSteps()
-	if slices.ContainsFunc(steps.Outbound, func(b chain.OutboundBuilder) bool { return b.Name == "route" }) {
-		return steps
-	}
-	steps.Outbound = slices.Insert(steps.Outbound, 0, chain.OutboundBuilder{Name: "match-route", Build: func(t *chain.UpstreamTarget) (chain.Step, error) {
-		if s := tbl.Services[t.Name]; s != nil && s.Routes != nil {
-			return matchRoute{vh: s.Routes}, nil
-		}
-		return nil, nil
-	}})
-	return steps
-}
-
 func startRoutedCaller(t testing.TB, tbl *table.Table) *routedCaller {
 	t.Helper()
 	c := &routedCaller{reg: prometheus.NewRegistry()}
@@ -96,7 +69,7 @@ func startRoutedCaller(t testing.TB, tbl *table.Table) *routedCaller {
 
 func (c *routedCaller) compile(t testing.TB, tbl *table.Table) *chain.Handlers {
 	t.Helper()
-	h, err := chain.CompileSteps(tbl, nil, chain.Local{Service: "web"}, c.fwd, c.st, zerolog.Nop(), routedSteps(tbl))
+	h, err := chain.Compile(tbl, nil, chain.Local{Service: "web"}, c.fwd, c.st, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
