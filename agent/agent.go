@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -58,6 +59,9 @@ type Agent struct {
 	cached   xdsclient.Resources // the disk cache the agent started from
 	saver    *xdsclient.CacheSaver
 	xds      *xdsclient.Client // nil without a control plane
+	// scope is which services the agent subscribes to (scope.go); nil
+	// without a control plane.
+	scope *scope
 	// load counts requests per upstream and locality; lrs reports them to
 	// the control plane (nil without one).
 	load   *loadreport.Store
@@ -209,8 +213,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		node, err := a.xdsNode()
 		if err == nil {
 			m := a.obs.Metrics()
+			a.scope = newScope(c, a.handlers, a.state)
+			clusters, routes := a.scope.subscriptions(a.cached)
 			opts := xdsclient.Options{
 				Servers: c.ControlPlane, Node: node, Apply: a.applyXDS, Listeners: wire.AgentListeners(),
+				Delta: true, Clusters: clusters, Routes: routes,
 				Initial: a.cached, Log: a.base.With().Str("component", "xds").Logger(),
 				OnConnection: func(server string, up bool) {
 					if up {
@@ -219,10 +226,13 @@ func (a *Agent) Run(ctx context.Context) error {
 						m.XDSDisconnected()
 					}
 				},
-				OnResponse: m.XDSUpdate,
+				OnResponse:  m.XDSUpdate,
+				OnResources: m.XDSResources,
 			}
 			a.secureXDS(&opts)
 			a.xds, err = xdsclient.New(opts)
+			a.scope.xds = a.xds
+			a.state.OnMiss(a.scope.miss)
 		}
 		if err == nil {
 			a.lrs, err = loadreport.NewClient(loadreport.Options{Servers: c.ControlPlane, Node: node, Store: a.load,
@@ -263,6 +273,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runInterception(bg, goRun)
 	if a.xds != nil {
 		goRun("xds client", func() error { return a.xds.Run(bg) })
+		goRun("xds scope", func() error { return a.scope.run(bg) })
 		goRun("load reports", func() error { return a.lrs.Run(bg) })
 		goRun("xds cache", func() error {
 			return a.saver.Run(bg, func(err error) { a.log.Warn().Err(err).Msg("could not save the xds cache") })
@@ -475,6 +486,10 @@ func (a *Agent) configDump() map[string]any {
 	}
 	if a.xds != nil {
 		dump["xds"] = a.xds.State()
+		dump["xds_subscriptions"] = map[string][]string{
+			"clusters": a.xds.Subscriptions(resource.ClusterType),
+			"routes":   a.xds.Subscriptions(resource.RouteType),
+		}
 	}
 	if a.ident != nil {
 		dump["identity"] = a.ident.Dump()

@@ -91,6 +91,9 @@ func (a *Agent) applyXDS(res xdsclient.Resources) error {
 		return fmt.Errorf("compile table %s: %w", t.Version, err)
 	}
 	a.handlers.Swap(h)
+	if a.scope != nil {
+		a.scope.applied(res)
+	}
 	a.log.Info().Str("version", t.Version).Int("services", len(t.Services)).Msg("applied control-plane config")
 	a.saver.Offer(res)
 	return nil

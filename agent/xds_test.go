@@ -173,9 +173,19 @@ func configDump(t *testing.T, ra *runningAgent) dump {
 	return d
 }
 
-// waitEndpoints waits until the agent routes service by xDS to n endpoints.
+// waitEndpoints waits until the agent routes service by xDS to n
+// endpoints. An agent holds only the services its app calls (or
+// declares), so it first calls service once through the outbound
+// listener, as the app would.
 func waitEndpoints(t *testing.T, ra *runningAgent, service string, n int) {
 	t.Helper()
+	if req, err := http.NewRequest(http.MethodGet, "http://"+ra.Addr("outbound")+"/", nil); err == nil {
+		req.Host = service
+		if resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
 	meshtest.Eventually(t, 20*time.Second, func() error {
 		d := configDump(t, ra)
 		if d.Source != "xds" || len(d.Services[service]) != n {

@@ -67,6 +67,14 @@ type Agent struct {
 	// Upstreams are local listeners that send everything to one service,
 	// for clients that cannot set a Host or :authority.
 	Upstreams []Upstream `mapstructure:"upstreams" yaml:"upstreams"`
+	// Dependencies are services the app calls through the outbound
+	// listener: with a control plane the agent subscribes to them (and to
+	// its upstreams) from the start and never drops them; any other
+	// service is fetched on demand (OnDemand).
+	Dependencies []string `mapstructure:"dependencies" yaml:"dependencies"`
+	// OnDemand is how the agent fetches a service it meets for the first
+	// time on the request path, and forgets it.
+	OnDemand OnDemand `mapstructure:"on_demand" yaml:"on_demand"`
 
 	// TLS is the agent's workload identity from files (mTLS between
 	// agents).
@@ -89,6 +97,17 @@ type Agent struct {
 	ResyncInterval time.Duration `mapstructure:"resync_interval" yaml:"resync_interval" min:"100ms"`
 	// Interception is transparent interception (interception.go).
 	Interception Interception `mapstructure:"interception" yaml:"interception"`
+}
+
+// OnDemand configures on-demand subscriptions (agents with a control
+// plane): a request to a service the agent does not hold waits up to
+// Timeout for it; a service that did not arrive answers 503 no-route
+// without waiting again for NegativeTTL; a service fetched on demand and
+// not called for Idle is dropped (0: never).
+type OnDemand struct {
+	Timeout     time.Duration `mapstructure:"timeout" yaml:"timeout"`
+	NegativeTTL time.Duration `mapstructure:"negative_ttl" yaml:"negative_ttl"`
+	Idle        time.Duration `mapstructure:"idle" yaml:"idle"`
 }
 
 // Upstream is one per-upstream local listener. On the command line and in
@@ -220,6 +239,12 @@ func (a *Agent) validate(v *validator, requireService bool, consulToken string) 
 			seen[u.Listen] = path + ".listen"
 		}
 	}
+	for i, d := range a.Dependencies {
+		v.meshServiceName(fmt.Sprintf("agent.dependencies[%d]", i), d)
+	}
+	v.positive("agent.on_demand.timeout", a.OnDemand.Timeout)
+	v.nonNegative("agent.on_demand.negative_ttl", a.OnDemand.NegativeTTL)
+	v.nonNegative("agent.on_demand.idle", a.OnDemand.Idle)
 	v.nonNegative("agent.drain_period", a.DrainPeriod)
 	v.positive("agent.shutdown_timeout", a.ShutdownTimeout)
 	v.positive("agent.resync_interval", a.ResyncInterval)

@@ -61,6 +61,8 @@ func Default() Config {
 			Tags:            []string{},
 			Meta:            map[string]string{},
 			Upstreams:       []Upstream{},
+			Dependencies:    []string{},
+			OnDemand:        OnDemand{Timeout: 5 * time.Second, NegativeTTL: 10 * time.Second, Idle: 10 * time.Minute},
 			ControlPlane:    []string{},
 			TLS:             AgentTLS{PeerIdentityHeader: wire.PeerIdentityHeader},
 			Interception:    DefaultInterception(),

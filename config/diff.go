@@ -38,6 +38,8 @@ var agentRestartOnly = []restartSetting{
 	{"agent.advertise_addr", func(c *Config) any { return &c.Agent.AdvertiseAddr }},
 	{"agent.node", func(c *Config) any { return &c.Agent.Node }},
 	{"agent.upstreams", func(c *Config) any { return &c.Agent.Upstreams }},
+	{"agent.dependencies", func(c *Config) any { return &c.Agent.Dependencies }},
+	{"agent.on_demand", func(c *Config) any { return &c.Agent.OnDemand }},
 	{"agent.control_plane", func(c *Config) any { return &c.Agent.ControlPlane }},
 	{"agent.cache_dir", func(c *Config) any { return &c.Agent.CacheDir }},
 	{"agent.join_token_file", func(c *Config) any { return &c.Agent.JoinTokenFile }},

@@ -41,6 +41,7 @@ type Metrics struct {
 	xdsLastUpdate *prometheus.GaugeVec
 	xdsAcks       *prometheus.CounterVec
 	xdsNacks      *prometheus.CounterVec
+	xdsResources  *prometheus.CounterVec
 	consulReg     prometheus.Gauge
 	consulErrors  prometheus.Counter
 
@@ -86,6 +87,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		xdsLastUpdate:      gauge("xds_client_last_update_timestamp_seconds", "Unix time of the last accepted xDS update, per resource type.", "type"),
 		xdsAcks:            counter("xds_client_acks_total", "xDS updates accepted (ACKed), per resource type.", "type"),
 		xdsNacks:           counter("xds_client_nacks_total", "xDS updates rejected (NACKed), per resource type.", "type"),
+		xdsResources:       counter("xds_client_resources_received_total", "Resources received in delta xDS responses, per resource type and change (updated, removed).", "type", "change"),
 		consulReg: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "consul_registered",
 			Help: "1 while the app is registered in Consul, else 0."}),
 		consulErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "consul_registration_errors_total",
@@ -97,7 +99,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	var errs []error
 	for _, c := range []**prometheus.CounterVec{&m.rateLimited, &m.concurrencyLimited, &m.retries, &m.budgetExhausted,
 		&m.timeouts, &m.breakerTransitions, &m.breakerRejected, &m.ejections, &m.connOpened, &m.connFailed,
-		&m.xdsAcks, &m.xdsNacks, &m.rbacDecisions, &m.faults, &m.mirrors} {
+		&m.xdsAcks, &m.xdsNacks, &m.xdsResources, &m.rbacDecisions, &m.faults, &m.mirrors} {
 		errs = append(errs, register(reg, c))
 	}
 	for _, g := range []**prometheus.GaugeVec{&m.breakerState, &m.ejected, &m.connActive,
@@ -271,6 +273,14 @@ func (m *Metrics) XDSUpdate(typeURL string, acked bool) {
 
 // xdsType maps an Envoy v3 type URL to its short name; unknown types are
 // "other".
+// XDSResources counts the resources one delta response updated and
+// removed.
+func (m *Metrics) XDSResources(typeURL string, updated, removed int) {
+	typ := xdsType(typeURL)
+	m.xdsResources.WithLabelValues(typ, "updated").Add(float64(updated))
+	m.xdsResources.WithLabelValues(typ, "removed").Add(float64(removed))
+}
+
 func xdsType(typeURL string) string {
 	switch typeURL[strings.LastIndexByte(typeURL, '.')+1:] {
 	case "Cluster":

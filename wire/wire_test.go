@@ -58,8 +58,10 @@ func TestGoldenAgentResourcesUseTheContract(t *testing.T) {
 	if got, want := names(r.Listeners), slices.Sorted(slices.Values(wire.AgentListeners())); !slices.Equal(got, want) {
 		t.Errorf("listeners %v, want %v", got, want)
 	}
-	if got := names(r.Routes); !slices.Equal(got, []string{wire.OutboundRoute}) {
-		t.Errorf("route configurations %v, want [%s]", got, wire.OutboundRoute)
+	// The outbound route configuration, and one per service for agents
+	// subscribed service by service.
+	if got, want := names(r.Routes), []string{wire.OutboundRoute, wire.ServiceRoute("orders"), wire.ServiceRoute("payments"), wire.ServiceRoute("search")}; !slices.Equal(got, want) {
+		t.Errorf("route configurations %v, want %v", got, want)
 	}
 	if _, ok := r.Clusters[wire.LocalAppCluster]; !ok {
 		t.Errorf("clusters %v lack %s", names(r.Clusters), wire.LocalAppCluster)

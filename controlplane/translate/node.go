@@ -25,7 +25,8 @@ const (
 	// configuration named after each service (gRPC proxyless nodes).
 	SharedAPIListeners SharedSet = "api_listeners"
 	SharedAPIRoutes    SharedSet = "api_routes"
-	// SharedOutboundRoutes: the outbound route configuration (agents).
+	// SharedOutboundRoutes: the outbound route configuration and the
+	// per-service route configurations (agents, Mesh.AgentRoutes).
 	SharedOutboundRoutes SharedSet = "outbound_routes"
 	// SharedAPIClusters: the clusters of gRPC proxyless nodes (mtls.go).
 	SharedAPIClusters SharedSet = "api_clusters"
@@ -38,7 +39,7 @@ func (m *Mesh) SharedSets() map[SharedSet]Set {
 		SharedEndpoints:      m.Endpoints,
 		SharedAPIListeners:   m.APIListeners,
 		SharedAPIRoutes:      m.APIRoutes,
-		SharedOutboundRoutes: {wire.OutboundRoute: m.Outbound},
+		SharedOutboundRoutes: m.AgentRoutes,
 		SharedAPIClusters:    m.APIClusters,
 	}
 }
@@ -269,7 +270,7 @@ func (m *Mesh) validateOwn(n model.Node, own Resources) error {
 			return err
 		}
 	}
-	sh := Resources{Clusters: m.Clusters, Endpoints: m.Endpoints, Routes: Set{wire.OutboundRoute: m.Outbound}}
+	sh := Resources{Clusters: m.Clusters, Endpoints: m.Endpoints, Routes: m.AgentRoutes}
 	if n.Proxyless {
 		sh.Routes = m.APIRoutes
 	}

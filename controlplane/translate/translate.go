@@ -53,6 +53,11 @@ type Mesh struct {
 	Endpoints Set
 	// Outbound is the wire.OutboundRoute configuration.
 	Outbound *routev3.RouteConfiguration
+	// AgentRoutes are the route configurations agents get: Outbound and,
+	// for agents subscribed to services one by one (delta xDS), one per
+	// service, wire.ServiceRoute(service), holding the very virtual host
+	// Outbound has for it (retries pick another host).
+	AgentRoutes Set
 	// APIListeners and APIRoutes serve gRPC proxyless clients: a listener
 	// and a route configuration named after each service.
 	APIListeners Set
@@ -120,7 +125,10 @@ func Translate(m *model.Model, p config.Policies) (*Mesh, error) {
 type Translator struct {
 	prev      map[string]*entry
 	outbound  *routev3.RouteConfiguration
-	validated map[proto.Message]bool
+	// serviceRoutes are the previous per-service agent routes, reused
+	// while their virtual host is the same.
+	serviceRoutes map[string]*routev3.RouteConfiguration
+	validated     map[proto.Message]bool
 	memo      *memo
 	// MTLS is the mTLS policy the next Translate applies (mtls.go).
 	MTLS     MTLS
@@ -220,6 +228,18 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 			VirtualHosts:     vhosts,
 		}
 	}
+	serviceRoutes := make(map[string]*routev3.RouteConfiguration, len(vhosts))
+	out.AgentRoutes = make(Set, len(vhosts)+1)
+	out.AgentRoutes[wire.OutboundRoute] = out.Outbound
+	for i, vh := range vhosts {
+		name := wire.ServiceRoute(m.Services[i].Name)
+		rc := t.serviceRoutes[name]
+		if rc == nil || len(rc.VirtualHosts) != 1 || rc.VirtualHosts[0] != vh {
+			rc = &routev3.RouteConfiguration{Name: name, ValidateClusters: wrapperspb.Bool(false), VirtualHosts: []*routev3.VirtualHost{vh}}
+		}
+		serviceRoutes[name] = rc
+		out.AgentRoutes[name] = rc
+	}
 	validated, err := out.validate(t.validated)
 	if err != nil {
 		return nil, err
@@ -227,6 +247,7 @@ func (t *Translator) Translate(m *model.Model, p config.Policies) (*Mesh, error)
 	if out.gateway, err = buildGateway(t.gatewayIn, out, t.gateway); err != nil {
 		return nil, err
 	}
+	t.serviceRoutes = serviceRoutes
 	t.prev, t.outbound, t.validated, t.memo, t.prevMTLS, t.gateway = next, out.Outbound, validated, out.memo, t.MTLS, out.gateway
 	t.last = &lastBuild{mesh: out, configured: p, mtls: t.MTLS, authz: t.authz, gatewayIn: t.gatewayIn, traffic: hasTraffic(m)}
 	return out, nil

@@ -382,10 +382,20 @@ func (h *Handlers) serveOutbound(w http.ResponseWriter, r *http.Request) {
 // edge, and the outbound one's after routing).
 func (h *Handlers) serveService(x *Exchange, name string) {
 	u, err := h.lookup(x.R.Context(), name)
+	if err == endpoint.ErrUnknownService && h.st.miss != nil {
+		// A service the table does not hold: the agent may fetch it.
+		if nh := h.st.miss(x.R.Context(), name); nh != nil {
+			x.h = nh
+			u, err = nh.lookup(x.R.Context(), name)
+		}
+	}
 	if err != nil {
 		render(x, resolveError(name, err))
 		putExchange(x)
 		return
+	}
+	if now := time.Now().Unix(); u.svc.lastCall.Load() != now {
+		u.svc.lastCall.Store(now)
 	}
 	x.up = u
 	// The service is known now: refusals below are recorded under it.

@@ -40,6 +40,26 @@ type State struct {
 
 	metrics *observability.Metrics // nil: not instrumented
 	load    *loadreport.Store      // nil: no load reports
+
+	// miss, if set, is asked for a service a static table does not know
+	// (OnMiss).
+	miss func(ctx context.Context, service string) *Handlers
+}
+
+// OnMiss sets what the request path asks when a static (xDS) table does
+// not know the service a request is for: fn may fetch it (the agent's
+// on-demand subscription) and returns the handlers that know it, or nil
+// for 503 no-route. Set it before serving.
+func (s *State) OnMiss(fn func(ctx context.Context, service string) *Handlers) { s.miss = fn }
+
+// LastCall is when the service was last called through handlers of this
+// state (false if it has no state: never called, or dropped).
+func (s *State) LastCall(service string) (time.Time, bool) {
+	svc, ok := s.services.Get(service)
+	if !ok {
+		return time.Time{}, false
+	}
+	return time.Unix(svc.lastCall.Load(), 0), true
 }
 
 // NewState returns empty state. clk may be nil for the system clock; the
@@ -187,6 +207,8 @@ type service struct {
 	detector *outlier.Detector
 
 	lastSweep atomic.Int64
+	// lastCall is when the service was last called (Unix seconds).
+	lastCall atomic.Int64
 
 	// Metrics (nil when not instrumented) and the breaker state they last
 	// recorded.
