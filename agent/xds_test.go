@@ -175,18 +175,18 @@ func configDump(t *testing.T, ra *runningAgent) dump {
 
 // waitEndpoints waits until the agent routes service by xDS to n
 // endpoints. An agent holds only the services its app calls (or
-// declares), so it first calls service once through the outbound
+// declares), so each poll first calls service through the outbound
 // listener, as the app would.
 func waitEndpoints(t *testing.T, ra *runningAgent, service string, n int) {
 	t.Helper()
-	if req, err := http.NewRequest(http.MethodGet, "http://"+ra.Addr("outbound")+"/", nil); err == nil {
-		req.Host = service
-		if resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req); err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-	}
 	meshtest.Eventually(t, 20*time.Second, func() error {
+		if req, err := http.NewRequest(http.MethodGet, "http://"+ra.Addr("outbound")+"/", nil); err == nil {
+			req.Host = service
+			if resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
 		d := configDump(t, ra)
 		if d.Source != "xds" || len(d.Services[service]) != n {
 			return fmt.Errorf("source %q, %d endpoints of %s, want xds and %d", d.Source, len(d.Services[service]), service, n)
@@ -387,6 +387,7 @@ func TestZoneAwareRoutingFromCMDB(t *testing.T) {
 		c.Agent.ControlPlane = []string{cp.xdsAddr}
 		c.Agent.Locality = config.Locality{Region: "eu", Zone: "eu-a"}
 	})
+	waitEndpoints(t, a, "search", 2)
 	meshtest.Eventually(t, 20*time.Second, func() error {
 		d := configDump(t, a)
 		zones := map[string]bool{}
@@ -430,7 +431,7 @@ func TestBadXDSIsNackedAndTrafficFlows(t *testing.T) {
 	snapCache := cache.NewSnapshotCache(false, cache.IDHash{}, nil)
 	var nackMu sync.Mutex
 	var nacks []string
-	cb := server.CallbackFuncs{StreamRequestFunc: func(_ int64, req *discoveryv3.DiscoveryRequest) error {
+	cb := server.CallbackFuncs{StreamDeltaRequestFunc: func(_ int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 		if d := req.GetErrorDetail(); d != nil {
 			nackMu.Lock()
 			nacks = append(nacks, d.GetMessage())
@@ -495,12 +496,14 @@ func TestBadXDSIsNackedAndTrafficFlows(t *testing.T) {
 	a := startAgent(t, "127.0.0.65", "web", caller, withControlPlane(xl.Addr().String()))
 	waitEndpoints(t, a, "orders", 1)
 	l := startLoad("http://"+a.Addr("outbound")+"/", "orders")
-	setSnapshot("v2", func(r *xdsclient.Resources) { r.Clusters["orders"].LbPolicy = clusterv3.Cluster_RING_HASH })
+	setSnapshot("v2", func(r *xdsclient.Resources) {
+		r.Clusters["orders"].ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+	})
 	meshtest.Eventually(t, 10*time.Second, func() error {
 		nackMu.Lock()
 		defer nackMu.Unlock()
 		for _, n := range nacks {
-			if strings.Contains(n, `cluster "orders": lb_policy RING_HASH is not supported`) {
+			if strings.Contains(n, `cluster "orders": discovery type STATIC is not supported`) {
 				return nil
 			}
 		}
@@ -509,7 +512,7 @@ func TestBadXDSIsNackedAndTrafficFlows(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	l.stop()
 	l.check(t, "after a rejected update")
-	if d := configDump(t, a); d.XDS.Nacks == 0 || !strings.Contains(d.XDS.LastNack, "RING_HASH") {
+	if d := configDump(t, a); d.XDS.Nacks == 0 || !strings.Contains(d.XDS.LastNack, "STATIC") {
 		t.Errorf("config_dump does not show the NACK: %+v", d.XDS)
 	}
 }

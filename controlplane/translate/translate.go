@@ -123,13 +123,13 @@ func Translate(m *model.Model, p config.Policies) (*Mesh, error) {
 // pointers, so hashing and validation are skipped for them). A health
 // change in one of 10,000 services rebuilds one load assignment.
 type Translator struct {
-	prev      map[string]*entry
-	outbound  *routev3.RouteConfiguration
+	prev     map[string]*entry
+	outbound *routev3.RouteConfiguration
 	// serviceRoutes are the previous per-service agent routes, reused
 	// while their virtual host is the same.
 	serviceRoutes map[string]*routev3.RouteConfiguration
 	validated     map[proto.Message]bool
-	memo      *memo
+	memo          *memo
 	// MTLS is the mTLS policy the next Translate applies (mtls.go).
 	MTLS     MTLS
 	prevMTLS MTLS
