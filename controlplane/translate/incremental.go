@@ -46,6 +46,7 @@ func (t *Translator) incremental(m *model.Model, p config.Policies) (out *Mesh, 
 		APIListeners: maps.Clone(prev.APIListeners),
 		APIRoutes:    maps.Clone(prev.APIRoutes),
 		APIClusters:  maps.Clone(prev.APIClusters),
+		AgentRoutes:  maps.Clone(prev.AgentRoutes),
 		policies:     maps.Clone(prev.policies),
 		configured:   p,
 		memo:         newMemo(t.memo),
@@ -78,6 +79,8 @@ func (t *Translator) incremental(m *model.Model, p config.Policies) (out *Mesh, 
 			for _, set := range []Set{out.Clusters, out.Endpoints, out.APIListeners, out.APIRoutes, out.APIClusters} {
 				delete(set, name)
 			}
+			delete(out.AgentRoutes, wire.ServiceRoute(name))
+			delete(t.serviceRoutes, wire.ServiceRoute(name))
 			delete(out.policies, name)
 			delete(out.protocols, name)
 			delete(out.appPorts, name)
@@ -101,6 +104,10 @@ func (t *Translator) incremental(m *model.Model, p config.Policies) (out *Mesh, 
 		}
 		out.Clusters[name], out.Endpoints[name], out.APIListeners[name], out.APIRoutes[name], out.APIClusters[name] =
 			e.cluster, e.cla, e.apiListener, e.apiRoute, e.apiCluster
+		rn := wire.ServiceRoute(name)
+		if rc, ok := out.AgentRoutes[rn].(*routev3.RouteConfiguration); !ok || len(rc.VirtualHosts) != 1 || rc.VirtualHosts[0] != e.vhost {
+			out.AgentRoutes[rn] = &routev3.RouteConfiguration{Name: rn, ValidateClusters: wrapperspb.Bool(false), VirtualHosts: []*routev3.VirtualHost{e.vhost}}
+		}
 		for i, m := range e.messages() {
 			if !t.validated[m] {
 				[]Set{fresh.Clusters, fresh.Endpoints, fresh.Listeners, fresh.Routes, freshAPIClusters}[i][name] = m
@@ -132,6 +139,10 @@ func (t *Translator) incremental(m *model.Model, p config.Policies) (out *Mesh, 
 			stale = append(stale, t.outbound)
 		}
 	}
+	if out.AgentRoutes == nil {
+		out.AgentRoutes = Set{}
+	}
+	out.AgentRoutes[wire.OutboundRoute] = out.Outbound
 	for _, s := range []Set{fresh.Clusters, fresh.Endpoints, fresh.Listeners, fresh.Routes, freshAPIClusters} {
 		if err := validateSet(s); err != nil {
 			return nil, true, err
