@@ -96,6 +96,7 @@ func TestTrafficRoutesFromTheGolden(t *testing.T) {
 // route's name, as Envoy refuses an extension it lacks.
 func TestRouteFilterTheAgentLacks(t *testing.T) {
 	r := wiretest.Load(t, wiretest.AgentTraffic)
+	delete(r.Routes, wire.ServiceRoute("orders")) // a state-of-the-world agent's set
 	rt := r.Routes[wire.OutboundRoute].VirtualHosts[0].Routes[2]
 	rt.TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.cors": rt.TypedPerFilterConfig[wire.FaultFilter]}
 	want := `route "mesh_outbound" virtual host "orders": routes[2] "fault": typed_per_filter_config[envoy.filters.http.cors]: the agent's outbound path has no such filter`
