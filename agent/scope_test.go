@@ -110,7 +110,9 @@ func TestAgentHoldsOnlyWhatItUses(t *testing.T) {
 		t.Errorf("web subscribes to clusters %s, want [local_app scorders scpay]", got)
 	}
 
-	// On demand: a third service, met for the first time on the request path.
+	// On demand: a third service, met for the first time on the request
+	// path (once Consul says its instance is healthy).
+	waitPassing(t, "scledger", 1)
 	if code, reason := callVia(t, web, "scledger"); code != http.StatusOK {
 		t.Fatalf("on-demand call to scledger: %d %s, want 200", code, reason)
 	}
