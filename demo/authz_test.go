@@ -12,9 +12,9 @@ import (
 // added, live, and the demo goes on to its last phase.
 func TestDemoShowsAuthorization(t *testing.T) {
 	d := startDemo(t, demoDir(t))
-	d.waitFor(t, "=== 6. Steady traffic", 5*time.Minute)
+	d.waitFor(t, "=== 6. Traffic management", 5*time.Minute)
 	out := d.output()
-	phase := out[strings.Index(out, "=== 5. Authorization"):strings.Index(out, "=== 6. Steady traffic")]
+	phase := out[strings.Index(out, "=== 5. Authorization"):strings.Index(out, "=== 6. Traffic management")]
 	denied := strings.Index(phase, "403 Forbidden")
 	added := strings.Index(phase, "The rule {name: reads")
 	if denied < 0 || !strings.Contains(phase, "x-mesh-reason: rbac-denied") || added < denied {

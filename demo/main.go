@@ -153,7 +153,7 @@ func run(ctx context.Context, every time.Duration) error {
 		v.app = startApp(v)
 		defer v.app.Close()
 		agentCfg := filepath.Join(dir, "agent-"+v.name+".yaml")
-		if err := os.WriteFile(agentCfg, []byte(agentConfig(v.accessLog(dir), tr.otlp)), 0o644); err != nil {
+		if err := os.WriteFile(agentCfg, []byte(agentConfig(v.accessLog(dir), tr.otlp, versions[v.name])), 0o644); err != nil {
 			return err
 		}
 		v.agent, err = startProc(dir, "agent-"+v.name, "bin/mesh", "agent", "--config", agentCfg,
@@ -230,7 +230,14 @@ func run(ctx context.Context, every time.Duration) error {
 		return err
 	}
 
-	phase("6. Steady traffic until Ctrl-C", "")
+	phase("6. Traffic management: a canary of orders v2 at 10%, then 50%, testers routed by header, a rehearsed failure",
+		"Each orders VM registers its version (Consul meta version=v1 / v2); mesh control groups them",
+		"into subsets (clusters orders/v1, orders/v2) and pushes the routes as standard xDS.")
+	if err := d.traffic(control, policies, cfgText); err != nil {
+		return err
+	}
+
+	phase("7. Steady traffic until Ctrl-C", "")
 	d.steady(0, every)
 	summary(d.stats, d.lat)
 	observed(vms, tr)
@@ -248,9 +255,13 @@ type traces struct {
 func (v *vm) accessLog(dir string) string { return filepath.Join(dir, "access-"+v.name+".log") }
 
 // agentConfig is the part of an agent's config the flags do not set: its
-// access log file and, with a collector, every trace sampled.
-func agentConfig(accessLog, otlp string) string {
+// access log file, with a collector every trace sampled, and the version
+// its instance registers (Consul meta), if any.
+func agentConfig(accessLog, otlp, version string) string {
 	c := fmt.Sprintf("observability:\n  access_log:\n    output: %s\n    flush_interval: 200ms\n", accessLog)
+	if version != "" {
+		c += fmt.Sprintf("agent:\n  meta: {version: %s}\n", version)
+	}
 	if otlp != "" {
 		c += fmt.Sprintf("  tracing:\n    exporter: otlp-grpc\n    endpoint: %s\n    sample_ratio: 1\n    batch_timeout: 200ms\n", otlp)
 	}
@@ -340,11 +351,17 @@ type result struct {
 	err        error
 }
 
-func (d *demo) call(client *http.Client) result {
+func (d *demo) call(client *http.Client) result { return d.request(client, nil) }
+
+// request is one call from web to orders with the given extra headers.
+func (d *demo) request(client *http.Client, hdr map[string]string) result {
 	d.n++
 	start := time.Now()
 	req, _ := http.NewRequestWithContext(d.ctx, http.MethodGet, "http://"+d.web.outbound()+fmt.Sprintf("/orders/%d", d.n), nil)
 	req.Host = "orders"
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
 	resp, err := client.Do(req)
 	r := result{took: time.Since(start), err: err}
 	if err != nil {
