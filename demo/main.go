@@ -153,7 +153,7 @@ func run(ctx context.Context, every time.Duration) error {
 		v.app = startApp(v)
 		defer v.app.Close()
 		agentCfg := filepath.Join(dir, "agent-"+v.name+".yaml")
-		if err := os.WriteFile(agentCfg, []byte(agentConfig(v.accessLog(dir), tr.otlp, versions[v.name])), 0o644); err != nil {
+		if err := os.WriteFile(agentCfg, []byte(agentConfig(v.accessLog(dir), tr.otlp, v)), 0o644); err != nil {
 			return err
 		}
 		v.agent, err = startProc(dir, "agent-"+v.name, "bin/mesh", "agent", "--config", agentCfg,
@@ -256,11 +256,16 @@ func (v *vm) accessLog(dir string) string { return filepath.Join(dir, "access-"+
 
 // agentConfig is the part of an agent's config the flags do not set: its
 // access log file, with a collector every trace sampled, and the version
-// its instance registers (Consul meta), if any.
-func agentConfig(accessLog, otlp, version string) string {
+// its instance registers (Consul meta), if any; web declares that it
+// calls orders (agent.dependencies), so its agent holds orders' config
+// before the first call.
+func agentConfig(accessLog, otlp string, v *vm) string {
 	c := fmt.Sprintf("observability:\n  access_log:\n    output: %s\n    flush_interval: 200ms\n", accessLog)
-	if version != "" {
+	if version := versions[v.name]; version != "" {
 		c += fmt.Sprintf("agent:\n  meta: {version: %s}\n", version)
+	}
+	if v.service == "web" {
+		c += "agent:\n  dependencies: [orders]\n"
 	}
 	if otlp != "" {
 		c += fmt.Sprintf("  tracing:\n    exporter: otlp-grpc\n    endpoint: %s\n    sample_ratio: 1\n    batch_timeout: 200ms\n", otlp)

@@ -27,7 +27,7 @@ const (
         - {name: testers, headers: [{name: x-canary, exact: "1"}], subset: v2}
         - name: rehearse
           headers: [{name: x-fault}]
-          fault: {abort: {http_status: 503, percent: 80}}
+          fault: {abort: {http_status: 503, percent: 100}}
 `
 	trafficCanary10 = trafficSubsets + `        - name: canary
           path_prefix: /orders/
@@ -83,10 +83,11 @@ func (d *demo) traffic(control *exec.Cmd, path, base string) error {
 	}
 	d.split(200, 50)
 
-	fmt.Println("\n  Rehearsing a failure: the rehearse route injects 503 into 80% of calls with x-fault (in web's")
-	fmt.Println("  agent, no app touched). The injected errors count for orders/v1's breaker, which opens:")
+	fmt.Println("\n  Rehearsing a failure: the rehearse route injects 503 into every call with x-fault (in web's")
+	fmt.Println("  agent, no app touched). The injected errors count in orders/v1's breaker window, which still")
+	fmt.Println("  holds the canary's successes; once errors reach 50% the breaker opens:")
 	open, injected := 0, 0
-	for i := 0; i < 200 && open < 3 && d.ctx.Err() == nil; i++ {
+	for i := 0; i < 600 && open < 3 && d.ctx.Err() == nil; i++ {
 		r := d.request(d.client, map[string]string{"x-fault": "1"})
 		switch r.reason {
 		case "circuit-open":
@@ -114,8 +115,8 @@ func (d *demo) traffic(control *exec.Cmd, path, base string) error {
 	for time.Now().Before(deadline) && d.ctx.Err() == nil {
 		r := d.call(d.client)
 		d.print(r)
-		if r.status == http.StatusOK {
-			fmt.Println("  --> the breaker is closed again: traffic flows")
+		if r.status == http.StatusOK && versions[r.instance] == "v1" { // v2's breaker never opened
+			fmt.Println("  --> orders/v1's breaker is closed again: traffic flows to both versions")
 			return nil
 		}
 		d.sleep(500 * time.Millisecond)
