@@ -405,6 +405,7 @@ func TestMTLSFromControlPlane(t *testing.T) {
 		withFileIdentity(t, ca, "web", "", &wd)(c)
 		c.Agent.ControlPlane = []string{cp.xdsAddr}
 		c.Agent.Upstreams = []config.Upstream{}
+		c.Agent.Dependencies = []string{"orders"} // held from the start, before any call
 	})
 	meshtest.Eventually(t, 20*time.Second, func() error {
 		var d struct {

@@ -227,6 +227,9 @@ func (s *Server) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRe
 		} else {
 			st.types[req.GetTypeUrl()] = &typeSync{pending: true}
 		}
+		// What was sent, for mesh status: an ACK of this nonce makes it
+		// the accepted version (trackDelta).
+		st.sent[req.GetTypeUrl()] = sent{nonce: resp.GetNonce(), version: resp.GetSystemVersionInfo()}
 	}
 	s.smu.Unlock()
 	s.metrics.pushes.WithLabelValues(typeName(req.GetTypeUrl())).Inc()

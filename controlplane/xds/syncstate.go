@@ -85,6 +85,9 @@ func (s *Server) trackDelta(k streamKey, typeURL, nonce, detail string, nack boo
 		}
 	case nonce != "":
 		ts.nack, ts.pending = "", false
+		if last, ok := st.sent[typeURL]; ok && last.nonce == nonce {
+			ts.acked = last.version
+		}
 	}
 }
 
