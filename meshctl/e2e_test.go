@@ -185,7 +185,14 @@ func TestSeeTheMesh(t *testing.T) {
 			t.Fatalf("mesh status -o json: exit %d %v\n%s", code, err, out)
 		}
 		for _, p := range st.Proxies {
-			if p.Kind != meshapi.KindAgent || p.State != meshapi.InSync || len(p.Types) != 4 {
+			// Agents hold what they use: web and shop call orders (clusters,
+			// endpoints, listeners, routes); orders calls nothing (its
+			// local app cluster and its listeners).
+			types := 4
+			if p.Service == "orders" {
+				types = 2
+			}
+			if p.Kind != meshapi.KindAgent || p.State != meshapi.InSync || len(p.Types) != types {
 				t.Errorf("proxy %+v", p)
 			}
 			for _, ty := range p.Types {
@@ -233,6 +240,9 @@ func TestSeeTheMesh(t *testing.T) {
 		}
 		names = nil
 		for _, r := range in.Routes {
+			if r.Config != wire.OutboundRoute {
+				continue // the per-service configurations scoped agents subscribe to; the ADS client asks for mesh_outbound
+			}
 			names = append(names, r.Config+" "+r.Name+" "+r.Cluster)
 		}
 		sort.Strings(names)
@@ -274,6 +284,17 @@ func TestSeeTheMesh(t *testing.T) {
 		if err := c.Agent().ServiceRegister(reg); err != nil {
 			t.Fatal(err)
 		}
+		// Agents hold only what they call: web calls broken (on demand),
+		// receives its endpoint and rejects it; shop and orders never get
+		// it. The NACK stands while web still subscribes, that is until
+		// its on-demand wait gives up (5 s) and it drops the name.
+		called := make(chan int, 1)
+		go func() { called <- web.call(t, "broken", "/") }()
+		defer func() {
+			if got := <-called; got == http.StatusOK {
+				t.Errorf("web -> broken: %d, want a refusal", got)
+			}
+		}()
 		var out string
 		meshtest.Eventually(t, 30*time.Second, func() error {
 			var code int
@@ -286,8 +307,11 @@ func TestSeeTheMesh(t *testing.T) {
 		t.Logf("mesh status with a NACK:\n%s", out)
 		st := m.status(t)
 		for _, p := range st.Proxies {
-			if p.State != meshapi.NACKed || !strings.Contains(p.Reason, "broken.invalid") {
-				t.Errorf("proxy %s: state %s reason %q", p.Node, p.State, p.Reason)
+			switch {
+			case p.Service == "web" && (p.State != meshapi.NACKed || !strings.Contains(p.Reason, "broken.invalid")):
+				t.Errorf("proxy %s: state %s reason %q, want NACKed for broken.invalid", p.Node, p.State, p.Reason)
+			case p.Service != "web" && p.State != meshapi.InSync:
+				t.Errorf("proxy %s (never called broken): state %s reason %q, want in sync", p.Node, p.State, p.Reason)
 			}
 		}
 		// Traffic still flows on the last good config.

@@ -201,7 +201,8 @@ func (s *Server) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryReq
 	if err := s.firstNode(streamKey{delta: true, id: id}, req.GetNode()); err != nil {
 		return err
 	}
-	s.trackDelta(streamKey{delta: true, id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	s.trackDelta(streamKey{delta: true, id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil,
+		len(req.GetResourceNamesUnsubscribe()) > 0)
 	if req.GetErrorDetail() != nil {
 		s.metrics.nacks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
 		s.log.Warn().Str("node", req.GetNode().GetId()).Str("type", typeName(req.GetTypeUrl())).

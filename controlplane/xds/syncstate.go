@@ -65,7 +65,11 @@ func (s *Server) track(k streamKey, typeURL, nonce, version, detail string, nack
 
 // trackDelta records a delta request: an ACK of a response clears what is
 // pending and a standing NACK.
-func (s *Server) trackDelta(k streamKey, typeURL, nonce, detail string, nack bool) {
+//
+// A request that unsubscribes names also clears a standing NACK: the
+// client has dropped what it rejected (an agent does so for a service it
+// fetched on demand and could not use).
+func (s *Server) trackDelta(k streamKey, typeURL, nonce, detail string, nack, unsubscribes bool) {
 	s.smu.Lock()
 	defer s.smu.Unlock()
 	st := s.streams[k]
@@ -83,6 +87,8 @@ func (s *Server) trackDelta(k streamKey, typeURL, nonce, detail string, nack boo
 		if ts.nack == "" {
 			ts.nack = "rejected (no detail given)"
 		}
+	case unsubscribes && nonce == "":
+		ts.nack = ""
 	case nonce != "":
 		ts.nack, ts.pending = "", false
 		if last, ok := st.sent[typeURL]; ok && last.nonce == nonce {
@@ -145,7 +151,9 @@ func (s *Server) Proxies() []meshapi.Proxy {
 				row := meshapi.TypeState{Type: typeName(typeURL), Sent: sent, Acked: ts.acked, NACK: ts.nack, State: meshapi.InSync}
 				switch {
 				case c.delta:
-					row.Want = ""
+					// A delta client should hold what it was last sent
+					// for its subscriptions; pending says it has not yet.
+					row.Want = sent
 				case typeURL == resourcev3.EndpointType:
 					row.Want = sent
 				default:
