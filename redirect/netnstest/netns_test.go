@@ -588,6 +588,9 @@ agent:
   advertise_addr: `+vm1IP+`
   node: vm1
   control_plane: [127.0.0.1:18000]
+  # intercepted calls are matched by the callee's virtual IP or address,
+  # which an agent knows only for services it holds: declare them
+  dependencies: [orders, cache]
   cache_dir: `+cache("cache-web")+`
   drain_period: 0s
   health_interval: 1s
