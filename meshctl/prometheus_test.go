@@ -72,6 +72,11 @@ func TestPrometheusScrapesTheMesh(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cc.Agent().ServiceDeregister("broken-1") })
+	// Agents hold what they call: web calls broken (on demand), gets its
+	// endpoint and NACKs it (then drops it after the on-demand bound).
+	if code := web.call(t, "broken", "/"); code == http.StatusOK {
+		t.Errorf("web -> broken: %d, want a refusal", code)
+	}
 
 	cfg, err := os.ReadFile(filepath.Join(meshtest.RepoRoot(), "docs", "prometheus.yml"))
 	if err != nil {
