@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/meshvm/mesh/observability"
@@ -36,7 +35,7 @@ type mirror struct{ u *upstream }
 const maxMirrorsInFlight = 64
 
 // maxMirrorBody is the largest request body copied to a mirror.
-const maxMirrorBody = 64 << 10
+const maxMirrorBody = maxReplay // the replayBody that keeps it stops there
 
 // defaultMirrorTimeout bounds a copy to a mirror cluster without a
 // timeout (Envoy's default route timeout).
@@ -94,10 +93,11 @@ func (s *mirror) Serve(x *Exchange, next Next) error {
 		dropAll(copies)
 		return next.Serve(x)
 	}
-	tee := &teeBody{src: r.Body}
-	r.Body = tee
+	orig := r.Body
+	tee := newReplayBody(orig, r.ContentLength)
+	r.Body = mirroredBody{tee, orig}
 	err := next.Serve(x)
-	r.Body = tee.src
+	r.Body = orig
 	if !tee.complete() {
 		// Not all of it was read (or it was larger than the bound): the
 		// copy would not be the request.
@@ -186,34 +186,9 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 
 func (w *discardWriter) Flush() {}
 
-// teeBody passes a request body through, keeping a copy of it up to
-// maxMirrorBody bytes. The transport reads it from its own goroutine
-// (perhaps still, after the response came); the step reads state, then
-// buf once state says complete.
-type teeBody struct {
-	src   io.ReadCloser
-	buf   []byte
-	state atomic.Uint32 // replayReading, replayComplete or replayOver, as replayBody
+// mirroredBody is the original request body read through a replayBody,
+// which keeps the copy the mirror sends (up to maxMirrorBody bytes).
+type mirroredBody struct {
+	*replayBody
+	io.Closer
 }
-
-func (b *teeBody) Read(p []byte) (int, error) {
-	n, err := b.src.Read(p)
-	if b.state.Load() == replayReading {
-		if n > 0 {
-			if len(b.buf)+n > maxMirrorBody {
-				b.buf = nil
-				b.state.Store(replayOver)
-			} else {
-				b.buf = append(b.buf, p[:n]...)
-			}
-		}
-		if err == io.EOF && b.state.Load() == replayReading {
-			b.state.Store(replayComplete)
-		}
-	}
-	return n, err
-}
-
-func (b *teeBody) Close() error { return b.src.Close() }
-
-func (b *teeBody) complete() bool { return b.state.Load() == replayComplete }
