@@ -7,13 +7,14 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshvm/mesh/wire"
 )
 
 // Authorization rules the demo adds to mesh control's config, live: first
 // orders refuses everything but its health path (zero trust), then a rule
-// lets GETs under /orders/ through. The demo's callers speak plaintext,
-// so the rules are on methods and paths; over mTLS a rule can name the
-// callers (from: [web]).
+// lets web's GETs under /orders/ through: web is known by the SPIFFE ID
+// of the certificate its agent presents over mTLS, not by its address.
 const (
 	authzDenyAll = `  authorization:
     - service: orders
@@ -26,7 +27,7 @@ const (
       default: deny
       rules:
         - {name: health, action: allow, paths: [/health]}
-        - {name: reads, action: allow, methods: [GET], paths: [/orders/]}
+        - {name: reads, action: allow, from: [web], methods: [GET], paths: [/orders/]}
 `
 )
 
@@ -64,4 +65,19 @@ func (d *demo) authorization(control *exec.Cmd, path, base, block string, want i
 		d.sleep(every)
 	}
 	return nil
+}
+
+// identities shows who is who on both sides of the allowed call: the
+// identity web's agent presents, the one orders' agents hold, and the
+// caller's identity as orders' app received it (x-mesh-peer-identity, set
+// by orders' agent from the verified client certificate; a copy sent by
+// a caller is stripped).
+func (d *demo) identities() {
+	r := d.call(d.client)
+	fmt.Printf("\n    SPIFFE IDs on both sides of the call (mTLS between the agents, certificates from mesh control's CA):\n")
+	fmt.Printf("      caller: web's agent (%s) presents      %s\n", d.web.name, orNone(spiffeID(d.web)))
+	for _, o := range d.orders {
+		fmt.Printf("      callee: orders' agent (%s) presents %s\n", o.name, orNone(spiffeID(o)))
+	}
+	fmt.Printf("      orders' app (%s) received %s: %s\n", orNone(r.instance), wire.PeerIdentityHeader, orNone(r.peer))
 }

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/meshvm/mesh/meshtest"
+	"github.com/meshvm/mesh/wire"
 )
 
 // vm is one simulated machine: a loopback address with an app and an agent.
@@ -123,6 +124,7 @@ func run(ctx context.Context, every time.Duration) error {
 	if err := waitFor(ctx, 20*time.Second, func() bool { return get("http://127.0.0.1:19000/ready") == nil }); err != nil {
 		return fmt.Errorf("mesh control not ready (see %s/control.log): %w", dir, err)
 	}
+	step("minting a join token per VM with `mesh control token create` (mesh control's CA in %s/ca)", dir)
 
 	// Traces: to the collector named by MESH_DEMO_OTLP (host:port, OTLP
 	// over gRPC), else to a Jaeger the demo starts when bin/jaeger exists.
@@ -152,8 +154,13 @@ func run(ctx context.Context, every time.Duration) error {
 		step("VM %-12s %s: app %q on %s:8080, mesh agent inbound :15006, outbound :15001, admin :15000", v.name, v.ip, v.service, v.ip)
 		v.app = startApp(v)
 		defer v.app.Close()
+		token := filepath.Join(dir, v.name+".token")
+		if out, err := exec.CommandContext(ctx, "bin/mesh", "control", "token", "create", "--config", policies,
+			"--service", v.service, "--node", v.name, "--ttl", "24h", "--output", token).CombinedOutput(); err != nil {
+			return fmt.Errorf("mesh control token create for %s: %w\n%s", v.name, err, out)
+		}
 		agentCfg := filepath.Join(dir, "agent-"+v.name+".yaml")
-		if err := os.WriteFile(agentCfg, []byte(agentConfig(v.accessLog(dir), tr.otlp, v)), 0o644); err != nil {
+		if err := os.WriteFile(agentCfg, []byte(agentConfig(v.accessLog(dir), tr.otlp, token, v)), 0o644); err != nil {
 			return err
 		}
 		v.agent, err = startProc(dir, "agent-"+v.name, "bin/mesh", "agent", "--config", agentCfg,
@@ -171,6 +178,12 @@ func run(ctx context.Context, every time.Duration) error {
 		if err := waitFor(ctx, 20*time.Second, func() bool { return get(v.admin()+"/ready") == nil }); err != nil {
 			return fmt.Errorf("agent on %s not ready (see %s/agent-%s.log): %w", v.name, dir, v.name, err)
 		}
+	}
+	for _, v := range vms {
+		if err := waitFor(ctx, 20*time.Second, func() bool { return spiffeID(v) != "" }); err != nil {
+			return fmt.Errorf("agent on %s holds no certificate from mesh control (see %s/agent-%s.log): %w", v.name, dir, v.name, err)
+		}
+		step("%-12s holds the workload identity %s (certificate from mesh control, key generated on the VM)", v.name, spiffeID(v))
 	}
 	step("all agents ready and registered in Consul; waiting for health checks to pass and the config to reach web's agent")
 	if err := waitFor(ctx, 20*time.Second, func() bool { return passing("orders") == 2 && xdsEndpoints(vms[0], "orders") == 2 }); err != nil {
@@ -225,10 +238,11 @@ func run(ctx context.Context, every time.Duration) error {
 	if err := d.authorization(control, policies, cfgText, authzDenyAll, http.StatusForbidden, every); err != nil {
 		return err
 	}
-	fmt.Println("\n    The rule {name: reads, action: allow, methods: [GET], paths: [/orders/]} is added and reloaded:")
+	fmt.Println("\n    The rule {name: reads, action: allow, from: [web], methods: [GET], paths: [/orders/]} is added and reloaded:")
 	if err := d.authorization(control, policies, cfgText, authzAllowReads, http.StatusOK, every); err != nil {
 		return err
 	}
+	d.identities()
 
 	phase("6. Traffic management: a canary of orders v2 at 10%, then 50%, testers routed by header, a rehearsed failure",
 		"Each orders VM registers its version (Consul meta version=v1 / v2); mesh control groups them",
@@ -255,22 +269,43 @@ type traces struct {
 func (v *vm) accessLog(dir string) string { return filepath.Join(dir, "access-"+v.name+".log") }
 
 // agentConfig is the part of an agent's config the flags do not set: its
-// access log file, with a collector every trace sampled, and the version
-// its instance registers (Consul meta), if any; web declares that it
-// calls orders (agent.dependencies), so its agent holds orders' config
+// access log file, with a collector every trace sampled, its join token
+// (a workload identity from mesh control, mTLS between the agents), the
+// version its instance registers (Consul meta), if any; web declares that
+// it calls orders (agent.dependencies), so its agent holds orders' config
 // before the first call.
-func agentConfig(accessLog, otlp string, v *vm) string {
+func agentConfig(accessLog, otlp, token string, v *vm) string {
 	c := fmt.Sprintf("observability:\n  access_log:\n    output: %s\n    flush_interval: 200ms\n", accessLog)
-	if version := versions[v.name]; version != "" {
-		c += fmt.Sprintf("agent:\n  meta: {version: %s}\n", version)
-	}
-	if v.service == "web" {
-		c += "agent:\n  dependencies: [orders]\n"
-	}
 	if otlp != "" {
 		c += fmt.Sprintf("  tracing:\n    exporter: otlp-grpc\n    endpoint: %s\n    sample_ratio: 1\n    batch_timeout: 200ms\n", otlp)
 	}
+	c += fmt.Sprintf("agent:\n  join_token_file: %s\n", token)
+	if version := versions[v.name]; version != "" {
+		c += fmt.Sprintf("  meta: {version: %s}\n", version)
+	}
+	if v.service == "web" {
+		c += "  dependencies: [orders]\n"
+	}
 	return c
+}
+
+// spiffeID is the workload identity v's agent holds, "" before its first
+// certificate.
+func spiffeID(v *vm) string {
+	b, err := fetch(v.admin() + "/config_dump")
+	if err != nil {
+		return ""
+	}
+	var d struct {
+		Identity struct {
+			SPIFFEID string `json:"spiffe_id"`
+			Serial   string `json:"serial"`
+		} `json:"identity"`
+	}
+	if json.Unmarshal(b, &d) != nil || d.Identity.Serial == "" {
+		return ""
+	}
+	return d.Identity.SPIFFEID
 }
 
 // observed prints what the agents recorded of the demo: request counts
@@ -352,6 +387,7 @@ type result struct {
 	instance   string
 	addr       string
 	reqID      string
+	peer       string // the caller's identity as the callee's app saw it
 	took       time.Duration
 	err        error
 }
@@ -377,10 +413,11 @@ func (d *demo) request(client *http.Client, hdr map[string]string) result {
 		Instance string `json:"instance"`
 		Addr     string `json:"addr"`
 		ReqID    string `json:"x_request_id"`
+		Peer     string `json:"x_mesh_peer_identity"`
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&body)
 	r.status, r.reason = resp.StatusCode, resp.Header.Get("x-mesh-reason")
-	r.instance, r.addr, r.reqID = body.Instance, body.Addr, body.ReqID
+	r.instance, r.addr, r.reqID, r.peer = body.Instance, body.Addr, body.ReqID, body.Peer
 	return r
 }
 
@@ -630,13 +667,14 @@ func startApp(v *vm) *http.Server {
 			w.WriteHeader(http.StatusInternalServerError)
 		}
 		_ = json.NewEncoder(w).Encode(map[string]string{
-			"service":         v.service,
-			"instance":        v.name,
-			"addr":            v.ip,
-			"path":            r.URL.Path,
-			"x_forwarded_for": r.Header.Get("X-Forwarded-For"),
-			"x_request_id":    r.Header.Get("X-Request-Id"),
-			"x_user_id":       r.Header.Get("X-User-Id"),
+			"service":              v.service,
+			"instance":             v.name,
+			"addr":                 v.ip,
+			"path":                 r.URL.Path,
+			"x_forwarded_for":      r.Header.Get("X-Forwarded-For"),
+			"x_request_id":         r.Header.Get("X-Request-Id"),
+			"x_user_id":            r.Header.Get("X-User-Id"),
+			"x_mesh_peer_identity": r.Header.Get(wire.PeerIdentityHeader),
 		})
 	})
 	srv := &http.Server{Addr: v.ip + ":8080", Handler: mux, ReadHeaderTimeout: 5 * time.Second}
