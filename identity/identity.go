@@ -120,3 +120,16 @@ func ForService(trustDomain, defaultNamespace, service string) (ID, error) {
 	}
 	return NewID(trustDomain, ns, name)
 }
+
+// ServiceName is the mesh service name of id, the inverse of ForService:
+// orders for ns/<defaultNamespace>/svc/orders, orders.shop for
+// ns/shop/svc/orders. An empty defaultNamespace is DefaultNamespace.
+func (id ID) ServiceName(defaultNamespace string) string {
+	if defaultNamespace == "" {
+		defaultNamespace = DefaultNamespace
+	}
+	if id.Namespace == defaultNamespace {
+		return id.Service
+	}
+	return id.Service + "." + id.Namespace
+}

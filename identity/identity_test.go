@@ -214,3 +214,40 @@ func TestForService(t *testing.T) {
 		t.Error("a.b.c accepted")
 	}
 }
+
+// TestServiceNameAndDottedTokens: ServiceName inverts ForService, and a
+// join token allows exactly the identities of the names it carries:
+// orders.shop is ns/shop/svc/orders and not ns/default/svc/orders, and a
+// token for orders does not allow ns/shop/svc/orders.
+func TestServiceNameAndDottedTokens(t *testing.T) {
+	for _, name := range []string{"orders", "orders.shop", "web.default2"} {
+		id, err := identity.ForService("mesh.local", "default", name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := id.ServiceName("default"); got != name {
+			t.Errorf("ServiceName(ForService(%q)) = %q", name, got)
+		}
+	}
+	shop, _ := identity.NewID("mesh.local", "shop", "orders")
+	if got := shop.ServiceName(""); got != "orders.shop" {
+		t.Errorf("ServiceName with no default namespace = %q, want orders.shop", got)
+	}
+	if got := shop.ServiceName("shop"); got != "orders" {
+		t.Errorf("ServiceName in its own default namespace = %q, want orders", got)
+	}
+	now := time.Now()
+	claims := func(services ...string) identity.Claims {
+		return identity.Claims{ID: "t1", TrustDomain: "mesh.local", Services: services, Expires: now.Add(time.Hour).Unix()}
+	}
+	def, _ := identity.NewID("mesh.local", "default", "orders")
+	if err := claims("orders.shop").Check(shop, "", now); err != nil {
+		t.Errorf("a token for orders.shop refused ns/shop/svc/orders: %v", err)
+	}
+	if err := claims("orders.shop").Check(def, "", now); err == nil || !strings.Contains(err.Error(), "does not allow service orders (it allows orders.shop)") {
+		t.Errorf("a token for orders.shop asking for ns/default/svc/orders: %v", err)
+	}
+	if err := claims("orders").Check(shop, "", now); err == nil || !strings.Contains(err.Error(), "does not allow service orders.shop (it allows orders)") {
+		t.Errorf("a token for orders asking for ns/shop/svc/orders: %v", err)
+	}
+}

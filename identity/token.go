@@ -189,8 +189,8 @@ func (c Claims) Check(id ID, node string, now time.Time) error {
 	switch {
 	case id.TrustDomain != c.TrustDomain:
 		return fmt.Errorf("join token %s is for trust domain %s, not %s", c.ID, c.TrustDomain, id.TrustDomain)
-	case !slices.Contains(c.Services, id.Service) && !slices.Contains(c.Services, id.Service+"."+id.Namespace):
-		return fmt.Errorf("join token %s does not allow service %s (it allows %s)", c.ID, id.Service, strings.Join(c.Services, ", "))
+	case !slices.Contains(c.Services, id.ServiceName(c.Namespace)):
+		return fmt.Errorf("join token %s does not allow service %s (it allows %s)", c.ID, id.ServiceName(c.Namespace), strings.Join(c.Services, ", "))
 	case c.Node != "" && c.Node != node:
 		return fmt.Errorf("join token %s is bound to node %s, not %q", c.ID, c.Node, node)
 	case now.Unix() >= c.Expires:

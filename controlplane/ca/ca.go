@@ -314,6 +314,13 @@ func (c *CA) loadTokenKey() error {
 // TrustDomain is the trust domain of the identities the CA issues.
 func (c *CA) TrustDomain() string { return c.cfg.TrustDomain }
 
+// Namespace is the namespace of the identities of undotted service names.
+func (c *CA) Namespace() string { return c.cfg.Namespace }
+
+// ServiceName is the mesh service name of id (ID's inverse): orders for
+// an identity in the CA's namespace, orders.shop for ns/shop/svc/orders.
+func (c *CA) ServiceName(id identity.ID) string { return id.ServiceName(c.cfg.Namespace) }
+
 // ID returns the identity of service in the CA's trust domain: in its
 // namespace, or for a dotted name (orders.shop) in the name's.
 func (c *CA) ID(service string) (identity.ID, error) {

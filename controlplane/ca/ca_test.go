@@ -350,3 +350,60 @@ func TestOpenRefusesAnotherTrustDomain(t *testing.T) {
 		t.Fatalf("open with its own trust domain: %v", err)
 	}
 }
+
+// TestKubernetesServiceIdentity (issue 13): a join token for orders.shop
+// (a Kubernetes service orders in namespace shop) gets a certificate for
+// spiffe://mesh.local/ns/shop/svc/orders, which renews itself and verifies
+// as a workload; it gets nothing for orders (ns/default), and a token for
+// orders gets nothing for orders.shop; another trust domain is refused.
+func TestKubernetesServiceIdentity(t *testing.T) {
+	clk := &clock{t: time.Now()}
+	c := open(t, ca.Config{Dir: t.TempDir(), CertTTL: time.Hour}, clk)
+	csrIn := func(ns, service string) []byte {
+		key, _ := identity.NewKey()
+		der, err := identity.NewCSR(key, identity.ID{TrustDomain: "mesh.local", Namespace: ns, Service: service})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	shopTok, _, err := c.MintToken([]string{"orders.shop"}, "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss, err := c.Sign(csrIn("shop", "orders"), ca.Credential{Token: shopTok})
+	if err != nil {
+		t.Fatalf("a token for orders.shop asking for ns/shop/svc/orders: %v", err)
+	}
+	if iss.ID.String() != "spiffe://mesh.local/ns/shop/svc/orders" || c.ServiceName(iss.ID) != "orders.shop" {
+		t.Fatalf("issued %v (%s)", iss.ID, c.ServiceName(iss.ID))
+	}
+	if id, err := c.VerifyWorkload([]*x509.Certificate{iss.Cert}); err != nil || id != iss.ID {
+		t.Fatalf("VerifyWorkload = %v, %v", id, err)
+	}
+	if _, err := c.Sign(csrIn("shop", "orders"), ca.Credential{Peer: iss.Cert}); err != nil {
+		t.Fatalf("renewal of ns/shop/svc/orders: %v", err)
+	}
+	bareTok, _, _ := c.MintToken([]string{"orders"}, "", time.Hour)
+	for _, tc := range []struct {
+		name string
+		csr  []byte
+		cred ca.Credential
+		want string
+	}{
+		{"orders.shop token, ns/default", csrIn("default", "orders"), ca.Credential{Token: shopTok}, "does not allow service orders (it allows orders.shop)"},
+		{"orders token, ns/shop", csrIn("shop", "orders"), ca.Credential{Token: bareTok}, "does not allow service orders.shop (it allows orders)"},
+		{"renewal into another namespace", csrIn("pay", "orders"), ca.Credential{Peer: iss.Cert}, "is for spiffe://mesh.local/ns/shop/svc/orders"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := c.Sign(tc.csr, tc.cred); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Sign = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	key, _ := identity.NewKey()
+	other, _ := identity.NewCSR(key, identity.ID{TrustDomain: "other.local", Namespace: "shop", Service: "orders"})
+	if _, err := c.Sign(other, ca.Credential{Token: shopTok}); err == nil || !strings.Contains(err.Error(), "this CA issues spiffe://mesh.local/... only") {
+		t.Fatalf("another trust domain: %v", err)
+	}
+}

@@ -38,8 +38,10 @@ type Issued struct {
 }
 
 // Sign issues a certificate for the CSR's SPIFFE ID, if cred allows that
-// identity: the ID must be in the CA's trust domain and namespace, and
-// either the join token names its service (and node, when bound) and is
+// identity: the ID must be in the CA's trust domain (in its namespace,
+// or for a Kubernetes service such as orders.shop in the service's:
+// identity.ForService), and either the join token names its service
+// (orders.shop for ns/shop/svc/orders; and node, when bound) and is
 // neither expired nor revoked, or the peer certificate is one this CA's
 // bundle trusts, still valid, for the same ID.
 func (c *CA) Sign(csrDER []byte, cred Credential) (*Issued, error) {
@@ -47,8 +49,8 @@ func (c *CA) Sign(csrDER []byte, cred Credential) (*Issued, error) {
 	if err != nil {
 		return nil, err
 	}
-	if id.TrustDomain != c.cfg.TrustDomain || id.Namespace != c.cfg.Namespace {
-		return nil, fmt.Errorf("csr asks for %s: this CA issues spiffe://%s/ns/%s/... only", id, c.cfg.TrustDomain, c.cfg.Namespace)
+	if id.TrustDomain != c.cfg.TrustDomain {
+		return nil, fmt.Errorf("csr asks for %s: this CA issues spiffe://%s/... only", id, c.cfg.TrustDomain)
 	}
 	if id.Service == wire.ControlPlaneService {
 		return nil, errReserved

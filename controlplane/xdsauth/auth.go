@@ -37,8 +37,10 @@ type Principal struct {
 	// Peer is the verified client certificate (a mesh workload's), nil
 	// for a token or an anonymous client.
 	Peer *x509.Certificate
-	// ID is the certificate's SPIFFE ID.
-	ID identity.ID
+	// ID is the certificate's SPIFFE ID; Name its mesh service name
+	// (orders, or orders.shop for ns/shop/svc/orders: ca.ServiceName).
+	ID   identity.ID
+	Name string
 	// Token is the join token presented, Claims what it grants.
 	Token  string
 	Claims identity.Claims
@@ -89,7 +91,10 @@ func (p Principal) allowsErr(ctx context.Context, service string) error {
 func (p Principal) Services() []string {
 	switch {
 	case p.Peer != nil:
-		return []string{p.ID.Service}
+		if p.Name == "" {
+			return []string{p.ID.ServiceName("")}
+		}
+		return []string{p.Name}
 	case p.Token != "":
 		return p.Claims.Services
 	}
@@ -175,7 +180,7 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 	if state != nil && len(state.State.PeerCertificates) > 0 {
 		id, cerr := a.CA.VerifyWorkload(state.State.PeerCertificates)
 		if cerr == nil {
-			return Principal{Peer: state.State.PeerCertificates[0], ID: id}, nil
+			return Principal{Peer: state.State.PeerCertificates[0], ID: id, Name: a.CA.ServiceName(id)}, nil
 		}
 		if tok == "" && ctok == "" {
 			return Principal{}, status.Errorf(codes.Unauthenticated, "%v", cerr)

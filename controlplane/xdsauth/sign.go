@@ -104,7 +104,7 @@ func (s *Signer) sign(ctx context.Context, in *wrapperspb.BytesValue) (*structpb
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
-	if err := p.allowsErr(ctx, id.Service); err != nil {
+	if err := p.allowsErr(ctx, s.Auth.CA.ServiceName(id)); err != nil {
 		log.Warn().Str("asked", id.String()).Msg("certificate refused: the credential does not allow this service")
 		return nil, err
 	}
