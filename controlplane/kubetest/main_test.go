@@ -25,6 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -135,12 +136,25 @@ func setup(dir string) error {
 type plane struct {
 	*controlplane.Control
 	xdsAddr, adminAddr string
-	logs               *meshtest.SyncBuffer
+	// caDir holds the plane's CA (bundle.crt; ca.Open for tokens).
+	caDir string
+	logs  *meshtest.SyncBuffer
 }
 
 func startPlane(t *testing.T, edit func(*config.Kubernetes)) *plane {
 	t.Helper()
 	cfg := config.Default()
+	return startPlaneFrom(t, &cfg, edit)
+}
+
+// startPlaneFrom is startPlane from cfg (e.g. loaded from YAML): the
+// addresses, Consul, the CA's directory (a fresh one unless cfg names
+// one) and the kubeconfig are the test's.
+func startPlaneFrom(t *testing.T, cfg *config.Config, edit func(*config.Kubernetes)) *plane {
+	t.Helper()
+	if cfg.Control.CA.Dir == config.Default().Control.CA.Dir {
+		cfg.Control.CA.Dir = t.TempDir() + "/ca"
+	}
 	cfg.Consul.Addr = testConsul.Addr
 	cfg.Control.XDSAddr = "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1"))
 	cfg.Control.AdminAddr = "127.0.0.1:" + strconv.Itoa(meshtest.FreePort("127.0.0.1"))
@@ -154,7 +168,7 @@ func startPlane(t *testing.T, edit func(*config.Kubernetes)) *plane {
 	}
 	logs := &meshtest.SyncBuffer{}
 	log := zerolog.New(io.MultiWriter(zerolog.NewTestWriter(t), logs)).Level(zerolog.InfoLevel)
-	c, err := controlplane.New(cfg, log, controlplane.Options{
+	c, err := controlplane.New(*cfg, log, controlplane.Options{
 		Consul:     consul.Options{Wait: 5 * time.Second, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
 		FirstWait:  10 * time.Second,
 		Kubernetes: ksource.Options{Probe: 500 * time.Millisecond},
@@ -176,7 +190,7 @@ func startPlane(t *testing.T, edit func(*config.Kubernetes)) *plane {
 			t.Errorf("control plane did not stop in 15s")
 		}
 	})
-	p := &plane{Control: c, xdsAddr: cfg.Control.XDSAddr, adminAddr: cfg.Control.AdminAddr, logs: logs}
+	p := &plane{Control: c, xdsAddr: cfg.Control.XDSAddr, adminAddr: cfg.Control.AdminAddr, caDir: cfg.Control.CA.Dir, logs: logs}
 	meshtest.Eventually(t, 30*time.Second, func() error {
 		if !c.Ready() {
 			return fmt.Errorf("not ready")
@@ -287,9 +301,11 @@ func sortStrings(s []string) {
 
 // objects for the tests
 
+// ns creates a namespace, or finds it made by an earlier test.
 func ns(t *testing.T, name string) {
 	t.Helper()
-	if _, err := admin.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+	_, err := admin.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 }
