@@ -29,8 +29,11 @@ type Process interface {
 // Run loads the config described by opts, builds the process with build
 // and runs it until SIGTERM or SIGINT. SIGHUP calls ReloadFrom with a
 // loader that reads the same file with the same flags. A config that does
-// not load is returned as is (a *config.Error: exit code 2).
+// not load is returned as is (a *config.Error: exit code 2). The process
+// first re-executes itself once with the runtime settings a long-lived
+// server runs with (keepSysmonAwake).
 func Run(opts config.Options, build func(config.Config, zerolog.Logger) (Process, error)) error {
+	keepSysmonAwake()
 	load := func() (*config.Config, error) { return config.Load(opts) }
 	cfg, err := load()
 	if err != nil {
