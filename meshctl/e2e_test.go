@@ -213,54 +213,61 @@ func TestSeeTheMesh(t *testing.T) {
 	})
 
 	t.Run("inspect shows what an independent ADS client receives", func(t *testing.T) {
-		got := adsFetch(t, m.xdsAddr, web)
-		out, code := m.run("inspect", web.nodeID(), "--output", "json")
-		var in meshctl.Inspect
-		if err := json.Unmarshal([]byte(out), &in); code != 0 || err != nil {
-			t.Fatalf("mesh inspect %s: exit %d %v\n%s", web.nodeID(), code, err, out)
+		// web's agent is a scoped delta client: it holds what it calls
+		// (orders) and its own app. An independent delta client, as a node
+		// of its own with web's metadata, subscribes to what the agent's
+		// /config_dump says it subscribes to: mesh inspect shows, for the
+		// agent and for that client alike, exactly what the client got.
+		if got := web.call(t, "orders", "/"); got != http.StatusOK {
+			t.Fatalf("web -> orders: %d", got)
 		}
-		if in.Node != web.nodeID() || in.Service != "web" || in.Kind != meshapi.KindAgent || in.State != meshapi.InSync {
-			t.Errorf("inspect header: %+v", in)
+		var ad struct {
+			Subs map[string][]string `json:"xds_subscriptions"`
 		}
-		var names []string
-		for _, l := range in.Listeners {
-			names = append(names, l.Name+" "+l.Address+" "+l.Route)
+		getJSON(t, "http://"+web.admin()+"/config_dump", &ad)
+		if !slices.Contains(ad.Subs["clusters"], "orders") || !slices.Contains(ad.Subs["routes"], wire.ServiceRoute("orders")) {
+			t.Fatalf("web's agent does not subscribe to orders: %v", ad.Subs)
 		}
-		sort.Strings(names)
-		if !slices.Equal(names, got.listeners) {
-			t.Errorf("listeners: inspect %v, ADS %v", names, got.listeners)
+		probe := probeNode(web, "web-probe1-8080")
+		got := deltaFetch(t, m.xdsAddr, probe, ad.Subs["clusters"], ad.Subs["routes"])
+		want := linesOf(got)
+		if !slices.Contains(want.endpoints, "orders "+orders.ip+":15006 healthy eu/eu-orders1") {
+			t.Errorf("delta ADS: orders' endpoint missing: %v", want.endpoints)
 		}
-		names = nil
-		for _, c := range in.Clusters {
-			names = append(names, c.Name+" "+c.Type)
-		}
-		sort.Strings(names)
-		if !slices.Equal(names, got.clusters) {
-			t.Errorf("clusters: inspect %v, ADS %v", names, got.clusters)
-		}
-		names = nil
-		for _, r := range in.Routes {
-			if r.Config != wire.OutboundRoute {
-				continue // the per-service configurations scoped agents subscribe to; the ADS client asks for mesh_outbound
+		for _, c := range want.clusters {
+			if strings.HasPrefix(c, "shop ") || strings.HasPrefix(c, "web ") {
+				t.Errorf("delta ADS: a cluster web never called was sent: %v", want.clusters)
 			}
-			names = append(names, r.Config+" "+r.Name+" "+r.Cluster)
 		}
-		sort.Strings(names)
-		if !slices.Equal(names, got.routes) {
-			t.Errorf("routes: inspect %v, ADS %v", names, got.routes)
+		for _, node := range []string{web.nodeID(), probe.GetId()} {
+			in := m.inspect(t, node)
+			if in.Node != node || in.Service != "web" || in.Kind != meshapi.KindAgent || in.State != meshapi.InSync {
+				t.Errorf("inspect %s header: %+v", node, in)
+			}
+			if d := diffLines(inspectLines(in), want); d != "" {
+				t.Errorf("inspect %s differs from what the delta ADS client received:\n%s", node, d)
+			}
+			if d := diffSummary(in, meshctl.Summarize(got)); d != "" {
+				t.Errorf("inspect %s: the readable form differs from that of what the delta ADS client received:\n%s", node, d)
+			}
 		}
-		names = nil
-		for _, e := range in.Endpoints {
-			names = append(names, e.Cluster+" "+e.Address+" "+e.Health+" "+e.Locality)
+
+		// A state-of-the-world client asking for every cluster is sent
+		// every cluster; inspect shows that for its node.
+		sotw := probeNode(web, "web-sotw1-8080")
+		all := sotwFetch(t, m.xdsAddr, sotw)
+		in := m.inspect(t, sotw.GetId())
+		if d := diffLines(inspectLines(in), linesOf(all)); d != "" {
+			t.Errorf("inspect %s differs from what the SotW ADS client received:\n%s", sotw.GetId(), d)
 		}
-		sort.Strings(names)
-		if !slices.Equal(names, got.endpoints) {
-			t.Errorf("endpoints: inspect %v, ADS %v", names, got.endpoints)
+		if d := diffSummary(in, meshctl.Summarize(all)); d != "" {
+			t.Errorf("inspect %s: the readable form differs from that of what the SotW ADS client received:\n%s", sotw.GetId(), d)
 		}
-		if !slices.Contains(got.endpoints, "orders "+orders.ip+":15006 healthy eu/eu-orders1") {
-			t.Errorf("ADS: orders' endpoint missing: %v", got.endpoints)
+		if l := linesOf(all).clusters; !slices.Contains(l, "shop EDS") {
+			t.Errorf("SotW ADS: no shop cluster in %v", l)
 		}
-		out, code = m.run("inspect", web.nodeID())
+
+		out, code := m.run("inspect", web.nodeID())
 		for _, want := range []string{"LISTENER", "mesh_outbound", "CLUSTER", "orders", orders.ip + ":15006", "healthy", "outlier detection"} {
 			if code != 0 || !strings.Contains(out, want) {
 				t.Errorf("mesh inspect %s: exit %d, no %q\n%s", web.nodeID(), code, want, out)
@@ -271,6 +278,8 @@ func TestSeeTheMesh(t *testing.T) {
 			t.Errorf("inspect of an unknown node exits %d, want 1", code)
 		}
 	})
+	// The probes' streams are closed: three proxies again.
+	m.waitInSync(t, 3)
 
 	t.Run("status shows an agent that NACKed and exits non-zero", func(t *testing.T) {
 		// An instance registered by hand with a host name for an address:
@@ -332,30 +341,168 @@ func TestSeeTheMesh(t *testing.T) {
 	})
 }
 
-// adsResult is what the independent ADS client received, as lines.
+// adsResult is what an independent ADS client received, as lines.
 type adsResult struct{ listeners, clusters, routes, endpoints []string }
 
-// adsFetch opens its own ADS stream as v's node (same id and metadata)
-// and collects every type, following what clusters and listeners name.
-func adsFetch(t *testing.T, addr string, v *vm) adsResult {
+// received is what an independent ADS client was sent, by type name
+// (cluster, endpoint, listener, route), as Summarize takes it.
+type received map[string][]proto.Message
+
+var typeNames = map[string]string{resourcev3.ClusterType: "cluster", resourcev3.EndpointType: "endpoint",
+	resourcev3.ListenerType: "listener", resourcev3.RouteType: "route"}
+
+// inspect runs mesh inspect NODE -o json.
+func (m *mesh) inspect(t *testing.T, node string) meshctl.Inspect {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	out, code := m.run("inspect", node, "--output", "json")
+	var in meshctl.Inspect
+	if err := json.Unmarshal([]byte(out), &in); code != 0 || err != nil {
+		t.Fatalf("mesh inspect %s: exit %d %v\n%s", node, code, err, out)
 	}
-	defer conn.Close()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	return in
+}
+
+// probeNode is a node with v's agent's metadata and locality under an id
+// of its own.
+func probeNode(v *vm, id string) *corev3.Node {
 	md, _ := structpb.NewStruct(map[string]any{
 		wire.NodeService: v.service, wire.NodeAppPort: "8080", wire.NodeAppAddress: v.ip,
 		wire.NodeInboundAddr: v.ip + ":15006", wire.NodeOutboundAddr: v.outbound(),
 	})
-	node := &corev3.Node{Id: v.nodeID(), Cluster: v.service, Metadata: md, UserAgentName: wire.AgentUserAgent,
+	return &corev3.Node{Id: id, Cluster: v.service, Metadata: md, UserAgentName: wire.AgentUserAgent,
 		Locality: &corev3.Locality{Region: "eu", Zone: "eu-" + v.name}}
+}
+
+// adsStream opens an ADS connection that lives until the test (or
+// subtest) ends: mesh inspect reads a node while it is connected.
+func adsStream(t *testing.T, addr string) (discoveryv3.AggregatedDiscoveryServiceClient, context.Context) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); conn.Close() })
+	return discoveryv3.NewAggregatedDiscoveryServiceClient(conn), ctx
+}
+
+// recvTimeout bounds an independent client's wait for an answer.
+func recvTimeout[T any](t *testing.T, recv func() (T, error)) T {
+	t.Helper()
+	type res struct {
+		v   T
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { v, err := recv(); ch <- res{v, err} }()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("ADS: %v", r.err)
+		}
+		return r.v
+	case <-time.After(30 * time.Second):
+		t.Fatal("ADS: no answer in 30s")
+	}
+	var zero T
+	return zero
+}
+
+// deltaFetch subscribes over delta ADS, as node, to clusters, routes and
+// the agent listeners, then to the load assignments of the EDS clusters
+// it is sent, ACKing each answer; it returns once it holds every name it
+// subscribed to. The stream stays open until the test ends.
+func deltaFetch(t *testing.T, addr string, node *corev3.Node, clusters, routes []string) received {
+	t.Helper()
+	ads, ctx := adsStream(t, addr)
+	st, err := ads.DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := true
+	send := func(typeURL string, names []string, nonce string) {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesSubscribe: names, ResponseNonce: nonce}
+		if first {
+			req.Node, first = node, false
+		}
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[string][]string{resourcev3.ClusterType: clusters, resourcev3.ListenerType: wire.AgentListeners(), resourcev3.RouteType: routes}
+	for _, ty := range []string{resourcev3.ClusterType, resourcev3.ListenerType, resourcev3.RouteType} {
+		send(ty, want[ty], "")
+	}
+	held := map[string]map[string]proto.Message{}
+	complete := func() bool {
+		if _, ok := want[resourcev3.EndpointType]; !ok {
+			return false
+		}
+		for ty, names := range want {
+			for _, n := range names {
+				if _, ok := held[ty][n]; !ok {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	for !complete() {
+		resp := recvTimeout(t, st.Recv)
+		ty := resp.GetTypeUrl()
+		if held[ty] == nil {
+			held[ty] = map[string]proto.Message{}
+		}
+		for _, r := range resp.GetResources() {
+			m, err := r.GetResource().UnmarshalNew()
+			if err != nil {
+				t.Fatal(err)
+			}
+			held[ty][r.GetName()] = m
+		}
+		for _, n := range resp.GetRemovedResources() {
+			delete(held[ty], n)
+		}
+		send(ty, nil, resp.GetNonce())
+		if ty == resourcev3.ClusterType {
+			if _, ok := want[resourcev3.EndpointType]; !ok {
+				var eds []string
+				for name, m := range held[ty] {
+					c := m.(*clusterv3.Cluster)
+					if c.GetType() != clusterv3.Cluster_EDS {
+						continue
+					}
+					if sn := c.GetEdsClusterConfig().GetServiceName(); sn != "" {
+						name = sn
+					}
+					eds = append(eds, name)
+				}
+				sort.Strings(eds)
+				want[resourcev3.EndpointType] = eds
+				send(resourcev3.EndpointType, eds, "")
+			}
+		}
+	}
+	out := received{}
+	for ty, set := range held {
+		for _, m := range set {
+			out[typeNames[ty]] = append(out[typeNames[ty]], m)
+		}
+	}
+	return out
+}
+
+// sotwFetch opens its own state-of-the-world ADS stream as node, asks for
+// every cluster and the agent listeners, follows what clusters and
+// listeners name, and returns once it has every type. The stream stays
+// open until the test ends.
+func sotwFetch(t *testing.T, addr string, node *corev3.Node) received {
+	t.Helper()
+	ads, ctx := adsStream(t, addr)
+	st, err := ads.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	subs := map[string][]string{}
 	send := func(typeURL string, names []string, version, nonce string) {
 		subs[typeURL] = names
@@ -365,12 +512,9 @@ func adsFetch(t *testing.T, addr string, v *vm) adsResult {
 	}
 	send(resourcev3.ClusterType, nil, "", "")
 	send(resourcev3.ListenerType, wire.AgentListeners(), "", "")
-	got := map[string][]proto.Message{}
+	got := received{}
 	for len(got) < 4 {
-		resp, err := st.Recv()
-		if err != nil {
-			t.Fatalf("ADS: %v (got %d types)", err, len(got))
-		}
+		resp := recvTimeout(t, st.Recv)
 		var list []proto.Message
 		var follow []string
 		for _, a := range resp.GetResources() {
@@ -395,7 +539,7 @@ func adsFetch(t *testing.T, addr string, v *vm) adsResult {
 				}
 			}
 		}
-		got[resp.GetTypeUrl()] = list
+		got[typeNames[resp.GetTypeUrl()]] = list
 		send(resp.GetTypeUrl(), subs[resp.GetTypeUrl()], resp.GetVersionInfo(), resp.GetNonce())
 		sort.Strings(follow)
 		switch resp.GetTypeUrl() {
@@ -405,8 +549,15 @@ func adsFetch(t *testing.T, addr string, v *vm) adsResult {
 			send(resourcev3.RouteType, follow, "", "")
 		}
 	}
+	return got
+}
+
+// linesOf is what a client received as sorted lines, read here without
+// meshctl's code: listeners with address and route, clusters with type,
+// virtual hosts with their cluster, endpoints with health and locality.
+func linesOf(got received) adsResult {
 	var r adsResult
-	for _, m := range got[resourcev3.ListenerType] {
+	for _, m := range got["listener"] {
 		l := m.(*listenerv3.Listener)
 		sa := l.GetAddress().GetSocketAddress()
 		route := ""
@@ -424,17 +575,17 @@ func adsFetch(t *testing.T, addr string, v *vm) adsResult {
 		}
 		r.listeners = append(r.listeners, fmt.Sprintf("%s %s:%d %s", l.GetName(), sa.GetAddress(), sa.GetPortValue(), route))
 	}
-	for _, m := range got[resourcev3.ClusterType] {
+	for _, m := range got["cluster"] {
 		c := m.(*clusterv3.Cluster)
 		r.clusters = append(r.clusters, c.GetName()+" "+c.GetType().String())
 	}
-	for _, m := range got[resourcev3.RouteType] {
+	for _, m := range got["route"] {
 		rc := m.(*routev3.RouteConfiguration)
 		for _, vh := range rc.GetVirtualHosts() {
 			r.routes = append(r.routes, rc.GetName()+" "+vh.GetName()+" "+vh.GetRoutes()[0].GetRoute().GetCluster())
 		}
 	}
-	for _, m := range got[resourcev3.EndpointType] {
+	for _, m := range got["endpoint"] {
 		cla := m.(*endpointv3.ClusterLoadAssignment)
 		for _, le := range cla.GetEndpoints() {
 			loc := le.GetLocality().GetRegion()
@@ -452,4 +603,55 @@ func adsFetch(t *testing.T, addr string, v *vm) adsResult {
 		sort.Strings(l)
 	}
 	return r
+}
+
+// inspectLines is mesh inspect's output as linesOf's lines.
+func inspectLines(in meshctl.Inspect) adsResult {
+	var r adsResult
+	for _, l := range in.Listeners {
+		r.listeners = append(r.listeners, l.Name+" "+l.Address+" "+l.Route)
+	}
+	for _, c := range in.Clusters {
+		r.clusters = append(r.clusters, c.Name+" "+c.Type)
+	}
+	for _, rt := range in.Routes {
+		r.routes = append(r.routes, rt.Config+" "+rt.Name+" "+rt.Cluster)
+	}
+	for _, e := range in.Endpoints {
+		r.endpoints = append(r.endpoints, e.Cluster+" "+e.Address+" "+e.Health+" "+e.Locality)
+	}
+	for _, l := range [][]string{r.listeners, r.clusters, r.routes, r.endpoints} {
+		sort.Strings(l)
+	}
+	return r
+}
+
+// diffLines says how two clients' lines differ ("" when they do not).
+func diffLines(a, b adsResult) string {
+	var out []string
+	for _, c := range []struct {
+		name string
+		x, y []string
+	}{{"listeners", a.listeners, b.listeners}, {"clusters", a.clusters, b.clusters}, {"routes", a.routes, b.routes}, {"endpoints", a.endpoints, b.endpoints}} {
+		if !slices.Equal(c.x, c.y) {
+			out = append(out, fmt.Sprintf("%s: inspect %q, ADS %q", c.name, c.x, c.y))
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// diffSummary compares the readable sections of two Inspects as JSON.
+func diffSummary(a, b meshctl.Inspect) string {
+	var out []string
+	for _, c := range []struct {
+		name string
+		x, y any
+	}{{"listeners", a.Listeners, b.Listeners}, {"routes", a.Routes, b.Routes}, {"clusters", a.Clusters, b.Clusters}, {"endpoints", a.Endpoints, b.Endpoints}} {
+		x, _ := json.Marshal(c.x)
+		y, _ := json.Marshal(c.y)
+		if string(x) != string(y) {
+			out = append(out, fmt.Sprintf("%s:\n  inspect %s\n  ADS     %s", c.name, x, y))
+		}
+	}
+	return strings.Join(out, "\n")
 }

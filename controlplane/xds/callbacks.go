@@ -164,6 +164,7 @@ func (s *Server) OnStreamRequest(id int64, req *discovery.DiscoveryRequest) erro
 		return err
 	}
 	s.track(k, req.GetTypeUrl(), req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil)
+	s.heldSotW(k, req)
 	if req.GetErrorDetail() == nil {
 		return nil
 	}
@@ -203,6 +204,7 @@ func (s *Server) OnStreamDeltaRequest(id int64, req *discovery.DeltaDiscoveryReq
 	}
 	s.trackDelta(streamKey{delta: true, id: id}, req.GetTypeUrl(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil,
 		len(req.GetResourceNamesUnsubscribe()) > 0)
+	s.heldDeltaRequest(streamKey{delta: true, id: id}, req)
 	if req.GetErrorDetail() != nil {
 		s.metrics.nacks.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
 		s.log.Warn().Str("node", req.GetNode().GetId()).Str("type", typeName(req.GetTypeUrl())).
@@ -233,6 +235,7 @@ func (s *Server) OnStreamDeltaResponse(id int64, req *discovery.DeltaDiscoveryRe
 		st.sent[req.GetTypeUrl()] = sent{nonce: resp.GetNonce(), version: resp.GetSystemVersionInfo()}
 	}
 	s.smu.Unlock()
+	s.heldDeltaResponse(streamKey{delta: true, id: id}, req.GetTypeUrl(), resp)
 	s.metrics.pushes.WithLabelValues(typeName(req.GetTypeUrl())).Inc()
 	s.metrics.resources.WithLabelValues(typeName(req.GetTypeUrl())).Add(float64(len(resp.GetResources())))
 }

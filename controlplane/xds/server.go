@@ -110,6 +110,9 @@ type streamState struct {
 	kind   string
 	opened time.Time
 	types  map[string]*typeSync
+	// held is, per type URL, what the stream's client was sent (mesh
+	// inspect, /config_dump?node=ID; held.go).
+	held map[string]*heldNames
 }
 
 type sent struct{ nonce, version string }
@@ -409,9 +412,13 @@ func info(st *nodeState) NodeInfo {
 	return ni
 }
 
-// NodeResources returns a connected node's current resources by type name
-// (cluster, endpoint, listener, route), or false if the node is unknown.
+// NodeResources returns what a connected node was sent, by type name
+// (cluster, endpoint, listener, route): of its snapshot's resources,
+// those its streams subscribed to and were sent (a scoped delta agent
+// holds a few services of the mesh), each as the snapshot has it now. It
+// returns false if the node is unknown.
 func (s *Server) NodeResources(id string) (NodeInfo, map[string]map[string]types.Resource, bool) {
+	held := s.heldBy(id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st, ok := s.nodes[id]
@@ -421,7 +428,7 @@ func (s *Server) NodeResources(id string) (NodeInfo, map[string]map[string]types
 	out := map[string]map[string]types.Resource{}
 	if st.snap != nil {
 		for _, k := range Kinds {
-			out[typeName(k)] = st.snap.GetResources(k)
+			out[typeName(k)] = held[k].filter(st.snap.GetResources(k))
 		}
 	}
 	return info(st), out, true
