@@ -8,6 +8,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"syscall"
 
@@ -31,9 +32,11 @@ type Process interface {
 // loader that reads the same file with the same flags. A config that does
 // not load is returned as is (a *config.Error: exit code 2). The process
 // first re-executes itself once with the runtime settings a long-lived
-// server runs with (keepSysmonAwake).
+// server runs with (keepSysmonAwake) and holds a GC ballast (newBallast).
 func Run(opts config.Options, build func(config.Config, zerolog.Logger) (Process, error)) error {
 	keepSysmonAwake()
+	ballast := newBallast()
+	defer runtime.KeepAlive(ballast)
 	load := func() (*config.Config, error) { return config.Load(opts) }
 	cfg, err := load()
 	if err != nil {
