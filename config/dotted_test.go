@@ -74,3 +74,55 @@ agent:
 		t.Errorf("error shows the internal escape:\n%s", msg)
 	}
 }
+
+// TestDottedControlServices: control.services takes a Kubernetes
+// service's dotted name too (its mTLS mode and routes); errors inside it
+// name the dotted path and its line.
+func TestDottedControlServices(t *testing.T) {
+	file := writeFile(t, `
+control:
+  services:
+    orders.shop:
+      mtls_mode: strict
+      routes:
+        - {name: slow, path_prefix: /report, timeout: 9s}
+    orders:
+      mtls_mode: permissive
+`)
+	cfg, err := config.Load(config.Options{File: file})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Control.MTLSMode("orders.shop"); got != "strict" {
+		t.Errorf("orders.shop mtls mode %q, want strict", got)
+	}
+	if got := cfg.Control.MTLSMode("orders"); got != "permissive" {
+		t.Errorf("orders mtls mode %q, want its own permissive", got)
+	}
+	if s := cfg.Control.Services["orders.shop"]; len(s.Routes) != 1 || s.Routes[0].Name != "slow" {
+		t.Errorf("orders.shop routes %+v", s.Routes)
+	}
+	if len(cfg.Control.Services) != 2 {
+		t.Errorf("control.services %v, want exactly orders.shop and orders", cfg.Control.Services)
+	}
+
+	bad := writeFile(t, `control:
+  services:
+    orders.shop:
+      mtls_mode: loose
+    a.b.c:
+      mtls_mode: strict
+`)
+	msg := loadErr(t, config.Options{File: bad}).Error()
+	for _, want := range []string{
+		`:4: control.services.orders.shop.mtls_mode: must be permissive or strict, got "loose"`,
+		`control.services.a.b.c: "a.b.c" is not a valid service name`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "%2e") {
+		t.Errorf("error shows the internal escape:\n%s", msg)
+	}
+}

@@ -66,6 +66,7 @@ func Load(opts Options) (*Config, error) {
 	if err := v.Unmarshal(&cfg, viper.DecodeHook(decodeHook)); err != nil {
 		src.add(decodeFieldErrors(err, "")...)
 	}
+	unescapeServiceKeys(&cfg)
 	src.add(mergeServicePolicies(v, &cfg)...)
 	src.add(mergeSubsetPolicies(v, &cfg)...)
 	if cfg.Control.CMDB.Token == "" && cfg.Control.CMDB.TokenFile != "" {
@@ -246,6 +247,17 @@ func mergeServicePolicies(v *viper.Viper, cfg *Config) []FieldError {
 // mergeSubsetPolicies decodes each control.services.<name>.subsets[i].policy
 // on top of the service's effective policy, so a subset only states what
 // differs; a subset without one keeps the zero Policy (the service's).
+// unescapeServiceKeys restores the dotted service names (orders.shop)
+// viper held escaped in control.services (see escapeKey).
+func unescapeServiceKeys(cfg *Config) {
+	for key, s := range cfg.Control.Services {
+		if name := unescapeKey(key); name != key {
+			delete(cfg.Control.Services, key)
+			cfg.Control.Services[name] = s
+		}
+	}
+}
+
 func mergeSubsetPolicies(v *viper.Viper, cfg *Config) []FieldError {
 	raw, _ := v.Get("control.services").(map[string]any)
 	var errs []FieldError

@@ -81,7 +81,7 @@ func (c Control) validateMTLS(v *validator) {
 	}
 	mode("control.mtls.default_mode", c.MTLS.DefaultMode)
 	for name, s := range c.Services {
-		v.serviceName(fmt.Sprintf("control.services.%s", name), name)
+		v.meshServiceName(fmt.Sprintf("control.services.%s", name), name)
 		mode(fmt.Sprintf("control.services.%s.mtls_mode", name), s.MTLSMode)
 	}
 }

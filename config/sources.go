@@ -494,7 +494,7 @@ func orTop(path string) string {
 
 // dottedKeys are the maps whose keys are mesh service names, which may
 // carry a namespace (orders.shop, a Kubernetes service).
-var dottedKeys = map[string]bool{"policies.services": true}
+var dottedKeys = map[string]bool{"policies.services": true, "control.services": true}
 
 // keyDot stands for '.' inside a map key while viper holds the config:
 // viper reads every '.' of a key as a level. It is lowercase (viper
