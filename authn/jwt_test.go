@@ -341,3 +341,101 @@ func BenchmarkVerify(b *testing.B) {
 		})
 	}
 }
+
+// TestTokenFromNamedHeader: a provider's own header, with or without a
+// scheme prefix, is read; the Authorization header is not read when only
+// the named header is configured.
+func TestTokenFromNamedHeader(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		sources []authn.Source
+		hdr     map[string]string
+		want    string
+	}{
+		{name: "named header without prefix", sources: []authn.Source{{Header: "X-Partner-Token"}},
+			hdr: map[string]string{"X-Partner-Token": "tok-1"}, want: "tok-1"},
+		{name: "named header with its prefix", sources: []authn.Source{{Header: "X-Partner-Token", Prefix: "Token "}},
+			hdr: map[string]string{"X-Partner-Token": "Token tok-2"}, want: "tok-2"},
+		{name: "named header missing its prefix", sources: []authn.Source{{Header: "X-Partner-Token", Prefix: "Token "}},
+			hdr: map[string]string{"X-Partner-Token": "tok-3"}, want: ""},
+		{name: "only the named header is read", sources: []authn.Source{{Header: "X-Partner-Token"}},
+			hdr: map[string]string{"Authorization": "Bearer tok-4"}, want: ""},
+		{name: "first source that carries one", sources: []authn.Source{{Header: "X-Partner-Token"}, {Header: "Authorization", Prefix: "Bearer "}},
+			hdr: map[string]string{"Authorization": "Bearer tok-5"}, want: "tok-5"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r, _ := http.NewRequest(http.MethodGet, "http://shop/", nil)
+			for k, v := range c.hdr {
+				r.Header.Set(k, v)
+			}
+			if got := authn.TokenFrom(r, c.sources); got != c.want {
+				t.Fatalf("TokenFrom = %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
+// TestJWKSBackgroundRefresh: Run re-reads a JWKS URL every Refresh on its
+// own, so a key the provider adds verifies without any early refresh (the
+// token's kid is tried first with the keys already held), and a refresh
+// that fails keeps the last good keys.
+func TestJWKSBackgroundRefresh(t *testing.T) {
+	keys := newKeys(t)
+	var body atomic.Value
+	body.Store(jwks(keys[0]))
+	var down atomic.Bool
+	var hits atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write(body.Load().([]byte))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	// MinRefresh far away: only the background loop may fetch.
+	p, err := authn.NewProvider(authn.ProviderConfig{Name: "idp", Issuer: issuer, JWKSURL: "http://" + ln.Addr().String() + "/jwks",
+		Refresh: 100 * time.Millisecond, MinRefresh: time.Hour}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	now := time.Now()
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 20s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFor("first load", func() bool { _, err := p.Verify(ctx, sign(t, keys[0], claims(now, nil))); return err == nil })
+	body.Store(jwks(keys[0], keys[2]))
+	before := hits.Load()
+	waitFor("two background refreshes", func() bool { return hits.Load() >= before+2 })
+	if _, err := p.Verify(ctx, sign(t, keys[2], claims(now, nil))); err != nil {
+		t.Fatalf("a key added to the JWKS is not picked up by the background refresh: %v", err)
+	}
+	down.Store(true)
+	before = hits.Load()
+	waitFor("a failed background refresh", func() bool { return hits.Load() >= before+2 && p.Err() != nil })
+	if _, err := p.Verify(ctx, sign(t, keys[2], claims(now, map[string]any{"n": "down"}))); err != nil {
+		t.Fatalf("with the JWKS endpoint down, the last good keys must still verify: %v", err)
+	}
+	down.Store(false)
+	waitFor("recovery", func() bool { return p.Err() == nil })
+}
