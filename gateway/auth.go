@@ -27,8 +27,10 @@ const (
 
 // jwtProvider is one identity provider as the edge uses it.
 type jwtProvider struct {
-	name    string
-	p       *authn.Provider
+	name string
+	p    *authn.Provider
+	// conf is what p was built from: a new config with the same keeps p.
+	conf    authn.ProviderConfig
 	sources []authn.Source
 	// claimHeaders forward verified claims: claim -> request header.
 	claimHeaders []claimHeader

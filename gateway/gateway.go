@@ -239,6 +239,9 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.shutdown(lns)
 	stopBG()
 	group.Wait()
+	if cur := g.served.Load(); cur.stop != nil { // the served config's JWKS refresh
+		cur.stop()
+	}
 	g.forwarder.CloseIdleConnections()
 	stopObs()
 	if err := <-obsDone; err != nil {

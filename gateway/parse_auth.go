@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"reflect"
 	"sort"
 	"time"
 
@@ -110,16 +111,22 @@ func (g *Gateway) parseProviders(ja *jwtv3.JwtAuthentication, a *auth, byName ma
 		default:
 			return fmt.Errorf("provider %s: no JWKS source", name)
 		}
-		p, err := authn.NewProvider(pc, &http.Client{Timeout: 10 * time.Second}, nil)
-		if err != nil {
-			return err
+		// A provider the running config has with the same settings is kept,
+		// with its keys and verified tokens: a push (a route change) while
+		// a JWKS URL is down must not lose the last good keys.
+		p := g.runningProvider(pc)
+		if p == nil {
+			var err error
+			if p, err = authn.NewProvider(pc, &http.Client{Timeout: 10 * time.Second}, nil); err != nil {
+				return err
+			}
 		}
 		if pc.JWKSURL == "" { // local keys: a bad set is refused now (NACK)
 			if err := p.Load(context.Background()); err != nil {
 				return err
 			}
 		}
-		jwp := &jwtProvider{name: name, p: p}
+		jwp := &jwtProvider{name: name, p: p, conf: pc}
 		for _, h := range jp.GetFromHeaders() {
 			jwp.sources = append(jwp.sources, authn.Source{Header: h.GetName(), Prefix: h.GetValuePrefix()})
 		}
@@ -135,6 +142,21 @@ func (g *Gateway) parseProviders(ja *jwtv3.JwtAuthentication, a *auth, byName ma
 		}
 		byName[name] = jwp
 		a.providers = append(a.providers, jwp)
+	}
+	return nil
+}
+
+// runningProvider is the served config's provider built from the same
+// settings as pc, or nil.
+func (g *Gateway) runningProvider(pc authn.ProviderConfig) *authn.Provider {
+	cur := g.served.Load()
+	if cur == nil || cur.auth == nil {
+		return nil
+	}
+	for _, jp := range cur.auth.providers {
+		if reflect.DeepEqual(jp.conf, pc) {
+			return jp.p
+		}
 	}
 	return nil
 }
