@@ -51,6 +51,66 @@ type clientConn struct {
 	raw    syscall.RawConn // the descriptor, for waiting without a buffer; nil if none
 	idleAt time.Time
 	reused bool
+
+	// The cancel watch of the exchange under way (see watch).
+	watchMu    sync.Mutex
+	watchTimer *time.Timer
+	watchCtx   context.Context // nil: no exchange is watched
+	watchStop  func() bool     // the context.AfterFunc registered late, or nil
+}
+
+// cancelWatchDelay is how long an exchange runs before its context is
+// watched (context.AfterFunc) so that a cancel or a deadline closes the
+// connection. Most exchanges end sooner and never pay for it: the
+// AfterFunc, registered on a fresh per-try context, was ~5 allocations
+// and ~640 bytes per request (docs/decisions.md, decision 45).
+const cancelWatchDelay = 20 * time.Millisecond
+
+// watch starts watching ctx for the exchange: after cancelWatchDelay, or
+// at ctx's deadline if that comes first, a cancelled ctx closes the
+// connection. The connection's timer is reused from one exchange to the
+// next.
+func (cc *clientConn) watch(ctx context.Context) {
+	d := cancelWatchDelay
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl))
+	}
+	cc.watchMu.Lock()
+	cc.watchCtx = ctx
+	if cc.watchTimer == nil {
+		cc.watchTimer = time.AfterFunc(d, cc.lateWatch)
+	} else {
+		cc.watchTimer.Reset(d)
+	}
+	cc.watchMu.Unlock()
+}
+
+// lateWatch runs when an exchange outlived cancelWatchDelay (or reached
+// its deadline): from now on the end of its context closes the
+// connection (at once if it has ended).
+func (cc *clientConn) lateWatch() {
+	cc.watchMu.Lock()
+	defer cc.watchMu.Unlock()
+	if cc.watchCtx == nil || cc.watchStop != nil {
+		return
+	}
+	cc.watchStop = context.AfterFunc(cc.watchCtx, func() { cc.c.Close() })
+}
+
+// unwatch ends the watch of the exchange; false means its context ended
+// (the connection is or will be closed, and must not be reused).
+func (cc *clientConn) unwatch() bool {
+	cc.watchMu.Lock()
+	ctx, stop := cc.watchCtx, cc.watchStop
+	cc.watchCtx, cc.watchStop = nil, nil
+	if cc.watchTimer != nil {
+		cc.watchTimer.Stop()
+	}
+	cc.watchMu.Unlock()
+	if stop != nil && !stop() {
+		return false
+	}
+	return ctx == nil || ctx.Err() == nil
 }
 
 func (cl *h1Client) get(ctx context.Context, addr string) (*clientConn, error) {
@@ -211,14 +271,9 @@ func (e *staleError) Error() string { return e.err.Error() }
 // giveBack, if not nil, is head's buffer, returned to the pool once head
 // is written.
 func (cc *clientConn) exchange(ctx context.Context, out *http.Request, head, inline []byte, body io.Reader, streamed bool, giveBack *[]byte) (*http.Response, error) {
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { cc.c.Close() })
-	}
+	cc.watch(ctx)
 	fail := func(err error, replayable bool) (*http.Response, error) {
-		if stop != nil {
-			stop()
-		}
+		cc.unwatch()
 		cc.c.Close()
 		if cc.reused && replayable && ctx.Err() == nil {
 			return nil, &staleError{err}
@@ -308,14 +363,12 @@ func (cc *clientConn) exchange(ctx context.Context, out *http.Request, head, inl
 		}
 	}
 	if resp.Status == http.StatusSwitchingProtocols {
-		if stop != nil {
-			stop() // an upgraded connection lives as long as the client's
-		}
+		cc.unwatch() // an upgraded connection lives as long as the client's
 		r.ContentLength = -1
 		r.Body = &upgradeBody{cc: cc}
 		return r, nil
 	}
-	cb := &clientBody{cc: cc, resp: r, stop: stop, wr: wr, close: resp.Close || out.Close}
+	cb := &clientBody{cc: cc, resp: r, wr: wr, close: resp.Close || out.Close}
 	switch {
 	case resp.NoBody:
 		cb.b.Reset(&cc.rd, h1.NoBody, 0)
@@ -468,7 +521,6 @@ type clientBody struct {
 	cc    *clientConn
 	resp  *http.Response
 	b     h1.Body
-	stop  func() bool
 	wr    *bodyWriter
 	close bool
 	ended atomic.Bool
@@ -516,7 +568,7 @@ func (cb *clientBody) release(ok bool) {
 		return
 	}
 	cc := cb.cc
-	if cb.stop != nil && !cb.stop() {
+	if !cc.unwatch() {
 		ok = false // the context ended: the connection is closed
 	}
 	if cb.wr != nil {
