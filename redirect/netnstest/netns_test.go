@@ -157,7 +157,7 @@ func TestInterception(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the netns suite needs root (network namespaces, netfilter): run `sudo make test-netns`")
 	}
-	for _, tool := range []string{"ip", "nft", "curl", "python3", "redis-server", "redis-cli", "setpriv"} {
+	for _, tool := range []string{"ip", "nft", "curl", "python3", "redis-server", "redis-cli", "setpriv", "openssl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is missing: %v (.ci/run installs it)", tool, err)
 		}
@@ -187,6 +187,15 @@ func TestInterception(t *testing.T) {
 		}
 		if all := w.vm1.must("nft", "list", "ruleset"); !strings.Contains(all, "table inet other") {
 			t.Fatalf("the foreign table is gone:\n%s", all)
+		}
+		// SSH and Consul's ports are excluded by default, both ways.
+		for _, chain := range []string{"output", "prerouting"} {
+			body := w.vm1.must("nft", "list", "chain", "inet", "mesh", chain)
+			for _, want := range []string{"tcp dport 22 return", "tcp dport 8300-8302 return", "tcp dport 8500-8502 return", "tcp dport 8600 return"} {
+				if !strings.Contains(body, want) {
+					t.Fatalf("chain %s lacks %q:\n%s", chain, want, body)
+				}
+			}
 		}
 	})
 
@@ -243,6 +252,22 @@ func TestInterception(t *testing.T) {
 		}
 	})
 
+	t.Run("curl with the h2c preface (HTTP/2 prior knowledge) goes through both agents", func(t *testing.T) {
+		eventually(t, "an HTTP/2 200 from orders.mesh", 15*time.Second, func() error {
+			out, err := w.vm1.run("curl", "-sS", "--max-time", "10", "--http2-prior-knowledge", "-D", "-", "http://orders.mesh/h2.txt")
+			if err != nil || !strings.HasPrefix(out, "HTTP/2 200") || !strings.Contains(out, "hello from orders") {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			return nil
+		})
+		eventually(t, "vm1's access log shows the HTTP/2 request outbound", 10*time.Second, func() error {
+			return logHas(w.web, `"direction":"outbound"`, `"upstream_service":"orders"`, `"path":"/h2.txt"`, `"protocol":"HTTP/2.0"`)
+		})
+		eventually(t, "vm2's access log shows it inbound", 10*time.Second, func() error {
+			return logHas(w.orders, `"direction":"inbound"`, `"path":"/h2.txt"`)
+		})
+	})
+
 	t.Run("redis-cli by the real address and by cache.mesh goes through the TCP relays", func(t *testing.T) {
 		if out := w.vm1.must("redis-cli", "-h", vm2IP, "-p", "6379", "SET", "k", "through-the-mesh"); !strings.Contains(out, "OK") {
 			t.Fatalf("SET: %s", out)
@@ -291,7 +316,36 @@ print(dict(c))
 		}
 	})
 
+	t.Run("TLS: a ClientHello to no service passes unchanged, its SNI names a TCP service", func(t *testing.T) {
+		// vm2:8443 is a TLS server outside the mesh: the handshake and
+		// the response pass through vm1's agent untouched.
+		before := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept outbound"`, `result="passed"`)
+		out := w.vm1.must("curl", "-sS", "-k", "--max-time", "10", "https://"+vm2IP+":8443/")
+		if !strings.Contains(out, "tls server outside the mesh") {
+			t.Fatalf("TLS pass-through: %s", out)
+		}
+		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept outbound"`, `result="passed"`) - before; n != 1 {
+			t.Fatalf("vm1 passed %v TLS connections, want 1", n)
+		}
+		// The same address with server name cache.mesh: the ClientHello's
+		// SNI names the TCP service cache, so vm1's agent relays it to
+		// cache through both agents (redis then refuses the TLS bytes).
+		logsBefore := logCount(w.web, `"upstream_service":"cache"`, `"protocol":"tcp"`)
+		beforeSvc := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept outbound"`, `result="service"`)
+		_, _ = w.vm1.run("curl", "-sS", "-k", "--max-time", "5", "--resolve", "cache.mesh:8443:"+vm2IP, "https://cache.mesh:8443/")
+		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept outbound"`, `result="service"`) - beforeSvc; n != 1 {
+			t.Fatalf("vm1 routed %v connections with SNI cache.mesh to a service, want 1", n)
+		}
+		eventually(t, "vm1's access log shows one more TCP connection to cache", 10*time.Second, func() error {
+			if n := logCount(w.web, `"upstream_service":"cache"`, `"protocol":"tcp"`); n != logsBefore+1 {
+				return fmt.Errorf("%d lines, want %d", n, logsBefore+1)
+			}
+			return nil
+		})
+	})
+
 	t.Run("inbound connections from outside the mesh go through the inbound policies", func(t *testing.T) {
+		outBefore := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total")
 		before := w.vm2.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept inbound"`, `result="service"`)
 		out := w.vm1.must("setpriv", "--reuid", strconv.Itoa(excludedUID), "--regid", strconv.Itoa(excludedUID), "--clear-groups",
 			"curl", "-sS", "--max-time", "10", "http://"+vm2IP+":8080/outside.txt")
@@ -300,6 +354,10 @@ print(dict(c))
 		}
 		if n := w.vm2.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `listener="intercept inbound"`, `result="service"`) - before; n != 1 {
 			t.Fatalf("vm2's inbound intercept took %v connections, want 1", n)
+		}
+		// The excluded user's connection left vm1 without its agent.
+		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total") - outBefore; n != 0 {
+			t.Fatalf("vm1's agent intercepted %v connections of an --exclude-uid user", n)
 		}
 		eventually(t, "vm2's access log shows the inbound request", 10*time.Second, func() error {
 			return logHas(w.orders, `"direction":"inbound"`, `"path":"/outside.txt"`)
@@ -361,6 +419,104 @@ print(s.recv(100).decode())
 		}
 	})
 
+	t.Run("Consul's ports are untouched both ways", func(t *testing.T) {
+		// New connections (as root, not an excluded uid) from vm2 to
+		// vm1's Consul ports: those Consul listens on connect to Consul,
+		// the others are refused by vm1's kernel. Neither agent's
+		// intercept listener sees any of them (a redirected one would be
+		// accepted there and counted).
+		before1 := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total")
+		before2 := w.vm2.metric("127.0.0.1:15000", "mesh_intercept_connections_total")
+		out := w.vm2.must("python3", "-c", `
+import socket
+for port in (8300, 8301, 8302, 8500, 8501, 8502, 8600):
+    try:
+        socket.create_connection(("`+vm1IP+`", port), timeout=5).close(); print(port, "connected")
+    except Exception as e:
+        print(port, type(e).__name__)
+`)
+		for _, want := range []string{"8300 connected", "8500 ConnectionRefusedError", "8600 ConnectionRefusedError"} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("want %q (Consul's server RPC is on vm1's address, HTTP and DNS on loopback: a redirected connect would be accepted by an agent):\n%s", want, out)
+			}
+		}
+		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total") - before1; n != 0 {
+			t.Fatalf("vm1's intercept listeners saw %v connections to Consul's ports", n)
+		}
+		if n := w.vm2.metric("127.0.0.1:15000", "mesh_intercept_connections_total") - before2; n != 0 {
+			t.Fatalf("vm2's intercept listeners saw %v connections to Consul's ports", n)
+		}
+		// And Consul itself works across the VMs with the rules installed.
+		out = w.vm2.must("curl", "-s", "--max-time", "5", "http://127.0.0.1:8500/v1/catalog/nodes")
+		if !strings.Contains(out, `"Node":"vm1"`) || !strings.Contains(out, `"Node":"vm2"`) {
+			t.Fatalf("vm2's Consul catalog: %s", out)
+		}
+	})
+
+	t.Run("--exclude-cidr: the app reaches that destination directly", func(t *testing.T) {
+		args := []string{w.mesh, "redirect-traffic", "--config", w.webCfg, "--proxy-uid", strconv.Itoa(agentUID), "--exclude-uid", strconv.Itoa(excludedUID)}
+		installed := w.vm1.must("nft", "list", "table", "inet", "mesh")
+		w.vm1.must(append(args, "--exclude-cidr", vm2IP+"/32", "--exclude-cidr", "fd77::2")...)
+		table := w.vm1.must("nft", "list", "table", "inet", "mesh")
+		if !strings.Contains(table, "ip daddr "+vm2IP+" return") || !strings.Contains(table, "ip6 daddr "+vm2IP6+" return") {
+			t.Fatalf("the exclusions are not installed:\n%s", table)
+		}
+		before := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total")
+		// (The plain server listens on IPv4 only; the IPv6 exclusion is
+		// checked in the table above.)
+		if out := w.vm1.must("curl", "-sS", "--max-time", "10", "http://"+vm2IP+":9999/"); !strings.Contains(out, "plain server") {
+			t.Fatalf("excluded destination: %s", out)
+		}
+		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total") - before; n != 0 {
+			t.Fatalf("vm1's agent intercepted %v connections to an excluded CIDR", n)
+		}
+		// Back to the rules as they were (the install replaces the table).
+		w.vm1.must(args...)
+		if got := w.vm1.must("nft", "list", "table", "inet", "mesh"); got != installed {
+			t.Fatalf("re-install without the exclusion:\n%s\nwant\n%s", got, installed)
+		}
+	})
+
+	t.Run("unknown: block closes connections to destinations outside the mesh", func(t *testing.T) {
+		// Interception settings take effect on restart: restart vm1's
+		// agent with agent.interception.unknown: block.
+		body, err := os.ReadFile(w.webCfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blockCfg := filepath.Join(w.dir, "web-block.yaml")
+		writeFile(t, blockCfg, strings.Replace(string(body), "    dns: {enabled: true}\n", "    dns: {enabled: true}\n    unknown: block\n", 1))
+		if out := w.vm1.must(w.mesh, "config", "validate", blockCfg); !strings.Contains(out, "unknown: block") {
+			t.Fatalf("validate: the effective config lacks unknown: block:\n%s", out)
+		}
+		w.web.stop(syscall.SIGTERM)
+		w.web = w.vm1.start("web agent (block)", agentUID, w.dir, w.mesh, "agent", "--config", blockCfg)
+		eventually(t, "vm1's agent ready again", 60*time.Second, func() error {
+			out, err := w.vm1.run("curl", "-sf", "--max-time", "2", "http://127.0.0.1:15000/ready")
+			if err != nil {
+				return fmt.Errorf("%v %s\n%s", err, out, tail(w.web.out.String(), 10))
+			}
+			return nil
+		})
+		before := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `result="blocked"`)
+		out, err := w.vm1.run("curl", "-sS", "--max-time", "10", "http://"+vm2IP+":9999/")
+		var ee *exec.ExitError
+		if err == nil || !errorsAs(err, &ee) || strings.Contains(out, "plain server") {
+			t.Fatalf("blocked destination answered: %v %s", err, out)
+		}
+		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `result="blocked"`) - before; n != 1 {
+			t.Fatalf("vm1 blocked %v connections, want 1", n)
+		}
+		// Mesh services still work.
+		eventually(t, "orders.mesh through the restarted agent", 20*time.Second, func() error {
+			out, err := w.vm1.run("curl", "-sS", "--max-time", "10", "http://orders.mesh/hello.txt")
+			if err != nil || !strings.Contains(out, "hello from orders") {
+				return fmt.Errorf("%v %s", err, out)
+			}
+			return nil
+		})
+	})
+
 	t.Run("agent killed: intercepted connections are refused at once, --undo restores the ruleset", func(t *testing.T) {
 		w.web.stop(syscall.SIGKILL)
 		start := time.Now()
@@ -403,6 +559,21 @@ func errorsAs(err error, target **exec.ExitError) bool {
 		*target = e
 	}
 	return ok
+}
+
+// logCount counts the lines of p holding every piece.
+func logCount(p *proc, pieces ...string) int {
+	n := 0
+	for _, line := range strings.Split(p.out.String(), "\n") {
+		ok := true
+		for _, s := range pieces {
+			ok = ok && strings.Contains(line, s)
+		}
+		if ok {
+			n++
+		}
+	}
+	return n
 }
 
 // logHas finds one access-log line of p holding every piece.
@@ -511,7 +682,7 @@ func setup(t *testing.T, consul string) *world {
 	if err := os.MkdirAll(www, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"hello.txt", "outside.txt", "self.txt", "v6.txt"} {
+	for _, f := range []string{"hello.txt", "outside.txt", "self.txt", "v6.txt", "h2.txt"} {
 		writeFile(t, filepath.Join(www, f), "hello from orders\n")
 	}
 	w.vm2.start("orders app", 0, www, "python3", "-m", "http.server", "8080", "--bind", "0.0.0.0")
@@ -528,6 +699,25 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 22)); s.listen(16)
 while True:
     c, a = s.accept(); c.sendall(("ssh-peer %s\n" % a[0]).encode()); c.close()
+`)
+	// A TLS server outside the mesh on vm2:8443 (a self-signed
+	// certificate; clients do not verify it).
+	if out, err := exec.Command("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+		"-keyout", filepath.Join(dir, "tls.key"), "-out", filepath.Join(dir, "tls.crt"), "-subj", "/CN=outside", "-days", "2").CombinedOutput(); err != nil {
+		t.Fatalf("openssl req: %v\n%s", err, out)
+	}
+	w.vm2.start("tls server", 0, dir, "python3", "-c", `
+import socket, ssl
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain("tls.crt", "tls.key")
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8443)); s.listen(16)
+while True:
+    c, _ = s.accept(); c.settimeout(5)
+    try:
+        t = ctx.wrap_socket(c, server_side=True); t.recv(4096)
+        t.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 28\r\nConnection: close\r\n\r\ntls server outside the mesh\n"); t.close()
+    except Exception:
+        c.close()
 `)
 	// vm1's own app (web), so its agent has something to front.
 	w.vm1.start("web app", 0, www, "python3", "-m", "http.server", "8081", "--bind", "127.0.0.1")
