@@ -226,7 +226,7 @@ func (s *Server) unknown(c *Conn) {
 	if s.o.Block {
 		s.o.Metrics.count(s.o.Name, ResultBlocked)
 		s.log.Debug().Str("dst", c.Dst.String()).Msg("blocked a connection to a destination outside the mesh")
-		c.Close()
+		reset(c)
 		return
 	}
 	s.o.Metrics.count(s.o.Name, ResultPassed)
@@ -246,22 +246,38 @@ func (s *Server) unknown(c *Conn) {
 	up, err := s.o.Dialer.Dial("tcp", c.Dst.String())
 	if err != nil {
 		s.log.Debug().Err(err).Str("dst", c.Dst.String()).Msg("pass-through connect failed")
-		c.Close()
+		reset(c)
 		return
 	}
 	pipe(c, up.(*net.TCPConn))
 }
 
-// pipe copies both ways, passing half-closes on, until both ended.
+// reset closes c with a RST rather than a FIN: the app's connect already
+// succeeded (the agent accepted it), so the nearest it can see to the
+// destination's refusal is "connection reset", never an orderly empty
+// answer it could take for a response.
+func reset(c *Conn) {
+	_ = c.TCPConn.SetLinger(0)
+	c.Close()
+}
+
+// pipe copies both ways, passing half-closes on, until both ended. A
+// broken stream (a reset, a failed write) is passed on as a reset of both
+// sides, never as an orderly end the other side could take for a complete
+// answer.
 func pipe(c *Conn, up *net.TCPConn) {
 	done := make(chan struct{}, 2)
+	abort := func() {
+		_ = up.SetLinger(0)
+		up.Close()
+		reset(c)
+	}
 	go func() {
 		_, err := io.Copy(up, c)
 		if err == nil {
 			_ = up.CloseWrite()
 		} else {
-			up.Close()
-			c.Close()
+			abort()
 		}
 		done <- struct{}{}
 	}()
@@ -270,8 +286,7 @@ func pipe(c *Conn, up *net.TCPConn) {
 		if err == nil {
 			_ = c.CloseWrite()
 		} else {
-			up.Close()
-			c.Close()
+			abort()
 		}
 		done <- struct{}{}
 	}()

@@ -316,6 +316,25 @@ print(dict(c))
 		}
 	})
 
+	t.Run("a destination that refuses: the app's connection is reset, never answered empty", func(t *testing.T) {
+		// Nothing listens on vm2:9998. Without the mesh the connect is
+		// refused; intercepted, the agent has already accepted it, so the
+		// refusal (seen by vm2's agent, whose pass-through connect is
+		// refused) comes back through both agents as a reset.
+		out := w.vm1.must("python3", "-c", `
+import socket
+s = socket.create_connection(("`+vm2IP+`", 9998), timeout=10)
+s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+try:
+    print("eof" if s.recv(100) == b"" else "data")
+except ConnectionResetError:
+    print("reset")
+`)
+		if strings.TrimSpace(out) != "reset" {
+			t.Fatalf("a refused destination gave %q, want reset", out)
+		}
+	})
+
 	t.Run("TLS: a ClientHello to no service passes unchanged, its SNI names a TCP service", func(t *testing.T) {
 		// vm2:8443 is a TLS server outside the mesh: the handshake and
 		// the response pass through vm1's agent untouched.
@@ -501,8 +520,8 @@ for port in (8300, 8301, 8302, 8500, 8501, 8502, 8600):
 		before := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `result="blocked"`)
 		out, err := w.vm1.run("curl", "-sS", "--max-time", "10", "http://"+vm2IP+":9999/")
 		var ee *exec.ExitError
-		if err == nil || !errorsAs(err, &ee) || strings.Contains(out, "plain server") {
-			t.Fatalf("blocked destination answered: %v %s", err, out)
+		if err == nil || !errorsAs(err, &ee) || !strings.Contains(out, "reset") {
+			t.Fatalf("blocked destination: want the connection reset, got %v %s", err, out)
 		}
 		if n := w.vm1.metric("127.0.0.1:15000", "mesh_intercept_connections_total", `result="blocked"`) - before; n != 1 {
 			t.Fatalf("vm1 blocked %v connections, want 1", n)
