@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	consulapi "github.com/hashicorp/consul/api"
 	"google.golang.org/grpc"
@@ -24,6 +26,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -184,6 +189,9 @@ func greeter(t *testing.T, host, name string) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// the Envoy bootstrap's typed_extension_protocol_options name this type.
+var _ = &httpv3.HttpProtocolOptions{}
+
 // routeClusters are the clusters of rc's routes, in order.
 func routeClusters(rc *routev3.RouteConfiguration) []string {
 	var out []string
@@ -193,4 +201,79 @@ func routeClusters(rc *routev3.RouteConfiguration) []string {
 		}
 	}
 	return out
+}
+
+// TestKubeEnvoyBootstrapDoc (issue 13, item 6): the Envoy bootstrap of
+// docs/kubernetes.md is a valid Envoy v3 Bootstrap (strict field names,
+// its typed options resolved) whose ADS cluster is mesh_control at
+// mesh-control.mesh-system:18000, and its node gets orders.shop's cluster
+// and its inbound listener from this plane.
+func TestKubeEnvoyBootstrapDoc(t *testing.T) {
+	freshService(t, "shop", "orders")
+	createService(t, "shop", "orders", corev1.ServicePort{Name: "http", Port: 80})
+	createSlice(t, slice("shop", "orders", "orders-envoy", "http", 8080, endpoint("10.8.0.1", "z1", "", true)))
+	doc, err := os.ReadFile(meshtest.RepoRoot() + "/docs/kubernetes.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "Envoy sidecar (or gateway) bootstrap:")
+	if ok {
+		_, rest, ok = strings.Cut(rest, "```yaml\n")
+	}
+	block, _, closed := strings.Cut(rest, "```")
+	if !ok || !closed {
+		t.Fatal(`docs/kubernetes.md has no Envoy bootstrap (a yaml block after "Envoy sidecar (or gateway) bootstrap:")`)
+	}
+	var tree map[string]any
+	if err := yaml.Unmarshal([]byte(block), &tree); err != nil {
+		t.Fatalf("the Envoy bootstrap is not YAML: %v", err)
+	}
+	js, err := json.Marshal(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &bootstrapv3.Bootstrap{}
+	if err := protojson.Unmarshal(js, b); err != nil {
+		t.Fatalf("the Envoy bootstrap of docs/kubernetes.md is not an Envoy v3 Bootstrap: %v", err)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Fatalf("the Envoy bootstrap fails Envoy's validation rules: %v", err)
+	}
+	if g := b.GetDynamicResources().GetAdsConfig().GetGrpcServices(); len(g) != 1 || g[0].GetEnvoyGrpc().GetClusterName() != "mesh_control" {
+		t.Errorf("ads_config grpc_services %v, want the mesh_control cluster", g)
+	}
+	var addr string
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() == "mesh_control" {
+			sa := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+			addr = fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())
+		}
+	}
+	if addr != "mesh-control.mesh-system.svc.cluster.local:18000" {
+		t.Errorf("mesh_control cluster at %q", addr)
+	}
+
+	p := startPlane(t, func(k *config.Kubernetes) { k.Namespaces = []string{"shop"} })
+	plain, err := grpc.NewClient(p.xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	node := proto.Clone(b.GetNode()).(*corev3.Node)
+	node.UserAgentName = "envoy"
+	node.Metadata.Fields[wire.NodeAppPort] = structpb.NewNumberValue(8080)
+	meshtest.Eventually(t, 15*time.Second, func() error {
+		res, err := fetchXDS(plain, node, resourcev3.ClusterType)
+		if err != nil {
+			return err
+		}
+		return unmarshal(res, "orders.shop", &clusterv3.Cluster{})
+	})
+	res, err := fetchXDS(plain, node, resourcev3.ListenerType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unmarshal(res, wire.InboundListener, &listenerv3.Listener{}); err != nil {
+		t.Errorf("the bootstrap's node (service %s, app_port 8080): %v", node.GetMetadata().GetFields()[wire.NodeService].GetStringValue(), err)
+	}
 }
