@@ -58,6 +58,15 @@ func TestKubeServicesReachADS(t *testing.T) {
 	e := dialEDS(t, p.xdsAddr, "orders.shop", "orders")
 	want(t, e, "orders.shop", "10.1.0.1:8080 HEALTHY eu/eu-a", "10.1.0.2:8080 HEALTHY /eu-b")
 	want(t, e, "orders", "10.1.0.1:8080 HEALTHY eu/eu-a", "10.1.0.2:8080 HEALTHY /eu-b")
+	// A healthy API server is no error: not even the streaming list an
+	// API server without the WatchList feature refuses (client-go falls
+	// back to list and watch).
+	if v := p.metric(t, `mesh_control_source_errors_total{source="kubernetes"}`); v > 0 {
+		t.Errorf("mesh_control_source_errors_total{source=\"kubernetes\"} = %v with the API server up; want 0", v)
+	}
+	if strings.Contains(p.logs.String(), "kubernetes api failing") {
+		t.Errorf("the control plane logged a failing API server while it was up")
+	}
 	if s := p.Model().Service("orders.shop"); s == nil || s.Endpoints[0].Identity != "ns/shop/svc/orders" || s.Endpoints[0].Namespace != "shop" {
 		t.Fatalf("identity not recorded: %+v", s)
 	}

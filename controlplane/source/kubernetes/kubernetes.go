@@ -13,12 +13,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -318,6 +320,14 @@ func (s *Source) observe(ctx context.Context, name, op string, err error) {
 	if ctx.Err() != nil {
 		return
 	}
+	if op == "watch" && watchListRefused(err) {
+		// client-go first asks for a streaming list (a watch with
+		// sendInitialEvents); an API server without the WatchList
+		// feature refuses it and the reflector falls back to list and
+		// watch at once. Not a failure of the API server.
+		s.log.Debug().Err(err).Str("informer", name).Msg("kubernetes api has no streaming list; listing instead")
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
@@ -338,6 +348,12 @@ func (s *Source) observe(ctx context.Context, name, op string, err error) {
 	if len(s.failing) == 0 {
 		s.status.Succeeded()
 	}
+}
+
+// watchListRefused reports whether err is an API server refusing a
+// streaming list (sendInitialEvents without the WatchList feature).
+func watchListRefused(err error) bool {
+	return err != nil && apierrors.IsInvalid(err) && strings.Contains(err.Error(), "sendInitialEvents")
 }
 
 // probe reads /version every Probe: a success counts as a successful read
