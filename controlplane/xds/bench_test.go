@@ -5,12 +5,16 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	"github.com/rs/zerolog"
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/translate"
 	"github.com/meshvm/mesh/controlplane/xds"
+	"github.com/meshvm/mesh/wire"
 )
 
 // catalog is a synthetic Consul view: services x instances over 2 zones.
@@ -89,5 +93,135 @@ func BenchmarkFirstBuild(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// deltaFleet is a server holding a services x 10 catalog and nodes agents,
+// each with a delta CDS subscription to 10 services and its local_app
+// cluster, answered and ACKed (an open watch holding what it was sent).
+type deltaFleet struct {
+	srv  *xds.Server
+	view model.View
+	opts model.MergeOptions
+	tr   *translate.Translator
+	prev *model.Model
+	subs []stream.Subscription
+	outs []chan cache.DeltaResponse
+}
+
+func newDeltaFleet(b *testing.B, services, nodes int) *deltaFleet {
+	f := &deltaFleet{srv: xds.New(zerolog.Nop(), nil), view: catalog(services, 10),
+		opts: model.MergeOptions{Policies: config.Policies{Default: config.DefaultPolicy()}}, tr: translate.NewTranslator()}
+	f.update(b, nil)
+	for n := 0; n < nodes; n++ {
+		id := fmt.Sprintf("agent-%d", n)
+		f.srv.AddNode(agentNode(id, n, services))
+		sub := stream.NewDeltaSubscription(agentClusters(n, services), nil, nil, false)
+		out := make(chan cache.DeltaResponse, 1)
+		resp := f.deltaRequest(b, id, sub, out)
+		if len(resp.GetReturnedResources()) != 11 {
+			b.Fatalf("node %s holds %d clusters, want 11", id, len(resp.GetReturnedResources()))
+		}
+		sub.SetReturnedResources(resp.GetReturnedResources())
+		// The ACK: a watch that holds what it was sent.
+		if cancel, err := f.srv.DeltaWatch(id, resourcev3.ClusterType, sub, out); err != nil || cancel == nil {
+			b.Fatalf("ACK of node %s: answered at once (%v) or %v", id, cancel == nil, err)
+		}
+		f.subs, f.outs = append(f.subs, sub), append(f.outs, out)
+	}
+	return f
+}
+
+func agentNode(id string, n, services int) model.Node {
+	return model.Node{ID: id, Service: fmt.Sprintf("svc-%05d", n%services), AppPort: 8080}
+}
+
+// agentClusters is what agent n subscribes to: 10 services and local_app.
+func agentClusters(n, services int) []string {
+	names := []string{wire.LocalAppCluster}
+	for k := 0; k < 10; k++ {
+		names = append(names, fmt.Sprintf("svc-%05d", (n*7+k*997)%services))
+	}
+	return names
+}
+
+// deltaRequest opens a delta CDS watch for node id and returns the
+// response it was answered with at once, marshalled as the server sends it.
+func (f *deltaFleet) deltaRequest(b *testing.B, id string, sub stream.Subscription, out chan cache.DeltaResponse) cache.DeltaResponse {
+	if _, err := f.srv.DeltaWatch(id, resourcev3.ClusterType, sub, out); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case resp := <-out:
+		if _, err := resp.GetDeltaDiscoveryResponse(); err != nil {
+			b.Fatal(err)
+		}
+		return resp
+	default:
+		b.Fatalf("node %s: no response to its first delta request", id)
+		return nil
+	}
+}
+
+// update builds and serves the view, naming changed (nil: everything).
+func (f *deltaFleet) update(b *testing.B, changed map[string]bool) {
+	m := model.MergeChanged(f.prev, []model.View{f.view}, f.opts, changed)
+	mesh, err := f.tr.Translate(&m, f.opts.Policies)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.srv.Update(context.Background(), mesh); err != nil {
+		b.Fatal(err)
+	}
+	f.prev = &m
+}
+
+// BenchmarkDeltaFirstRequest measures what one agent's connection costs
+// the control plane at 10,000 services x 10 with 100 other agents
+// connected: registering the node (its snapshot) and answering its first
+// delta CDS request, 10 services and local_app, marshalled.
+func BenchmarkDeltaFirstRequest(b *testing.B) {
+	const services = 10000
+	f := newDeltaFleet(b, services, 100)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id := fmt.Sprintf("new-%d", i)
+		f.srv.AddNode(agentNode(id, i, services))
+		out := make(chan cache.DeltaResponse, 1)
+		if resp := f.deltaRequest(b, id, stream.NewDeltaSubscription(agentClusters(i, services), nil, nil, false), out); len(resp.GetReturnedResources()) != 11 {
+			b.Fatalf("%d clusters, want 11", len(resp.GetReturnedResources()))
+		}
+		f.srv.RemoveNode(id)
+	}
+}
+
+// BenchmarkDeltaClusterPush measures a change of the shared clusters (a
+// service added, then removed: a service nobody subscribes to) at 10,000
+// services x 10 with 1,000 agents holding open delta CDS watches: every
+// node's snapshot moves, none is sent anything. Per op: one change;
+// divide by 1,000 for the cost per node.
+func BenchmarkDeltaClusterPush(b *testing.B) {
+	const services, nodes = 10000, 1000
+	f := newDeltaFleet(b, services, nodes)
+	base := f.view.Instances
+	extra := catalog(services+1, 1).Instances[services:]
+	extra[0].Service, extra[0].ID = "svc-extra", "svc-extra-0"
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		f.view.Instances = base
+		if i%2 == 0 {
+			f.view.Instances = append(base[:len(base):len(base)], extra...)
+		}
+		f.update(b, map[string]bool{"svc-extra": true})
+	}
+	b.StopTimer()
+	for n, out := range f.outs {
+		select {
+		case resp := <-out:
+			b.Fatalf("agent %d was sent %d clusters for a service it does not use", n, len(resp.GetReturnedResources()))
+		default:
+		}
 	}
 }
