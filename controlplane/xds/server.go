@@ -43,13 +43,15 @@ type Server struct {
 	log     zerolog.Logger
 	metrics *metrics
 	// cache serves clusters, listeners and routes from per-node
-	// snapshots. Load assignments are the same for every node and come
-	// from one shared collection, so a change sends only the changed
-	// assignments (state of the world allows it for EDS), marshalled
-	// once for all clients: eds to state-of-the-world streams,
-	// deltaEDS (go-control-plane's LinearCache) to delta streams. mux
-	// routes requests by type.
+	// snapshots to state-of-the-world streams, delta to delta streams
+	// (name by name, deltacache.go); both get every snapshot. Load
+	// assignments are the same for every node and come from one shared
+	// collection, so a change sends only the changed assignments (state
+	// of the world allows it for EDS), marshalled once for all clients:
+	// eds to state-of-the-world streams, deltaEDS (go-control-plane's
+	// LinearCache) to delta streams. mux routes requests by type.
 	cache    cache.SnapshotCache
+	delta    *deltaCache
 	eds      *endpointCache
 	deltaEDS *cache.LinearCache
 	mux      *cache.MuxCache
@@ -134,6 +136,7 @@ func New(log zerolog.Logger, reg prometheus.Registerer) *Server {
 	// client (asking for one listener) never does. Push order is kept by
 	// setting snapshots type by type instead (see push).
 	s.cache = cache.NewSnapshotCache(false, cache.IDHash{}, cacheLogger{log})
+	s.delta = newDeltaCache()
 	s.eds = newEndpointCache()
 	s.deltaEDS = cache.NewLinearCache(resourcev3.EndpointType, cache.WithLogger(cacheLogger{log}))
 	s.mux = &cache.MuxCache{
@@ -153,9 +156,9 @@ func New(log zerolog.Logger, reg prometheus.Registerer) *Server {
 			case resourcev3.SecretType:
 				return "secrets"
 			}
-			return "snapshots"
+			return "delta"
 		},
-		Caches: map[string]cache.Cache{"eds": s.eds, "delta-eds": s.deltaEDS, "snapshots": s.cache, "secrets": s.secrets.cache},
+		Caches: map[string]cache.Cache{"eds": s.eds, "delta-eds": s.deltaEDS, "snapshots": s.cache, "delta": s.delta, "secrets": s.secrets.cache},
 	}
 	return s
 }
@@ -375,6 +378,9 @@ func (s *Server) pushKind(ctx context.Context, id string, st *nodeState, next *S
 		if err := s.cache.SetSnapshot(ctx, id, cur); err != nil {
 			return fmt.Errorf("set %s snapshot of node %s: %w", typeName(Kinds[i]), id, err)
 		}
+		if err := s.delta.set(id, cur, Kinds[i]); err != nil {
+			return fmt.Errorf("set %s snapshot of node %s: %w", typeName(Kinds[i]), id, err)
+		}
 	}
 	st.snap = cur
 	return nil
@@ -476,6 +482,7 @@ func (s *Server) unregister(id string) {
 	}
 	delete(s.nodes, id)
 	s.cache.ClearSnapshot(id)
+	s.delta.clear(id)
 	s.secrets.disconnect(id)
 	s.metrics.connected.Set(float64(len(s.nodes)))
 	s.log.Info().Str("node", id).Msg("node disconnected")

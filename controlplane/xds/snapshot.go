@@ -212,6 +212,32 @@ func (l *Layer) versions() map[string]string {
 	return out
 }
 
+// get returns one resource of the layer and its version, without
+// building the merged maps.
+func (l *Layer) get(name string) (types.Resource, string, bool) {
+	if l.own != nil {
+		if v, ok := l.own.versions[name]; ok {
+			return l.own.resources[name], v, true
+		}
+	}
+	if v, ok := l.base.versions[name]; ok {
+		return l.base.resources[name], v, true
+	}
+	return nil, "", false
+}
+
+// each calls f for every resource of the layer.
+func (l *Layer) each(f func(name string, r types.Resource, version string)) {
+	for _, s := range []*Set{l.base, l.own} {
+		if s == nil {
+			continue
+		}
+		for name, v := range s.versions {
+			f(name, s.resources[name], v)
+		}
+	}
+}
+
 // Len is the number of resources in the layer.
 func (l *Layer) Len() int {
 	n := l.base.Len()
