@@ -12,7 +12,13 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	consulapi "github.com/hashicorp/consul/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -91,13 +97,45 @@ func TestKubeServicesReachADS(t *testing.T) {
 	}
 	want(t, e, "orders.shop", "10.1.0.1:8080 HEALTHY eu/eu-a", "10.1.0.2:8080 DRAINING /eu-b")
 
-	// Deleted: gone from the model.
+	// An ADS client's clusters, with locality in their load assignments
+	// above.
+	plain, err := grpc.NewClient(p.xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	cds := func() ([]*discovery.DiscoveryResponse, error) {
+		return fetchXDS(plain, &corev3.Node{Id: "kubetest-cds", UserAgentName: "envoy"}, resourcev3.ClusterType)
+	}
+	res, err := cds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{"orders.shop", "orders"} {
+		if err := unmarshal(res, c, &clusterv3.Cluster{}); err != nil {
+			t.Errorf("CDS: %v", err)
+		}
+	}
+
+	// Deleted: gone from the model and from what an ADS client gets.
 	if err := admin.CoreV1().Services("shop").Delete(bg, "orders", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	meshtest.Eventually(t, 10*time.Second, func() error {
 		if p.Model().Service("orders.shop") != nil || p.Model().Service("orders") != nil {
 			return fmt.Errorf("orders still in the model")
+		}
+		return nil
+	})
+	meshtest.Eventually(t, 10*time.Second, func() error {
+		res, err := cds()
+		if err != nil {
+			return err
+		}
+		for _, c := range []string{"orders.shop", "orders"} {
+			if unmarshal(res, c, &clusterv3.Cluster{}) == nil {
+				return fmt.Errorf("CDS still has cluster %s after the Service was deleted", c)
+			}
 		}
 		return nil
 	})
