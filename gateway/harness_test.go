@@ -104,9 +104,15 @@ func startApp(t *testing.T, host, name string) int {
 // inbound address once Consul has the app passing.
 func startAgent(t *testing.T, host, service string, appPort int) string {
 	t.Helper()
+	return startAgentEnv(t, nil, host, service, appPort)
+}
+
+// startAgentEnv is startAgent with extra environment (MESH_... settings).
+func startAgentEnv(t *testing.T, env []string, host, service string, appPort int) string {
+	t.Helper()
 	ports := meshtest.FreePorts(host, 3)
 	inbound := net.JoinHostPort(host, strconv.Itoa(ports[0]))
-	meshtest.StartProcess(t, nil, mesh(t), "agent", "--service", service, "--app-port", strconv.Itoa(appPort),
+	meshtest.StartProcess(t, env, mesh(t), "agent", "--service", service, "--app-port", strconv.Itoa(appPort),
 		"--app-address", host, "--inbound-addr", inbound,
 		"--outbound-addr", net.JoinHostPort(host, strconv.Itoa(ports[1])),
 		"--admin-addr", net.JoinHostPort(host, strconv.Itoa(ports[2])),
