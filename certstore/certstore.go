@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -36,6 +37,10 @@ type Store struct {
 
 	acme      *autocert.Manager // nil: no ACME
 	acmeHosts []string
+
+	// OCSP staples (ocsp.go), used by Run only.
+	ocspClient *http.Client
+	staples    map[[32]byte]*staple
 }
 
 type index struct {
@@ -52,7 +57,8 @@ type stamp struct {
 
 // New returns a store for pairs; it reads nothing until Load.
 func New(pairs []Pair, log zerolog.Logger) *Store {
-	return &Store{pairs: pairs, log: log.With().Str("component", "certstore").Logger()}
+	return &Store{pairs: pairs, log: log.With().Str("component", "certstore").Logger(),
+		ocspClient: &http.Client{Timeout: 10 * time.Second}}
 }
 
 // Load reads every pair. On any error nothing changes and the error names
@@ -150,6 +156,7 @@ func (s *Store) changed() bool {
 // Run checks the files every interval (default 5s) and reloads them when
 // one changed, until ctx is done. A reload that fails is logged once per
 // change and retried at the next check; the loaded certificates stay.
+// It also keeps the certificates' OCSP staples fresh (ocsp.go).
 func (s *Store) Run(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		interval = 5 * time.Second
@@ -157,12 +164,14 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var lastErr string
+	s.refreshStaples(ctx, time.Now())
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
+		s.refreshStaples(ctx, time.Now())
 		if !s.changed() {
 			continue
 		}
@@ -175,6 +184,7 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) error {
 		}
 		lastErr = ""
 		s.log.Info().Msg("certificates reloaded")
+		s.refreshStaples(ctx, time.Now())
 	}
 }
 
