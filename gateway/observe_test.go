@@ -298,7 +298,9 @@ func TestSubjectRateLimitAndConnectionLimit(t *testing.T) {
 		held[0].Close()
 		held = held[1:]
 		freed := time.Now()
-		defer func() { t.Logf("a new connection was served %s after one closed", time.Since(freed).Round(time.Millisecond)) }()
+		defer func() {
+			t.Logf("a new connection was served %s after one closed", time.Since(freed).Round(time.Millisecond))
+		}()
 		meshtest.Eventually(t, 30*time.Second, func() error {
 			c, err := dial(2 * time.Second)
 			if err != nil {
