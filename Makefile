@@ -19,7 +19,7 @@ TEST_TIMEOUT ?= 25m
 FUZZTIME ?= 50000x
 FUZZMINIMIZE ?= 2000x
 
-.PHONY: prometheus test-prometheus test-ui all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-scale bench-wrk bench-cpu bench-redis bench-mtls bench-gateway bench-intercept test-netns demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling
+.PHONY: prometheus test-prometheus test-ui all build consul jaeger pebble h2spec kube-apiserver etcd test test-k8s test-unit fuzz bench bench-go bench-scale bench-wrk bench-cpu bench-redis bench-mtls bench-gateway bench-intercept test-netns demo lint clean package test-packaging test-packaging-fast test-packaging-upgrade test-packaging-rolling test-packaging-redirect
 
 all: build
 
@@ -225,6 +225,14 @@ test-packaging-fast: build
 # (~25 s more), a package upgrade under load: see test-packaging-upgrade.
 test-packaging: package $(CONSUL)
 	GO='$(GO)' packaging/test/slow.sh
+
+# mesh-redirect@ under a real systemd (as root, ~1 minute once the Debian
+# root is cached; no package needed): a root booted with systemd-nspawn where
+# starting mesh-agent@demo (interception on) installs table inet mesh first,
+# SIGKILL of the agent keeps the rules while systemd restarts it, and
+# systemctl stop removes them.
+test-packaging-redirect: $(CONSUL)
+	GO='$(GO)' packaging/test/redirect.sh
 
 # Only the last step of test-packaging (as root, ~25 s): mesh-agent@orders,
 # upgraded from an older package by dpkg -i in a Debian root booted on the
