@@ -211,8 +211,8 @@ func (w *setCookieWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter
 
 // tryContext returns the context of one try: ctx (the request's) ending
 // at the earlier of the route deadline (zero: none) and the per-try
-// timeout (zero: none) from now. It is one context per try, none per request, since
-// each context.WithDeadline costs a timer and a few allocations. cancel is
+// timeout (zero: none) from now. It is one context per try, none per request, and
+// a tryCtx, which costs no timer unless something waits on it. cancel is
 // nil when there is no deadline.
 func (u *upstream) tryContext(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
 	return tryContextFor(ctx, deadline, u.pol.perTry)
@@ -229,7 +229,8 @@ func tryContextFor(ctx context.Context, deadline time.Time, perTry time.Duration
 	if deadline.IsZero() {
 		return ctx, nil
 	}
-	return context.WithDeadline(ctx, deadline)
+	c := newTryCtx(ctx, deadline)
+	return c, c.cancel
 }
 
 // expired says whether the route deadline (zero: none) has passed.
