@@ -4,15 +4,21 @@ import (
 	"bufio"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/meshvm/mesh/meshtest"
 )
@@ -34,6 +40,9 @@ func TestCtrlCStopsTheDemoWithExitZero(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			d := startDemo(t, dir)
 			d.waitFor(t, tc.until, 3*time.Minute)
+			if tc.name == "while traffic flows" {
+				checkDashboardAndStatus(t, d)
+			}
 			if err := d.cmd.Process.Signal(os.Interrupt); err != nil {
 				t.Fatal(err)
 			}
@@ -45,6 +54,89 @@ func TestCtrlCStopsTheDemoWithExitZero(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkDashboardAndStatus: once traffic flows the demo has printed the
+// dashboard's URL, which serves the dashboard, and `mesh status` with
+// every proxy in sync.
+func checkDashboardAndStatus(t *testing.T, d *runningDemo) {
+	t.Helper()
+	out := d.output()
+	const url = "http://127.0.0.1:19000/ui/"
+	if !strings.Contains(out, "mesh dashboard:     "+url) {
+		t.Errorf("the demo does not print the dashboard's URL %s:\n%s", url, out)
+	}
+	i := strings.Index(out, "$ bin/mesh status\n")
+	if i < 0 {
+		t.Fatalf("the demo does not print mesh status:\n%s", out)
+	}
+	status := out[i:]
+	if j := strings.Index(status, "IN SYNC:"); j >= 0 {
+		status = status[:j+strings.IndexByte(status[j:], '\n')+1]
+	}
+	for _, want := range []string{"SERVICE", "orders", "PROXY", "web-vm-web-1-8080", "orders-vm-orders-1-8080", "IN SYNC: "} {
+		if !strings.Contains(status, want) {
+			t.Errorf("the demo's mesh status lacks %q:\n%s", want, status)
+		}
+	}
+	t.Logf("the demo printed:\n%s", status)
+	if os.Geteuid() != 0 {
+		t.Logf("not root: the dashboard is not fetched inside the demo's network namespace")
+		return
+	}
+	for path, want := range map[string]string{"/ui/": "<title>mesh</title>", "/ui/app.js": "EventSource", "/api/v1/status": `"in_sync": true`} {
+		body, err := getInNetns(d.cmd.Process.Pid, "127.0.0.1:19000", path)
+		if err != nil || !strings.Contains(body, want) {
+			t.Errorf("GET %s in the demo's network namespace: %v, no %q in\n%.500s", path, err, want, body)
+		}
+	}
+}
+
+// getInNetns GETs path from addr inside the network namespace of process
+// pid: a goroutine locked to its thread enters that namespace, dials (the
+// socket is made there) and reads the answer; its thread is never used
+// again (the goroutine ends locked).
+func getInNetns(pid int, addr, path string) (string, error) {
+	type result struct {
+		body string
+		err  error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		body, err := func() (string, error) {
+			f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+			if err != nil {
+				return "", err
+			}
+			defer f.Close()
+			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+				return "", fmt.Errorf("enter the network namespace of %d: %w", pid, err)
+			}
+			conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				return "", err
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", path, addr); err != nil {
+				return "", err
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				return "", err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK {
+				return string(b), fmt.Errorf("%s", resp.Status)
+			}
+			return string(b), err
+		}()
+		ch <- result{body, err}
+	}()
+	r := <-ch
+	return r.body, r.err
 }
 
 // `make demo` runs the built demo, not `go run` (which exits 1 on Ctrl-C
