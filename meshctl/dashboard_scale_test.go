@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,6 +110,45 @@ func TestDashboardAt500Services(t *testing.T) {
 	if nodes < n || edges < n {
 		t.Errorf("map shows %d nodes and %d edges, want %d of each", nodes, edges, n)
 	}
+	// Usable at that size: no two nodes overlap, the filter narrows the
+	// map to one service, and a click on it opens its page.
+	minGap, err := chromedp.Run(bctx, chromedp.Evaluate[float64](`(() => {
+		const ps = [...document.querySelectorAll("g.node")].map(g => { const b = g.querySelector("circle").getBoundingClientRect(); return [b.x + b.width / 2, b.y + b.height / 2, b.width]; });
+		let min = Infinity;
+		for (let i = 0; i < ps.length; i++) for (let j = i + 1; j < ps.length; j++) min = Math.min(min, Math.hypot(ps[i][0] - ps[j][0], ps[i][1] - ps[j][1]) - ps[i][2]);
+		return min; })()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if minGap < 1 {
+		t.Errorf("two of the 500 nodes overlap (closest gap %.1f px)", minGap)
+	}
+	shown, err := chromedp.Run(bctx, chromedp.Evaluate[int](`(() => { const f = document.getElementById("filter"); f.value = "scale123";
+		f.dispatchEvent(new Event("input")); return document.querySelectorAll("g.node").length; })()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shown != 1 {
+		t.Errorf("filter scale123 shows %d nodes, want 1", shown)
+	}
+	if err := chromedp.Do(bctx, chromedp.Click(`g.node[data-service="scale123"] circle`),
+		chromedp.WaitVisible(`#view-service h2`)); err != nil {
+		t.Fatalf("open scale123's page from the map: %v", err)
+	}
+	var page string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		page, err = chromedp.Run(bctx, chromedp.Evaluate[string](`document.getElementById("view-service").innerText`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(page, "127.0.17.124:15006") {
+			break
+		}
+	}
+	if !strings.HasPrefix(page, "scale123") || !strings.Contains(page, "127.0.17.124:15006") || !strings.Contains(page, "scale024") {
+		t.Errorf("scale123's page (its instance, scale024 among its callers):\n%s", page)
+	}
+
 	// Page weight: the three assets and one overview event.
 	weight := 0
 	for _, p := range []string{"", "app.js", "style.css"} {

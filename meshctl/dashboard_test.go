@@ -203,6 +203,75 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 	}
 
+	// orders' page: its instance with health and locality, drain, its
+	// policy, and web among its callers with a rate.
+	eval(`location.hash = "#/service/orders"`, &marker)
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(`#view-service h2`)); err != nil {
+		t.Fatal(err)
+	}
+	var page string
+	deadline = time.Now().Add(20 * time.Second)
+	for ; time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		eval(`document.getElementById("view-service").innerText`, &page)
+		if strings.Contains(page, "orders-orders1-8080") && !strings.Contains(page, "loading") {
+			break
+		}
+	}
+	for _, want := range []string{"1/1 healthy, 0 draining", "eu/eu-orders1", "127.0.16.53:15006", "healthy", "Callers", "Callees", "Policy"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("orders' page lacks %q:\n%s", want, page)
+		}
+	}
+	var callerRPS string
+	eval(`(() => { const rows = [...document.querySelectorAll("#view-service table")[1].querySelectorAll("tr")];
+		const web = rows.find(r => r.cells[0] && r.cells[0].innerText === "web"); return web ? web.cells[1].innerText : ""; })()`, &callerRPS)
+	if f, err := strconv.ParseFloat(callerRPS, 64); err != nil || f <= 0 {
+		t.Errorf("orders' page: web calls at %q req/s, want a rate:\n%s", callerRPS, page)
+	}
+	var policy string
+	eval(`document.querySelector("#view-service pre").innerText`, &policy)
+	if !strings.Contains(policy, "timeout") {
+		t.Errorf("orders' page shows no policy: %q", policy)
+	}
+
+	// web calls a service whose instance has a host name for an address:
+	// its agent NACKs the load assignment, and the proxies page shows it
+	// with the reason, without a reload.
+	if err := c.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{ID: "broken-1", Name: "broken", Address: "broken.invalid", Port: 8080}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Agent().ServiceDeregister("broken-1") })
+	eval(`location.hash = "#/proxies"`, &marker)
+	called := make(chan struct{})
+	go func() {
+		defer close(called)
+		req, _ := http.NewRequest(http.MethodGet, "http://"+web.outbound()+"/", nil)
+		req.Host = "broken"
+		if resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	var row string
+	start = time.Now()
+	var shown time.Duration
+	for deadline = time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		eval(`(document.querySelector('#proxies tr.state-nacked[data-node="`+web.nodeID()+`"]') || {innerText: ""}).innerText`, &row)
+		if row != "" {
+			shown = time.Since(start)
+			break
+		}
+	}
+	<-called
+	if !strings.Contains(row, "nacked") || !strings.Contains(row, "not an IP address") {
+		t.Errorf("the proxies page never showed web's NACK with its reason (last row %q)", row)
+	} else {
+		t.Logf("web's NACK on the proxies page %s after the call started: %q", shown.Round(time.Millisecond), row)
+	}
+	eval(`String(window.__notReloaded)`, &marker)
+	if marker != "yes" {
+		t.Error("the page reloaded")
+	}
+
 	// A screenshot of the map, checked to be more than one colour.
 	eval(`location.hash = "#/map"`, &marker)
 	if err := chromedp.Do(ctx, chromedp.WaitVisible(`g.node[data-service="payments"]`),
