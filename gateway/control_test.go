@@ -187,4 +187,30 @@ control:
 			t.Fatalf("%d requests failed across the route change (first: %v)", n, first.Load())
 		}
 	})
+
+	t.Run("a weighted split written in mesh control's YAML: within 5% over 2000 requests", func(t *testing.T) {
+		writeCfg("split: [{service: shop-orders, weight: 80}, {service: shop-orders-v2, weight: 20}]")
+		control.Signal(syscall.SIGHUP)
+		meshtest.Eventually(t, 15*time.Second, func() error {
+			for i := 0; i < 20; i++ {
+				if _, body := g.get(t, "shop.test", "/public/x", nil); body["app"] == "orders-1" {
+					return nil
+				}
+			}
+			return fmt.Errorf("the split is not applied yet: no request reached orders-1")
+		})
+		counts := map[string]int{}
+		for i := 0; i < 2000; i++ {
+			resp, body := g.get(t, "shop.test", "/public/split", nil)
+			if resp.StatusCode != 200 {
+				t.Fatalf("request %d: %d %s", i, resp.StatusCode, resp.Header.Get("x-mesh-reason"))
+			}
+			counts[fmt.Sprint(body["app"])]++
+		}
+		share := float64(counts["orders-2"]) / 2000
+		t.Logf("split 80/20 over 2000 requests: %v", counts)
+		if share < 0.15 || share > 0.25 || counts["orders-1"]+counts["orders-2"] != 2000 {
+			t.Fatalf("shop-orders-v2 got %.1f%% of 2000 requests (%v), want 20%% ± 5", share*100, counts)
+		}
+	})
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/meshvm/mesh/config"
 	"github.com/meshvm/mesh/meshtest"
+	"github.com/meshvm/mesh/wire"
 )
 
 // The gateway starts the trace of a request from outside (its server span
@@ -114,6 +116,34 @@ func TestGatewayTracesLogsAndRouteMetrics(t *testing.T) {
 		if root.Tag("url.path") != "/public/trace-me" {
 			t.Errorf("root span tags %v", root.Tags)
 		}
+	})
+
+	t.Run("registered in Consul as a gateway", func(t *testing.T) {
+		_, port, _ := net.SplitHostPort(g.https)
+		meshtest.Eventually(t, 15*time.Second, func() error {
+			resp, err := http.Get("http://" + consul.Addr + "/v1/catalog/service/mesh-gateway")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			var entries []struct {
+				ServicePort int
+				ServiceTags []string
+				ServiceMeta map[string]string
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&entries); err != nil {
+				return err
+			}
+			for _, e := range entries {
+				if fmt.Sprint(e.ServicePort) == port {
+					if e.ServiceMeta[wire.MetaKind] != wire.KindGateway || !slices.Contains(e.ServiceTags, wire.KindGateway) {
+						return fmt.Errorf("registered with meta %v tags %v, want %s=%s and tag %s", e.ServiceMeta, e.ServiceTags, wire.MetaKind, wire.KindGateway, wire.KindGateway)
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("no mesh-gateway instance on port %s in %d entries", port, len(entries))
+		})
 	})
 
 	valid := is.token(t, "user-5", time.Hour, nil)
