@@ -41,6 +41,7 @@ func NewCommand() *cobra.Command {
 				func(cfg config.Config, log zerolog.Logger) (daemon.Process, error) { return New(cfg, log) })
 		},
 	}
+	cmd.AddCommand(newHashKeyCommand())
 	f := cmd.Flags()
 	f.String("https-addr", wire.DefaultGatewayHTTPSAddr, "HTTPS listener")
 	f.String("http-addr", wire.DefaultGatewayHTTPAddr, "HTTP listener: redirects to HTTPS, answers ACME HTTP-01 (empty: none)")
