@@ -35,6 +35,7 @@ import (
 
 	"github.com/meshvm/mesh/controlplane/model"
 	"github.com/meshvm/mesh/controlplane/translate"
+	"github.com/meshvm/mesh/wire"
 )
 
 // Server holds the snapshots of the connected nodes and answers their
@@ -205,8 +206,18 @@ func (s *Server) Update(ctx context.Context, mesh *translate.Mesh) error {
 	for name, src := range mesh.SharedSets() {
 		var set *Set
 		var err error
-		if prev := s.shared[name]; changed != nil && prev != nil && name != translate.SharedOutboundRoutes {
-			set, err = s.hasher.UpdateSet(prev, src, changed)
+		if prev := s.shared[name]; changed != nil && prev != nil {
+			names := changed
+			if name == translate.SharedOutboundRoutes {
+				// The services' own route configurations (named after
+				// them) and mesh_outbound, which holds every service.
+				names = make([]string, 0, len(changed)+1)
+				for _, n := range changed {
+					names = append(names, wire.ServiceRoute(n))
+				}
+				names = append(names, wire.OutboundRoute)
+			}
+			set, err = s.hasher.UpdateSet(prev, src, names)
 		} else {
 			set, err = s.hasher.NewSet(src)
 		}
