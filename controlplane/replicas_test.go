@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -289,7 +290,8 @@ func TestStartingReplicaRefusesStreams(t *testing.T) {
 		if err == nil {
 			err = s.Send(&discovery.DiscoveryRequest{Node: agentNode("vm-early", "fresh-00", 8080), TypeUrl: resourcev3.ClusterType})
 		}
-		if err == nil {
+		// io.EOF: the server ended the stream first; Recv has its status.
+		if err == nil || errors.Is(err, io.EOF) {
 			var r *discovery.DiscoveryResponse
 			if r, err = s.Recv(); err == nil {
 				return fmt.Errorf("a starting replica answered with %d %s", len(r.GetResources()), r.GetTypeUrl())
@@ -302,7 +304,7 @@ func TestStartingReplicaRefusesStreams(t *testing.T) {
 		if err == nil {
 			err = d.Send(&discovery.DeltaDiscoveryRequest{Node: agentNode("vm-early", "fresh-00", 8080), TypeUrl: resourcev3.ClusterType})
 		}
-		if err == nil {
+		if err == nil || errors.Is(err, io.EOF) {
 			var r *discovery.DeltaDiscoveryResponse
 			if r, err = d.Recv(); err == nil {
 				return fmt.Errorf("a starting replica answered a delta stream with %d %s", len(r.GetResources()), r.GetTypeUrl())
