@@ -16,7 +16,8 @@ import (
 type Control struct {
 	XDSAddr   string `mapstructure:"xds_addr" yaml:"xds_addr"`
 	AdminAddr string `mapstructure:"admin_addr" yaml:"admin_addr"`
-	// Debounce coalesces source updates before a snapshot is rebuilt.
+	// Debounce bounds snapshot rebuilds to one per interval: an update
+	// after a quiet interval is built at once, later ones are coalesced.
 	Debounce time.Duration `mapstructure:"debounce" yaml:"debounce"`
 	// LoadReportingInterval is how often proxies report their load (LRS
 	// load_reporting_interval).

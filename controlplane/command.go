@@ -54,7 +54,7 @@ func NewCommand() *cobra.Command {
 	f.String("cmdb-format", "generic", "CMDB format: generic or netbox")
 	f.String("cmdb-token-file", "", "file holding the CMDB API token (or set MESH_CMDB_TOKEN)")
 	f.String("kubeconfig", "", "kubeconfig file; turns the Kubernetes source on (control.kubernetes: in a pod, set enabled instead)")
-	f.Duration("debounce", 0, "coalesce source changes for this long before pushing (default 100ms)")
+	f.Duration("debounce", 0, "at most one push per this interval; a change after a quiet interval is pushed at once (default 100ms)")
 	f.Duration("load-reporting-interval", 0, "how often proxies send load reports (LRS; default 10s)")
 	f.String("log-level", "info", "log level: trace, debug, info, warn, error")
 	f.String("log-format", "json", "log format: json or text")

@@ -23,8 +23,9 @@ type input struct {
 	required bool
 }
 
-// reconciler keeps the latest view of each source, debounces changes,
-// merges them into a model, translates it and hands it to the xDS server.
+// reconciler keeps the latest view of each source, debounces changes
+// (at most one build per interval; a change after a quiet interval is
+// built at once), merges them into a model, translates it and hands it to the xDS server.
 type reconciler struct {
 	log       zerolog.Logger
 	inputs    []input
@@ -175,6 +176,11 @@ func (r *reconciler) Run(ctx context.Context) error {
 	first := time.NewTimer(r.firstWait)
 	defer first.Stop()
 	graceOver, pending, armed := false, false, false
+	// lastBuild is when the last build ended: a change arriving later
+	// than one debounce interval after it is built at once, the ones
+	// arriving sooner wait for the rest of the interval, together (at
+	// most one build per interval, none delayed after a quiet one).
+	var lastBuild time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -192,11 +198,14 @@ func (r *reconciler) Run(ctx context.Context) error {
 			r.noteChanged(views[u.i] == nil, v.Changed)
 			views[u.i] = &v
 			pending = true
-			if !armed {
-				debounce.Reset(r.debounce)
-				armed = true
+			if armed {
+				continue
 			}
-			continue
+			if wait := r.debounce - time.Since(lastBuild); wait > 0 {
+				debounce.Reset(wait)
+				armed = true
+				continue
+			}
 		case <-debounce.C:
 			armed = false
 		case <-first.C:
@@ -207,6 +216,7 @@ func (r *reconciler) Run(ctx context.Context) error {
 			if err := r.build(ctx, views, false); err != nil {
 				r.log.Error().Err(err).Msg("new model refused, previous snapshots keep serving")
 			}
+			lastBuild = time.Now()
 		}
 	}
 }
